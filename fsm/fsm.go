@@ -1,0 +1,439 @@
+// Package fsm is the deterministic state machine that Raft replicates: the
+// lease table, the fencing-token counter and the member directory.
+//
+// The FSM never reads a clock or a random source. Every time it stores comes
+// inside the command, stamped by the leader that proposed it, so every node
+// that applies the same log holds the same table. Expiry is a command too:
+// the leader proposes it, and the FSM applies it only to the exact holding
+// and renewal it names.
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+)
+
+// Errors returned in Result.Err.
+var (
+	// ErrNotFound: no lease has that namespace and name.
+	ErrNotFound = errors.New("fsm: lease not found")
+	// ErrNotHolder: the holder or the fencing token does not match the
+	// current holding (it was released, expired or taken over).
+	ErrNotHolder = errors.New("fsm: not the current holding (wrong holder or stale fencing token)")
+	// ErrConflict: the resource version given does not match the lease's.
+	ErrConflict = errors.New("fsm: resource version conflict")
+	// ErrBadCommand: the log entry could not be decoded. It is rejected
+	// without changing the state.
+	ErrBadCommand = errors.New("fsm: malformed command")
+)
+
+// EventType says what a write did to a lease.
+type EventType int
+
+// Event types, in the order of the API's WatchEvent.Type.
+const (
+	EventAdded EventType = iota + 1
+	EventAcquired
+	EventRenewed
+	EventReleased
+	EventExpired
+	EventDeleted
+)
+
+var eventNames = [...]string{"", "ADDED", "ACQUIRED", "RENEWED", "RELEASED", "EXPIRED", "DELETED"}
+
+func (t EventType) String() string {
+	if t > 0 && int(t) < len(eventNames) {
+		return eventNames[t]
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// Event is one change to the table. Lease is the state after the change (for
+// EventDeleted, the last state). Revision is the store revision the change
+// created, equal to Lease.ResourceVersion except for deletions.
+type Event struct {
+	Type     EventType
+	Lease    *Lease
+	Revision uint64
+}
+
+// Listener learns of every change, in log order. Its methods are called on
+// Raft's apply goroutine after the FSM has released its lock, so they may
+// read the FSM, and must be quick.
+type Listener interface {
+	// Applied reports the events of one applied batch of log entries.
+	Applied(events []Event)
+	// Restored reports that the table was replaced from a snapshot.
+	Restored()
+}
+
+// Result is what Apply returns for one command (raft.ApplyFuture.Response).
+type Result struct {
+	// Err is nil on success, else one of the package's errors.
+	Err error
+	// Lease is the lease after the command (for a refused acquire or a
+	// stale renewal, the current holding).
+	Lease *Lease
+	// Acquired: an Acquire left the caller holding the lease.
+	Acquired bool
+	// Renewed: the caller already held the lease, and the write renewed it.
+	Renewed bool
+	// Renews has one result per entry of a RenewBatch.
+	Renews []Result
+	// Expired counts the holdings an Expire ended.
+	Expired int
+}
+
+// FSM implements raft.FSM and raft.BatchingFSM.
+type FSM struct {
+	mu        sync.RWMutex
+	leases    map[string]*Lease
+	members   map[string]string // raft server ID -> gRPC address
+	revision  uint64            // rises with every write to the table
+	lastToken uint64            // the highest fencing token ever issued
+	applied   uint64            // the last applied Raft index
+
+	listener Listener
+	events   []Event // reused between batches; owned by the apply goroutine
+}
+
+// New returns an empty FSM. listener may be nil.
+func New(listener Listener) *FSM {
+	return &FSM{
+		leases:   make(map[string]*Lease),
+		members:  make(map[string]string),
+		listener: listener,
+	}
+}
+
+var (
+	_ raft.FSM         = (*FSM)(nil)
+	_ raft.BatchingFSM = (*FSM)(nil)
+)
+
+// Apply applies one log entry.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies several log entries under one lock and reports their
+// events to the listener in one call.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	out := make([]interface{}, len(logs))
+	f.events = f.events[:0]
+	f.mu.Lock()
+	for i, l := range logs {
+		if l.Index > f.applied {
+			f.applied = l.Index
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		var c fsmpb.Command
+		if err := proto.Unmarshal(l.Data, &c); err != nil {
+			out[i] = &Result{Err: fmt.Errorf("%w: %v", ErrBadCommand, err)}
+			continue
+		}
+		out[i] = f.apply(&c, l.Index)
+	}
+	f.mu.Unlock()
+	if f.listener != nil && len(f.events) > 0 {
+		f.listener.Applied(f.events)
+	}
+	// The listener must not keep the slice; drop references so the leases
+	// can be collected.
+	clear(f.events)
+	return out
+}
+
+func (f *FSM) apply(c *fsmpb.Command, index uint64) *Result {
+	now := c.NowUnixNano
+	switch op := c.Op.(type) {
+	case *fsmpb.Command_Acquire:
+		return f.acquire(op.Acquire, index, now)
+	case *fsmpb.Command_Renew:
+		r := &Result{Renews: make([]Result, len(op.Renew.Renews))}
+		for i, rn := range op.Renew.Renews {
+			r.Renews[i] = f.renew(rn, index, now)
+		}
+		if len(r.Renews) == 1 {
+			r.Err, r.Lease = r.Renews[0].Err, r.Renews[0].Lease
+		}
+		return r
+	case *fsmpb.Command_Release:
+		return f.release(op.Release, now)
+	case *fsmpb.Command_Expire:
+		return f.expire(op.Expire, now)
+	case *fsmpb.Command_Delete:
+		return f.delete(op.Delete, now)
+	case *fsmpb.Command_SetMember:
+		f.members[op.SetMember.Id] = op.SetMember.GrpcAddr
+		return &Result{}
+	case *fsmpb.Command_RemoveMember:
+		delete(f.members, op.RemoveMember.Id)
+		return &Result{}
+	default:
+		return &Result{Err: fmt.Errorf("%w: no operation", ErrBadCommand)}
+	}
+}
+
+// store saves l as the new state of its lease at the next revision.
+func (f *FSM) store(l *Lease, t EventType) {
+	f.revision++
+	l.ResourceVersion = f.revision
+	f.leases[l.Key()] = l
+	f.events = append(f.events, Event{Type: t, Lease: l, Revision: f.revision})
+}
+
+// newHolding makes l a new holding of holder: a new fencing token, above
+// every token the cluster ever issued, and one more transition.
+func (f *FSM) newHolding(l *Lease, holder string, now int64) {
+	f.lastToken++
+	l.Holder = holder
+	l.Token = f.lastToken
+	l.Transitions++
+	l.AcquireTime = now
+	l.RenewTime = now
+	l.beginHolding(now)
+}
+
+func (f *FSM) acquire(a *fsmpb.Acquire, index uint64, now int64) *Result {
+	if a.Name == "" || a.Holder == "" {
+		return &Result{Err: fmt.Errorf("%w: acquire needs a name and a holder", ErrBadCommand)}
+	}
+	key := Key(a.Namespace, a.Name)
+	old := f.leases[key]
+	switch {
+	case old == nil:
+		l := &Lease{
+			Namespace:      a.Namespace,
+			Name:           a.Name,
+			Duration:       time.Duration(a.DurationNs),
+			Grace:          time.Duration(a.GraceNs),
+			Labels:         a.Labels,
+			CreateTime:     now,
+			CreateRevision: f.revision + 1,
+			RenewIndex:     index,
+		}
+		f.newHolding(l, a.Holder, now)
+		f.store(l, EventAdded)
+		return &Result{Lease: l, Acquired: true}
+	case old.Holder == a.Holder:
+		// The holder asking again is a renewal: same token, so a retry of
+		// a lost reply does no harm.
+		l := old.clone()
+		l.RenewTime = now
+		l.RenewIndex = index
+		l.Duration = time.Duration(a.DurationNs)
+		l.Grace = time.Duration(a.GraceNs)
+		f.store(l, EventRenewed)
+		return &Result{Lease: l, Acquired: true, Renewed: true}
+	case old.Holder == "":
+		l := old.clone()
+		l.Duration = time.Duration(a.DurationNs)
+		l.Grace = time.Duration(a.GraceNs)
+		l.RenewIndex = index
+		if len(a.Labels) > 0 {
+			l.Labels = a.Labels
+		}
+		f.newHolding(l, a.Holder, now)
+		f.store(l, EventAcquired)
+		return &Result{Lease: l, Acquired: true}
+	default:
+		return &Result{Lease: old}
+	}
+}
+
+// current returns the lease if holder holds it with token, else the error
+// that says why not.
+func (f *FSM) current(namespace, name, holder string, token uint64) (*Lease, error) {
+	l := f.leases[Key(namespace, name)]
+	if l == nil {
+		return nil, ErrNotFound
+	}
+	if l.Holder == "" || l.Holder != holder || l.Token != token {
+		return l, ErrNotHolder
+	}
+	return l, nil
+}
+
+func (f *FSM) renew(r *fsmpb.Renew, index uint64, now int64) Result {
+	old, err := f.current(r.Namespace, r.Name, r.Holder, r.Token)
+	if err != nil {
+		return Result{Err: err, Lease: old}
+	}
+	l := old.clone()
+	l.RenewTime = now
+	l.RenewIndex = index
+	f.store(l, EventRenewed)
+	return Result{Lease: l}
+}
+
+func (f *FSM) release(r *fsmpb.Release, now int64) *Result {
+	old, err := f.current(r.Namespace, r.Name, r.Holder, r.Token)
+	if errors.Is(err, ErrNotHolder) && old.Holder == "" && old.Token == r.Token &&
+		len(old.History) > 0 && old.History[0].Holder == r.Holder && old.History[0].EndReason == EndReleased {
+		// Already released by this very holding: a retried release
+		// succeeds without a second write. A holding that expired is
+		// reported as lost instead, so the holder learns of it.
+		return &Result{Lease: old}
+	}
+	if err != nil {
+		return &Result{Err: err, Lease: old}
+	}
+	l := old.clone()
+	l.endHolding(now, EndReleased)
+	l.Holder = ""
+	f.store(l, EventReleased)
+	return &Result{Lease: l}
+}
+
+func (f *FSM) expire(e *fsmpb.Expire, now int64) *Result {
+	r := &Result{}
+	for _, x := range e.Entries {
+		old := f.leases[Key(x.Namespace, x.Name)]
+		// Only the exact holding and renewal the leader saw lapse: a
+		// renewal or a new holding applied since keeps the lease.
+		if old == nil || old.Holder == "" || old.Token != x.Token || old.RenewIndex != x.RenewIndex {
+			continue
+		}
+		l := old.clone()
+		l.endHolding(now, EndExpired)
+		l.Holder = ""
+		f.store(l, EventExpired)
+		r.Expired++
+	}
+	return r
+}
+
+func (f *FSM) delete(d *fsmpb.Delete, now int64) *Result {
+	key := Key(d.Namespace, d.Name)
+	old := f.leases[key]
+	if old == nil {
+		return &Result{Err: ErrNotFound}
+	}
+	if d.ResourceVersion != 0 && d.ResourceVersion != old.ResourceVersion {
+		return &Result{Err: ErrConflict, Lease: old}
+	}
+	l := old.clone()
+	if l.Holder != "" {
+		l.endHolding(now, EndDeleted)
+		l.Holder = ""
+	}
+	delete(f.leases, key)
+	f.revision++
+	f.events = append(f.events, Event{Type: EventDeleted, Lease: l, Revision: f.revision})
+	return &Result{Lease: l}
+}
+
+// Get returns the lease namespace/name.
+func (f *FSM) Get(namespace, name string) (*Lease, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	l, ok := f.leases[Key(namespace, name)]
+	return l, ok
+}
+
+// List returns the leases for which match returns true (all when match is
+// nil), sorted by namespace and name, and the revision they were read at.
+func (f *FSM) List(match func(*Lease) bool) ([]*Lease, uint64) {
+	f.mu.RLock()
+	out := make([]*Lease, 0, min(len(f.leases), 1024))
+	for _, l := range f.leases {
+		if match == nil || match(l) {
+			out = append(out, l)
+		}
+	}
+	rev := f.revision
+	f.mu.RUnlock()
+	sortLeases(out)
+	return out, rev
+}
+
+// Held returns every lease with a holder, in no particular order. The new
+// leader calls it to rebuild its deadline table.
+func (f *FSM) Held() []*Lease {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*Lease, 0, len(f.leases))
+	for _, l := range f.leases {
+		if l.Holder != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Stats is a summary of the table.
+type Stats struct {
+	Leases       int
+	Held         int
+	Revision     uint64
+	LastToken    uint64
+	AppliedIndex uint64
+}
+
+// Stats counts the table. It walks every lease: for metrics and status, not
+// for a hot path.
+func (f *FSM) Stats() Stats {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := Stats{Leases: len(f.leases), Revision: f.revision, LastToken: f.lastToken, AppliedIndex: f.applied}
+	for _, l := range f.leases {
+		if l.Holder != "" {
+			s.Held++
+		}
+	}
+	return s
+}
+
+// Revision returns the current store revision.
+func (f *FSM) Revision() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.revision
+}
+
+// AppliedIndex returns the last Raft index the FSM applied.
+func (f *FSM) AppliedIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.applied
+}
+
+// Members returns the gRPC address of every registered member by Raft ID.
+func (f *FSM) Members() map[string]string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make(map[string]string, len(f.members))
+	for k, v := range f.members {
+		out[k] = v
+	}
+	return out
+}
+
+// MemberAddr returns the gRPC address registered for a Raft server ID.
+func (f *FSM) MemberAddr(id string) (string, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	a, ok := f.members[id]
+	return a, ok
+}
+
+func sortLeases(ls []*Lease) {
+	sort.Slice(ls, func(i, j int) bool {
+		if ls[i].Namespace != ls[j].Namespace {
+			return ls[i].Namespace < ls[j].Namespace
+		}
+		return ls[i].Name < ls[j].Name
+	})
+}

@@ -1,0 +1,385 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+)
+
+// harness applies commands at rising Raft indices and records events.
+type harness struct {
+	t      *testing.T
+	f      *FSM
+	index  uint64
+	events []Event
+	resets int
+}
+
+func (h *harness) Applied(evs []Event) { h.events = append(h.events, evs...) }
+func (h *harness) Restored()           { h.resets++ }
+
+func newHarness(t *testing.T) *harness {
+	h := &harness{t: t}
+	h.f = New(h)
+	return h
+}
+
+func (h *harness) apply(now int64, c *fsmpb.Command) *Result {
+	h.t.Helper()
+	c.NowUnixNano = now
+	data, err := proto.Marshal(c)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.index++
+	r, ok := h.f.Apply(&raft.Log{Index: h.index, Type: raft.LogCommand, Data: data}).(*Result)
+	if !ok {
+		h.t.Fatalf("Apply returned %T, want *Result", r)
+	}
+	return r
+}
+
+func acquire(ns, name, holder string, d time.Duration) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: &fsmpb.Acquire{
+		Namespace: ns, Name: name, Holder: holder, DurationNs: int64(d), GraceNs: int64(time.Second),
+	}}}
+}
+
+func renew(ns, name, holder string, token uint64) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: &fsmpb.RenewBatch{Renews: []*fsmpb.Renew{
+		{Namespace: ns, Name: name, Holder: holder, Token: token},
+	}}}}
+}
+
+func release(ns, name, holder string, token uint64) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Release{Release: &fsmpb.Release{
+		Namespace: ns, Name: name, Holder: holder, Token: token,
+	}}}
+}
+
+func expire(ns, name string, token, renewIndex uint64) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Expire{Expire: &fsmpb.Expire{Entries: []*fsmpb.ExpireEntry{
+		{Namespace: ns, Name: name, Token: token, RenewIndex: renewIndex},
+	}}}}
+}
+
+func del(ns, name string, rv uint64) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Delete{Delete: &fsmpb.Delete{Namespace: ns, Name: name, ResourceVersion: rv}}}
+}
+
+func TestAcquireRenewReleaseExpire(t *testing.T) {
+	h := newHarness(t)
+	r := h.apply(100, acquire("default", "db", "a", 10*time.Second))
+	if r.Err != nil || !r.Acquired || r.Renewed {
+		t.Fatalf("first acquire: got %+v, want acquired", r)
+	}
+	t1 := r.Lease.Token
+	if t1 == 0 || r.Lease.Transitions != 1 || r.Lease.Holder != "a" || r.Lease.AcquireTime != 100 {
+		t.Fatalf("first holding: got %+v", r.Lease)
+	}
+
+	r = h.apply(110, acquire("default", "db", "b", 10*time.Second))
+	if r.Err != nil || r.Acquired || r.Lease.Holder != "a" {
+		t.Fatalf("acquire by b while a holds: got acquired=%v holder=%q err=%v, want refused with holder a", r.Acquired, r.Lease.Holder, r.Err)
+	}
+
+	r = h.apply(120, acquire("default", "db", "a", 10*time.Second))
+	if !r.Acquired || !r.Renewed || r.Lease.Token != t1 || r.Lease.Transitions != 1 || r.Lease.RenewTime != 120 {
+		t.Fatalf("re-acquire by holder: got %+v, want a renewal with token %d", r, t1)
+	}
+
+	r = h.apply(130, release("default", "db", "a", t1))
+	if r.Err != nil || r.Lease.Holder != "" || r.Lease.History[0].EndReason != EndReleased {
+		t.Fatalf("release: got %+v", r)
+	}
+	// A retried release of the same holding succeeds and writes nothing.
+	rev := h.f.Revision()
+	if r = h.apply(131, release("default", "db", "a", t1)); r.Err != nil || h.f.Revision() != rev {
+		t.Fatalf("repeated release: err=%v revision %d->%d, want no error and no write", r.Err, rev, h.f.Revision())
+	}
+
+	r = h.apply(140, acquire("default", "db", "b", 5*time.Second))
+	if !r.Acquired || r.Lease.Token <= t1 || r.Lease.Transitions != 2 {
+		t.Fatalf("acquire by b after release: got token %d transitions %d, want token > %d and 2", r.Lease.Token, r.Lease.Transitions, t1)
+	}
+	t2, renewIndex := r.Lease.Token, r.Lease.RenewIndex
+
+	// An expire decided before a renewal must not end the renewed holding.
+	r = h.apply(150, renew("default", "db", "b", t2))
+	if r.Err != nil {
+		t.Fatalf("renew: %v", r.Err)
+	}
+	if r = h.apply(160, expire("default", "db", t2, renewIndex)); r.Expired != 0 {
+		t.Fatalf("stale expire: expired %d, want 0", r.Expired)
+	}
+	l, _ := h.f.Get("default", "db")
+	if l.Holder != "b" {
+		t.Fatalf("after stale expire: holder %q, want b", l.Holder)
+	}
+	if r = h.apply(170, expire("default", "db", t2, l.RenewIndex)); r.Expired != 1 {
+		t.Fatalf("expire of the current renewal: expired %d, want 1", r.Expired)
+	}
+	l, _ = h.f.Get("default", "db")
+	if l.Holder != "" || l.History[0].EndReason != EndExpired || l.History[0].End != 170 {
+		t.Fatalf("after expire: %+v", l)
+	}
+
+	// Renew and release of the expired holding fail with ErrNotHolder.
+	if r = h.apply(180, renew("default", "db", "b", t2)); !errors.Is(r.Err, ErrNotHolder) {
+		t.Fatalf("renew after expiry: err %v, want ErrNotHolder", r.Err)
+	}
+	if r = h.apply(180, release("default", "db", "b", t2)); !errors.Is(r.Err, ErrNotHolder) {
+		t.Fatalf("release after expiry: err %v, want ErrNotHolder", r.Err)
+	}
+
+	wantTypes := []EventType{EventAdded, EventRenewed, EventReleased, EventAcquired, EventRenewed, EventExpired}
+	if len(h.events) != len(wantTypes) {
+		t.Fatalf("events: got %d, want %d", len(h.events), len(wantTypes))
+	}
+	for i, ev := range h.events {
+		if ev.Type != wantTypes[i] {
+			t.Errorf("event %d: got %v, want %v", i, ev.Type, wantTypes[i])
+		}
+		if i > 0 && ev.Revision <= h.events[i-1].Revision {
+			t.Errorf("event %d: revision %d not above %d", i, ev.Revision, h.events[i-1].Revision)
+		}
+	}
+}
+
+func TestRenewAndReleaseErrors(t *testing.T) {
+	h := newHarness(t)
+	tok := h.apply(1, acquire("ns", "x", "a", time.Second)).Lease.Token
+	tests := []struct {
+		name string
+		cmd  *fsmpb.Command
+		want error
+	}{
+		{"renew unknown lease", renew("ns", "nope", "a", tok), ErrNotFound},
+		{"renew other namespace", renew("other", "x", "a", tok), ErrNotFound},
+		{"renew wrong holder", renew("ns", "x", "b", tok), ErrNotHolder},
+		{"renew wrong token", renew("ns", "x", "a", tok+1), ErrNotHolder},
+		{"release wrong token", release("ns", "x", "a", tok-1), ErrNotHolder},
+		{"release wrong holder", release("ns", "x", "b", tok), ErrNotHolder},
+		{"release unknown", release("ns", "nope", "a", tok), ErrNotFound},
+		{"delete unknown", del("ns", "nope", 0), ErrNotFound},
+		{"delete stale version", del("ns", "x", 999), ErrConflict},
+		{"renew good", renew("ns", "x", "a", tok), nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := h.apply(2, tc.cmd).Err; !errors.Is(got, tc.want) {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestTokensNeverRepeatAcrossDelete(t *testing.T) {
+	h := newHarness(t)
+	seen := map[uint64]bool{}
+	var last uint64
+	for i := 0; i < 20; i++ {
+		r := h.apply(int64(i), acquire("default", "lock", "a", time.Second))
+		if !r.Acquired || r.Lease.Token <= last || seen[r.Lease.Token] {
+			t.Fatalf("round %d: token %d after %d (acquired=%v)", i, r.Lease.Token, last, r.Acquired)
+		}
+		last = r.Lease.Token
+		seen[last] = true
+		if r.Lease.Transitions != 1 {
+			t.Fatalf("round %d: re-created lease has %d transitions, want 1", i, r.Lease.Transitions)
+		}
+		if r := h.apply(int64(i), del("default", "lock", 0)); r.Err != nil {
+			t.Fatalf("round %d: delete: %v", i, r.Err)
+		}
+	}
+}
+
+func TestRenewBatchResults(t *testing.T) {
+	h := newHarness(t)
+	ta := h.apply(1, acquire("default", "a", "h", time.Second)).Lease.Token
+	tb := h.apply(1, acquire("default", "b", "h", time.Second)).Lease.Token
+	c := &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: &fsmpb.RenewBatch{Renews: []*fsmpb.Renew{
+		{Namespace: "default", Name: "a", Holder: "h", Token: ta},
+		{Namespace: "default", Name: "b", Holder: "h", Token: tb + 100},
+		{Namespace: "default", Name: "c", Holder: "h", Token: 1},
+	}}}}
+	r := h.apply(5, c)
+	want := []error{nil, ErrNotHolder, ErrNotFound}
+	if len(r.Renews) != len(want) {
+		t.Fatalf("got %d results, want %d", len(r.Renews), len(want))
+	}
+	for i, w := range want {
+		if !errors.Is(r.Renews[i].Err, w) {
+			t.Errorf("renew %d: got %v, want %v", i, r.Renews[i].Err, w)
+		}
+	}
+	if l, _ := h.f.Get("default", "a"); l.RenewTime != 5 || l.RenewIndex != h.index {
+		t.Errorf("renewed lease: renewTime %d renewIndex %d, want 5 and %d", l.RenewTime, l.RenewIndex, h.index)
+	}
+}
+
+func TestBadCommandsAreRejected(t *testing.T) {
+	h := newHarness(t)
+	tests := []struct {
+		name string
+		data []byte
+	}{
+		{"garbage", []byte{0xff, 0xff, 0xff}},
+		{"empty command", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h.index++
+			r := h.f.Apply(&raft.Log{Index: h.index, Type: raft.LogCommand, Data: tc.data}).(*Result)
+			if !errors.Is(r.Err, ErrBadCommand) {
+				t.Errorf("got %v, want ErrBadCommand", r.Err)
+			}
+		})
+	}
+	if r := h.apply(1, acquire("default", "", "a", time.Second)); !errors.Is(r.Err, ErrBadCommand) {
+		t.Errorf("acquire without a name: got %v, want ErrBadCommand", r.Err)
+	}
+	if s := h.f.Stats(); s.Leases != 0 || s.Revision != 0 {
+		t.Errorf("state changed by bad commands: %+v", s)
+	}
+}
+
+func TestHistoryIsBounded(t *testing.T) {
+	h := newHarness(t)
+	for i := 0; i < HistoryLimit+5; i++ {
+		r := h.apply(int64(i), acquire("default", "x", "a", time.Second))
+		h.apply(int64(i), release("default", "x", "a", r.Lease.Token))
+	}
+	l, _ := h.f.Get("default", "x")
+	if len(l.History) != HistoryLimit {
+		t.Fatalf("history: got %d entries, want %d", len(l.History), HistoryLimit)
+	}
+	if l.History[0].Token != l.Token || l.History[0].EndReason != EndReleased {
+		t.Errorf("newest history entry: got %+v, want token %d released", l.History[0], l.Token)
+	}
+}
+
+type memSink struct {
+	bytes.Buffer
+	cancelled bool
+}
+
+func (m *memSink) ID() string    { return "mem" }
+func (m *memSink) Cancel() error { m.cancelled = true; return nil }
+func (m *memSink) Close() error  { return nil }
+
+func snapshotBytes(t *testing.T, f *FSM) []byte {
+	t.Helper()
+	s, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := s.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	return sink.Bytes()
+}
+
+func TestSnapshotRoundTrip(t *testing.T) {
+	h := newHarness(t)
+	for _, n := range []string{"c", "a", "b"} {
+		h.apply(1, acquire("ns1", n, "holder-"+n, time.Duration(len(n))*time.Second))
+	}
+	tok := h.apply(2, acquire("ns2", "x", "h", time.Second)).Lease.Token
+	h.apply(3, release("ns2", "x", "h", tok))
+	h.apply(4, &fsmpb.Command{Op: &fsmpb.Command_SetMember{SetMember: &fsmpb.SetMember{Id: "n1", GrpcAddr: "127.0.0.1:7001"}}})
+	h.apply(5, del("ns1", "b", 0))
+	data := snapshotBytes(t, h.f)
+
+	h2 := newHarness(t)
+	if err := h2.f.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if h2.resets != 1 {
+		t.Errorf("listener saw %d restores, want 1", h2.resets)
+	}
+	if got, want := h2.f.Stats(), h.f.Stats(); got.Leases != want.Leases || got.Held != want.Held ||
+		got.Revision != want.Revision || got.LastToken != want.LastToken {
+		t.Errorf("restored stats: got %+v, want %+v", got, want)
+	}
+	if a, _ := h2.f.MemberAddr("n1"); a != "127.0.0.1:7001" {
+		t.Errorf("restored member: got %q", a)
+	}
+	// Equal states encode to equal bytes.
+	if again := snapshotBytes(t, h2.f); !bytes.Equal(again, data) {
+		t.Errorf("re-encoded snapshot differs (%d vs %d bytes)", len(again), len(data))
+	}
+	// The token counter survives: a new holding in the restored FSM gets a
+	// token above every one issued before.
+	h2.index = h.index
+	r := h2.apply(9, acquire("ns9", "new", "z", time.Second))
+	if r.Lease.Token <= h.f.Stats().LastToken {
+		t.Errorf("token after restore: %d, want > %d", r.Lease.Token, h.f.Stats().LastToken)
+	}
+}
+
+func TestRestoreRefusesCorruptSnapshots(t *testing.T) {
+	h := newHarness(t)
+	h.apply(1, acquire("default", "x", "a", time.Second))
+	good := snapshotBytes(t, h.f)
+	flip := append([]byte(nil), good...)
+	flip[len(flip)/2] ^= 0x40
+	tests := []struct {
+		name string
+		data []byte
+	}{
+		{"empty", nil},
+		{"bad magic", append([]byte("NOTASNAP"), good[8:]...)},
+		{"truncated", good[:len(good)-6]},
+		{"bit flip", flip},
+		{"no checksum", good[:len(good)-4]},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := New(nil)
+			err := f.Restore(io.NopCloser(bytes.NewReader(tc.data)))
+			if !errors.Is(err, ErrCorruptSnapshot) {
+				t.Fatalf("got %v, want ErrCorruptSnapshot", err)
+			}
+			if f.Stats().Leases != 0 {
+				t.Errorf("state changed by a refused restore")
+			}
+		})
+	}
+}
+
+func TestListFiltersAndSorts(t *testing.T) {
+	h := newHarness(t)
+	for _, k := range [][2]string{{"b", "2"}, {"a", "9"}, {"b", "1"}} {
+		h.apply(1, acquire(k[0], k[1], "h", time.Second))
+	}
+	got, rev := h.f.List(func(l *Lease) bool { return l.Namespace == "b" })
+	if len(got) != 2 || got[0].Name != "1" || got[1].Name != "2" {
+		t.Fatalf("list of namespace b: got %d leases", len(got))
+	}
+	if rev != h.f.Revision() {
+		t.Errorf("list revision %d, want %d", rev, h.f.Revision())
+	}
+}
+
+func BenchmarkApplyRenew(b *testing.B) {
+	f := New(nil)
+	acq, _ := proto.Marshal(acquire("default", "x", "h", time.Second))
+	r := f.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: acq}).(*Result)
+	data, _ := proto.Marshal(renew("default", "x", "h", r.Lease.Token))
+	log := &raft.Log{Type: raft.LogCommand, Data: data}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		log.Index = uint64(i + 2)
+		f.Apply(log)
+	}
+}

@@ -1,0 +1,150 @@
+package fsm
+
+import (
+	"time"
+
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+)
+
+// HistoryLimit is how many holdings a lease remembers, newest first.
+const HistoryLimit = 10
+
+// Lease is one lease as the FSM stores it. A stored *Lease is never changed:
+// every write stores a new copy, so readers may keep the pointer without a
+// lock and snapshots need only copy pointers.
+type Lease struct {
+	Namespace string
+	Name      string
+	// Holder is empty when the lease is free.
+	Holder   string
+	Duration time.Duration
+	Grace    time.Duration
+	// Wall-clock stamps (Unix nanoseconds) from the leader that proposed the
+	// write; for people, never for validity.
+	AcquireTime int64
+	RenewTime   int64
+	CreateTime  int64
+	Transitions int64
+	// Token is the fencing token of the current holding, or of the last one
+	// when the lease is free.
+	Token           uint64
+	Labels          map[string]string
+	ResourceVersion uint64
+	CreateRevision  uint64
+	// RenewIndex is the Raft index of the entry that began or last renewed
+	// the holding. An Expire names it, so a renewal that won the race keeps
+	// the lease.
+	RenewIndex uint64
+	// History holds the latest holdings, newest first, at most HistoryLimit.
+	History []Holding
+}
+
+// Holding is one past or present holding.
+type Holding struct {
+	Holder    string
+	Token     uint64
+	Start     int64
+	End       int64
+	EndReason string
+}
+
+// Why a holding ended.
+const (
+	EndReleased = "released"
+	EndExpired  = "expired"
+	EndDeleted  = "deleted"
+)
+
+// Key returns the table key of the lease.
+func (l *Lease) Key() string { return Key(l.Namespace, l.Name) }
+
+// Held reports whether someone holds the lease.
+func (l *Lease) Held() bool { return l.Holder != "" }
+
+// TTL is how long a holding lasts without renewal before the leader expires
+// it: duration plus grace.
+func (l *Lease) TTL() time.Duration { return l.Duration + l.Grace }
+
+// Key joins namespace and name. Both are DNS-1123 labels, which cannot
+// contain '/', so the key is unambiguous.
+func Key(namespace, name string) string { return namespace + "/" + name }
+
+func (l *Lease) clone() *Lease {
+	c := *l
+	return &c
+}
+
+// beginHolding records a new holding at the front of the history.
+func (l *Lease) beginHolding(now int64) {
+	h := make([]Holding, 0, min(len(l.History)+1, HistoryLimit))
+	h = append(h, Holding{Holder: l.Holder, Token: l.Token, Start: now})
+	for _, old := range l.History {
+		if len(h) == HistoryLimit {
+			break
+		}
+		h = append(h, old)
+	}
+	l.History = h
+}
+
+// endHolding closes the current holding in the history.
+func (l *Lease) endHolding(now int64, reason string) {
+	if len(l.History) == 0 || l.History[0].Token != l.Token || l.History[0].EndReason != "" {
+		return
+	}
+	h := make([]Holding, len(l.History))
+	copy(h, l.History)
+	h[0].End = now
+	h[0].EndReason = reason
+	l.History = h
+}
+
+func (l *Lease) toRecord() *fsmpb.LeaseRecord {
+	r := &fsmpb.LeaseRecord{
+		Namespace:       l.Namespace,
+		Name:            l.Name,
+		Holder:          l.Holder,
+		DurationNs:      int64(l.Duration),
+		GraceNs:         int64(l.Grace),
+		AcquireUnixNano: l.AcquireTime,
+		RenewUnixNano:   l.RenewTime,
+		CreateUnixNano:  l.CreateTime,
+		Transitions:     l.Transitions,
+		Token:           l.Token,
+		Labels:          l.Labels,
+		ResourceVersion: l.ResourceVersion,
+		CreateRevision:  l.CreateRevision,
+		RenewIndex:      l.RenewIndex,
+	}
+	for _, h := range l.History {
+		r.History = append(r.History, &fsmpb.HoldingRecord{
+			Holder: h.Holder, Token: h.Token, StartUnixNano: h.Start, EndUnixNano: h.End, EndReason: h.EndReason,
+		})
+	}
+	return r
+}
+
+func leaseFromRecord(r *fsmpb.LeaseRecord) *Lease {
+	l := &Lease{
+		Namespace:       r.Namespace,
+		Name:            r.Name,
+		Holder:          r.Holder,
+		Duration:        time.Duration(r.DurationNs),
+		Grace:           time.Duration(r.GraceNs),
+		AcquireTime:     r.AcquireUnixNano,
+		RenewTime:       r.RenewUnixNano,
+		CreateTime:      r.CreateUnixNano,
+		Transitions:     r.Transitions,
+		Token:           r.Token,
+		Labels:          r.Labels,
+		ResourceVersion: r.ResourceVersion,
+		CreateRevision:  r.CreateRevision,
+		RenewIndex:      r.RenewIndex,
+	}
+	for _, h := range r.History {
+		l.History = append(l.History, Holding{
+			Holder: h.Holder, Token: h.Token, Start: h.StartUnixNano, End: h.EndUnixNano, EndReason: h.EndReason,
+		})
+	}
+	return l
+}

@@ -1,0 +1,203 @@
+package fsm
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/encoding/protodelim"
+
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+)
+
+// A snapshot is: the magic, a length-delimited SnapshotHeader, lease_count
+// length-delimited LeaseRecords sorted by key, and a CRC-32C (Castagnoli) of
+// everything before it, big-endian. Sorted records make two snapshots of one
+// state byte-identical; the checksum catches a corrupt or truncated file.
+const snapshotMagic = "LKSNAP1\n"
+
+// snapshotFormat is SnapshotHeader.format for this layout.
+const snapshotFormat = 1
+
+// ErrCorruptSnapshot: a snapshot could not be read back.
+var ErrCorruptSnapshot = errors.New("fsm: corrupt snapshot")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+type snapshot struct {
+	header *fsmpb.SnapshotHeader
+	leases []*Lease
+}
+
+// Snapshot captures the table. Leases are immutable, so copying the
+// pointers under the read lock is enough; encoding happens in Persist,
+// while Raft keeps applying.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := &snapshot{
+		header: &fsmpb.SnapshotHeader{
+			Format:     snapshotFormat,
+			Revision:   f.revision,
+			LastToken:  f.lastToken,
+			LeaseCount: uint64(len(f.leases)),
+		},
+		leases: make([]*Lease, 0, len(f.leases)),
+	}
+	for id, addr := range f.members {
+		s.header.Members = append(s.header.Members, &fsmpb.MemberRecord{Id: id, GrpcAddr: addr})
+	}
+	for _, l := range f.leases {
+		s.leases = append(s.leases, l)
+	}
+	return s, nil
+}
+
+// Persist writes the snapshot to sink.
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	if err := s.encode(sink); err != nil {
+		_ = sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+// Release does nothing: the snapshot holds only immutable pointers.
+func (s *snapshot) Release() {}
+
+// encode writes the snapshot to w.
+func (s *snapshot) encode(w io.Writer) error {
+	sortLeases(s.leases)
+	members := s.header.Members
+	// Members sorted too, so equal states give equal bytes.
+	for i := 1; i < len(members); i++ {
+		for j := i; j > 0 && members[j].Id < members[j-1].Id; j-- {
+			members[j], members[j-1] = members[j-1], members[j]
+		}
+	}
+	crc := crc32.New(castagnoli)
+	bw := bufio.NewWriterSize(io.MultiWriter(w, crc), 256<<10)
+	if _, err := bw.WriteString(snapshotMagic); err != nil {
+		return err
+	}
+	if _, err := protodelim.MarshalTo(bw, s.header); err != nil {
+		return err
+	}
+	for _, l := range s.leases {
+		if _, err := protodelim.MarshalTo(bw, l.toRecord()); err != nil {
+			return err
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return binary.Write(w, binary.BigEndian, crc.Sum32())
+}
+
+// Restore replaces the whole state with the snapshot in rc. On error the
+// state is left as it was.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	st, err := ReadSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.leases = st.leases
+	f.members = st.members
+	f.revision = st.revision
+	f.lastToken = st.lastToken
+	f.mu.Unlock()
+	if f.listener != nil {
+		f.listener.Restored()
+	}
+	return nil
+}
+
+// State is a decoded snapshot.
+type State struct {
+	leases    map[string]*Lease
+	members   map[string]string
+	revision  uint64
+	lastToken uint64
+}
+
+// Leases returns the number of leases in the snapshot.
+func (s *State) Leases() int { return len(s.leases) }
+
+// Revision returns the store revision of the snapshot.
+func (s *State) Revision() uint64 { return s.revision }
+
+// ReadSnapshot decodes and checks a snapshot without applying it.
+func ReadSnapshot(r io.Reader) (*State, error) {
+	crc := crc32.New(castagnoli)
+	br := &crcReader{r: bufio.NewReaderSize(r, 256<<10), crc: crc}
+	magic := make([]byte, len(snapshotMagic))
+	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != snapshotMagic {
+		return nil, fmt.Errorf("%w: not a leasekeeper snapshot (bad magic)", ErrCorruptSnapshot)
+	}
+	var h fsmpb.SnapshotHeader
+	if err := protodelim.UnmarshalFrom(br, &h); err != nil {
+		return nil, fmt.Errorf("%w: header: %v", ErrCorruptSnapshot, err)
+	}
+	if h.Format != snapshotFormat {
+		return nil, fmt.Errorf("%w: unknown format %d", ErrCorruptSnapshot, h.Format)
+	}
+	st := &State{
+		leases:    make(map[string]*Lease, min(h.LeaseCount, 1<<20)),
+		members:   make(map[string]string, len(h.Members)),
+		revision:  h.Revision,
+		lastToken: h.LastToken,
+	}
+	for _, m := range h.Members {
+		st.members[m.Id] = m.GrpcAddr
+	}
+	for i := uint64(0); i < h.LeaseCount; i++ {
+		var rec fsmpb.LeaseRecord
+		if err := protodelim.UnmarshalFrom(br, &rec); err != nil {
+			return nil, fmt.Errorf("%w: lease %d of %d: %v", ErrCorruptSnapshot, i+1, h.LeaseCount, err)
+		}
+		l := leaseFromRecord(&rec)
+		if l.Token > st.lastToken {
+			return nil, fmt.Errorf("%w: lease %s has token %d above the counter %d", ErrCorruptSnapshot, l.Key(), l.Token, st.lastToken)
+		}
+		st.leases[l.Key()] = l
+	}
+	sum := crc.Sum32()
+	var want uint32
+	if err := binary.Read(br.r, binary.BigEndian, &want); err != nil {
+		return nil, fmt.Errorf("%w: missing checksum: %v", ErrCorruptSnapshot, err)
+	}
+	if sum != want {
+		return nil, fmt.Errorf("%w: checksum mismatch (got %08x, want %08x)", ErrCorruptSnapshot, sum, want)
+	}
+	return st, nil
+}
+
+// crcReader hashes what passes through it. It is a ByteReader too, which
+// protodelim needs to read the length prefixes.
+type crcReader struct {
+	r   *bufio.Reader
+	crc hash.Hash32
+	one [1]byte
+}
+
+func (c *crcReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.crc.Write(p[:n])
+	return n, err
+}
+
+func (c *crcReader) ReadByte() (byte, error) {
+	b, err := c.r.ReadByte()
+	if err == nil {
+		c.one[0] = b
+		c.crc.Write(c.one[:])
+	}
+	return b, err
+}
