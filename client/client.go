@@ -1,0 +1,366 @@
+// Package client is the Go client of leasekeeper.
+//
+// A Client holds one lazily dialled gRPC connection per endpoint. Unary calls
+// go to the endpoint that last answered; when it is unreachable or answers
+// codes.Unavailable (no leader known), the call moves to the next endpoint
+// after a jittered exponential backoff, until its context is done. Every
+// lease operation is idempotent for the same holder and token on the server
+// side, so a retry after a lost reply does no harm.
+//
+// Errors answered by the server come back as the sentinels below, so callers
+// test them with errors.Is, while status.Code still reports the gRPC code and
+// the message keeps the server's text.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/clock"
+)
+
+// Errors that the client returns. Server answers map to them by gRPC code:
+// NotFound to ErrNotFound, FailedPrecondition to ErrStaleToken,
+// InvalidArgument to ErrInvalid, PermissionDenied to ErrPermission and
+// Unavailable to ErrUnavailable. DeadlineExceeded and Canceled map to
+// context.DeadlineExceeded and context.Canceled. Other codes come back as
+// plain gRPC status errors.
+var (
+	// ErrNotFound means the lease does not exist.
+	ErrNotFound = errors.New("client: lease not found")
+	// ErrStaleToken means the holder or fencing token no longer names the
+	// lease's current holding.
+	ErrStaleToken = errors.New("client: stale or wrong fencing token")
+	// ErrInvalid means the server rejected an argument (a name, a duration).
+	ErrInvalid = errors.New("client: invalid argument")
+	// ErrPermission means the server refused the caller.
+	ErrPermission = errors.New("client: permission denied")
+	// ErrUnavailable means no endpoint could serve the call, usually because
+	// none is reachable or the cluster has no leader.
+	ErrUnavailable = errors.New("client: cluster unavailable")
+	// ErrClosed means the Client was closed.
+	ErrClosed = errors.New("client: closed")
+)
+
+// DefaultEndpoints are the gRPC addresses of a local three-node cluster.
+var DefaultEndpoints = []string{"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"}
+
+// Config configures a Client. Start from DefaultConfig.
+type Config struct {
+	// Endpoints are the host:port gRPC addresses of any cluster nodes. Any
+	// node answers any request.
+	Endpoints []string
+	// DialTimeout bounds one attempt to connect to an endpoint; a call that
+	// meets a slower endpoint fails over to the next one.
+	DialTimeout time.Duration
+	// TLS, when set, secures the connections; nil means plaintext.
+	TLS *tls.Config
+	// Logger receives retries at debug level; nil discards them.
+	Logger hclog.Logger
+	// Clock times the backoff between retries; nil means the real clock.
+	Clock clock.Clock
+	// MaxRetries caps the retries of a call whose context has no deadline.
+	// A call with a deadline retries until the deadline.
+	MaxRetries int
+	// BackoffBase is the wait before the first retry; it doubles on every
+	// retry up to BackoffMax. Each wait is jittered to between half and all
+	// of its value. The same bounds pace reconnection to a lost endpoint.
+	BackoffBase time.Duration
+	// BackoffMax caps the wait between retries.
+	BackoffMax time.Duration
+}
+
+// DefaultConfig returns a Config for a local three-node cluster.
+func DefaultConfig() Config {
+	return Config{
+		Endpoints:   append([]string(nil), DefaultEndpoints...),
+		DialTimeout: 5 * time.Second,
+		MaxRetries:  10,
+		BackoffBase: 50 * time.Millisecond,
+		BackoffMax:  2 * time.Second,
+	}
+}
+
+// Validate reports the first problem with c, naming the field.
+func (c Config) Validate() error {
+	if len(c.Endpoints) == 0 {
+		return errors.New("client: Config.Endpoints is empty")
+	}
+	for _, ep := range c.Endpoints {
+		host, port, err := net.SplitHostPort(ep)
+		if err != nil || host == "" || port == "" {
+			return fmt.Errorf("client: Config.Endpoints: %q is not host:port", ep)
+		}
+	}
+	switch {
+	case c.DialTimeout <= 0:
+		return fmt.Errorf("client: Config.DialTimeout must be positive, got %v", c.DialTimeout)
+	case c.MaxRetries < 0:
+		return fmt.Errorf("client: Config.MaxRetries must not be negative, got %d", c.MaxRetries)
+	case c.BackoffBase <= 0:
+		return fmt.Errorf("client: Config.BackoffBase must be positive, got %v", c.BackoffBase)
+	case c.BackoffMax < c.BackoffBase:
+		return fmt.Errorf("client: Config.BackoffMax (%v) must not be below Config.BackoffBase (%v)", c.BackoffMax, c.BackoffBase)
+	}
+	return nil
+}
+
+// Client talks to a leasekeeper cluster. It is safe for concurrent use.
+type Client struct {
+	cfg       Config
+	log       hclog.Logger
+	clock     clock.Clock
+	endpoints []string
+	conns     []*grpc.ClientConn
+	// cur is the index of the endpoint that calls try first: the last one
+	// that answered.
+	cur     atomic.Uint32
+	closed  atomic.Bool
+	leases  pb.LeasesClient
+	cluster pb.ClusterClient
+}
+
+// New returns a Client for cfg. It does not wait for any connection: each
+// endpoint is dialled on first use.
+func New(cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Client{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		clock:     cfg.Clock,
+		endpoints: append([]string(nil), cfg.Endpoints...),
+	}
+	if c.log == nil {
+		c.log = hclog.NewNullLogger()
+	}
+	if c.clock == nil {
+		c.clock = clock.New()
+	}
+	creds := insecure.NewCredentials()
+	if cfg.TLS != nil {
+		creds = credentials.NewTLS(cfg.TLS)
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  cfg.BackoffBase,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   cfg.BackoffMax,
+			},
+			MinConnectTimeout: cfg.DialTimeout,
+		}),
+	}
+	for _, ep := range c.endpoints {
+		cc, err := grpc.NewClient(ep, opts...)
+		if err != nil {
+			c.closeConns()
+			return nil, fmt.Errorf("client: endpoint %q: %w", ep, err)
+		}
+		c.conns = append(c.conns, cc)
+	}
+	conn := failoverConn{c}
+	c.leases = pb.NewLeasesClient(conn)
+	c.cluster = pb.NewClusterClient(conn)
+	return c, nil
+}
+
+// Close closes every connection. Calls after Close return ErrClosed.
+func (c *Client) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	return c.closeConns()
+}
+
+func (c *Client) closeConns() error {
+	var errs []error
+	for _, cc := range c.conns {
+		if err := cc.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Endpoints returns the endpoints that the Client was built with.
+func (c *Client) Endpoints() []string { return append([]string(nil), c.endpoints...) }
+
+// Leases returns the raw lease API. Unary calls fail over between endpoints
+// and return mapped errors; streams fail over only while they open, and
+// their errors are mapped too.
+func (c *Client) Leases() pb.LeasesClient { return c.leases }
+
+// Cluster returns the raw cluster API, with the same failover as Leases.
+func (c *Client) Cluster() pb.ClusterClient { return c.cluster }
+
+// Acquire takes the lease namespace/name for holder, or renews it when
+// holder holds it already. When someone else holds it, the answer has
+// Acquired false, the current holding and its remaining time, and err is nil.
+// A zero grace leaves the grace period to the server; labels apply when a new
+// holding begins.
+func (c *Client) Acquire(ctx context.Context, namespace, name, holder string, duration, grace time.Duration, labels map[string]string) (*pb.AcquireResponse, error) {
+	req := &pb.AcquireRequest{
+		Namespace:      namespace,
+		Name:           name,
+		HolderIdentity: holder,
+		LeaseDuration:  durationpb.New(duration),
+		Labels:         labels,
+	}
+	if grace != 0 {
+		req.GracePeriod = durationpb.New(grace)
+	}
+	return c.leases.Acquire(ctx, req)
+}
+
+// Renew extends holder's holding of namespace/name, named by its fencing
+// token. It returns ErrStaleToken when the holding is no longer the caller's.
+func (c *Client) Renew(ctx context.Context, namespace, name, holder string, token uint64) (*pb.Lease, error) {
+	resp, err := c.leases.Renew(ctx, &pb.RenewRequest{
+		Namespace: namespace, Name: name, HolderIdentity: holder, FencingToken: token,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetLease(), nil
+}
+
+// Release ends holder's holding of namespace/name, named by its fencing token.
+func (c *Client) Release(ctx context.Context, namespace, name, holder string, token uint64) (*pb.Lease, error) {
+	resp, err := c.leases.Release(ctx, &pb.ReleaseRequest{
+		Namespace: namespace, Name: name, HolderIdentity: holder, FencingToken: token,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetLease(), nil
+}
+
+// Get reads one lease. A serializable read is answered from the node's local
+// state: faster, possibly stale, and without a remaining time on followers.
+func (c *Client) Get(ctx context.Context, namespace, name string, serializable bool) (*pb.GetResponse, error) {
+	return c.leases.Get(ctx, &pb.GetRequest{Namespace: namespace, Name: name, Serializable: serializable})
+}
+
+// List reads the leases that req selects.
+func (c *Client) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
+	return c.leases.List(ctx, req)
+}
+
+// Delete removes a lease and returns it as it was.
+func (c *Client) Delete(ctx context.Context, namespace, name string) (*pb.Lease, error) {
+	resp, err := c.leases.Delete(ctx, &pb.DeleteRequest{Namespace: namespace, Name: name})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetLease(), nil
+}
+
+// Watch streams the changes that req selects until ctx is done or the stream
+// breaks. Opening fails over between endpoints; after a break, open a new
+// watch with StartRevision set to the last revision received.
+func (c *Client) Watch(ctx context.Context, req *pb.WatchRequest) (pb.Leases_WatchClient, error) {
+	return c.leases.Watch(ctx, req)
+}
+
+// Status reports the cluster as the answering node sees it.
+func (c *Client) Status(ctx context.Context) (*pb.StatusResponse, error) {
+	return c.cluster.Status(ctx, &pb.StatusRequest{})
+}
+
+// retry runs call against one endpoint after another until it succeeds,
+// fails with an error that a retry cannot help, or ctx is done. Without a
+// deadline on ctx it gives up after cfg.MaxRetries retries.
+func (c *Client) retry(ctx context.Context, method string, call func(*grpc.ClientConn) error) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	_, hasDeadline := ctx.Deadline()
+	for attempt := 0; ; attempt++ {
+		i := c.cur.Load()
+		err := call(c.conns[i])
+		if c.closed.Load() {
+			return ErrClosed
+		}
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			return mapError(err)
+		}
+		// Move on from the failed endpoint, unless a concurrent call has
+		// moved on already.
+		c.cur.CompareAndSwap(i, (i+1)%uint32(len(c.conns)))
+		if !hasDeadline && attempt >= c.cfg.MaxRetries {
+			return mapError(err)
+		}
+		wait := c.backoff(attempt)
+		c.log.Debug("retrying", "method", method, "endpoint", c.endpoints[i], "attempt", attempt+1, "wait", wait, "error", err)
+		if werr := c.sleep(ctx, wait); werr != nil {
+			return &statusError{
+				kind: werr,
+				st:   status.New(status.FromContextError(werr).Code(), fmt.Sprintf("after %d attempts, last error: %v", attempt+1, mapError(err))),
+			}
+		}
+	}
+}
+
+// backoff returns the jittered wait before retry number attempt+1.
+func (c *Client) backoff(attempt int) time.Duration {
+	d := c.cfg.BackoffMax
+	if attempt < 32 {
+		if b := c.cfg.BackoffBase << attempt; b > 0 && b < d {
+			d = b
+		}
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+func (c *Client) sleep(ctx context.Context, d time.Duration) error {
+	t := c.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C():
+		return nil
+	}
+}
+
+// failoverConn is the grpc.ClientConnInterface behind Leases and Cluster.
+type failoverConn struct{ c *Client }
+
+func (f failoverConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return f.c.retry(ctx, method, func(cc *grpc.ClientConn) error {
+		return cc.Invoke(ctx, method, args, reply, opts...)
+	})
+}
+
+func (f failoverConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	var s grpc.ClientStream
+	err := f.c.retry(ctx, method, func(cc *grpc.ClientConn) error {
+		var err error
+		s, err = cc.NewStream(ctx, desc, method, opts...)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return mappedStream{s}, nil
+}

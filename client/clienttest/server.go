@@ -1,0 +1,494 @@
+// Package clienttest runs an in-process fake leasekeeper node for the tests
+// of code that uses the client package or leasectl.
+//
+// The fake keeps a lease table in memory with the API's answers (acquire,
+// renew, release, get, list, delete, watch, cluster status) but no Raft and
+// no expiry: holdings last until released or deleted. Faults injected per
+// method stand in for an unavailable or slow node.
+//
+// It lives outside client/internal so that cmd/leasectl can use it too.
+package clienttest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+)
+
+// Fault runs before a method's handler. A non-nil error is the method's
+// answer and the handler does not run.
+type Fault func(ctx context.Context) error
+
+// Unavailable answers codes.Unavailable, as a node with no known leader does.
+func Unavailable(ctx context.Context) error {
+	return status.Error(codes.Unavailable, "no leader known")
+}
+
+// Hang blocks until the call's context is done, as a partitioned node does.
+func Hang(ctx context.Context) error {
+	<-ctx.Done()
+	return status.FromContextError(ctx.Err()).Err()
+}
+
+// Server is a fake leasekeeper node listening on 127.0.0.1.
+type Server struct {
+	// Addr is the host:port to dial.
+	Addr string
+	// ID names the node in Status answers.
+	ID string
+
+	srv  *grpc.Server
+	stop sync.Once
+	done chan struct{}
+
+	mu     sync.Mutex
+	leases map[string]*pb.Lease // by namespace/name
+	rev    uint64
+	token  uint64
+	events []*pb.WatchEvent
+	// changed is closed and replaced whenever an event is added, to wake
+	// watchers.
+	changed chan struct{}
+	faults  map[string]Fault
+	calls   map[string]int
+	status  *pb.StatusResponse
+}
+
+// Start starts a Server on a free port and stops it when tb ends.
+func Start(tb testing.TB) *Server {
+	tb.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("clienttest: listen: %v", err)
+	}
+	s := &Server{
+		Addr:    lis.Addr().String(),
+		ID:      "node-" + lis.Addr().String(),
+		done:    make(chan struct{}),
+		leases:  make(map[string]*pb.Lease),
+		changed: make(chan struct{}),
+		faults:  make(map[string]Fault),
+		calls:   make(map[string]int),
+	}
+	s.srv = grpc.NewServer(
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := s.enter(ctx, info.FullMethod); err != nil {
+				return nil, err
+			}
+			return h(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := s.enter(ss.Context(), info.FullMethod); err != nil {
+				return err
+			}
+			return h(srv, ss)
+		}),
+	)
+	pb.RegisterLeasesServer(s.srv, leases{s: s})
+	pb.RegisterClusterServer(s.srv, cluster{s: s})
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = s.srv.Serve(lis)
+	}()
+	tb.Cleanup(func() {
+		s.Stop()
+		<-served
+	})
+	return s
+}
+
+// Stop closes every connection and stream and stops listening.
+func (s *Server) Stop() {
+	s.stop.Do(func() {
+		close(s.done)
+		s.srv.Stop()
+	})
+}
+
+// Inject makes method ("Acquire", "Status", ...; "" for every method) run f
+// first. A nil f removes the fault.
+func (s *Server) Inject(method string, f Fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f == nil {
+		delete(s.faults, method)
+		return
+	}
+	s.faults[method] = f
+}
+
+// Calls reports how many times method was called, faults included.
+func (s *Server) Calls(method string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[method]
+}
+
+// SetStatus sets the answer to Cluster.Status; without it the node reports
+// itself as the leader of a one-member cluster.
+func (s *Server) SetStatus(st *pb.StatusResponse) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status = proto.Clone(st).(*pb.StatusResponse)
+}
+
+// Put stores l as it is (defaulting its namespace and stamping a resource
+// version) and emits an ADDED event, to seed the table.
+func (s *Server) Put(l *pb.Lease) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l = proto.Clone(l).(*pb.Lease)
+	if l.Namespace == "" {
+		l.Namespace = "default"
+	}
+	if l.FencingToken > s.token {
+		s.token = l.FencingToken
+	}
+	s.write(pb.WatchEvent_ADDED, l)
+}
+
+// Emit records an event of type t for the stored lease namespace/name, as
+// if the server had applied such a change, and returns its revision.
+func (s *Server) Emit(t pb.WatchEvent_Type, namespace, name string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.leases[key(namespace, name)]
+	if !ok {
+		l = &pb.Lease{Namespace: namespace, Name: name}
+	}
+	return s.write(t, l)
+}
+
+func (s *Server) enter(ctx context.Context, fullMethod string) error {
+	method := path.Base(fullMethod)
+	s.mu.Lock()
+	s.calls[method]++
+	f := s.faults[method]
+	if f == nil {
+		f = s.faults[""]
+	}
+	s.mu.Unlock()
+	if f != nil {
+		return f(ctx)
+	}
+	return nil
+}
+
+// write stores l under a new revision and records the event. s.mu is held.
+func (s *Server) write(t pb.WatchEvent_Type, l *pb.Lease) uint64 {
+	s.rev++
+	l.ResourceVersion = s.rev
+	if t == pb.WatchEvent_DELETED {
+		delete(s.leases, key(l.Namespace, l.Name))
+	} else {
+		s.leases[key(l.Namespace, l.Name)] = l
+	}
+	s.events = append(s.events, &pb.WatchEvent{Type: t, Lease: proto.Clone(l).(*pb.Lease), Revision: s.rev})
+	close(s.changed)
+	s.changed = make(chan struct{})
+	return s.rev
+}
+
+func key(namespace, name string) string { return namespace + "/" + name }
+
+func defaultNS(ns string) string {
+	if ns == "" {
+		return "default"
+	}
+	return ns
+}
+
+func (s *Server) lookup(namespace, name string) (*pb.Lease, error) {
+	if name == "" {
+		return nil, status.Error(codes.InvalidArgument, "lease name is empty")
+	}
+	l, ok := s.leases[key(namespace, name)]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "lease %s/%s not found", namespace, name)
+	}
+	return l, nil
+}
+
+type leases struct {
+	pb.UnimplementedLeasesServer
+	s *Server
+}
+
+func (x leases) Acquire(_ context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	s := x.s
+	ns := defaultNS(req.Namespace)
+	switch {
+	case req.Name == "":
+		return nil, status.Error(codes.InvalidArgument, "lease name is empty")
+	case req.HolderIdentity == "":
+		return nil, status.Error(codes.InvalidArgument, "holder identity is empty")
+	case req.GetLeaseDuration().AsDuration() <= 0:
+		return nil, status.Error(codes.InvalidArgument, "lease duration must be positive")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := timestamppb.Now()
+	l, ok := s.leases[key(ns, req.Name)]
+	if !ok {
+		l = &pb.Lease{Namespace: ns, Name: req.Name, CreateRevision: s.rev + 1, CreateTime: now}
+	} else {
+		l = proto.Clone(l).(*pb.Lease)
+	}
+	switch l.HolderIdentity {
+	case req.HolderIdentity:
+		l.RenewTime = now
+		l.LeaseDuration = req.LeaseDuration
+		s.write(pb.WatchEvent_RENEWED, l)
+		return &pb.AcquireResponse{Acquired: true, Renewed: true, Lease: proto.Clone(l).(*pb.Lease), Remaining: remaining(l)}, nil
+	case "":
+		s.token++
+		l.HolderIdentity = req.HolderIdentity
+		l.FencingToken = s.token
+		l.LeaseTransitions++
+		l.LeaseDuration = req.LeaseDuration
+		l.GracePeriod = req.GracePeriod
+		l.AcquireTime, l.RenewTime = now, now
+		if len(req.Labels) > 0 {
+			l.Labels = req.Labels
+		}
+		l.History = append([]*pb.Holding{{HolderIdentity: req.HolderIdentity, FencingToken: s.token, StartTime: now}}, l.History...)
+		t := pb.WatchEvent_ACQUIRED
+		if !ok {
+			t = pb.WatchEvent_ADDED
+		}
+		s.write(t, l)
+		return &pb.AcquireResponse{Acquired: true, Lease: proto.Clone(l).(*pb.Lease), Remaining: remaining(l)}, nil
+	default:
+		return &pb.AcquireResponse{Lease: proto.Clone(l).(*pb.Lease), Remaining: remaining(l)}, nil
+	}
+}
+
+// remaining is what the fake reports as time left: a full duration plus
+// grace, since it never expires anything.
+func remaining(l *pb.Lease) *durationpb.Duration {
+	if l.HolderIdentity == "" {
+		return nil
+	}
+	return durationpb.New(l.GetLeaseDuration().AsDuration() + l.GetGracePeriod().AsDuration())
+}
+
+func (x leases) holding(namespace, name, holder string, token uint64) (*pb.Lease, error) {
+	l, err := x.s.lookup(namespace, name)
+	if err != nil {
+		return nil, err
+	}
+	if l.HolderIdentity != holder || l.FencingToken != token {
+		return nil, status.Errorf(codes.FailedPrecondition, "lease %s/%s is not held by %q with token %d", namespace, name, holder, token)
+	}
+	return proto.Clone(l).(*pb.Lease), nil
+}
+
+func (x leases) Renew(_ context.Context, req *pb.RenewRequest) (*pb.RenewResponse, error) {
+	s := x.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, err := x.holding(defaultNS(req.Namespace), req.Name, req.HolderIdentity, req.FencingToken)
+	if err != nil {
+		return nil, err
+	}
+	l.RenewTime = timestamppb.Now()
+	s.write(pb.WatchEvent_RENEWED, l)
+	return &pb.RenewResponse{Lease: proto.Clone(l).(*pb.Lease)}, nil
+}
+
+func (x leases) Release(_ context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+	s := x.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, err := x.holding(defaultNS(req.Namespace), req.Name, req.HolderIdentity, req.FencingToken)
+	if err != nil {
+		return nil, err
+	}
+	l.HolderIdentity = ""
+	if len(l.History) > 0 {
+		l.History[0].EndTime = timestamppb.Now()
+		l.History[0].EndReason = "released"
+	}
+	s.write(pb.WatchEvent_RELEASED, l)
+	return &pb.ReleaseResponse{Lease: proto.Clone(l).(*pb.Lease)}, nil
+}
+
+func (x leases) Get(_ context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
+	s := x.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, err := s.lookup(defaultNS(req.Namespace), req.Name)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.GetResponse{Lease: proto.Clone(l).(*pb.Lease)}
+	if !req.Serializable {
+		resp.Remaining = remaining(l)
+	}
+	return resp, nil
+}
+
+func (x leases) List(_ context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
+	sel, err := parseSelector(req.LabelSelector)
+	if err != nil {
+		return nil, err
+	}
+	s := x.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	resp := &pb.ListResponse{Revision: s.rev}
+	for _, l := range s.leases {
+		if (req.AllNamespaces || l.Namespace == defaultNS(req.Namespace)) && sel.matches(l.Labels) {
+			resp.Leases = append(resp.Leases, proto.Clone(l).(*pb.Lease))
+		}
+	}
+	sort.Slice(resp.Leases, func(i, j int) bool {
+		return key(resp.Leases[i].Namespace, resp.Leases[i].Name) < key(resp.Leases[j].Namespace, resp.Leases[j].Name)
+	})
+	return resp, nil
+}
+
+func (x leases) Delete(_ context.Context, req *pb.DeleteRequest) (*pb.DeleteResponse, error) {
+	s := x.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, err := s.lookup(defaultNS(req.Namespace), req.Name)
+	if err != nil {
+		return nil, err
+	}
+	l = proto.Clone(l).(*pb.Lease)
+	s.write(pb.WatchEvent_DELETED, l)
+	return &pb.DeleteResponse{Lease: proto.Clone(l).(*pb.Lease)}, nil
+}
+
+// Watch replays the recorded events after StartRevision (all of them when
+// it is zero, unlike the real server), then follows new ones.
+func (x leases) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error {
+	sel, err := parseSelector(req.LabelSelector)
+	if err != nil {
+		return err
+	}
+	s := x.s
+	next := 0
+	for {
+		s.mu.Lock()
+		events := s.events[next:]
+		next = len(s.events)
+		changed := s.changed
+		s.mu.Unlock()
+		for _, ev := range events {
+			l := ev.Lease
+			if ev.Revision <= req.StartRevision ||
+				(!req.AllNamespaces && l.Namespace != defaultNS(req.Namespace)) ||
+				(req.Name != "" && l.Name != req.Name) ||
+				!sel.matches(l.Labels) {
+				continue
+			}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-changed:
+		case <-stream.Context().Done():
+			return status.FromContextError(stream.Context().Err()).Err()
+		case <-s.done:
+			return status.Error(codes.Unavailable, "server stopped")
+		}
+	}
+}
+
+type cluster struct {
+	pb.UnimplementedClusterServer
+	s *Server
+}
+
+func (x cluster) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
+	s := x.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status != nil {
+		return proto.Clone(s.status).(*pb.StatusResponse), nil
+	}
+	return &pb.StatusResponse{
+		Id: s.ID, Leader: s.ID, LeaderGrpcAddr: s.Addr, Term: 1,
+		CommitIndex: s.rev, AppliedIndex: s.rev, State: "leader", Revision: s.rev,
+		Leases:  int64(len(s.leases)),
+		Members: []*pb.Member{{Id: s.ID, RaftAddr: "127.0.0.1:0", GrpcAddr: s.Addr, Suffrage: "voter", State: "leader"}},
+	}, nil
+}
+
+// selector is a parsed Kubernetes equality-based label selector.
+type selector []requirement
+
+type requirement struct {
+	key, value string
+	op         string // "=", "!=", "exists", "!exists"
+}
+
+func parseSelector(s string) (selector, error) {
+	var sel selector
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		var r requirement
+		switch {
+		case part == "":
+			continue
+		case strings.Contains(part, "!="):
+			k, v, _ := strings.Cut(part, "!=")
+			r = requirement{strings.TrimSpace(k), strings.TrimSpace(v), "!="}
+		case strings.Contains(part, "="):
+			k, v, _ := strings.Cut(part, "=")
+			r = requirement{strings.TrimSpace(k), strings.TrimSpace(strings.TrimPrefix(v, "=")), "="}
+		case strings.HasPrefix(part, "!"):
+			r = requirement{strings.TrimSpace(part[1:]), "", "!exists"}
+		default:
+			r = requirement{part, "", "exists"}
+		}
+		if r.key == "" {
+			return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("bad label selector %q", s))
+		}
+		sel = append(sel, r)
+	}
+	return sel, nil
+}
+
+func (sel selector) matches(labels map[string]string) bool {
+	for _, r := range sel {
+		v, ok := labels[r.key]
+		switch r.op {
+		case "=":
+			if !ok || v != r.value {
+				return false
+			}
+		case "!=":
+			if ok && v == r.value {
+				return false
+			}
+		case "exists":
+			if !ok {
+				return false
+			}
+		case "!exists":
+			if ok {
+				return false
+			}
+		}
+	}
+	return true
+}
