@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
@@ -56,6 +57,31 @@ var (
 	ErrUnavailable = errors.New("client: cluster unavailable")
 	// ErrClosed means the Client was closed.
 	ErrClosed = errors.New("client: closed")
+
+	// ErrLocked means another holder holds the lease (TryLock, Hold). The
+	// error is a *HeldError that names the holding.
+	ErrLocked = errors.New("client: lease held by another holder")
+	// ErrLost is wrapped by the error of every holding that ended without
+	// the caller asking: Holding.Err matches it and the cause (ErrExpired,
+	// ErrNotFound, ErrStaleToken, ErrPermission, ErrInvalid, ErrClosed).
+	ErrLost = errors.New("client: holding lost")
+	// ErrExpired means a holding's local deadline passed without a
+	// successful renewal; the server may expire it at any moment after.
+	ErrExpired = errors.New("client: local deadline passed without a renewal")
+	// ErrReleased is the Err of a holding that the caller released.
+	ErrReleased = errors.New("client: holding released")
+	// ErrAbandoned is the Err of a holding that the caller stopped renewing
+	// without releasing it.
+	ErrAbandoned = errors.New("client: holding abandoned")
+	// ErrNotLocked means Unlock found no holding to release.
+	ErrNotLocked = errors.New("client: mutex not locked")
+	// ErrAlreadyLocked means Lock or TryLock was called on a Mutex that
+	// holds its lock already.
+	ErrAlreadyLocked = errors.New("client: mutex already locked")
+	// ErrAlreadyHeld means this client already keeps a holding of the lease
+	// for the same holder identity; two local holdings of one server
+	// holding would end each other.
+	ErrAlreadyHeld = errors.New("client: lease already held by this client for this holder")
 )
 
 // DefaultEndpoints are the gRPC addresses of a local three-node cluster.
@@ -84,7 +110,40 @@ type Config struct {
 	BackoffBase time.Duration
 	// BackoffMax caps the wait between retries.
 	BackoffMax time.Duration
+
+	// MaxDrift is the documented bound on the difference in clock rate
+	// between this machine and the cluster's leader, as a fraction (0.01 is
+	// 1%). The client believes a holding only until
+	// sent + duration*(1-MaxDrift) - Margin, where sent is its own clock
+	// reading taken before the acquire or renew request was sent.
+	MaxDrift float64
+	// Margin is subtracted from every local deadline. It covers what the
+	// drift bound does not: the delay between the deadline and the moment
+	// the holder's code notices it (timer latency, scheduling, a short GC
+	// pause). The default of 50ms suits a process without long pauses;
+	// fencing tokens cover the rest. A holding whose duration leaves no room
+	// to renew before its local deadline is refused (ErrInvalid).
+	Margin time.Duration
+	// RenewFraction is how far into a holding's duration the renewal engine
+	// renews it, unless the holding sets its own interval (WithRenewInterval,
+	// a Profile, the LeaderElector's RetryPeriod). 1/3 renews three times per
+	// duration.
+	RenewFraction float64
+	// Registerer, when set, receives the client's metrics
+	// (leasekeeper_client_*). Several clients may share one Registerer: they
+	// then share the collectors.
+	Registerer prometheus.Registerer
+	// DialOptions are added to the client's own when dialling; tests use
+	// them to inject interceptors.
+	DialOptions []grpc.DialOption
 }
+
+// Defaults of the holding-related Config fields.
+const (
+	DefaultMaxDrift      = 0.01
+	DefaultMargin        = 50 * time.Millisecond
+	DefaultRenewFraction = 1.0 / 3
+)
 
 // DefaultConfig returns a Config for a local three-node cluster.
 func DefaultConfig() Config {
@@ -94,6 +153,10 @@ func DefaultConfig() Config {
 		MaxRetries:  10,
 		BackoffBase: 50 * time.Millisecond,
 		BackoffMax:  2 * time.Second,
+
+		MaxDrift:      DefaultMaxDrift,
+		Margin:        DefaultMargin,
+		RenewFraction: DefaultRenewFraction,
 	}
 }
 
@@ -117,6 +180,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("client: Config.BackoffBase must be positive, got %v", c.BackoffBase)
 	case c.BackoffMax < c.BackoffBase:
 		return fmt.Errorf("client: Config.BackoffMax (%v) must not be below Config.BackoffBase (%v)", c.BackoffMax, c.BackoffBase)
+	case !(c.MaxDrift >= 0 && c.MaxDrift < 0.5):
+		return fmt.Errorf("client: Config.MaxDrift must be in [0, 0.5), got %v", c.MaxDrift)
+	case c.Margin < 0:
+		return fmt.Errorf("client: Config.Margin must not be negative, got %v", c.Margin)
+	case !(c.RenewFraction > 0 && c.RenewFraction < 1-c.MaxDrift):
+		return fmt.Errorf("client: Config.RenewFraction must be in (0, 1-MaxDrift), got %v", c.RenewFraction)
 	}
 	return nil
 }
@@ -134,6 +203,8 @@ type Client struct {
 	closed  atomic.Bool
 	leases  pb.LeasesClient
 	cluster pb.ClusterClient
+	met     *metrics
+	keeper  *keeper
 }
 
 // New returns a Client for cfg. It does not wait for any connection: each
@@ -154,6 +225,8 @@ func New(cfg Config) (*Client, error) {
 	if c.clock == nil {
 		c.clock = clock.New()
 	}
+	c.met = newMetrics(cfg.Registerer)
+	c.keeper = newKeeper(c)
 	creds := insecure.NewCredentials()
 	if cfg.TLS != nil {
 		creds = credentials.NewTLS(cfg.TLS)
@@ -170,6 +243,7 @@ func New(cfg Config) (*Client, error) {
 			MinConnectTimeout: cfg.DialTimeout,
 		}),
 	}
+	opts = append(opts, cfg.DialOptions...)
 	for _, ep := range c.endpoints {
 		cc, err := grpc.NewClient(ep, opts...)
 		if err != nil {
@@ -184,13 +258,20 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Close closes every connection. Calls after Close return ErrClosed.
+// Close stops the renewal engine and closes every connection. Every holding
+// still kept ends at once with ErrClosed (its Lost channel closes), and none
+// is released: the server expires them after their duration and grace.
+// Calls after Close return ErrClosed.
 func (c *Client) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	c.keeper.close()
 	return c.closeConns()
 }
+
+// Clock returns the clock that the client makes its time decisions on.
+func (c *Client) Clock() clock.Clock { return c.clock }
 
 func (c *Client) closeConns() error {
 	var errs []error

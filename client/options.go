@@ -1,0 +1,199 @@
+package client
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// Defaults for holdings made without options. They equal TestProfile's
+// duration, grace and retry; the renewal interval comes from
+// Config.RenewFraction.
+const (
+	DefaultLeaseDuration = 15 * time.Second
+	DefaultGracePeriod   = 5 * time.Second
+	DefaultRetryPeriod   = 2 * time.Second
+	DefaultNamespace     = "default"
+)
+
+// Profile is a consistent set of timings for one kind of environment. Pick
+// one with ProductionProfile, TestProfile or DevelopmentProfile (or
+// ProfileByName), change any field, and pass it with WithProfile or
+// ElectorConfigFromProfile.
+type Profile struct {
+	// Name is the profile's name, for logs.
+	Name string
+	// LeaseDuration is how long a holding lasts without a renewal.
+	LeaseDuration time.Duration
+	// RenewFraction is how far into LeaseDuration a holding is renewed.
+	RenewFraction float64
+	// RetryPeriod is how long a waiter (Mutex.Lock's backstop, a
+	// LeaderElector candidate, a Heartbeat that lost its lease) waits
+	// between attempts when no watch event wakes it first.
+	RetryPeriod time.Duration
+	// GracePeriod is the extra time that the server waits after
+	// LeaseDuration before it expires a holding.
+	GracePeriod time.Duration
+}
+
+// ProductionProfile favours stability: a holding survives a leader election
+// and several lost renewals. A crashed holder blocks others for up to
+// 45 s (duration plus grace).
+func ProductionProfile() Profile {
+	return Profile{Name: "production", LeaseDuration: 30 * time.Second, RenewFraction: 1.0 / 4, RetryPeriod: 5 * time.Second, GracePeriod: 15 * time.Second}
+}
+
+// TestProfile is for test and staging clusters: faster takeover (20 s at
+// most after a crash), still tolerant of a slow election.
+func TestProfile() Profile {
+	return Profile{Name: "test", LeaseDuration: 15 * time.Second, RenewFraction: 1.0 / 3, RetryPeriod: 2 * time.Second, GracePeriod: 5 * time.Second}
+}
+
+// DevelopmentProfile is for laptops and debuggers: long durations so that a
+// paused process keeps its leases, few renewals.
+func DevelopmentProfile() Profile {
+	return Profile{Name: "development", LeaseDuration: 60 * time.Second, RenewFraction: 1.0 / 2, RetryPeriod: 10 * time.Second, GracePeriod: 30 * time.Second}
+}
+
+// ProfileByName returns the profile called production, test or development.
+func ProfileByName(name string) (Profile, error) {
+	switch strings.ToLower(name) {
+	case "production", "prod":
+		return ProductionProfile(), nil
+	case "test":
+		return TestProfile(), nil
+	case "development", "dev":
+		return DevelopmentProfile(), nil
+	}
+	return Profile{}, fmt.Errorf("client: unknown profile %q: want production, test or development", name)
+}
+
+// RenewInterval is LeaseDuration * RenewFraction.
+func (p Profile) RenewInterval() time.Duration {
+	return time.Duration(float64(p.LeaseDuration) * p.RenewFraction)
+}
+
+// Validate reports the first problem with p, naming the field.
+func (p Profile) Validate() error {
+	switch {
+	case p.LeaseDuration <= 0:
+		return fmt.Errorf("client: Profile.LeaseDuration must be positive, got %v", p.LeaseDuration)
+	case !(p.RenewFraction > 0 && p.RenewFraction < 1):
+		return fmt.Errorf("client: Profile.RenewFraction must be in (0, 1), got %v", p.RenewFraction)
+	case p.RetryPeriod <= 0:
+		return fmt.Errorf("client: Profile.RetryPeriod must be positive, got %v", p.RetryPeriod)
+	case p.GracePeriod < 0:
+		return fmt.Errorf("client: Profile.GracePeriod must not be negative, got %v", p.GracePeriod)
+	}
+	return nil
+}
+
+// Option changes how a holding is taken and kept: by Hold, NewMutex,
+// NewHeartbeat and NewElection. Later options override earlier ones, so
+// WithProfile(p) followed by WithTTL(d) keeps p's other timings.
+type Option func(*options)
+
+type options struct {
+	namespace   string
+	identity    string
+	duration    time.Duration
+	grace       time.Duration
+	labels      map[string]string
+	renewEvery  time.Duration // 0: duration * Config.RenewFraction
+	retryPeriod time.Duration
+	// maxValid caps the local deadline at sent + maxValid (the
+	// LeaderElector's RenewDeadline); 0 means no cap.
+	maxValid time.Duration
+}
+
+func defaultOptions() options {
+	return options{
+		namespace:   DefaultNamespace,
+		duration:    DefaultLeaseDuration,
+		grace:       DefaultGracePeriod,
+		retryPeriod: DefaultRetryPeriod,
+	}
+}
+
+func buildOptions(opts []Option) options {
+	o := defaultOptions()
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+func (o options) validate() error {
+	switch {
+	case o.namespace == "":
+		return fmt.Errorf("%w: empty namespace", ErrInvalid)
+	case o.duration <= 0:
+		return fmt.Errorf("%w: lease duration must be positive, got %v", ErrInvalid, o.duration)
+	case o.grace < 0:
+		return fmt.Errorf("%w: grace period must not be negative, got %v", ErrInvalid, o.grace)
+	case o.renewEvery < 0:
+		return fmt.Errorf("%w: renew interval must not be negative, got %v", ErrInvalid, o.renewEvery)
+	case o.retryPeriod <= 0:
+		return fmt.Errorf("%w: retry period must be positive, got %v", ErrInvalid, o.retryPeriod)
+	}
+	return nil
+}
+
+// WithNamespace sets the lease's namespace (default "default").
+func WithNamespace(ns string) Option { return func(o *options) { o.namespace = ns } }
+
+// WithIdentity sets the holder identity. Without it every Mutex, Heartbeat
+// or LeaderElector makes a unique one (host-pid-random), because the server
+// treats an acquire by the current holder as a renewal: two Mutexes sharing
+// an identity would both believe they hold the lock.
+func WithIdentity(id string) Option { return func(o *options) { o.identity = id } }
+
+// WithTTL sets the lease duration: how long a holding lasts without a
+// renewal.
+func WithTTL(d time.Duration) Option { return func(o *options) { o.duration = d } }
+
+// WithGrace sets the grace period that the server adds to the duration
+// before it expires a holding. The client's own deadline never includes it.
+func WithGrace(d time.Duration) Option { return func(o *options) { o.grace = d } }
+
+// WithLabels sets labels on the lease when a new holding begins.
+func WithLabels(labels map[string]string) Option {
+	return func(o *options) { o.labels = labels }
+}
+
+// WithRenewInterval sets how often the renewal engine renews the holding,
+// instead of duration * Config.RenewFraction.
+func WithRenewInterval(d time.Duration) Option { return func(o *options) { o.renewEvery = d } }
+
+// WithRetryPeriod sets the slow backstop between attempts of a waiter that
+// no watch event woke.
+func WithRetryPeriod(d time.Duration) Option { return func(o *options) { o.retryPeriod = d } }
+
+// WithProfile sets the duration, grace, renewal interval and retry period
+// from p.
+func WithProfile(p Profile) Option {
+	return func(o *options) {
+		o.duration = p.LeaseDuration
+		o.grace = p.GracePeriod
+		o.renewEvery = p.RenewInterval()
+		o.retryPeriod = p.RetryPeriod
+	}
+}
+
+// withMaxValid caps the local deadline; see options.maxValid.
+func withMaxValid(d time.Duration) Option { return func(o *options) { o.maxValid = d } }
+
+// NewIdentity returns a holder identity that is unique with overwhelming
+// probability: host-pid-random.
+func NewIdentity() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "host"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}

@@ -1,0 +1,317 @@
+// Command lease-node runs one leasekeeper server: a member of a Raft cluster
+// that replicates the lease table and serves the gRPC API.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/node"
+	"github.com/leasekeeper/leasekeeper/transport"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+type options struct {
+	node      node.Config
+	server    transport.Config
+	httpAddr  string
+	peers     string
+	join      string
+	logLevel  string
+	logJSON   bool
+	clockRate float64
+}
+
+// envPrefix: every flag may also be set as LEASE_NODE_<FLAG> (upper case,
+// '-' as '_'); a flag on the command line wins.
+const envPrefix = "LEASE_NODE_"
+
+func parse(args []string, stderr io.Writer) (*options, error) {
+	o := &options{node: node.DefaultConfig(), server: transport.DefaultConfig()}
+	fs := flag.NewFlagSet("lease-node", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.node.ID, "id", "", "this node's unique ID in the cluster (required)")
+	fs.StringVar(&o.node.DataDir, "data-dir", "", "directory for the Raft log and snapshots (default ./data/<id>)")
+	fs.StringVar(&o.node.GRPCAddr, "grpc-addr", "127.0.0.1:7001", "client gRPC API address")
+	fs.StringVar(&o.node.RaftAddr, "raft-addr", "127.0.0.1:8001", "Raft address, reached by the other nodes")
+	fs.StringVar(&o.httpAddr, "http-addr", "", "address for /metrics, /healthz and /readyz (empty: off)")
+	fs.BoolVar(&o.node.Bootstrap, "bootstrap", false, "start a new cluster of --peers if this node has no state")
+	fs.StringVar(&o.peers, "peers", "", "initial cluster for --bootstrap: id=raftaddr,id=raftaddr,...")
+	fs.StringVar(&o.join, "join", "", "gRPC address(es) of a running cluster to join, comma separated")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
+	fs.DurationVar(&o.node.HeartbeatTimeout, "heartbeat-timeout", o.node.HeartbeatTimeout, "Raft heartbeat timeout")
+	fs.DurationVar(&o.node.ElectionTimeout, "election-timeout", o.node.ElectionTimeout, "Raft election timeout")
+	fs.DurationVar(&o.node.LeaderLeaseTimeout, "leader-lease-timeout", o.node.LeaderLeaseTimeout, "Raft leader lease timeout")
+	fs.Uint64Var(&o.node.SnapshotThreshold, "snapshot-threshold", o.node.SnapshotThreshold, "log entries between automatic snapshots")
+	fs.DurationVar(&o.node.SnapshotInterval, "snapshot-interval", o.node.SnapshotInterval, "how often to check whether to snapshot")
+	fs.BoolVar(&o.node.NoSync, "unsafe-no-fsync", false, "do not fsync the Raft log (loses acknowledged writes on power loss; benchmarks only)")
+	fs.DurationVar(&o.server.MinLeaseDuration, "min-lease-duration", o.server.MinLeaseDuration, "shortest lease duration accepted")
+	fs.DurationVar(&o.server.MaxLeaseDuration, "max-lease-duration", o.server.MaxLeaseDuration, "longest lease duration accepted")
+	fs.DurationVar(&o.server.MaxGracePeriod, "max-grace-period", o.server.MaxGracePeriod, "longest grace period accepted")
+	fs.IntVar(&o.node.Leasing.ExpiryBatchSize, "expiry-batch-size", o.node.Leasing.ExpiryBatchSize, "most leases expired by one Raft entry")
+	fs.Float64Var(&o.node.Leasing.MaxExpiryRate, "max-expiry-rate", o.node.Leasing.MaxExpiryRate, "most leases expired per second (0: no cap)")
+	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		key := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(key); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = errors.Join(envErr, fmt.Errorf("%s: %v", key, err))
+			}
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if o.node.ID == "" {
+		return nil, errors.New("--id is required")
+	}
+	if o.node.DataDir == "" {
+		o.node.DataDir = "data/" + o.node.ID
+	}
+	peers, err := node.ParsePeers(o.peers)
+	if err != nil {
+		return nil, err
+	}
+	o.node.Peers = peers
+	if o.join != "" && o.node.Bootstrap {
+		return nil, errors.New("--join and --bootstrap exclude each other")
+	}
+	if err := o.node.Validate(); err != nil {
+		return nil, err
+	}
+	return o, o.server.Validate()
+}
+
+func run(args []string, stderr io.Writer) int {
+	o, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "lease-node: %v\n", err)
+		return 2
+	}
+	log := hclog.New(&hclog.LoggerOptions{
+		Name:       "lease-node",
+		Level:      hclog.LevelFromString(o.logLevel),
+		JSONFormat: o.logJSON,
+		Output:     stderr,
+	}).With("id", o.node.ID)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, o, log); err != nil {
+		log.Error("exiting", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, o *options, log hclog.Logger) error {
+	var clk clock.Clock = clock.New()
+	if o.clockRate != 1 {
+		sk, err := clock.NewSkewed(clk, o.clockRate)
+		if err != nil {
+			return err
+		}
+		clk = sk
+		log.Warn("clock skewed for testing", "rate", o.clockRate)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	lis, err := net.Listen("tcp", o.node.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("grpc listener: %w", err)
+	}
+	hub := transport.NewHub(o.server.WatchWindow, o.server.WatchBuffer)
+	n, err := node.New(o.node, node.Deps{Clock: clk, Logger: log, Registerer: reg, Listeners: []fsm.Listener{hub}})
+	if err != nil {
+		_ = lis.Close()
+		return err
+	}
+	srv, err := transport.New(o.server, n, hub, log)
+	if err != nil {
+		_ = n.Close()
+		_ = lis.Close()
+		return err
+	}
+	g := grpc.NewServer(srv.ServerOptions()...)
+	srv.Register(g)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		errc <- n.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		srv.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		if err := g.Serve(lis); err != nil {
+			errc <- fmt.Errorf("grpc: %w", err)
+		}
+	}()
+	var hs *http.Server
+	if o.httpAddr != "" {
+		if hs, err = startHTTP(o.httpAddr, n, reg, log); err != nil {
+			errc <- err
+		}
+	}
+	log.Info("serving", "grpc", o.node.GRPCAddr, "raft", o.node.RaftAddr, "http", o.httpAddr, "data_dir", o.node.DataDir)
+	if o.join != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := join(ctx, o, n, log); err != nil && ctx.Err() == nil {
+				errc <- err
+			}
+		}()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case runErr = <-errc:
+	}
+	cancel()
+	stopGRPC(g, 5*time.Second)
+	wg.Wait()
+	_ = srv.Close()
+	if hs != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer scancel()
+		_ = hs.Shutdown(sctx)
+	}
+	return runErr
+}
+
+// stopGRPC lets in-flight calls finish for up to d, then cuts the rest
+// (watch streams never finish by themselves).
+func stopGRPC(g *grpc.Server, d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		g.GracefulStop()
+		close(done)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		g.Stop()
+		<-done
+	}
+}
+
+// join asks a running cluster to add this node, until it is a member.
+func join(ctx context.Context, o *options, n *node.Node, log hclog.Logger) error {
+	if st, err := n.Status(); err == nil {
+		for _, m := range st.Members {
+			if m.ID == o.node.ID && m.GRPCAddr == o.node.GRPCAddr {
+				return nil // already a member from an earlier run
+			}
+		}
+	}
+	targets := strings.Split(o.join, ",")
+	backoff := 100 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		target := strings.TrimSpace(targets[attempt%len(targets)])
+		err := joinOnce(ctx, target, o)
+		if err == nil {
+			log.Info("joined the cluster", "via", target)
+			return nil
+		}
+		log.Warn("join failed, retrying", "via", target, "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 3*time.Second)
+	}
+}
+
+func joinOnce(ctx context.Context, target string, o *options) error {
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = pb.NewClusterClient(conn).Join(ctx, &pb.JoinRequest{
+		Id: o.node.ID, RaftAddr: o.node.RaftAddr, GrpcAddr: o.node.GRPCAddr,
+	})
+	return err
+}
+
+func startHTTP(addr string, n *node.Node, reg *prometheus.Registry, log hclog.Logger) (*http.Server, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("http listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		id, _ := n.Leader()
+		if id == "" {
+			http.Error(w, "no leader known", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok: leader "+id+"\n")
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", "error", err)
+		}
+	}()
+	return hs, nil
+}

@@ -1,0 +1,87 @@
+// Package lktest starts whole leasekeeper clusters inside a test process:
+// in-memory Raft (see node/nodetest) plus a real gRPC server per node on a
+// loopback port, so client code can be tested against the real service
+// without starting processes.
+package lktest
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc"
+
+	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/node/nodetest"
+	"github.com/leasekeeper/leasekeeper/transport"
+)
+
+// Cluster is a running in-process cluster.
+type Cluster struct {
+	*nodetest.Cluster
+	// Endpoints are the nodes' gRPC addresses, in node order.
+	Endpoints []string
+	servers   []*transport.Server
+	grpcs     []*grpc.Server
+	wg        sync.WaitGroup
+	cancel    context.CancelFunc
+}
+
+// Start runs n nodes with their expiry managers on clk (clock.New() for
+// real time) and stops them when the test ends.
+func Start(t testing.TB, n int, clk clock.Clock) *Cluster {
+	t.Helper()
+	c := &Cluster{}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	lis := make([]net.Listener, n)
+	hubs := make([]*transport.Hub, n)
+	cfg := transport.DefaultConfig()
+	for i := range lis {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis[i] = l
+		c.Endpoints = append(c.Endpoints, l.Addr().String())
+		hubs[i] = transport.NewHub(cfg.WatchWindow, cfg.WatchBuffer)
+	}
+	c.Cluster = nodetest.New(t, n, clk, nodetest.Options{
+		Listeners: func(i int) []fsm.Listener { return []fsm.Listener{hubs[i]} },
+		GRPCAddr:  func(i int) string { return c.Endpoints[i] },
+	})
+	for i, nd := range c.Nodes {
+		srv, err := transport.New(cfg, nd, hubs[i], nodetest.Logger(t, nd.ID()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := grpc.NewServer(srv.ServerOptions()...)
+		srv.Register(g)
+		c.servers = append(c.servers, srv)
+		c.grpcs = append(c.grpcs, g)
+		c.wg.Add(2)
+		go func(l net.Listener) {
+			defer c.wg.Done()
+			_ = g.Serve(l)
+		}(lis[i])
+		go func() {
+			defer c.wg.Done()
+			srv.Run(ctx)
+		}()
+	}
+	// Registered after nodetest's cleanup, so it runs first: servers stop
+	// before the nodes under them.
+	t.Cleanup(c.stopServers)
+	return c
+}
+
+func (c *Cluster) stopServers() {
+	c.cancel()
+	for i, g := range c.grpcs {
+		g.Stop()
+		_ = c.servers[i].Close()
+	}
+	c.wg.Wait()
+}

@@ -1,0 +1,298 @@
+// Package leasing is the leader-side expiry manager of leasekeeper.
+//
+// Only the Raft leader expires leases. After winning leadership (and a
+// Barrier) the node calls Promote; from then on the FSM reports every applied
+// change through Held and Ended, and the Manager keeps a min-heap of
+// deadlines on the monotonic clock. When a deadline passes, Run proposes an
+// Expire through Raft. Expiry is never a local delete: the FSM applies the
+// Expire only if the lease is still in the holding and renewal the leader
+// saw, so a renewal that wins the race keeps the lease.
+//
+// On losing leadership the node calls Demote, which stops all deciding at
+// once. A deposed leader's in-flight proposals are abandoned; they could not
+// commit in the old term anyway.
+package leasing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/leasekeeper/leasekeeper/clock"
+)
+
+// ErrAlreadyRunning is returned by a second call to Run: a single loop owns
+// the table's timer and proposals, so two loops would propose twice.
+var ErrAlreadyRunning = errors.New("leasing: Run already called")
+
+// Key names a lease.
+type Key struct{ Namespace, Name string }
+
+// String returns "namespace/name", the form used in logs.
+func (k Key) String() string { return k.Namespace + "/" + k.Name }
+
+// Holding is one live holding as the FSM applied it.
+type Holding struct {
+	Key        Key
+	Token      uint64        // fencing token of the holding
+	RenewIndex uint64        // Raft index of the holding's last acquire/renew
+	TTL        time.Duration // lease duration + grace period
+}
+
+// Proposer proposes an Expire command for the given holdings through Raft and
+// returns once it is committed and applied (or failed). Implemented by the node.
+//
+// The Manager cancels ctx when the proposal times out or the Manager is
+// demoted; Run waits for ProposeExpire to return, so it must honour ctx. The
+// holdings slice is the proposer's to keep.
+type Proposer interface {
+	ProposeExpire(ctx context.Context, holdings []Holding) error
+}
+
+// never is the latest deadline: a TTL so long that now+TTL would overflow is
+// clamped to it. It leaves room for the +1ns of the strict "now > deadline".
+const never = time.Duration(math.MaxInt64 - 1)
+
+// Manager decides expiry while this node leads. Held, Ended, Promote and
+// Demote may be called from any goroutine; Held and Ended are on the Raft
+// apply path, so they only take a mutex and do O(log n) work.
+type Manager struct {
+	cfg   Config
+	clk   clock.Clock
+	p     Proposer
+	log   hclog.Logger
+	met   *metrics
+	base  time.Time // deadlines are durations since base, on clk's monotonic reading
+	burst float64   // token bucket size, in holdings
+
+	running atomic.Bool
+	// wake tells Run that the earliest deadline moved earlier or that
+	// leadership changed, so it must re-plan. Buffered 1: signals coalesce.
+	wake chan struct{}
+	// idleNote is poked each time Run blocks with nothing to do, so tests can
+	// tell when Run has caught up without sleeping. Buffered 1, never blocks.
+	idleNote chan struct{}
+
+	mu      sync.Mutex
+	active  bool
+	epoch   uint64 // bumped by Promote and Demote; stamps proposals
+	entries map[Key]*entry
+	heap    deadlineHeap
+	cancel  context.CancelFunc // of the proposal in flight; nil when none
+	tokens  float64            // token bucket level, used when MaxExpiryRate > 0
+	filled  time.Duration      // when tokens was last topped up
+	idle    bool               // Run is blocked waiting
+	armed   time.Duration      // the instant Run's timer fires; -1 when it has none
+}
+
+// New returns a demoted Manager. reg may be nil, in which case the metrics
+// are kept but not exported. log may be nil to discard logs.
+func New(cfg Config, clk clock.Clock, p Proposer, log hclog.Logger, reg prometheus.Registerer) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if clk == nil {
+		return nil, errors.New("leasing: clock must not be nil")
+	}
+	if p == nil {
+		return nil, errors.New("leasing: Proposer must not be nil")
+	}
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	met, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("leasing: registering metrics: %w", err)
+	}
+	return &Manager{
+		cfg: cfg,
+		clk: clk,
+		p:   p,
+		log: log,
+		met: met,
+		// A tenth of a second of expiries (at least one): a backlog then
+		// drains in proposals of up to rate/10 holdings ten times a second,
+		// few enough Raft entries and no long stalls between them.
+		burst:    math.Max(1, math.Floor(cfg.MaxExpiryRate/10)),
+		base:     clk.Now(),
+		wake:     make(chan struct{}, 1),
+		idleNote: make(chan struct{}, 1),
+		entries:  make(map[Key]*entry),
+		armed:    -1,
+	}, nil
+}
+
+// now is the monotonic time since base, the unit of every deadline.
+func (m *Manager) now() time.Duration { return m.clk.Since(m.base) }
+
+// signal wakes Run to re-plan. Called with m.mu held.
+func (m *Manager) signal() {
+	m.idle = false
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Promote makes the manager decide expiry. It is called after the new leader's
+// Barrier. load is called under the manager's lock and returns every live
+// holding; each gets a full fresh TTL from now (a leader change can lengthen a
+// holding, never shorten it). Held/Ended calls that arrive while Promote runs
+// wait for it and are applied after.
+//
+// Because load runs under the manager's lock, it must not wait for anything
+// that a caller of Held or Ended holds (such as an FSM lock held while
+// calling Held), or the two deadlock.
+func (m *Manager) Promote(load func() []Holding) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.reset()
+	var hs []Holding
+	if load != nil {
+		hs = load()
+	}
+	now := m.now()
+	m.entries = make(map[Key]*entry, len(hs))
+	m.heap = make(deadlineHeap, 0, len(hs))
+	// One allocation for the whole table; the heap is ordered once at the end.
+	slab := make([]entry, len(hs))
+	for i, h := range hs {
+		if e, ok := m.entries[h.Key]; ok { // a duplicate: the later one wins
+			e.h, e.deadline = h, deadline(now, h.TTL)
+			continue
+		}
+		e := &slab[i]
+		e.h, e.deadline = h, deadline(now, h.TTL)
+		m.entries[h.Key] = e
+		m.heap = append(m.heap, e)
+	}
+	m.heap.heapify()
+	m.active = true
+	m.signal()
+	m.met.size.Set(float64(len(m.entries)))
+	m.log.Info("promoted: deciding lease expiry", "holdings", len(m.entries))
+}
+
+// Demote stops all deciding at once: clears the table; proposals in flight are
+// abandoned (their results ignored), no new ones are made until Promote.
+func (m *Manager) Demote() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := len(m.entries)
+	m.reset()
+	m.active = false
+	m.signal()
+	m.met.size.Set(0)
+	m.log.Info("demoted: stopped deciding lease expiry", "dropped", n)
+}
+
+// reset starts a new epoch with an empty table: the results of proposals made
+// before it are ignored, and the one in flight is cancelled since nobody
+// wants its answer. Fresh containers give a big table's memory back to a
+// node that stays a follower.
+func (m *Manager) reset() {
+	m.epoch++
+	if m.cancel != nil {
+		m.cancel()
+		m.cancel = nil
+	}
+	m.entries = make(map[Key]*entry)
+	m.heap = nil
+}
+
+// Held records that a holding began or was renewed (applied by the FSM):
+// deadline = now + TTL. Ignored when not promoted.
+func (m *Manager) Held(h Holding) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.active {
+		return
+	}
+	d := deadline(m.now(), h.TTL)
+	e, ok := m.entries[h.Key]
+	switch {
+	case !ok:
+		e = &entry{h: h, deadline: d}
+		m.entries[h.Key] = e
+		m.heap.push(e)
+		m.met.size.Set(float64(len(m.entries)))
+	case e.index < 0:
+		// Being proposed: this renewal makes that proposal stale (the FSM
+		// will reject it), so the holding goes back into the table.
+		e.h, e.deadline = h, d
+		m.heap.push(e)
+	default:
+		e.h, e.deadline = h, d
+		m.heap.fix(e.index)
+	}
+	if e.index == 0 {
+		// The earliest deadline moved earlier than Run's timer may be
+		// armed for. (A later one needs no wake: an early timer re-plans.)
+		m.signal()
+	}
+}
+
+// Ended records that a lease is no longer held (released, expired, deleted). Ignored when not promoted.
+func (m *Manager) Ended(k Key) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.active {
+		return
+	}
+	e, ok := m.entries[k]
+	if !ok {
+		return
+	}
+	delete(m.entries, k)
+	if e.index >= 0 {
+		m.heap.remove(e.index)
+	}
+	m.met.size.Set(float64(len(m.entries)))
+}
+
+// Remaining reports the time left before the leader would expire the holding of k.
+// ok is false when not promoted or k is not held. It is 0 once the deadline
+// has passed, while the Expire is being proposed.
+func (m *Manager) Remaining(k Key) (d time.Duration, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.active {
+		return 0, false
+	}
+	e, ok := m.entries[k]
+	if !ok {
+		return 0, false
+	}
+	return max(0, e.deadline-m.now()), true
+}
+
+// Active reports whether the manager is promoted.
+func (m *Manager) Active() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.active
+}
+
+// Len is the number of holdings in the table, counting those whose Expire is
+// being proposed.
+func (m *Manager) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.entries)
+}
+
+// deadline is now+ttl, clamped so that a huge TTL cannot overflow into the
+// past and expire at once.
+func deadline(now, ttl time.Duration) time.Duration {
+	if ttl > never-now {
+		return never
+	}
+	return now + ttl
+}

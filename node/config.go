@@ -1,0 +1,123 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/leasekeeper/leasekeeper/leasing"
+)
+
+// Config is what a node needs to run.
+type Config struct {
+	// ID is the node's Raft server ID, unique in the cluster.
+	ID string
+	// DataDir holds the Raft log, stable store and snapshots. Empty keeps
+	// everything in memory (tests only).
+	DataDir string
+	// RaftAddr is the address other nodes reach this node's Raft on.
+	RaftAddr string
+	// GRPCAddr is the address clients (and other nodes forwarding) reach
+	// this node's gRPC API on. It is registered in the replicated member
+	// directory so followers can forward to the leader.
+	GRPCAddr string
+	// Bootstrap starts a new cluster of Peers (this node included) when the
+	// node has no state yet. Every node of the first cluster may be started
+	// with the same Peers; Raft accepts an identical bootstrap on each.
+	Bootstrap bool
+	Peers     []raft.Server
+
+	// Raft timing; zero values take the defaults below.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	// ApplyTimeout bounds how long a proposal may wait to enter the log.
+	ApplyTimeout time.Duration
+	// BarrierTimeout bounds the new leader's wait for its log to apply.
+	BarrierTimeout time.Duration
+
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	TrailingLogs      uint64
+	// NoSync turns off fsync of the Raft log. Unsafe; benchmarks only.
+	NoSync bool
+
+	Leasing leasing.Config
+}
+
+// DefaultConfig returns the defaults for a node on a LAN.
+func DefaultConfig() Config {
+	return Config{
+		HeartbeatTimeout:   500 * time.Millisecond,
+		ElectionTimeout:    500 * time.Millisecond,
+		LeaderLeaseTimeout: 250 * time.Millisecond,
+		CommitTimeout:      20 * time.Millisecond,
+		ApplyTimeout:       5 * time.Second,
+		BarrierTimeout:     10 * time.Second,
+		SnapshotThreshold:  16384,
+		SnapshotInterval:   60 * time.Second,
+		TrailingLogs:       10240,
+		Leasing:            leasing.DefaultConfig(),
+	}
+}
+
+// Validate checks the configuration and names the field at fault.
+func (c Config) Validate() error {
+	var errs []error
+	if c.ID == "" {
+		errs = append(errs, errors.New("node: ID is required"))
+	}
+	if c.RaftAddr == "" {
+		errs = append(errs, errors.New("node: RaftAddr is required"))
+	}
+	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
+		errs = append(errs, fmt.Errorf("node: LeaderLeaseTimeout (%v) must not exceed HeartbeatTimeout (%v)", c.LeaderLeaseTimeout, c.HeartbeatTimeout))
+	}
+	if c.ElectionTimeout < c.HeartbeatTimeout {
+		errs = append(errs, fmt.Errorf("node: ElectionTimeout (%v) must be at least HeartbeatTimeout (%v)", c.ElectionTimeout, c.HeartbeatTimeout))
+	}
+	if c.ApplyTimeout <= 0 || c.BarrierTimeout <= 0 {
+		errs = append(errs, errors.New("node: ApplyTimeout and BarrierTimeout must be > 0"))
+	}
+	if c.Bootstrap {
+		self := false
+		for _, p := range c.Peers {
+			if string(p.ID) == c.ID {
+				self = true
+			}
+		}
+		if len(c.Peers) > 0 && !self {
+			errs = append(errs, fmt.Errorf("node: Peers must include this node (%s)", c.ID))
+		}
+	}
+	if err := c.Leasing.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// ParsePeers parses "id=raftaddr,id=raftaddr".
+func ParsePeers(s string) ([]raft.Server, error) {
+	var out []raft.Server
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(part, "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("node: peer %q is not id=raftaddr", part)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("node: peer id %q given twice", id)
+		}
+		seen[id] = true
+		out = append(out, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(addr)})
+	}
+	return out, nil
+}

@@ -1,0 +1,386 @@
+// Package node wires one leasekeeper server: Raft with its stores and
+// transport, the lease FSM, and the leader's expiry manager, and follows
+// leadership so that only a leader whose log is fully applied decides
+// expiry and answers linearizable reads.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+	"github.com/leasekeeper/leasekeeper/leasing"
+)
+
+// Errors of the node.
+var (
+	// ErrNotLeader: the request needs the leader and this node is not it.
+	ErrNotLeader = errors.New("node: not the leader")
+	// ErrNotReady: this node leads but has not applied its whole log yet.
+	ErrNotReady = errors.New("node: leader is still applying its log")
+	// ErrUnknownMember: no member has that ID.
+	ErrUnknownMember = errors.New("node: unknown member")
+)
+
+// Deps are the node's collaborators. Zero fields take the production
+// defaults: the real clock, a discarding logger, no metrics, and Raft on TCP
+// with raft-boltdb and file snapshots under Config.DataDir.
+type Deps struct {
+	Clock      clock.Clock
+	Logger     hclog.Logger
+	Registerer prometheus.Registerer
+	// Transport, Logs, Stable and Snapshots replace the on-disk Raft
+	// plumbing; tests use raft.InmemTransport and raft.InmemStore.
+	Transport raft.Transport
+	Logs      raft.LogStore
+	Stable    raft.StableStore
+	Snapshots raft.SnapshotStore
+	// Listeners learn of every applied change after the expiry manager.
+	Listeners []fsm.Listener
+}
+
+// Node is one running leasekeeper server.
+type Node struct {
+	cfg  Config
+	clk  clock.Clock
+	log  hclog.Logger
+	raft *raft.Raft
+	fsm  *fsm.FSM
+	mgr  *leasing.Manager
+
+	closers []func() error
+	obsCh   chan raft.Observation
+	obs     *raft.Observer
+
+	mu         sync.Mutex
+	readyTerm  uint64        // the term in which this node finished its promotion; 0 when not leading
+	readyCh    chan struct{} // closed when readyTerm becomes non-zero
+	shutdownMu sync.Once
+}
+
+// New builds a node and starts its Raft. Call Run to start deciding expiry
+// and Close (or cancel Run's context) to stop.
+func New(cfg Config, deps Deps) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Clock == nil {
+		deps.Clock = clock.New()
+	}
+	if deps.Logger == nil {
+		deps.Logger = hclog.NewNullLogger()
+	}
+	n := &Node{
+		cfg:     cfg,
+		clk:     deps.Clock,
+		log:     deps.Logger.Named("node"),
+		obsCh:   make(chan raft.Observation, 16),
+		readyCh: make(chan struct{}),
+	}
+	mgr, err := leasing.New(cfg.Leasing, deps.Clock, n, deps.Logger.Named("leasing"), deps.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	n.mgr = mgr
+	n.fsm = fsm.New(&listener{n: n, others: deps.Listeners})
+
+	if err := n.openStores(&deps); err != nil {
+		n.closeStores()
+		return nil, err
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = deps.Logger.Named("raft")
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	// Group commit: concurrent proposals share one disk write and one
+	// AppendEntries round.
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 512
+	if err := raft.ValidateConfig(rc); err != nil {
+		n.closeStores()
+		return nil, fmt.Errorf("node: raft config: %w", err)
+	}
+
+	if cfg.Bootstrap {
+		has, err := raft.HasExistingState(deps.Logs, deps.Stable, deps.Snapshots)
+		if err != nil {
+			n.closeStores()
+			return nil, fmt.Errorf("node: reading raft state: %w", err)
+		}
+		if !has {
+			peers := cfg.Peers
+			if len(peers) == 0 {
+				peers = []raft.Server{{Suffrage: raft.Voter, ID: rc.LocalID, Address: raft.ServerAddress(cfg.RaftAddr)}}
+			}
+			if err := raft.BootstrapCluster(rc, deps.Logs, deps.Stable, deps.Snapshots, deps.Transport,
+				raft.Configuration{Servers: peers}); err != nil {
+				n.closeStores()
+				return nil, fmt.Errorf("node: bootstrap: %w", err)
+			}
+			n.log.Info("bootstrapped a new cluster", "peers", len(peers))
+		}
+	}
+
+	r, err := raft.NewRaft(rc, n.fsm, deps.Logs, deps.Stable, deps.Snapshots, deps.Transport)
+	if err != nil {
+		n.closeStores()
+		return nil, fmt.Errorf("node: starting raft: %w", err)
+	}
+	n.raft = r
+	// Leadership is followed through an observer (LeaderCh may drop
+	// signals); Run also re-checks on a short timer in case an observation
+	// was dropped.
+	n.obs = raft.NewObserver(n.obsCh, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.LeaderObservation, raft.RaftState:
+			return true
+		}
+		return false
+	})
+	r.RegisterObserver(n.obs)
+	return n, nil
+}
+
+func (n *Node) openStores(deps *Deps) error {
+	cfg := n.cfg
+	if deps.Logs == nil || deps.Stable == nil || deps.Snapshots == nil {
+		if cfg.DataDir == "" {
+			return errors.New("node: DataDir is required without injected stores")
+		}
+		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+			return fmt.Errorf("node: data dir: %w", err)
+		}
+	}
+	if deps.Logs == nil || deps.Stable == nil {
+		bolt, err := raftboltdb.New(raftboltdb.Options{
+			Path:   filepath.Join(cfg.DataDir, "raft.db"),
+			NoSync: cfg.NoSync,
+		})
+		if err != nil {
+			return fmt.Errorf("node: opening raft.db: %w", err)
+		}
+		n.closers = append(n.closers, bolt.Close)
+		logs, err := raft.NewLogCache(1024, bolt)
+		if err != nil {
+			return err
+		}
+		deps.Logs, deps.Stable = logs, bolt
+	}
+	if deps.Snapshots == nil {
+		snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, deps.Logger.Named("snapshots"))
+		if err != nil {
+			return fmt.Errorf("node: snapshot store: %w", err)
+		}
+		deps.Snapshots = snaps
+	}
+	if deps.Transport == nil {
+		tr, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, deps.Logger.Named("transport"))
+		if err != nil {
+			return fmt.Errorf("node: raft transport on %s: %w", cfg.RaftAddr, err)
+		}
+		n.closers = append(n.closers, tr.Close)
+		deps.Transport = tr
+	}
+	return nil
+}
+
+func (n *Node) closeStores() {
+	for i := len(n.closers) - 1; i >= 0; i-- {
+		_ = n.closers[i]()
+	}
+	n.closers = nil
+}
+
+// Run runs the expiry manager and follows leadership until ctx is done,
+// then shuts Raft down. It returns after everything it started has stopped.
+func (n *Node) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = n.mgr.Run(ctx)
+	}()
+	n.followLeadership(ctx)
+	wg.Wait()
+	n.shutdown()
+	return nil
+}
+
+// pollInterval is the backstop for dropped leadership observations.
+const pollInterval = 100 * time.Millisecond
+
+func (n *Node) followLeadership(ctx context.Context) {
+	// The backstop ticker only paces re-checks; it decides nothing, so it
+	// runs on real time even when the node's clock is a fake.
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		n.reconcile()
+		select {
+		case <-ctx.Done():
+			n.mgr.Demote()
+			n.setReady(0)
+			return
+		case <-n.obsCh:
+		case <-tick.C:
+		}
+	}
+}
+
+// reconcile brings the expiry manager in line with Raft's state. A new
+// leader first waits for a Barrier, so every committed entry is applied,
+// then gives every live lease a full fresh duration from its own clock.
+func (n *Node) reconcile() {
+	term := n.raft.CurrentTerm()
+	leading := n.raft.State() == raft.Leader
+	n.mu.Lock()
+	ready := n.readyTerm
+	n.mu.Unlock()
+	switch {
+	case leading && ready != term:
+		if ready != 0 {
+			n.mgr.Demote()
+			n.setReady(0)
+		}
+		if err := n.raft.Barrier(n.cfg.BarrierTimeout).Error(); err != nil {
+			n.log.Warn("barrier after election failed", "term", term, "error", err)
+			return
+		}
+		if n.raft.State() != raft.Leader || n.raft.CurrentTerm() != term {
+			return
+		}
+		n.mgr.Promote(n.loadHoldings)
+		n.setReady(term)
+		n.log.Info("leading", "term", term, "holdings", n.mgr.Len())
+		n.registerSelf()
+	case !leading && ready != 0:
+		n.mgr.Demote()
+		n.setReady(0)
+		n.log.Info("stopped leading", "term", term)
+	}
+}
+
+func (n *Node) loadHoldings() []leasing.Holding {
+	held := n.fsm.Held()
+	out := make([]leasing.Holding, len(held))
+	for i, l := range held {
+		out[i] = holding(l)
+	}
+	return out
+}
+
+func holding(l *fsm.Lease) leasing.Holding {
+	return leasing.Holding{
+		Key:        leasing.Key{Namespace: l.Namespace, Name: l.Name},
+		Token:      l.Token,
+		RenewIndex: l.RenewIndex,
+		TTL:        l.TTL(),
+	}
+}
+
+// registerSelf records this node's gRPC address in the member directory,
+// so followers can forward to it.
+func (n *Node) registerSelf() {
+	if n.cfg.GRPCAddr == "" {
+		return
+	}
+	if a, ok := n.fsm.MemberAddr(n.cfg.ID); ok && a == n.cfg.GRPCAddr {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
+	defer cancel()
+	if _, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_SetMember{SetMember: &fsmpb.SetMember{
+		Id: n.cfg.ID, GrpcAddr: n.cfg.GRPCAddr,
+	}}}); err != nil {
+		n.log.Warn("registering own address failed", "error", err)
+	}
+}
+
+func (n *Node) setReady(term uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.readyTerm = term
+	if term != 0 {
+		select {
+		case <-n.readyCh:
+		default:
+			close(n.readyCh)
+		}
+	} else {
+		select {
+		case <-n.readyCh:
+			n.readyCh = make(chan struct{})
+		default:
+		}
+	}
+}
+
+// Close stops Raft without Run (for a node whose Run never started).
+func (n *Node) Close() error {
+	n.shutdown()
+	return nil
+}
+
+func (n *Node) shutdown() {
+	n.shutdownMu.Do(func() {
+		n.raft.DeregisterObserver(n.obs)
+		if err := n.raft.Shutdown().Error(); err != nil {
+			n.log.Warn("raft shutdown", "error", err)
+		}
+		n.closeStores()
+	})
+}
+
+// listener feeds applied changes to the expiry manager, then to the
+// other listeners.
+type listener struct {
+	n      *Node
+	others []fsm.Listener
+}
+
+func (l *listener) Applied(evs []fsm.Event) {
+	mgr := l.n.mgr
+	if mgr.Active() {
+		for _, ev := range evs {
+			switch ev.Type {
+			case fsm.EventAdded, fsm.EventAcquired, fsm.EventRenewed:
+				mgr.Held(holding(ev.Lease))
+			default:
+				mgr.Ended(leasing.Key{Namespace: ev.Lease.Namespace, Name: ev.Lease.Name})
+			}
+		}
+	}
+	for _, o := range l.others {
+		o.Applied(evs)
+	}
+}
+
+func (l *listener) Restored() {
+	// A restore on the leader replaces the table: rebuild the deadlines
+	// with fresh durations, as after an election.
+	if l.n.mgr.Active() {
+		l.n.mgr.Promote(l.n.loadHoldings)
+	}
+	for _, o := range l.others {
+		o.Restored()
+	}
+}

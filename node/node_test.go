@@ -1,0 +1,156 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+	"github.com/leasekeeper/leasekeeper/node"
+	"github.com/leasekeeper/leasekeeper/node/nodetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func acquire(t *testing.T, n *node.Node, name, holder string, d time.Duration) *fsm.Lease {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: &fsmpb.Acquire{
+		Namespace: "default", Name: name, Holder: holder, DurationNs: int64(d),
+	}}})
+	if err != nil || res.Err != nil || !res.Acquired {
+		t.Fatalf("acquire %s by %s: err=%v res=%+v", name, holder, err, res)
+	}
+	return res.Lease
+}
+
+// waitHolder waits until every node's FSM shows the wanted holder.
+func waitHolder(t *testing.T, c *nodetest.Cluster, name, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		ok := true
+		for _, n := range c.Nodes {
+			l, found := n.FSM().Get("default", name)
+			ok = ok && found && l.Holder == want
+		}
+		if ok {
+			return
+		}
+		time.Sleep(2 * time.Millisecond) // replication has no event to await from here
+	}
+	t.Fatalf("lease %s: holder did not become %q on every node", name, want)
+}
+
+func TestLeaderExpiresOnlyAfterDeadline(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	l := acquire(t, leader, "db", "a", 2*time.Second)
+
+	clk.Advance(2*time.Second - time.Millisecond)
+	// A proposal would be applied within milliseconds; a renewal now must
+	// still succeed, so the lease was not expired early.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := leader.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: &fsmpb.RenewBatch{Renews: []*fsmpb.Renew{
+		{Namespace: "default", Name: "db", Holder: "a", Token: l.Token},
+	}}}})
+	if err != nil || res.Err != nil {
+		t.Fatalf("renew before the deadline: %v %v", err, res.Err)
+	}
+	// The renewal restarted the duration: just short of it, still held.
+	clk.Advance(2*time.Second - time.Millisecond)
+	waitHolder(t, c, "db", "a")
+	clk.Advance(2 * time.Millisecond)
+	waitHolder(t, c, "db", "")
+	got, _ := leader.FSM().Get("default", "db")
+	if got.History[0].EndReason != fsm.EndExpired || got.Token != l.Token {
+		t.Fatalf("after expiry: %+v", got.History[0])
+	}
+}
+
+func TestNewLeaderGivesFreshDuration(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	old := c.Leader(5 * time.Second)
+	acquire(t, old, "db", "a", 10*time.Second)
+	waitHolder(t, c, "db", "a")
+	clk.Advance(9 * time.Second) // 1 s left on the old leader's table
+
+	if err := old.TransferLeadership(""); err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	var nl *node.Node
+	for nl == nil || nl == old {
+		nl = c.Leader(5 * time.Second)
+	}
+	d, ok := nl.Remaining("default", "db")
+	if !ok || d != 10*time.Second {
+		t.Fatalf("new leader's deadline: %v (ok=%v), want a full 10s", d, ok)
+	}
+	if old.Manager().Active() {
+		t.Fatalf("old leader still decides expiry after losing leadership")
+	}
+	clk.Advance(10*time.Second - time.Millisecond)
+	waitHolder(t, c, "db", "a")
+	// Expired means more than duration + grace since the deadline's start.
+	clk.Advance(time.Millisecond + time.Nanosecond)
+	waitHolder(t, c, "db", "")
+}
+
+func TestIsolatedLeaderCannotExpire(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	old := c.Leader(5 * time.Second)
+	acquire(t, old, "db", "a", 5*time.Second)
+	waitHolder(t, c, "db", "a")
+	c.Isolate(c.Index(old))
+	// The old leader's deadline passes while it is cut off: its Expire
+	// cannot commit without a quorum.
+	clk.Advance(6 * time.Second)
+	var nl *node.Node
+	for nl == nil || nl == old {
+		nl = c.Leader(5 * time.Second)
+	}
+	for i, n := range c.Nodes {
+		if n == old {
+			continue
+		}
+		if l, _ := n.FSM().Get("default", "db"); l.Holder != "a" {
+			t.Fatalf("node %d: holding expired by a deposed leader", i)
+		}
+	}
+	if d, _ := nl.Remaining("default", "db"); d != 5*time.Second {
+		t.Fatalf("new leader's deadline %v, want a full 5s", d)
+	}
+	c.Heal()
+}
+
+func TestFollowerRejectsProposalsAndReads(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	for _, n := range c.Nodes {
+		if n == leader {
+			if err := n.ReadBarrier(context.Background()); err != nil {
+				t.Errorf("leader read barrier: %v", err)
+			}
+			continue
+		}
+		if _, err := n.Propose(context.Background(), &fsmpb.Command{}); !errors.Is(err, node.ErrNotLeader) {
+			t.Errorf("follower propose: got %v, want ErrNotLeader", err)
+		}
+		if err := n.ReadBarrier(context.Background()); !errors.Is(err, node.ErrNotLeader) {
+			t.Errorf("follower read barrier: got %v, want ErrNotLeader", err)
+		}
+	}
+}

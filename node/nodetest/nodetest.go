@@ -1,0 +1,166 @@
+// Package nodetest builds in-memory leasekeeper clusters for tests: real
+// Raft with raft.InmemTransport and raft.InmemStore, shrunken timeouts, a
+// shared clock for the expiry managers, and the means to cut the network.
+package nodetest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/node"
+)
+
+// Cluster is a set of in-memory nodes.
+type Cluster struct {
+	t      testing.TB
+	Nodes  []*node.Node
+	Trans  []*raft.InmemTransport
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Options tune a test cluster.
+type Options struct {
+	// Listeners, if set, returns extra FSM listeners for node i.
+	Listeners func(i int) []fsm.Listener
+	// GRPCAddr, if set, returns the gRPC address node i registers.
+	GRPCAddr func(i int) string
+}
+
+// New starts n nodes bootstrapped as one cluster, their expiry managers on
+// clk, and stops them when the test ends.
+func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t}
+	var peers []raft.Server
+	for i := 0; i < n; i++ {
+		addr, tr := raft.NewInmemTransport(raft.ServerAddress(fmt.Sprintf("inmem-%d", i)))
+		c.Trans = append(c.Trans, tr)
+		peers = append(peers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(fmt.Sprintf("n%d", i)), Address: addr})
+	}
+	for i, a := range c.Trans {
+		for j, b := range c.Trans {
+			if i != j {
+				a.Connect(b.LocalAddr(), b)
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	for i := 0; i < n; i++ {
+		cfg := node.DefaultConfig()
+		cfg.ID = string(peers[i].ID)
+		cfg.RaftAddr = string(peers[i].Address)
+		cfg.Bootstrap = true
+		cfg.Peers = peers
+		// Short enough for quick elections, long enough that a loaded
+		// machine (-race, two cores) does not depose a healthy leader.
+		cfg.HeartbeatTimeout = 200 * time.Millisecond
+		cfg.ElectionTimeout = 200 * time.Millisecond
+		cfg.LeaderLeaseTimeout = 100 * time.Millisecond
+		cfg.CommitTimeout = 5 * time.Millisecond
+		if opts.GRPCAddr != nil {
+			cfg.GRPCAddr = opts.GRPCAddr(i)
+		}
+		deps := node.Deps{
+			Clock:     clk,
+			Logger:    Logger(t, cfg.ID),
+			Transport: c.Trans[i],
+			Logs:      raft.NewInmemStore(),
+			Snapshots: raft.NewInmemSnapshotStore(),
+		}
+		deps.Stable = deps.Logs.(*raft.InmemStore)
+		if opts.Listeners != nil {
+			deps.Listeners = opts.Listeners(i)
+		}
+		nd, err := node.New(cfg, deps)
+		if err != nil {
+			t.Fatalf("node %d: %v", i, err)
+		}
+		c.Nodes = append(c.Nodes, nd)
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			_ = nd.Run(ctx)
+		}()
+	}
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// Stop stops every node and waits for them.
+func (c *Cluster) Stop() {
+	c.cancel()
+	c.wg.Wait()
+}
+
+// Leader waits until exactly one node leads and has finished its
+// promotion, and returns it.
+func (c *Cluster) Leader(timeout time.Duration) *node.Node {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, n := range c.Nodes {
+			if n.IsLeader() && n.Manager().Active() {
+				return n
+			}
+		}
+		time.Sleep(5 * time.Millisecond) // polling Raft state: no event to wait on
+	}
+	c.t.Fatalf("no ready leader within %v", timeout)
+	return nil
+}
+
+// Isolate cuts node i off from every other node.
+func (c *Cluster) Isolate(i int) {
+	for j, tr := range c.Trans {
+		if j != i {
+			tr.Disconnect(c.Trans[i].LocalAddr())
+			c.Trans[i].Disconnect(tr.LocalAddr())
+		}
+	}
+}
+
+// Heal reconnects every node to every other.
+func (c *Cluster) Heal() {
+	for i, a := range c.Trans {
+		for j, b := range c.Trans {
+			if i != j {
+				a.Connect(b.LocalAddr(), b)
+			}
+		}
+	}
+}
+
+// Index returns the position of n in the cluster.
+func (c *Cluster) Index(n *node.Node) int {
+	for i, x := range c.Nodes {
+		if x == n {
+			return i
+		}
+	}
+	return -1
+}
+
+// Logger sends a node's logs to t.Log.
+func Logger(t testing.TB, name string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Warn, Output: tWriter{t}})
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+var _ io.Writer = tWriter{}

@@ -1,0 +1,338 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+	"github.com/leasekeeper/leasekeeper/leasing"
+)
+
+// FSM returns the node's lease table.
+func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// Manager returns the node's expiry manager.
+func (n *Node) Manager() *leasing.Manager { return n.mgr }
+
+// Raft returns the node's Raft, for status and tests.
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// ID returns the node's Raft server ID.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// Addrs returns the node's Raft and gRPC addresses.
+func (n *Node) Addrs() (raftAddr, grpcAddr string) { return n.cfg.RaftAddr, n.cfg.GRPCAddr }
+
+// IsLeader reports whether this node is the Raft leader now.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Leader returns the leader's ID and registered gRPC address, empty when
+// unknown.
+func (n *Node) Leader() (id, grpcAddr string) {
+	_, lid := n.raft.LeaderWithID()
+	if lid == "" {
+		return "", ""
+	}
+	a, _ := n.fsm.MemberAddr(string(lid))
+	return string(lid), a
+}
+
+// Propose stamps c with the leader's wall clock, commits it through Raft
+// and returns the FSM's result. The wait for the commit is bounded by Raft
+// (it answers on commit, on loss of leadership and on shutdown); ctx bounds
+// the wait to enter the log.
+func (n *Node) Propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, error) {
+	if n.raft.State() != raft.Leader {
+		return nil, ErrNotLeader
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c.NowUnixNano = n.clk.Now().UnixNano()
+	data, err := proto.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("node: encoding command: %w", err)
+	}
+	timeout := n.cfg.ApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		if left := time.Until(dl); left < timeout {
+			timeout = max(left, time.Millisecond)
+		}
+	}
+	f := n.raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		return nil, mapRaftError(err)
+	}
+	res, ok := f.Response().(*fsm.Result)
+	if !ok {
+		return nil, fmt.Errorf("node: unexpected FSM response %T", f.Response())
+	}
+	return res, nil
+}
+
+func mapRaftError(err error) error {
+	switch err {
+	case raft.ErrNotLeader, raft.ErrLeadershipLost, raft.ErrLeadershipTransferInProgress:
+		return fmt.Errorf("%w: %v", ErrNotLeader, err)
+	case raft.ErrEnqueueTimeout:
+		return fmt.Errorf("%w: %v", context.DeadlineExceeded, err)
+	}
+	return err
+}
+
+// ProposeExpire implements leasing.Proposer.
+func (n *Node) ProposeExpire(ctx context.Context, hs []leasing.Holding) error {
+	e := &fsmpb.Expire{Entries: make([]*fsmpb.ExpireEntry, len(hs))}
+	for i, h := range hs {
+		e.Entries[i] = &fsmpb.ExpireEntry{
+			Namespace: h.Key.Namespace, Name: h.Key.Name, Token: h.Token, RenewIndex: h.RenewIndex,
+		}
+	}
+	res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Expire{Expire: e}})
+	if err != nil {
+		return err
+	}
+	return res.Err
+}
+
+// ReadBarrier returns once a read of the local FSM is linearizable: this
+// node leads, has applied every entry of earlier terms (its promotion
+// Barrier finished in the current term), and a quorum confirmed its
+// leadership after the call began. Every write acknowledged before the call
+// began is then in the local FSM, because writes are acknowledged only
+// after the leader applied them.
+func (n *Node) ReadBarrier(ctx context.Context) error {
+	if n.raft.State() != raft.Leader {
+		return ErrNotLeader
+	}
+	term := n.raft.CurrentTerm()
+	for {
+		n.mu.Lock()
+		ready, ch := n.readyTerm, n.readyCh
+		n.mu.Unlock()
+		if ready == term {
+			break
+		}
+		if ready > term || n.raft.State() != raft.Leader {
+			return ErrNotLeader
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrNotReady, ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return mapRaftError(err)
+	}
+	if n.raft.CurrentTerm() != term {
+		return ErrNotLeader
+	}
+	return nil
+}
+
+// Remaining is the leader's estimate of the time left to the holding of
+// namespace/name.
+func (n *Node) Remaining(namespace, name string) (time.Duration, bool) {
+	return n.mgr.Remaining(leasing.Key{Namespace: namespace, Name: name})
+}
+
+// Member is one server of the Raft configuration.
+type Member struct {
+	ID       string
+	RaftAddr string
+	GRPCAddr string
+	Suffrage string
+	State    string
+}
+
+// Status is a node's view of the cluster.
+type Status struct {
+	ID           string
+	State        string
+	Leader       string
+	LeaderGRPC   string
+	Term         uint64
+	CommitIndex  uint64
+	AppliedIndex uint64
+	Members      []Member
+	Stats        fsm.Stats
+}
+
+// Status reports this node's view of the cluster.
+func (n *Node) Status() (Status, error) {
+	s := Status{
+		ID:           n.cfg.ID,
+		State:        stateName(n.raft.State()),
+		Term:         n.raft.CurrentTerm(),
+		CommitIndex:  n.raft.CommitIndex(),
+		AppliedIndex: n.raft.AppliedIndex(),
+		Stats:        n.fsm.Stats(),
+	}
+	s.Leader, s.LeaderGRPC = n.Leader()
+	members, err := n.Members()
+	s.Members = members
+	return s, err
+}
+
+// Members lists the Raft configuration with the registered gRPC addresses.
+func (n *Node) Members() ([]Member, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	addrs := n.fsm.Members()
+	leaderID, _ := n.Leader()
+	var out []Member
+	for _, srv := range f.Configuration().Servers {
+		m := Member{
+			ID:       string(srv.ID),
+			RaftAddr: string(srv.Address),
+			GRPCAddr: addrs[string(srv.ID)],
+			Suffrage: suffrageName(srv.Suffrage),
+			State:    "follower",
+		}
+		switch {
+		case m.ID == leaderID:
+			m.State = "leader"
+		case srv.Suffrage != raft.Voter:
+			m.State = "learner"
+		case leaderID == "":
+			m.State = "unknown"
+		}
+		if m.ID == n.cfg.ID {
+			m.State = stateName(n.raft.State())
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Join adds a server to the cluster (a voter unless nonvoter) and records
+// its gRPC address. Joining again with the same addresses only refreshes
+// the address, so a retried join does no harm. Leader only.
+func (n *Node) Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter bool) error {
+	if n.raft.State() != raft.Leader {
+		return ErrNotLeader
+	}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	present := false
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) == id && string(srv.Address) == raftAddr {
+			present = true
+		}
+	}
+	if !present {
+		var af raft.IndexFuture
+		if nonvoter {
+			af = n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, n.cfg.ApplyTimeout)
+		} else {
+			af = n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, n.cfg.ApplyTimeout)
+		}
+		if err := af.Error(); err != nil {
+			return mapRaftError(err)
+		}
+		n.log.Info("member added", "id", id, "raft_addr", raftAddr, "grpc_addr", grpcAddr, "nonvoter", nonvoter)
+	}
+	if grpcAddr == "" {
+		return nil
+	}
+	res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_SetMember{SetMember: &fsmpb.SetMember{Id: id, GrpcAddr: grpcAddr}}})
+	if err != nil {
+		return err
+	}
+	return res.Err
+}
+
+// RemoveMember removes a server from the cluster. Leader only.
+func (n *Node) RemoveMember(ctx context.Context, id string) error {
+	if n.raft.State() != raft.Leader {
+		return ErrNotLeader
+	}
+	members, err := n.Members()
+	if err != nil {
+		return err
+	}
+	found := false
+	for _, m := range members {
+		found = found || m.ID == id
+	}
+	if !found {
+		return fmt.Errorf("%w: %q", ErrUnknownMember, id)
+	}
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, n.cfg.ApplyTimeout).Error(); err != nil {
+		return mapRaftError(err)
+	}
+	n.log.Info("member removed", "id", id)
+	if id == n.cfg.ID {
+		return nil
+	}
+	res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_RemoveMember{RemoveMember: &fsmpb.RemoveMember{Id: id}}})
+	if err != nil {
+		return err
+	}
+	return res.Err
+}
+
+// TransferLeadership hands leadership to the member to, or to the most
+// up-to-date follower when to is empty. Leader only.
+func (n *Node) TransferLeadership(to string) error {
+	if n.raft.State() != raft.Leader {
+		return ErrNotLeader
+	}
+	var f raft.Future
+	if to == "" {
+		f = n.raft.LeadershipTransfer()
+	} else {
+		members, err := n.Members()
+		if err != nil {
+			return err
+		}
+		var addr string
+		for _, m := range members {
+			if m.ID == to {
+				addr = m.RaftAddr
+			}
+		}
+		if addr == "" {
+			return fmt.Errorf("%w: %q", ErrUnknownMember, to)
+		}
+		f = n.raft.LeadershipTransferToServer(raft.ServerID(to), raft.ServerAddress(addr))
+	}
+	return f.Error()
+}
+
+func stateName(s raft.RaftState) string {
+	switch s {
+	case raft.Leader:
+		return "leader"
+	case raft.Follower:
+		return "follower"
+	case raft.Candidate:
+		return "candidate"
+	case raft.Shutdown:
+		return "shutdown"
+	}
+	return "unknown"
+}
+
+func suffrageName(s raft.ServerSuffrage) string {
+	switch s {
+	case raft.Voter:
+		return "voter"
+	case raft.Nonvoter:
+		return "nonvoter"
+	case raft.Staging:
+		return "staging"
+	}
+	return "unknown"
+}

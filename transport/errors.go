@@ -1,0 +1,81 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/node"
+)
+
+// Errors of the transport, besides those it maps from fsm and node.
+var (
+	// ErrCompacted: a watch asked to resume from a revision whose events
+	// are no longer kept.
+	ErrCompacted = errors.New("transport: watch revision compacted")
+	// ErrWatchOverflow: a watcher fell too far behind and was dropped.
+	ErrWatchOverflow = errors.New("transport: watch fell behind")
+	// ErrNoLeader: no leader is known to forward to.
+	ErrNoLeader = errors.New("transport: no leader known")
+)
+
+// codeTable maps every sentinel to its gRPC code: the one place where
+// errors become codes.
+var codeTable = []struct {
+	err  error
+	code codes.Code
+}{
+	{fsm.ErrNotFound, codes.NotFound},
+	{fsm.ErrNotHolder, codes.FailedPrecondition},
+	{fsm.ErrConflict, codes.Aborted},
+	{fsm.ErrBadCommand, codes.Internal},
+	{node.ErrNotLeader, codes.Unavailable},
+	{node.ErrNotReady, codes.Unavailable},
+	{node.ErrUnknownMember, codes.NotFound},
+	{ErrNoLeader, codes.Unavailable},
+	{ErrCompacted, codes.OutOfRange},
+	{ErrWatchOverflow, codes.ResourceExhausted},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
+}
+
+// toStatus turns err into a gRPC status error. Errors that already carry a
+// status pass through. lease, when not nil, rides along as a detail, so a
+// refused renewal tells the caller who holds the lease now.
+func toStatus(err error, lease *fsm.Lease) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	code := codes.Unknown
+	for _, e := range codeTable {
+		if errors.Is(err, e.err) {
+			code = e.code
+			break
+		}
+	}
+	st := status.New(code, err.Error())
+	if lease != nil {
+		if withLease, derr := st.WithDetails(toPB(lease)); derr == nil {
+			st = withLease
+		}
+	}
+	return st.Err()
+}
+
+func invalid(format string, args ...any) error {
+	return status.Error(codes.InvalidArgument, fmt.Sprintf(format, args...))
+}
+
+func invalidErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return status.Error(codes.InvalidArgument, err.Error())
+}

@@ -1,0 +1,392 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+)
+
+// Acquire takes a free lease, renews the caller's own holding, or reports
+// the current holder (acquired=false).
+func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	ns, err := validateKey(req.Namespace, req.Name)
+	if err != nil {
+		return nil, invalidErr(err)
+	}
+	if err := validateHolder(req.HolderIdentity); err != nil {
+		return nil, invalidErr(err)
+	}
+	dur, err := s.validateDuration("lease_duration", req.LeaseDuration, true)
+	if err != nil {
+		return nil, invalidErr(err)
+	}
+	grace, err := s.validateDuration("grace_period", req.GracePeriod, false)
+	if err != nil {
+		return nil, invalidErr(err)
+	}
+	if err := validateLabels(req.Labels); err != nil {
+		return nil, invalidErr(err)
+	}
+	if !s.node.IsLeader() {
+		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.AcquireResponse, error) {
+			return c.Acquire(ctx, req)
+		})
+	}
+	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: &fsmpb.Acquire{
+		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity,
+		DurationNs: int64(dur), GraceNs: int64(grace), Labels: req.Labels,
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, toStatus(res.Err, res.Lease)
+	}
+	out := &pb.AcquireResponse{Acquired: res.Acquired, Renewed: res.Renewed, Lease: toPB(res.Lease)}
+	if res.Acquired {
+		out.Remaining = durationpb.New(res.Lease.TTL())
+	} else if d, ok := s.node.Remaining(ns, req.Name); ok {
+		out.Remaining = durationpb.New(d)
+	}
+	return out, nil
+}
+
+func validateHolding(namespace, name, holder string, token uint64) (string, error) {
+	ns, err := validateKey(namespace, name)
+	if err != nil {
+		return "", err
+	}
+	if err := validateHolder(holder); err != nil {
+		return "", err
+	}
+	return ns, validateToken(token)
+}
+
+// Renew extends the caller's holding by a full duration from now.
+func (s *Server) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResponse, error) {
+	ns, err := validateHolding(req.Namespace, req.Name, req.HolderIdentity, req.FencingToken)
+	if err != nil {
+		return nil, invalidErr(err)
+	}
+	if !s.node.IsLeader() {
+		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.RenewResponse, error) {
+			return c.Renew(ctx, req)
+		})
+	}
+	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: &fsmpb.RenewBatch{Renews: []*fsmpb.Renew{{
+		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity, Token: req.FencingToken,
+	}}}}})
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, toStatus(res.Err, res.Lease)
+	}
+	return &pb.RenewResponse{Lease: toPB(res.Lease)}, nil
+}
+
+// Release ends the caller's holding. Releasing a holding that is already
+// released succeeds, so a retry is harmless.
+func (s *Server) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+	ns, err := validateHolding(req.Namespace, req.Name, req.HolderIdentity, req.FencingToken)
+	if err != nil {
+		return nil, invalidErr(err)
+	}
+	if !s.node.IsLeader() {
+		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.ReleaseResponse, error) {
+			return c.Release(ctx, req)
+		})
+	}
+	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Release{Release: &fsmpb.Release{
+		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity, Token: req.FencingToken,
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, toStatus(res.Err, res.Lease)
+	}
+	return &pb.ReleaseResponse{Lease: toPB(res.Lease)}, nil
+}
+
+// Delete removes a lease, ending any holding.
+func (s *Server) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteResponse, error) {
+	ns, err := validateKey(req.Namespace, req.Name)
+	if err != nil {
+		return nil, invalidErr(err)
+	}
+	if !s.node.IsLeader() {
+		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.DeleteResponse, error) {
+			return c.Delete(ctx, req)
+		})
+	}
+	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Delete{Delete: &fsmpb.Delete{
+		Namespace: ns, Name: req.Name, ResourceVersion: req.ResourceVersion,
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, toStatus(res.Err, res.Lease)
+	}
+	return &pb.DeleteResponse{Lease: toPB(res.Lease)}, nil
+}
+
+// readLocal decides where a read runs: it returns true when this node may
+// answer from its own state (a serializable read, or a linearizable one on
+// the leader after its read barrier), false when it must forward.
+func (s *Server) readLocal(ctx context.Context, serializable bool) (bool, error) {
+	if serializable {
+		return true, nil
+	}
+	if !s.node.IsLeader() {
+		return false, nil
+	}
+	if err := s.node.ReadBarrier(ctx); err != nil {
+		return false, toStatus(err, nil)
+	}
+	return true, nil
+}
+
+// Get reads one lease.
+func (s *Server) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
+	ns, err := validateKey(req.Namespace, req.Name)
+	if err != nil {
+		return nil, invalidErr(err)
+	}
+	local, err := s.readLocal(ctx, req.Serializable)
+	if err != nil {
+		return nil, err
+	}
+	if !local {
+		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.GetResponse, error) {
+			return c.Get(ctx, req)
+		})
+	}
+	l, ok := s.node.FSM().Get(ns, req.Name)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "%v: %s/%s", fsm.ErrNotFound, ns, req.Name)
+	}
+	out := &pb.GetResponse{Lease: toPB(l)}
+	if d, ok := s.node.Remaining(ns, req.Name); ok {
+		out.Remaining = durationpb.New(d)
+	}
+	return out, nil
+}
+
+func (s *Server) matcher(namespace string, all bool, name, selector string) (func(*fsm.Lease) bool, error) {
+	var ns string
+	if !all {
+		ns = namespaceOr(namespace)
+		if err := validateName("namespace", ns); err != nil {
+			return nil, err
+		}
+	}
+	if name != "" {
+		if err := validateName("name", name); err != nil {
+			return nil, err
+		}
+	}
+	sel, err := parseSelector(selector)
+	if err != nil {
+		return nil, err
+	}
+	return func(l *fsm.Lease) bool {
+		return (ns == "" || l.Namespace == ns) && (name == "" || l.Name == name) && sel.matches(l.Labels)
+	}, nil
+}
+
+// List reads the leases of a namespace (or all), filtered by labels.
+func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
+	match, err := s.matcher(req.Namespace, req.AllNamespaces, "", req.LabelSelector)
+	if err != nil {
+		return nil, invalidErr(err)
+	}
+	local, err := s.readLocal(ctx, req.Serializable)
+	if err != nil {
+		return nil, err
+	}
+	if !local {
+		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.ListResponse, error) {
+			return c.List(ctx, req)
+		})
+	}
+	leases, rev := s.node.FSM().List(match)
+	out := &pb.ListResponse{Revision: rev, Leases: make([]*pb.Lease, len(leases))}
+	for i, l := range leases {
+		out.Leases[i] = toPB(l)
+	}
+	return out, nil
+}
+
+// Watch streams changes from this node's applied log, after an optional
+// replay from start_revision.
+func (s *Server) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error {
+	match, err := s.matcher(req.Namespace, req.AllNamespaces, req.Name, req.LabelSelector)
+	if err != nil {
+		return invalidErr(err)
+	}
+	w, backlog, err := s.hub.subscribe(req.StartRevision, s.node.FSM().Revision(), match)
+	if err != nil {
+		return toStatus(err, nil)
+	}
+	defer s.hub.unsubscribe(w)
+	last := req.StartRevision
+	send := func(ev fsm.Event) error {
+		last = ev.Revision
+		return stream.Send(&pb.WatchEvent{Type: eventTypes[ev.Type], Lease: toPB(ev.Lease), Revision: ev.Revision})
+	}
+	for _, ev := range backlog {
+		if err := send(ev); err != nil {
+			return err
+		}
+	}
+	ctx := stream.Context()
+	for {
+		select {
+		case <-ctx.Done():
+			return toStatus(ctx.Err(), nil)
+		case ev, ok := <-w.ch:
+			if !ok {
+				err := s.hub.watcherErr(w)
+				return status.Errorf(status.Code(toStatus(err, nil)), "%v; resume from revision %d", err, last)
+			}
+			if ev.Revision <= last {
+				continue // already sent in the backlog
+			}
+			if err := send(ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// KeepAlive renews many holdings per message. Each message becomes one
+// Raft entry on the leader; a follower relays the stream to the leader.
+func (s *Server) KeepAlive(stream pb.Leases_KeepAliveServer) error {
+	if !s.node.IsLeader() {
+		return s.relayKeepAlive(stream)
+	}
+	ctx := stream.Context()
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		resp, err := s.keepAliveOnce(ctx, req)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *Server) keepAliveOnce(ctx context.Context, req *pb.KeepAliveRequest) (*pb.KeepAliveResponse, error) {
+	if len(req.Leases) > s.cfg.MaxKeepAliveBatch {
+		return nil, invalid("keepalive batch of %d leases is above the limit of %d", len(req.Leases), s.cfg.MaxKeepAliveBatch)
+	}
+	out := &pb.KeepAliveResponse{Id: req.Id, Results: make([]*pb.KeepAliveResult, len(req.Leases))}
+	batch := &fsmpb.RenewBatch{Renews: make([]*fsmpb.Renew, 0, len(req.Leases))}
+	slot := make([]int, 0, len(req.Leases)) // result index of each renewal in batch
+	for i, ref := range req.Leases {
+		r := &pb.KeepAliveResult{Namespace: namespaceOr(ref.Namespace), Name: ref.Name, FencingToken: ref.FencingToken}
+		out.Results[i] = r
+		ns, err := validateHolding(ref.Namespace, ref.Name, ref.HolderIdentity, ref.FencingToken)
+		if err != nil {
+			r.Code, r.Message = int32(codes.InvalidArgument), err.Error()
+			continue
+		}
+		batch.Renews = append(batch.Renews, &fsmpb.Renew{Namespace: ns, Name: ref.Name, Holder: ref.HolderIdentity, Token: ref.FencingToken})
+		slot = append(slot, i)
+	}
+	if len(batch.Renews) == 0 {
+		return out, nil
+	}
+	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: batch}})
+	if err != nil {
+		return nil, err
+	}
+	for j, rr := range res.Renews {
+		r := out.Results[slot[j]]
+		if rr.Err != nil {
+			st := status.Convert(toStatus(rr.Err, nil))
+			r.Code, r.Message = int32(st.Code()), st.Message()
+			continue
+		}
+		r.LeaseDuration = durationpb.New(rr.Lease.Duration)
+	}
+	return out, nil
+}
+
+// relayKeepAlive pipes a follower's KeepAlive stream to the leader. A
+// leader change breaks the upstream; the client learns of it at its next
+// message (or by its own response timeout) and opens a new stream.
+func (s *Server) relayKeepAlive(stream pb.Leases_KeepAliveServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	c, err := s.leaderConn(ctx)
+	if err != nil {
+		cancel()
+		return err
+	}
+	up, err := pb.NewLeasesClient(c).KeepAlive(s.forwardCtx(ctx))
+	if err != nil {
+		cancel()
+		return err
+	}
+	var upErr error // set by the copier before done closes
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			resp, err := up.Recv()
+			if err == nil {
+				err = stream.Send(resp)
+			}
+			if err != nil {
+				upErr = err
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			// The client is done sending: let the leader answer what is
+			// in flight, then end.
+			_ = up.CloseSend()
+			<-done
+			if errors.Is(upErr, io.EOF) {
+				return nil
+			}
+			return upErr
+		}
+		if err != nil {
+			return err
+		}
+		if err := up.Send(req); err != nil {
+			cancel()
+			<-done
+			if upErr != nil && !errors.Is(upErr, io.EOF) {
+				return upErr
+			}
+			return status.Errorf(codes.Unavailable, "relay to leader: %v", err)
+		}
+	}
+}

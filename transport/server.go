@@ -1,0 +1,239 @@
+// Package transport serves the leasekeeper gRPC API. Any node answers any
+// request: writes and linearizable reads run on the Raft leader, and a
+// follower forwards them there; serializable reads and watches are served
+// from the node's own applied state.
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+	"github.com/leasekeeper/leasekeeper/node"
+)
+
+// Node is what the server needs of a leasekeeper node.
+type Node interface {
+	ID() string
+	Addrs() (raftAddr, grpcAddr string)
+	IsLeader() bool
+	Leader() (id, grpcAddr string)
+	Propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, error)
+	ReadBarrier(ctx context.Context) error
+	Remaining(namespace, name string) (time.Duration, bool)
+	FSM() *fsm.FSM
+	Status() (node.Status, error)
+	Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter bool) error
+	RemoveMember(ctx context.Context, id string) error
+	TransferLeadership(to string) error
+}
+
+// Config limits what clients may ask.
+type Config struct {
+	MinLeaseDuration time.Duration
+	MaxLeaseDuration time.Duration
+	MaxGracePeriod   time.Duration
+	// MaxKeepAliveBatch is the most leases one KeepAlive message may renew.
+	MaxKeepAliveBatch int
+	// MaxRecvMsgSize bounds every request, in bytes.
+	MaxRecvMsgSize int
+	// WatchWindow is how many recent events a watch may resume from;
+	// WatchBuffer is each watcher's queue.
+	WatchWindow int
+	WatchBuffer int
+	// DialOptions are used to reach the leader when forwarding.
+	DialOptions []grpc.DialOption
+}
+
+// DefaultConfig returns the server's defaults.
+func DefaultConfig() Config {
+	return Config{
+		MinLeaseDuration:  10 * time.Millisecond,
+		MaxLeaseDuration:  24 * time.Hour,
+		MaxGracePeriod:    time.Hour,
+		MaxKeepAliveBatch: 10000,
+		MaxRecvMsgSize:    4 << 20,
+		WatchWindow:       100000,
+		WatchBuffer:       4096,
+		DialOptions:       []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+	}
+}
+
+// Validate checks the limits.
+func (c Config) Validate() error {
+	var errs []error
+	if c.MinLeaseDuration <= 0 || c.MaxLeaseDuration < c.MinLeaseDuration {
+		errs = append(errs, fmt.Errorf("transport: need 0 < MinLeaseDuration (%v) <= MaxLeaseDuration (%v)", c.MinLeaseDuration, c.MaxLeaseDuration))
+	}
+	if c.MaxGracePeriod < 0 {
+		errs = append(errs, errors.New("transport: MaxGracePeriod must not be negative"))
+	}
+	if c.MaxKeepAliveBatch <= 0 || c.MaxRecvMsgSize <= 0 || c.WatchWindow <= 0 || c.WatchBuffer <= 0 {
+		errs = append(errs, errors.New("transport: MaxKeepAliveBatch, MaxRecvMsgSize, WatchWindow and WatchBuffer must be > 0"))
+	}
+	return errors.Join(errs...)
+}
+
+// Server implements the Leases and Cluster services.
+type Server struct {
+	pb.UnimplementedLeasesServer
+	pb.UnimplementedClusterServer
+
+	cfg  Config
+	node Node
+	hub  *Hub
+	log  hclog.Logger
+
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn // leader connections by address
+}
+
+// New returns a server for n. hub must be registered as a listener of n's
+// FSM (see node.Deps.Listeners).
+func New(cfg Config, n Node, hub *Hub, log hclog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Server{cfg: cfg, node: n, hub: hub, log: log.Named("grpc"), conns: make(map[string]*grpc.ClientConn)}, nil
+}
+
+// Register adds the services to g.
+func (s *Server) Register(g *grpc.Server) {
+	pb.RegisterLeasesServer(g, s)
+	pb.RegisterClusterServer(g, s)
+}
+
+// ServerOptions are the gRPC options the services expect: the request size
+// limit and a panic guard.
+func (s *Server) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
+		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
+		grpc.ChainStreamInterceptor(recoverStream(s.log)),
+	}
+}
+
+// Close drops the connections kept to leaders.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for a, c := range s.conns {
+		_ = c.Close()
+		delete(s.conns, a)
+	}
+	return nil
+}
+
+// forwardedKey marks a request a node forwarded, so it is never forwarded
+// twice (two nodes that each think the other leads would loop).
+const forwardedKey = "x-leasekeeper-forwarded-by"
+
+// leaderConn returns a connection to the leader for forwarding.
+func (s *Server) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(forwardedKey)) > 0 {
+		return nil, status.Errorf(codes.Unavailable, "node %s is not the leader (request forwarded by %s)", s.node.ID(), md.Get(forwardedKey)[0])
+	}
+	id, addr := s.node.Leader()
+	if addr == "" {
+		if id != "" {
+			return nil, status.Errorf(codes.Unavailable, "%v: leader %s has not registered its address yet", ErrNoLeader, id)
+		}
+		return nil, status.Errorf(codes.Unavailable, "%v: node %s knows no leader", ErrNoLeader, s.node.ID())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.conns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, s.cfg.DialOptions...)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "leader %s at %s: %v", id, addr, err)
+	}
+	s.conns[addr] = c
+	return c, nil
+}
+
+func (s *Server) forwardCtx(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, forwardedKey, s.node.ID())
+}
+
+// forward runs call against the leader's Leases service.
+func forward[T any](ctx context.Context, s *Server, call func(context.Context, pb.LeasesClient) (T, error)) (T, error) {
+	var zero T
+	c, err := s.leaderConn(ctx)
+	if err != nil {
+		return zero, err
+	}
+	return call(s.forwardCtx(ctx), pb.NewLeasesClient(c))
+}
+
+func forwardCluster[T any](ctx context.Context, s *Server, call func(context.Context, pb.ClusterClient) (T, error)) (T, error) {
+	var zero T
+	c, err := s.leaderConn(ctx)
+	if err != nil {
+		return zero, err
+	}
+	return call(s.forwardCtx(ctx), pb.NewClusterClient(c))
+}
+
+// propose commits c on this node, which leads, and maps errors to codes.
+func (s *Server) propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, error) {
+	res, err := s.node.Propose(ctx, c)
+	if err != nil {
+		return nil, toStatus(err, nil)
+	}
+	return res, nil
+}
+
+// Run keeps this node's gRPC address registered in the replicated member
+// directory, so the others can forward to it once it leads and clients see
+// it in Status. A leader registers itself; a follower asks the leader. It
+// returns when ctx is done.
+func (s *Server) Run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		s.register(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) register(ctx context.Context) {
+	raftAddr, grpcAddr := s.node.Addrs()
+	if grpcAddr == "" || s.node.IsLeader() {
+		return
+	}
+	if a, ok := s.node.FSM().MemberAddr(s.node.ID()); ok && a == grpcAddr {
+		return
+	}
+	if _, addr := s.node.Leader(); addr == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := forwardCluster(ctx, s, func(ctx context.Context, c pb.ClusterClient) (*pb.JoinResponse, error) {
+		return c.Join(ctx, &pb.JoinRequest{Id: s.node.ID(), RaftAddr: raftAddr, GrpcAddr: grpcAddr})
+	})
+	if err != nil {
+		s.log.Debug("registering address with the leader", "error", err)
+	}
+}

@@ -1,0 +1,332 @@
+package transport_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/internal/lktest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+type conn struct {
+	pb.LeasesClient
+	cluster pb.ClusterClient
+}
+
+func dial(t *testing.T, addr string) conn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return conn{pb.NewLeasesClient(cc), pb.NewClusterClient(cc)}
+}
+
+// start runs a 3-node cluster and returns a connection to a follower, so
+// every write in the tests crosses the forwarding path.
+func start(t *testing.T) (*lktest.Cluster, conn, conn) {
+	t.Helper()
+	c := lktest.Start(t, 3, clock.New())
+	leader := c.Leader(10 * time.Second)
+	li := c.Index(leader)
+	fi := (li + 1) % 3
+	follower := dial(t, c.Endpoints[fi])
+	// The follower forwards once it knows the leader's address.
+	waitFor(t, func() bool {
+		st, err := follower.cluster.Status(context.Background(), &pb.StatusRequest{})
+		return err == nil && st.LeaderGrpcAddr != ""
+	})
+	return c, follower, dial(t, c.Endpoints[li])
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond) // polling cluster state over gRPC
+	}
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func acq(name, holder string, d time.Duration) *pb.AcquireRequest {
+	return &pb.AcquireRequest{Name: name, HolderIdentity: holder, LeaseDuration: durationpb.New(d)}
+}
+
+func TestAcquireContendReleaseThroughFollower(t *testing.T) {
+	_, f, _ := start(t)
+	a, err := f.Acquire(ctx(t), acq("db", "a", 10*time.Second))
+	if err != nil || !a.Acquired || a.Lease.Namespace != "default" {
+		t.Fatalf("acquire by a: %v %+v", err, a)
+	}
+	t1 := a.Lease.FencingToken
+	b, err := f.Acquire(ctx(t), acq("db", "b", 10*time.Second))
+	if err != nil || b.Acquired || b.Lease.HolderIdentity != "a" {
+		t.Fatalf("acquire by b while a holds: err=%v acquired=%v holder=%q", err, b.GetAcquired(), b.GetLease().GetHolderIdentity())
+	}
+	if b.Remaining == nil || b.Remaining.AsDuration() <= 0 || b.Remaining.AsDuration() > 10*time.Second {
+		t.Errorf("remaining for the refused acquire: %v, want in (0, 10s]", b.Remaining.AsDuration())
+	}
+	if _, err := f.Release(ctx(t), &pb.ReleaseRequest{Name: "db", HolderIdentity: "a", FencingToken: t1}); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	b, err = f.Acquire(ctx(t), acq("db", "b", 10*time.Second))
+	if err != nil || !b.Acquired || b.Lease.FencingToken <= t1 || b.Lease.LeaseTransitions != 2 {
+		t.Fatalf("acquire by b after release: err=%v %+v, want token > %d and 2 transitions", err, b.GetLease(), t1)
+	}
+	// Stale token: FailedPrecondition carrying the current holding.
+	_, err = f.Renew(ctx(t), &pb.RenewRequest{Name: "db", HolderIdentity: "a", FencingToken: t1})
+	st := status.Convert(err)
+	if st.Code() != codes.FailedPrecondition {
+		t.Fatalf("renew with a stale token: %v, want FailedPrecondition", err)
+	}
+	var current *pb.Lease
+	for _, d := range st.Details() {
+		if l, ok := d.(*pb.Lease); ok {
+			current = l
+		}
+	}
+	if current == nil || current.HolderIdentity != "b" {
+		t.Errorf("stale renew detail: got %+v, want the current holding by b", current)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	_, f, _ := start(t)
+	held, err := f.Acquire(ctx(t), acq("held", "a", time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := held.Lease.FencingToken
+	huge := strings.Repeat("x", 10<<20)
+	tests := []struct {
+		name string
+		call func() error
+		want codes.Code
+	}{
+		{"upper-case name", func() error { _, err := f.Acquire(ctx(t), acq("DB", "a", time.Second)); return err }, codes.InvalidArgument},
+		{"empty name", func() error { _, err := f.Acquire(ctx(t), acq("", "a", time.Second)); return err }, codes.InvalidArgument},
+		{"name too long", func() error { _, err := f.Acquire(ctx(t), acq(strings.Repeat("a", 64), "a", time.Second)); return err }, codes.InvalidArgument},
+		{"bad namespace", func() error {
+			r := acq("db", "a", time.Second)
+			r.Namespace = "a_b"
+			_, err := f.Acquire(ctx(t), r)
+			return err
+		}, codes.InvalidArgument},
+		{"no holder", func() error { _, err := f.Acquire(ctx(t), acq("db", "", time.Second)); return err }, codes.InvalidArgument},
+		{"zero duration", func() error { _, err := f.Acquire(ctx(t), acq("db", "a", 0)); return err }, codes.InvalidArgument},
+		{"negative duration", func() error { _, err := f.Acquire(ctx(t), acq("db", "a", -time.Second)); return err }, codes.InvalidArgument},
+		{"absurd duration", func() error { _, err := f.Acquire(ctx(t), acq("db", "a", 1000*time.Hour)); return err }, codes.InvalidArgument},
+		{"no duration", func() error {
+			_, err := f.Acquire(ctx(t), &pb.AcquireRequest{Name: "db", HolderIdentity: "a"})
+			return err
+		}, codes.InvalidArgument},
+		{"negative grace", func() error {
+			r := acq("db", "a", time.Second)
+			r.GracePeriod = durationpb.New(-time.Second)
+			_, err := f.Acquire(ctx(t), r)
+			return err
+		}, codes.InvalidArgument},
+		{"bad label", func() error {
+			r := acq("db", "a", time.Second)
+			r.Labels = map[string]string{"bad key!": "v"}
+			_, err := f.Acquire(ctx(t), r)
+			return err
+		}, codes.InvalidArgument},
+		{"renew without token", func() error {
+			_, err := f.Renew(ctx(t), &pb.RenewRequest{Name: "held", HolderIdentity: "a"})
+			return err
+		}, codes.InvalidArgument},
+		{"renew wrong token", func() error {
+			_, err := f.Renew(ctx(t), &pb.RenewRequest{Name: "held", HolderIdentity: "a", FencingToken: tok + 1000})
+			return err
+		}, codes.FailedPrecondition},
+		{"renew wrong holder", func() error {
+			_, err := f.Renew(ctx(t), &pb.RenewRequest{Name: "held", HolderIdentity: "b", FencingToken: tok})
+			return err
+		}, codes.FailedPrecondition},
+		{"renew in unknown namespace", func() error {
+			_, err := f.Renew(ctx(t), &pb.RenewRequest{Namespace: "nowhere", Name: "held", HolderIdentity: "a", FencingToken: tok})
+			return err
+		}, codes.NotFound},
+		{"release wrong token", func() error {
+			_, err := f.Release(ctx(t), &pb.ReleaseRequest{Name: "held", HolderIdentity: "a", FencingToken: tok + 1})
+			return err
+		}, codes.FailedPrecondition},
+		{"get missing", func() error { _, err := f.Get(ctx(t), &pb.GetRequest{Name: "missing"}); return err }, codes.NotFound},
+		{"delete missing", func() error { _, err := f.Delete(ctx(t), &pb.DeleteRequest{Name: "missing"}); return err }, codes.NotFound},
+		{"delete with a wrong version", func() error {
+			_, err := f.Delete(ctx(t), &pb.DeleteRequest{Name: "held", ResourceVersion: held.Lease.ResourceVersion + 1000})
+			return err
+		}, codes.Aborted},
+		{"bad selector", func() error { _, err := f.List(ctx(t), &pb.ListRequest{LabelSelector: "a=b=c"}); return err }, codes.InvalidArgument},
+		{"10 MB request", func() error { _, err := f.Acquire(ctx(t), acq("db", huge, time.Second)); return err }, codes.ResourceExhausted},
+		{"expired deadline", func() error {
+			c, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+			defer cancel()
+			_, err := f.Acquire(c, acq("db", "a", time.Second))
+			return err
+		}, codes.DeadlineExceeded},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			if got := status.Code(err); got != tc.want {
+				t.Fatalf("got %v (%v), want %v", got, err, tc.want)
+			}
+			if tc.want == codes.InvalidArgument && len(status.Convert(err).Message()) < 10 {
+				t.Errorf("message %q does not explain the error", status.Convert(err).Message())
+			}
+		})
+	}
+	// The cluster keeps serving, and the held lease is untouched.
+	g, err := f.Get(ctx(t), &pb.GetRequest{Name: "held"})
+	if err != nil || g.Lease.HolderIdentity != "a" || g.Lease.FencingToken != tok {
+		t.Fatalf("after bad input: %v %+v", err, g.GetLease())
+	}
+}
+
+func TestReadsListAndWatch(t *testing.T) {
+	_, f, _ := start(t)
+	if _, err := f.Acquire(ctx(t), acq("first", "a", time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	list0, err := f.List(ctx(t), &pb.ListRequest{AllNamespaces: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := acq("web", "a", time.Minute)
+	r.Labels = map[string]string{"app": "web"}
+	if _, err := f.Acquire(ctx(t), r); err != nil {
+		t.Fatal(err)
+	}
+	r = acq("api", "a", time.Minute)
+	r.Namespace = "team-b"
+	r.Labels = map[string]string{"app": "api"}
+	if _, err := f.Acquire(ctx(t), r); err != nil {
+		t.Fatal(err)
+	}
+	l, err := f.List(ctx(t), &pb.ListRequest{AllNamespaces: true, LabelSelector: "app=api"})
+	if err != nil || len(l.Leases) != 1 || l.Leases[0].Namespace != "team-b" {
+		t.Fatalf("list by label: %v %v", err, l)
+	}
+	l, err = f.List(ctx(t), &pb.ListRequest{LabelSelector: "app"})
+	if err != nil || len(l.Leases) != 1 || l.Leases[0].Name != "web" {
+		t.Fatalf("list of the default namespace: %v %v", err, l)
+	}
+	// A watch from the first list's revision replays both acquisitions.
+	wctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	w, err := f.Watch(wctx, &pb.WatchRequest{AllNamespaces: true, StartRevision: list0.Revision})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"web", "api"} {
+		ev, err := w.Recv()
+		if err != nil || ev.Lease.Name != want || ev.Type != pb.WatchEvent_ADDED {
+			t.Fatalf("replayed event: %v %+v, want ADDED %s", err, ev, want)
+		}
+	}
+	// And then live events.
+	if _, err := f.Release(ctx(t), &pb.ReleaseRequest{Name: "web", HolderIdentity: "a", FencingToken: l.Leases[0].FencingToken}); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := w.Recv()
+	if err != nil || ev.Type != pb.WatchEvent_RELEASED || ev.Lease.Name != "web" {
+		t.Fatalf("live event: %v %+v, want RELEASED web", err, ev)
+	}
+	// Serializable read on a follower sees the write once applied there.
+	waitFor(t, func() bool {
+		g, err := f.Get(ctx(t), &pb.GetRequest{Name: "web", Serializable: true})
+		return err == nil && g.Lease.HolderIdentity == ""
+	})
+}
+
+func TestKeepAliveBatchThroughFollower(t *testing.T) {
+	_, f, _ := start(t)
+	var refs []*pb.LeaseRef
+	for _, n := range []string{"k1", "k2", "k3"} {
+		a, err := f.Acquire(ctx(t), acq(n, "h", time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs = append(refs, &pb.LeaseRef{Name: n, HolderIdentity: "h", FencingToken: a.Lease.FencingToken})
+	}
+	refs = append(refs,
+		&pb.LeaseRef{Name: "k1", HolderIdentity: "h", FencingToken: 999999},
+		&pb.LeaseRef{Name: "missing", HolderIdentity: "h", FencingToken: 1},
+		&pb.LeaseRef{Name: "BAD", HolderIdentity: "h", FencingToken: 1})
+	s, err := f.KeepAlive(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := uint64(1); round <= 3; round++ {
+		if err := s.Send(&pb.KeepAliveRequest{Id: round, Leases: refs}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []codes.Code{codes.OK, codes.OK, codes.OK, codes.FailedPrecondition, codes.NotFound, codes.InvalidArgument}
+		if resp.Id != round || len(resp.Results) != len(want) {
+			t.Fatalf("round %d: id %d, %d results", round, resp.Id, len(resp.Results))
+		}
+		for i, w := range want {
+			if got := codes.Code(resp.Results[i].Code); got != w {
+				t.Errorf("round %d result %d: got %v (%s), want %v", round, i, got, resp.Results[i].Message, w)
+			}
+		}
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := f.Get(ctx(t), &pb.GetRequest{Name: "k1"})
+	if err != nil || g.Lease.LeaseTransitions != 1 {
+		t.Fatalf("after keepalives: %v %+v", err, g.GetLease())
+	}
+}
+
+func TestStatusListsMembers(t *testing.T) {
+	c, f, _ := start(t)
+	waitFor(t, func() bool {
+		st, err := f.cluster.Status(ctx(t), &pb.StatusRequest{})
+		if err != nil || len(st.Members) != 3 {
+			return false
+		}
+		for _, m := range st.Members {
+			if m.GrpcAddr == "" {
+				return false
+			}
+		}
+		return true
+	})
+	st, _ := f.cluster.Status(ctx(t), &pb.StatusRequest{})
+	leader := c.Leader(time.Second)
+	if st.Leader != leader.ID() || st.Term == 0 || st.CommitIndex == 0 {
+		t.Fatalf("status: %+v, want leader %s", st, leader.ID())
+	}
+}

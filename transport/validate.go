@@ -1,0 +1,155 @@
+package transport
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// Limits on names and labels, as in Kubernetes.
+const (
+	maxNameLen       = 63
+	maxHolderLen     = 253
+	maxLabels        = 64
+	maxLabelValueLen = 63
+)
+
+// DefaultNamespace is used when a request names none.
+const DefaultNamespace = "default"
+
+func validateName(field, v string) error {
+	if v == "" {
+		return fmt.Errorf("%s is required", field)
+	}
+	if len(v) > maxNameLen {
+		return fmt.Errorf("%s %q is longer than %d characters", field, trunc(v), maxNameLen)
+	}
+	if !dnsLabel.MatchString(v) {
+		return fmt.Errorf("%s %q is not a DNS-1123 label (lower case letters, digits and '-', starting and ending with a letter or digit)", field, trunc(v))
+	}
+	return nil
+}
+
+func namespaceOr(ns string) string {
+	if ns == "" {
+		return DefaultNamespace
+	}
+	return ns
+}
+
+func validateKey(namespace, name string) (string, error) {
+	ns := namespaceOr(namespace)
+	if err := validateName("namespace", ns); err != nil {
+		return "", err
+	}
+	return ns, validateName("name", name)
+}
+
+func validateHolder(h string) error {
+	if h == "" {
+		return fmt.Errorf("holder_identity is required")
+	}
+	if len(h) > maxHolderLen {
+		return fmt.Errorf("holder_identity is longer than %d bytes", maxHolderLen)
+	}
+	for _, r := range h {
+		if !unicode.IsPrint(r) || r == unicode.ReplacementChar {
+			return fmt.Errorf("holder_identity %q has a non-printable character", trunc(h))
+		}
+	}
+	return nil
+}
+
+func validateToken(t uint64) error {
+	if t == 0 {
+		return fmt.Errorf("fencing_token is required")
+	}
+	return nil
+}
+
+func (s *Server) validateDuration(field string, d *durationpb.Duration, required bool) (time.Duration, error) {
+	if d == nil {
+		if required {
+			return 0, fmt.Errorf("%s is required", field)
+		}
+		return 0, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, fmt.Errorf("%s: %v", field, err)
+	}
+	v := d.AsDuration()
+	lim := s.cfg
+	switch field {
+	case "lease_duration":
+		if v <= 0 {
+			return 0, fmt.Errorf("lease_duration must be positive, got %v", v)
+		}
+		if v < lim.MinLeaseDuration || v > lim.MaxLeaseDuration {
+			return 0, fmt.Errorf("lease_duration %v is outside [%v, %v]", v, lim.MinLeaseDuration, lim.MaxLeaseDuration)
+		}
+	default:
+		if v < 0 {
+			return 0, fmt.Errorf("%s must not be negative, got %v", field, v)
+		}
+		if v > lim.MaxGracePeriod {
+			return 0, fmt.Errorf("%s %v is above the maximum %v", field, v, lim.MaxGracePeriod)
+		}
+	}
+	return v, nil
+}
+
+func validateLabels(labels map[string]string) error {
+	if len(labels) > maxLabels {
+		return fmt.Errorf("too many labels: %d, at most %d", len(labels), maxLabels)
+	}
+	for k, v := range labels {
+		if err := validateLabelKey(k); err != nil {
+			return err
+		}
+		if err := validateLabelValue(v); err != nil {
+			return fmt.Errorf("label %q: %v", trunc(k), err)
+		}
+	}
+	return nil
+}
+
+var labelName = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$`)
+var dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+
+func validateLabelKey(k string) error {
+	prefix, name, hasPrefix := strings.Cut(k, "/")
+	if !hasPrefix {
+		name, prefix = prefix, ""
+	}
+	if hasPrefix && (prefix == "" || len(prefix) > 253 || !dnsSubdomain.MatchString(prefix)) {
+		return fmt.Errorf("label key %q has an invalid prefix", trunc(k))
+	}
+	if name == "" || len(name) > maxNameLen || !labelName.MatchString(name) {
+		return fmt.Errorf("label key %q is invalid (at most 63 characters: letters, digits, '-', '_', '.', starting and ending with a letter or digit)", trunc(k))
+	}
+	return nil
+}
+
+func validateLabelValue(v string) error {
+	if v == "" {
+		return nil
+	}
+	if len(v) > maxLabelValueLen || !labelName.MatchString(v) {
+		return fmt.Errorf("value %q is invalid (at most 63 characters: letters, digits, '-', '_', '.', starting and ending with a letter or digit)", trunc(v))
+	}
+	return nil
+}
+
+// trunc keeps error messages short when the input is huge.
+func trunc(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
