@@ -17,6 +17,10 @@ type Clock interface {
 	Since(t time.Time) time.Duration
 	// NewTimer returns a timer that fires once after d.
 	NewTimer(d time.Duration) Timer
+	// NewTimerAt returns a timer that fires once the clock reaches t. Unlike
+	// NewTimer(t.Sub(Now())), it cannot fire late when the clock moves
+	// between reading it and arming the timer (it matters for a Fake).
+	NewTimerAt(t time.Time) Timer
 	// After is NewTimer(d).C().
 	After(d time.Duration) <-chan time.Time
 }
@@ -45,6 +49,10 @@ func (Real) Since(t time.Time) time.Duration { return time.Since(t) }
 
 // NewTimer wraps time.NewTimer.
 func (Real) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
+
+// NewTimerAt fires when the monotonic clock reaches t (t should come from
+// Now, so that it carries a monotonic reading).
+func (Real) NewTimerAt(t time.Time) Timer { return realTimer{time.NewTimer(time.Until(t))} }
 
 // After wraps time.After.
 func (Real) After(d time.Duration) <-chan time.Time { return time.After(d) }

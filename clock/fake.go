@@ -39,6 +39,15 @@ func (f *Fake) NewTimer(d time.Duration) Timer {
 	return t
 }
 
+// NewTimerAt returns a timer that fires when the fake time reaches t.
+func (f *Fake) NewTimerAt(t time.Time) Timer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ft := &fakeTimer{f: f, c: make(chan time.Time, 1)}
+	f.arm(ft, t.Sub(f.now))
+	return ft
+}
+
 // After is NewTimer(d).C().
 func (f *Fake) After(d time.Duration) <-chan time.Time { return f.NewTimer(d).C() }
 

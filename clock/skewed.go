@@ -38,6 +38,9 @@ func (s *Skewed) NewTimer(d time.Duration) Timer {
 	return skewedTimer{s: s, t: s.base.NewTimer(s.unscale(d))}
 }
 
+// NewTimerAt fires when the skewed clock reaches t.
+func (s *Skewed) NewTimerAt(t time.Time) Timer { return s.NewTimer(t.Sub(s.Now())) }
+
 // After is NewTimer(d).C().
 func (s *Skewed) After(d time.Duration) <-chan time.Time { return s.NewTimer(d).C() }
 

@@ -383,3 +383,26 @@ func BenchmarkApplyRenew(b *testing.B) {
 		f.Apply(log)
 	}
 }
+
+func TestHeldCountFollowsChanges(t *testing.T) {
+	h := newHarness(t)
+	want := func(held, leases int) {
+		t.Helper()
+		if s := h.f.Stats(); s.Held != held || s.Leases != leases {
+			t.Fatalf("stats: held %d leases %d, want %d and %d", s.Held, s.Leases, held, leases)
+		}
+	}
+	a := h.apply(1, acquire("default", "a", "h", time.Second)).Lease
+	b := h.apply(1, acquire("default", "b", "h", time.Second)).Lease
+	want(2, 2)
+	h.apply(2, acquire("default", "a", "h", time.Second)) // renewal
+	want(2, 2)
+	h.apply(3, release("default", "a", "h", a.Token))
+	want(1, 2)
+	h.apply(4, expire("default", "b", b.Token, b.RenewIndex))
+	want(0, 2)
+	h.apply(5, acquire("default", "b", "x", time.Second))
+	want(1, 2)
+	h.apply(6, del("default", "b", 0))
+	want(0, 1)
+}

@@ -8,6 +8,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/encoding/protodelim"
@@ -32,6 +33,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type snapshot struct {
 	header *fsmpb.SnapshotHeader
 	leases []*Lease
+	done   func(time.Duration) // records a finished Persist
 }
 
 // Snapshot captures the table. Leases are immutable, so copying the
@@ -48,6 +50,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 			LeaseCount: uint64(len(f.leases)),
 		},
 		leases: make([]*Lease, 0, len(f.leases)),
+		done:   f.snapshotDone,
 	}
 	for id, addr := range f.members {
 		s.header.Members = append(s.header.Members, &fsmpb.MemberRecord{Id: id, GrpcAddr: addr})
@@ -60,11 +63,29 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 
 // Persist writes the snapshot to sink.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	start := time.Now() // for the metric only
 	if err := s.encode(sink); err != nil {
 		_ = sink.Cancel()
 		return err
 	}
-	return sink.Close()
+	if err := sink.Close(); err != nil {
+		return err
+	}
+	if s.done != nil {
+		s.done(time.Since(start))
+	}
+	return nil
+}
+
+func (f *FSM) snapshotDone(d time.Duration) {
+	f.snapCount.Add(1)
+	f.snapLast.Store(int64(d))
+}
+
+// SnapshotStats reports how many snapshots were persisted and how long the
+// last one took.
+func (f *FSM) SnapshotStats() (count uint64, last time.Duration) {
+	return f.snapCount.Load(), time.Duration(f.snapLast.Load())
 }
 
 // Release does nothing: the snapshot holds only immutable pointers.
@@ -112,6 +133,12 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.members = st.members
 	f.revision = st.revision
 	f.lastToken = st.lastToken
+	f.held = 0
+	for _, l := range st.leases {
+		if l.Holder != "" {
+			f.held++
+		}
+	}
 	f.mu.Unlock()
 	if f.listener != nil {
 		f.listener.Restored()

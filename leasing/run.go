@@ -50,7 +50,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		var t clock.Timer
 		m.idle, m.armed = true, -1
 		if wait >= 0 {
-			t = m.clk.NewTimer(wait)
+			// Armed at an instant, not after a duration: the clock may
+			// have moved since now was read.
+			t = m.clk.NewTimerAt(m.base.Add(now + wait))
 			m.armed = now + wait
 		}
 		m.mu.Unlock()

@@ -60,6 +60,7 @@ type Node struct {
 	fsm  *fsm.FSM
 	mgr  *leasing.Manager
 
+	met     *metrics
 	closers []func() error
 	obsCh   chan raft.Observation
 	obs     *raft.Observer
@@ -94,6 +95,9 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		return nil, err
 	}
 	n.mgr = mgr
+	if n.met, err = newMetrics(deps.Registerer, n); err != nil {
+		return nil, err
+	}
 	n.fsm = fsm.New(&listener{n: n, others: deps.Listeners})
 
 	if err := n.openStores(&deps); err != nil {
@@ -358,6 +362,7 @@ type listener struct {
 }
 
 func (l *listener) Applied(evs []fsm.Event) {
+	l.n.met.observe(evs)
 	mgr := l.n.mgr
 	if mgr.Active() {
 		for _, ev := range evs {

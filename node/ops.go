@@ -64,10 +64,12 @@ func (n *Node) Propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, erro
 			timeout = max(left, time.Millisecond)
 		}
 	}
+	start := time.Now() // for the latency metric only
 	f := n.raft.Apply(data, timeout)
 	if err := f.Error(); err != nil {
 		return nil, mapRaftError(err)
 	}
+	n.met.applyLatency.Observe(time.Since(start).Seconds())
 	res, ok := f.Response().(*fsm.Result)
 	if !ok {
 		return nil, fmt.Errorf("node: unexpected FSM response %T", f.Response())

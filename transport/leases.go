@@ -85,8 +85,10 @@ func (s *Server) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResp
 		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity, Token: req.FencingToken,
 	}}}}})
 	if err != nil {
+		s.met.renewals.WithLabelValues("error").Inc()
 		return nil, err
 	}
+	s.met.renewals.WithLabelValues(renewResult(res.Err)).Inc()
 	if res.Err != nil {
 		return nil, toStatus(res.Err, res.Lease)
 	}
@@ -317,9 +319,11 @@ func (s *Server) keepAliveOnce(ctx context.Context, req *pb.KeepAliveRequest) (*
 	}
 	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: batch}})
 	if err != nil {
+		s.met.renewals.WithLabelValues("error").Add(float64(len(batch.Renews)))
 		return nil, err
 	}
 	for j, rr := range res.Renews {
+		s.met.renewals.WithLabelValues(renewResult(rr.Err)).Inc()
 		r := out.Results[slot[j]]
 		if rr.Err != nil {
 			st := status.Convert(toStatus(rr.Err, nil))
@@ -389,4 +393,17 @@ func (s *Server) relayKeepAlive(stream pb.Leases_KeepAliveServer) error {
 			return status.Errorf(codes.Unavailable, "relay to leader: %v", err)
 		}
 	}
+}
+
+// renewResult is the metric label of a renewal's outcome.
+func renewResult(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, fsm.ErrNotFound):
+		return "not_found"
+	case errors.Is(err, fsm.ErrNotHolder):
+		return "not_holder"
+	}
+	return "error"
 }

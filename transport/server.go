@@ -95,21 +95,25 @@ type Server struct {
 	node Node
 	hub  *Hub
 	log  hclog.Logger
+	met  *Metrics
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn // leader connections by address
 }
 
 // New returns a server for n. hub must be registered as a listener of n's
-// FSM (see node.Deps.Listeners).
-func New(cfg Config, n Node, hub *Hub, log hclog.Logger) (*Server, error) {
+// FSM (see node.Deps.Listeners). met may be nil (no metrics).
+func New(cfg Config, n Node, hub *Hub, log hclog.Logger, met *Metrics) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Server{cfg: cfg, node: n, hub: hub, log: log.Named("grpc"), conns: make(map[string]*grpc.ClientConn)}, nil
+	if met == nil {
+		met, _ = NewMetrics(nil)
+	}
+	return &Server{cfg: cfg, node: n, hub: hub, log: log.Named("grpc"), met: met, conns: make(map[string]*grpc.ClientConn)}, nil
 }
 
 // Register adds the services to g.
@@ -123,8 +127,8 @@ func (s *Server) Register(g *grpc.Server) {
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
-		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
-		grpc.ChainStreamInterceptor(recoverStream(s.log)),
+		grpc.ChainUnaryInterceptor(s.met.unary(), recoverUnary(s.log)),
+		grpc.ChainStreamInterceptor(s.met.stream(), recoverStream(s.log)),
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -166,7 +167,13 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 		_ = lis.Close()
 		return err
 	}
-	srv, err := transport.New(o.server, n, hub, log)
+	met, err := transport.NewMetrics(reg)
+	if err != nil {
+		_ = n.Close()
+		_ = lis.Close()
+		return err
+	}
+	srv, err := transport.New(o.server, n, hub, log, met)
 	if err != nil {
 		_ = n.Close()
 		_ = lis.Close()
@@ -296,6 +303,10 @@ func startHTTP(addr string, n *node.Node, reg *prometheus.Registry, log hclog.Lo
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})

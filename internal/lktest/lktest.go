@@ -53,7 +53,7 @@ func Start(t testing.TB, n int, clk clock.Clock) *Cluster {
 		GRPCAddr:  func(i int) string { return c.Endpoints[i] },
 	})
 	for i, nd := range c.Nodes {
-		srv, err := transport.New(cfg, nd, hubs[i], nodetest.Logger(t, nd.ID()))
+		srv, err := transport.New(cfg, nd, hubs[i], nodetest.Logger(t, nd.ID()), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

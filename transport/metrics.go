@@ -1,0 +1,66 @@
+package transport
+
+import (
+	"context"
+	"path"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// Metrics counts gRPC requests by method and code. Register it once on the
+// node's registry and pass it to ServerOptions.
+type Metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	renewals *prometheus.CounterVec
+}
+
+// NewMetrics builds the server's metrics and registers them on reg (nil:
+// not registered, still counted).
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "leasekeeper_grpc_requests_total",
+			Help: "gRPC requests handled, by method and status code.",
+		}, []string{"method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "leasekeeper_grpc_request_duration_seconds",
+			Help:    "Time to handle a unary gRPC request, by method.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+		}, []string{"method"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "leasekeeper_lease_renewals_total",
+			Help: "Lease renewals answered by this node (unary and KeepAlive), by result.",
+		}, []string{"result"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.renewals} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) unary() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		start := time.Now() // for the metric only
+		resp, err := h(ctx, req)
+		method := path.Base(info.FullMethod)
+		m.requests.WithLabelValues(method, status.Code(err).String()).Inc()
+		m.duration.WithLabelValues(method).Observe(time.Since(start).Seconds())
+		return resp, err
+	}
+}
+
+func (m *Metrics) stream() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		err := h(srv, ss)
+		m.requests.WithLabelValues(path.Base(info.FullMethod), status.Code(err).String()).Inc()
+		return err
+	}
+}
