@@ -105,18 +105,35 @@ type FSM struct {
 	held      int               // leases with a holder, kept as they change
 
 	listener Listener
+	opts     Options
 	events   []Event // reused between batches; owned by the apply goroutine
 
 	snapCount atomic.Uint64
 	snapLast  atomic.Int64 // nanoseconds
 }
 
+// Options change how the FSM behaves. Every node of a cluster must use the
+// same options, or their tables diverge.
+type Options struct {
+	// UnsafeReuseTokens makes a lease's fencing token its own transition
+	// count instead of a cluster-wide counter, so a deleted and re-created
+	// lease reissues old tokens. It exists only so that the chaos suite
+	// can show its checkers catch the bug.
+	UnsafeReuseTokens bool
+}
+
 // New returns an empty FSM. listener may be nil.
 func New(listener Listener) *FSM {
+	return NewWithOptions(listener, Options{})
+}
+
+// NewWithOptions returns an empty FSM with options.
+func NewWithOptions(listener Listener, opts Options) *FSM {
 	return &FSM{
 		leases:   make(map[string]*Lease),
 		members:  make(map[string]string),
 		listener: listener,
+		opts:     opts,
 	}
 }
 
@@ -213,6 +230,9 @@ func (f *FSM) newHolding(l *Lease, holder string, now int64) {
 	l.Holder = holder
 	l.Token = f.lastToken
 	l.Transitions++
+	if f.opts.UnsafeReuseTokens {
+		l.Token = uint64(l.Transitions)
+	}
 	l.AcquireTime = now
 	l.RenewTime = now
 	l.beginHolding(now)

@@ -406,3 +406,14 @@ func TestHeldCountFollowsChanges(t *testing.T) {
 	h.apply(6, del("default", "b", 0))
 	want(0, 1)
 }
+
+func TestUnsafeReuseTokensReissuesTokens(t *testing.T) {
+	h := &harness{t: t}
+	h.f = NewWithOptions(h, Options{UnsafeReuseTokens: true})
+	first := h.apply(1, acquire("default", "x", "a", time.Second)).Lease.Token
+	h.apply(2, del("default", "x", 0))
+	again := h.apply(3, acquire("default", "x", "b", time.Second)).Lease.Token
+	if again != first {
+		t.Fatalf("with the fault on, a re-created lease got token %d, want the reused %d", again, first)
+	}
+}

@@ -47,6 +47,37 @@ type Config struct {
 	NoSync bool
 
 	Leasing leasing.Config
+
+	// Fault breaks one safety rule on purpose, so the chaos suite can show
+	// that its checkers catch a real bug. Never set it in production.
+	Fault Fault
+}
+
+// Fault names a safety rule that a node breaks on purpose (testing only).
+type Fault string
+
+// The faults a node can inject.
+const (
+	// FaultNone: no fault.
+	FaultNone Fault = ""
+	// FaultNoFreshDuration: a new leader expires every holding at once
+	// instead of giving it a full fresh duration.
+	FaultNoFreshDuration Fault = "no-fresh-duration"
+	// FaultEarlyExpiry: the leader expires holdings after half their
+	// duration.
+	FaultEarlyExpiry Fault = "early-expiry"
+	// FaultReuseTokens: a lease's fencing token is its own transition
+	// count, so deleting and re-creating it reissues old tokens.
+	FaultReuseTokens Fault = "reuse-tokens"
+)
+
+// ParseFault checks a fault name.
+func ParseFault(s string) (Fault, error) {
+	switch f := Fault(s); f {
+	case FaultNone, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens:
+		return f, nil
+	}
+	return "", fmt.Errorf("node: unknown fault %q (want %s, %s or %s)", s, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens)
 }
 
 // DefaultConfig returns the defaults for a node on a LAN.

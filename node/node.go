@@ -98,7 +98,12 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	if n.met, err = newMetrics(deps.Registerer, n); err != nil {
 		return nil, err
 	}
-	n.fsm = fsm.New(&listener{n: n, others: deps.Listeners})
+	n.fsm = fsm.NewWithOptions(&listener{n: n, others: deps.Listeners}, fsm.Options{
+		UnsafeReuseTokens: cfg.Fault == FaultReuseTokens,
+	})
+	if cfg.Fault != FaultNone {
+		n.log.Warn("UNSAFE: breaking a safety rule on purpose for testing", "fault", cfg.Fault)
+	}
 
 	if err := n.openStores(&deps); err != nil {
 		n.closeStores()
@@ -287,17 +292,24 @@ func (n *Node) loadHoldings() []leasing.Holding {
 	held := n.fsm.Held()
 	out := make([]leasing.Holding, len(held))
 	for i, l := range held {
-		out[i] = holding(l)
+		out[i] = n.holding(l)
+		if n.cfg.Fault == FaultNoFreshDuration {
+			out[i].TTL = 0
+		}
 	}
 	return out
 }
 
-func holding(l *fsm.Lease) leasing.Holding {
+func (n *Node) holding(l *fsm.Lease) leasing.Holding {
+	ttl := l.TTL()
+	if n.cfg.Fault == FaultEarlyExpiry {
+		ttl /= 2
+	}
 	return leasing.Holding{
 		Key:        leasing.Key{Namespace: l.Namespace, Name: l.Name},
 		Token:      l.Token,
 		RenewIndex: l.RenewIndex,
-		TTL:        l.TTL(),
+		TTL:        ttl,
 	}
 }
 
@@ -368,7 +380,7 @@ func (l *listener) Applied(evs []fsm.Event) {
 		for _, ev := range evs {
 			switch ev.Type {
 			case fsm.EventAdded, fsm.EventAcquired, fsm.EventRenewed:
-				mgr.Held(holding(ev.Lease))
+				mgr.Held(l.n.holding(ev.Lease))
 			default:
 				mgr.Ended(leasing.Key{Namespace: ev.Lease.Namespace, Name: ev.Lease.Name})
 			}

@@ -45,6 +45,7 @@ type options struct {
 	logLevel  string
 	logJSON   bool
 	clockRate float64
+	fault     string
 }
 
 // envPrefix: every flag may also be set as LEASE_NODE_<FLAG> (upper case,
@@ -77,6 +78,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.node.Leasing.ExpiryBatchSize, "expiry-batch-size", o.node.Leasing.ExpiryBatchSize, "most leases expired by one Raft entry")
 	fs.Float64Var(&o.node.Leasing.MaxExpiryRate, "max-expiry-rate", o.node.Leasing.MaxExpiryRate, "most leases expired per second (0: no cap)")
 	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
+	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -111,6 +113,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, err
 	}
 	o.node.Peers = peers
+	if o.node.Fault, err = node.ParseFault(o.fault); err != nil {
+		return nil, err
+	}
 	if o.join != "" && o.node.Bootstrap {
 		return nil, errors.New("--join and --bootstrap exclude each other")
 	}
