@@ -4,8 +4,11 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"syscall"
 	"testing"
 	"time"
@@ -134,4 +137,50 @@ func TestThreeProcessCluster(t *testing.T) {
 			time.Sleep(50 * time.Millisecond) // polling another process
 		}
 	})
+}
+
+// TestGarbageOnPorts sends bytes that are neither gRPC nor Raft to every
+// port of a node: the node drops those connections and keeps serving.
+func TestGarbageOnPorts(t *testing.T) {
+	c := startCluster(t, 3)
+	c.leader(15 * time.Second)
+	junk := [][]byte{
+		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+		bytes.Repeat([]byte{0xff}, 4096),
+		[]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00garbage-frame"),
+		{0x00, 0x01, 0x02, 0x03},
+	}
+	for _, p := range c.procs {
+		for _, addr := range []string{p.grpc, p.raft} {
+			for _, j := range junk {
+				conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+				if err != nil {
+					t.Fatalf("dial %s: %v", addr, err)
+				}
+				_ = conn.SetDeadline(time.Now().Add(300 * time.Millisecond))
+				_, _ = conn.Write(j)
+				_, _ = io.Copy(io.Discard, conn) // until the node hangs up or the deadline
+				conn.Close()
+			}
+		}
+	}
+	cl := c.client()
+	a, err := cl.Acquire(ctxT(t, 10*time.Second), "default", "after-garbage", "A", 10*time.Second, 0, nil)
+	if err != nil || !a.Acquired {
+		t.Fatalf("acquire after garbage: %v", err)
+	}
+	for _, p := range c.procs {
+		if p.cmd == nil {
+			continue
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("node %s exited after garbage on its ports", p.id)
+		default:
+		}
+		g, err := c.client(p.grpc).Get(ctxT(t, 5*time.Second), "default", "after-garbage", false)
+		if err != nil || g.Lease.HolderIdentity != "A" {
+			t.Fatalf("node %s after garbage: %v", p.id, err)
+		}
+	}
 }
