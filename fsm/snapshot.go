@@ -61,6 +61,16 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	return s, nil
 }
 
+// WriteSnapshot writes a consistent snapshot of the current state to w, in
+// the format Restore and ReadSnapshot read: a backup.
+func (f *FSM) WriteSnapshot(w io.Writer) error {
+	s, err := f.Snapshot()
+	if err != nil {
+		return err
+	}
+	return s.(*snapshot).encode(w)
+}
+
 // Persist writes the snapshot to sink.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	start := time.Now() // for the metric only

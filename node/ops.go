@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -337,4 +338,25 @@ func suffrageName(s raft.ServerSuffrage) string {
 		return "staging"
 	}
 	return "unknown"
+}
+
+// Restore replaces the whole cluster state with a backup read from r (size
+// bytes). Leader only; meant for seeding a new cluster from a backup. The
+// backup is checked (format and checksum) before anything changes.
+func (n *Node) Restore(r io.ReadSeeker, size int64, timeout time.Duration) error {
+	if n.raft.State() != raft.Leader {
+		return ErrNotLeader
+	}
+	if _, err := fsm.ReadSnapshot(r); err != nil {
+		return err
+	}
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size}
+	if err := n.raft.Restore(meta, r, timeout); err != nil {
+		return fmt.Errorf("node: restore: %w", err)
+	}
+	n.log.Info("restored the cluster state from a backup", "bytes", size, "leases", n.fsm.Stats().Leases)
+	return nil
 }

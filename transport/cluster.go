@@ -2,6 +2,8 @@ package transport
 
 import (
 	"context"
+	"errors"
+	"io"
 	"runtime/debug"
 
 	"github.com/hashicorp/go-hclog"
@@ -121,4 +123,73 @@ func recoverStream(log hclog.Logger) grpc.StreamServerInterceptor {
 		}()
 		return h(srv, ss)
 	}
+}
+
+// snapshotChunk is the size of one backup message.
+const snapshotChunk = 1 << 20
+
+// Snapshot streams a consistent backup from the leader. A follower relays
+// the leader's stream.
+func (s *Server) Snapshot(req *pb.SnapshotRequest, stream pb.Cluster_SnapshotServer) error {
+	ctx := stream.Context()
+	if !s.node.IsLeader() {
+		c, err := s.leaderConn(ctx)
+		if err != nil {
+			return err
+		}
+		up, err := pb.NewClusterClient(c).Snapshot(s.forwardCtx(ctx), req)
+		if err != nil {
+			return err
+		}
+		for {
+			chunk, err := up.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if err := stream.Send(chunk); err != nil {
+				return err
+			}
+		}
+	}
+	if err := s.node.ReadBarrier(ctx); err != nil {
+		return toStatus(err, nil)
+	}
+	w := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapshotChunk)}
+	if err := s.node.FSM().WriteSnapshot(w); err != nil {
+		return status.Errorf(codes.Internal, "writing snapshot: %v", err)
+	}
+	return w.flush()
+}
+
+// chunkWriter cuts a byte stream into SnapshotChunk messages.
+type chunkWriter struct {
+	send func(*pb.SnapshotChunk) error
+	buf  []byte
+}
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		take := min(cap(w.buf)-len(w.buf), len(p))
+		w.buf = append(w.buf, p[:take]...)
+		p = p[take:]
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (w *chunkWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	err := w.send(&pb.SnapshotChunk{Data: w.buf})
+	w.buf = make([]byte, 0, cap(w.buf)) // the sent message keeps the old one
+	return err
 }

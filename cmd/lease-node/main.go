@@ -13,6 +13,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,6 +47,7 @@ type options struct {
 	logJSON   bool
 	clockRate float64
 	fault     string
+	restore   string
 }
 
 // envPrefix: every flag may also be set as LEASE_NODE_<FLAG> (upper case,
@@ -64,6 +66,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.node.Bootstrap, "bootstrap", false, "start a new cluster of --peers if this node has no state")
 	fs.StringVar(&o.peers, "peers", "", "initial cluster for --bootstrap: id=raftaddr,id=raftaddr,...")
 	fs.StringVar(&o.join, "join", "", "gRPC address(es) of a running cluster to join, comma separated")
+	fs.StringVar(&o.restore, "restore", "", "seed a new single-node cluster (with --bootstrap, empty data dir) from a backup file made by 'leasectl snapshot save'")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
 	fs.DurationVar(&o.node.HeartbeatTimeout, "heartbeat-timeout", o.node.HeartbeatTimeout, "Raft heartbeat timeout")
@@ -118,6 +121,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.join != "" && o.node.Bootstrap {
 		return nil, errors.New("--join and --bootstrap exclude each other")
+	}
+	if o.restore != "" {
+		if err := checkRestore(o); err != nil {
+			return nil, err
+		}
 	}
 	if err := o.node.Validate(); err != nil {
 		return nil, err
@@ -213,6 +221,15 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 		}
 	}
 	log.Info("serving", "grpc", o.node.GRPCAddr, "raft", o.node.RaftAddr, "http", o.httpAddr, "data_dir", o.node.DataDir)
+	if o.restore != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := restore(ctx, o.restore, n, log); err != nil && ctx.Err() == nil {
+				errc <- err
+			}
+		}()
+	}
 	if o.join != "" {
 		wg.Add(1)
 		go func() {
@@ -330,4 +347,51 @@ func startHTTP(addr string, n *node.Node, reg *prometheus.Registry, log hclog.Lo
 		}
 	}()
 	return hs, nil
+}
+
+// checkRestore refuses a restore that would overwrite state or read a bad
+// backup, before the node starts.
+func checkRestore(o *options) error {
+	if !o.node.Bootstrap || len(o.node.Peers) > 1 {
+		return errors.New("--restore seeds a new single-node cluster: give --bootstrap (and no other --peers); add members afterwards with --join")
+	}
+	if _, err := os.Stat(filepath.Join(o.node.DataDir, "raft.db")); err == nil {
+		return fmt.Errorf("--restore: data dir %s already holds a cluster's state; restore needs an empty one", o.node.DataDir)
+	}
+	f, err := os.Open(o.restore)
+	if err != nil {
+		return fmt.Errorf("--restore: %w", err)
+	}
+	defer f.Close()
+	if _, err := fsm.ReadSnapshot(f); err != nil {
+		return fmt.Errorf("--restore %s: %w", o.restore, err)
+	}
+	return nil
+}
+
+// restore waits for this node to lead its new cluster, then loads the backup.
+func restore(ctx context.Context, path string, n *node.Node, log hclog.Logger) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !n.IsLeader() || !n.Manager().Active() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	if err := n.Restore(f, fi.Size(), time.Minute); err != nil {
+		return err
+	}
+	log.Info("backup restored", "file", path)
+	return nil
 }

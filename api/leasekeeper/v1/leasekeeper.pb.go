@@ -1974,6 +1974,89 @@ func (x *TransferLeadershipResponse) GetLeader() string {
 	return ""
 }
 
+type SnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
+}
+
+// SnapshotChunk is one piece of a backup. The pieces, concatenated, are a
+// snapshot file that lease-node --restore accepts; it carries its own
+// checksum.
+type SnapshotChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_leasekeeper_v1_leasekeeper_proto protoreflect.FileDescriptor
 
 const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
@@ -2129,7 +2212,10 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x19TransferLeadershipRequest\x12\x0e\n" +
 	"\x02to\x18\x01 \x01(\tR\x02to\"4\n" +
 	"\x1aTransferLeadershipResponse\x12\x16\n" +
-	"\x06leader\x18\x01 \x01(\tR\x06leader2\xcd\x04\n" +
+	"\x06leader\x18\x01 \x01(\tR\x06leader\"\x11\n" +
+	"\x0fSnapshotRequest\"#\n" +
+	"\rSnapshotChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xcd\x04\n" +
 	"\x06Leases\x12J\n" +
 	"\aAcquire\x12\x1e.leasekeeper.v1.AcquireRequest\x1a\x1f.leasekeeper.v1.AcquireResponse\x12D\n" +
 	"\x05Renew\x12\x1c.leasekeeper.v1.RenewRequest\x1a\x1d.leasekeeper.v1.RenewResponse\x12J\n" +
@@ -2138,9 +2224,10 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x04List\x12\x1b.leasekeeper.v1.ListRequest\x1a\x1c.leasekeeper.v1.ListResponse\x12G\n" +
 	"\x06Delete\x12\x1d.leasekeeper.v1.DeleteRequest\x1a\x1e.leasekeeper.v1.DeleteResponse\x12C\n" +
 	"\x05Watch\x12\x1c.leasekeeper.v1.WatchRequest\x1a\x1a.leasekeeper.v1.WatchEvent0\x01\x12T\n" +
-	"\tKeepAlive\x12 .leasekeeper.v1.KeepAliveRequest\x1a!.leasekeeper.v1.KeepAliveResponse(\x010\x012\xdd\x02\n" +
+	"\tKeepAlive\x12 .leasekeeper.v1.KeepAliveRequest\x1a!.leasekeeper.v1.KeepAliveResponse(\x010\x012\xab\x03\n" +
 	"\aCluster\x12G\n" +
-	"\x06Status\x12\x1d.leasekeeper.v1.StatusRequest\x1a\x1e.leasekeeper.v1.StatusResponse\x12A\n" +
+	"\x06Status\x12\x1d.leasekeeper.v1.StatusRequest\x1a\x1e.leasekeeper.v1.StatusResponse\x12L\n" +
+	"\bSnapshot\x12\x1f.leasekeeper.v1.SnapshotRequest\x1a\x1d.leasekeeper.v1.SnapshotChunk0\x01\x12A\n" +
 	"\x04Join\x12\x1b.leasekeeper.v1.JoinRequest\x1a\x1c.leasekeeper.v1.JoinResponse\x12Y\n" +
 	"\fRemoveMember\x12#.leasekeeper.v1.RemoveMemberRequest\x1a$.leasekeeper.v1.RemoveMemberResponse\x12k\n" +
 	"\x12TransferLeadership\x12).leasekeeper.v1.TransferLeadershipRequest\x1a*.leasekeeper.v1.TransferLeadershipResponseBEZCgithub.com/leasekeeper/leasekeeper/api/leasekeeper/v1;leasekeeperv1b\x06proto3"
@@ -2158,7 +2245,7 @@ func file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP() []byte {
 }
 
 var file_leasekeeper_v1_leasekeeper_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(WatchEvent_Type)(0),               // 0: leasekeeper.v1.WatchEvent.Type
 	(*Lease)(nil),                      // 1: leasekeeper.v1.Lease
@@ -2190,36 +2277,38 @@ var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(*RemoveMemberResponse)(nil),       // 27: leasekeeper.v1.RemoveMemberResponse
 	(*TransferLeadershipRequest)(nil),  // 28: leasekeeper.v1.TransferLeadershipRequest
 	(*TransferLeadershipResponse)(nil), // 29: leasekeeper.v1.TransferLeadershipResponse
-	nil,                                // 30: leasekeeper.v1.Lease.LabelsEntry
-	nil,                                // 31: leasekeeper.v1.AcquireRequest.LabelsEntry
-	(*durationpb.Duration)(nil),        // 32: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 33: google.protobuf.Timestamp
+	(*SnapshotRequest)(nil),            // 30: leasekeeper.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 31: leasekeeper.v1.SnapshotChunk
+	nil,                                // 32: leasekeeper.v1.Lease.LabelsEntry
+	nil,                                // 33: leasekeeper.v1.AcquireRequest.LabelsEntry
+	(*durationpb.Duration)(nil),        // 34: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 35: google.protobuf.Timestamp
 }
 var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
-	32, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
-	32, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
-	33, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
-	33, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
-	30, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
-	33, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
+	34, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
+	34, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
+	35, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
+	35, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
+	32, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
+	35, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 6: leasekeeper.v1.Lease.history:type_name -> leasekeeper.v1.Holding
-	33, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
-	33, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
-	32, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
-	32, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
-	31, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
+	35, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
+	35, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
+	34, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
+	34, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
+	33, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
 	1,  // 12: leasekeeper.v1.AcquireResponse.lease:type_name -> leasekeeper.v1.Lease
-	32, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
+	34, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 14: leasekeeper.v1.RenewResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 15: leasekeeper.v1.ReleaseResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 16: leasekeeper.v1.GetResponse.lease:type_name -> leasekeeper.v1.Lease
-	32, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
+	34, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 18: leasekeeper.v1.ListResponse.leases:type_name -> leasekeeper.v1.Lease
 	1,  // 19: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
 	0,  // 20: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
 	1,  // 21: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
 	17, // 22: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
-	32, // 23: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
+	34, // 23: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
 	19, // 24: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
 	21, // 25: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
 	21, // 26: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
@@ -2233,23 +2322,25 @@ var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
 	15, // 34: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
 	18, // 35: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
 	22, // 36: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
-	24, // 37: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
-	26, // 38: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
-	28, // 39: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
-	4,  // 40: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
-	6,  // 41: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
-	8,  // 42: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
-	10, // 43: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
-	12, // 44: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
-	14, // 45: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
-	16, // 46: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
-	20, // 47: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
-	23, // 48: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
-	25, // 49: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
-	27, // 50: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
-	29, // 51: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
-	40, // [40:52] is the sub-list for method output_type
-	28, // [28:40] is the sub-list for method input_type
+	30, // 37: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
+	24, // 38: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
+	26, // 39: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
+	28, // 40: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
+	4,  // 41: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
+	6,  // 42: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
+	8,  // 43: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
+	10, // 44: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
+	12, // 45: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
+	14, // 46: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
+	16, // 47: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
+	20, // 48: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
+	23, // 49: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
+	31, // 50: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
+	25, // 51: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
+	27, // 52: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
+	29, // 53: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
+	41, // [41:54] is the sub-list for method output_type
+	28, // [28:41] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
 	28, // [28:28] is the sub-list for extension extendee
 	0,  // [0:28] is the sub-list for field type_name
@@ -2266,7 +2357,7 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasekeeper_v1_leasekeeper_proto_rawDesc), len(file_leasekeeper_v1_leasekeeper_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
