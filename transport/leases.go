@@ -24,13 +24,19 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 	if err := validateHolder(req.HolderIdentity); err != nil {
 		return nil, invalidErr(err)
 	}
-	dur, err := s.validateDuration("lease_duration", req.LeaseDuration, true)
+	dur, err := s.validateDuration("lease_duration", req.LeaseDuration, s.cfg.DefaultLeaseDuration == 0)
 	if err != nil {
 		return nil, invalidErr(err)
+	}
+	if req.LeaseDuration == nil {
+		dur = s.cfg.DefaultLeaseDuration
 	}
 	grace, err := s.validateDuration("grace_period", req.GracePeriod, false)
 	if err != nil {
 		return nil, invalidErr(err)
+	}
+	if req.GracePeriod == nil {
+		grace = s.cfg.DefaultGracePeriod
 	}
 	if err := validateLabels(req.Labels); err != nil {
 		return nil, invalidErr(err)

@@ -42,9 +42,14 @@ type Node interface {
 
 // Config limits what clients may ask.
 type Config struct {
-	MinLeaseDuration time.Duration
-	MaxLeaseDuration time.Duration
-	MaxGracePeriod   time.Duration
+	// DefaultLeaseDuration is used when an Acquire names no duration; 0
+	// makes the duration required.
+	DefaultLeaseDuration time.Duration
+	// DefaultGracePeriod is used when an Acquire names no grace period.
+	DefaultGracePeriod time.Duration
+	MinLeaseDuration   time.Duration
+	MaxLeaseDuration   time.Duration
+	MaxGracePeriod     time.Duration
 	// MaxKeepAliveBatch is the most leases one KeepAlive message may renew.
 	MaxKeepAliveBatch int
 	// MaxRecvMsgSize bounds every request, in bytes.
@@ -79,6 +84,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxGracePeriod < 0 {
 		errs = append(errs, errors.New("transport: MaxGracePeriod must not be negative"))
+	}
+	if c.DefaultLeaseDuration != 0 && (c.DefaultLeaseDuration < c.MinLeaseDuration || c.DefaultLeaseDuration > c.MaxLeaseDuration) {
+		errs = append(errs, fmt.Errorf("transport: DefaultLeaseDuration (%v) must lie within [MinLeaseDuration, MaxLeaseDuration] = [%v, %v]", c.DefaultLeaseDuration, c.MinLeaseDuration, c.MaxLeaseDuration))
+	}
+	if c.DefaultGracePeriod < 0 || c.DefaultGracePeriod > c.MaxGracePeriod {
+		errs = append(errs, fmt.Errorf("transport: DefaultGracePeriod (%v) must lie within [0, MaxGracePeriod = %v]", c.DefaultGracePeriod, c.MaxGracePeriod))
 	}
 	if c.MaxKeepAliveBatch <= 0 || c.MaxRecvMsgSize <= 0 || c.WatchWindow <= 0 || c.WatchBuffer <= 0 {
 		errs = append(errs, errors.New("transport: MaxKeepAliveBatch, MaxRecvMsgSize, WatchWindow and WatchBuffer must be > 0"))

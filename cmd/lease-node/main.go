@@ -34,7 +34,7 @@ import (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 type options struct {
@@ -54,7 +54,10 @@ type options struct {
 // '-' as '_'); a flag on the command line wins.
 const envPrefix = "LEASE_NODE_"
 
-func parse(args []string, stderr io.Writer) (*options, error) {
+// errPrinted: --print-config printed the configuration; exit 0.
+var errPrinted = errors.New("configuration printed")
+
+func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	o := &options{node: node.DefaultConfig(), server: transport.DefaultConfig()}
 	fs := flag.NewFlagSet("lease-node", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -75,6 +78,8 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.Uint64Var(&o.node.SnapshotThreshold, "snapshot-threshold", o.node.SnapshotThreshold, "log entries between automatic snapshots")
 	fs.DurationVar(&o.node.SnapshotInterval, "snapshot-interval", o.node.SnapshotInterval, "how often to check whether to snapshot")
 	fs.BoolVar(&o.node.NoSync, "unsafe-no-fsync", false, "do not fsync the Raft log (loses acknowledged writes on power loss; benchmarks only)")
+	fs.DurationVar(&o.server.DefaultLeaseDuration, "default-lease-duration", o.server.DefaultLeaseDuration, "duration of an acquire that names none (0: required)")
+	fs.DurationVar(&o.server.DefaultGracePeriod, "default-grace-period", o.server.DefaultGracePeriod, "grace period of an acquire that names none")
 	fs.DurationVar(&o.server.MinLeaseDuration, "min-lease-duration", o.server.MinLeaseDuration, "shortest lease duration accepted")
 	fs.DurationVar(&o.server.MaxLeaseDuration, "max-lease-duration", o.server.MaxLeaseDuration, "longest lease duration accepted")
 	fs.DurationVar(&o.server.MaxGracePeriod, "max-grace-period", o.server.MaxGracePeriod, "longest grace period accepted")
@@ -82,25 +87,40 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.Float64Var(&o.node.Leasing.MaxExpiryRate, "max-expiry-rate", o.node.Leasing.MaxExpiryRate, "most leases expired per second (0: no cap)")
 	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
 	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens)")
+	var configPath, profile string
+	var print bool
+	fs.StringVar(&configPath, "config", "", "YAML config file; keys are flag names (flags > LEASE_NODE_* env > file > profile > defaults)")
+	fs.StringVar(&profile, "profile", "", "preset lease defaults and limits: production, test or development")
+	fs.BoolVar(&print, "print-config", false, "print the effective configuration and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] {
-			return
+	set := map[string]string{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = "flag" })
+	if err := layer(fs, set, envValues(fs), "environment"); err != nil {
+		return nil, err
+	}
+	if configPath != "" {
+		vals, err := fileValues(configPath)
+		if err != nil {
+			return nil, err
 		}
-		key := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(key); ok {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = errors.Join(envErr, fmt.Errorf("%s: %v", key, err))
-			}
+		if err := layer(fs, set, vals, "config file "+configPath); err != nil {
+			return nil, err
 		}
-	})
-	if envErr != nil {
-		return nil, envErr
+	}
+	if profile != "" {
+		vals, ok := profiles[profile]
+		if !ok {
+			return nil, fmt.Errorf("--profile %q: want production, test or development", profile)
+		}
+		if err := layer(fs, set, vals, "profile "+profile); err != nil {
+			return nil, err
+		}
+	}
+	if print {
+		printConfig(stdout, fs, set)
+		return nil, errPrinted
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -133,9 +153,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	return o, o.server.Validate()
 }
 
-func run(args []string, stderr io.Writer) int {
-	o, err := parse(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parse(args, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errPrinted) {
 		return 0
 	}
 	if err != nil {

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigPrecedence(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(file, []byte("id: from-file\ngrpc-addr: 127.0.0.1:1\nheartbeat-timeout: 700ms\nexpiry-batch-size: 100\nelection-timeout: 800ms\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("LEASE_NODE_GRPC_ADDR", "127.0.0.1:2")
+	t.Setenv("LEASE_NODE_ELECTION_TIMEOUT", "900ms")
+	var out bytes.Buffer
+	o, err := parse([]string{"--config", file, "--profile", "production", "--election-timeout", "1s"}, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"file beats default", o.node.ID, "from-file"},
+		{"env beats file", o.node.GRPCAddr, "127.0.0.1:2"},
+		{"flag beats env and file", o.node.ElectionTimeout, time.Second},
+		{"file beats profile", o.node.Leasing.ExpiryBatchSize, 100},
+		{"profile beats default", o.server.MaxLeaseDuration, 5 * time.Minute},
+		{"file value", o.node.HeartbeatTimeout, 700 * time.Millisecond},
+		{"derived data dir", o.node.DataDir, "data/from-file"},
+	}
+	for _, tc := range tests {
+		if tc.got != tc.want {
+			t.Errorf("%s: got %v, want %v", tc.name, tc.got, tc.want)
+		}
+	}
+}
+
+func TestConfigErrorsNameTheProblem(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("no-such-setting: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no id", nil, "--id is required"},
+		{"unknown profile", []string{"--id", "a", "--profile", "fast"}, "want production, test or development"},
+		{"unknown file key", []string{"--id", "a", "--config", bad}, `unknown setting "no-such-setting"`},
+		{"bad peers", []string{"--id", "a", "--bootstrap", "--peers", "a"}, "not id=raftaddr"},
+		{"lease timeout above heartbeat", []string{"--id", "a", "--leader-lease-timeout", "2s"}, "LeaderLeaseTimeout"},
+		{"join and bootstrap", []string{"--id", "a", "--bootstrap", "--join", "x:1"}, "exclude each other"},
+		{"unknown fault", []string{"--id", "a", "--unsafe-test-fault", "nope"}, "unknown fault"},
+		{"default duration out of range", []string{"--id", "a", "--default-lease-duration", "48h"}, "DefaultLeaseDuration"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			_, err := parse(tc.args, &out, &out)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPrintConfigShowsSources(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"--id", "n1", "--profile", "test", "--print-config"}, &out, &out); code != 0 {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+	for _, want := range []string{`id: "n1"  # flag`, `max-lease-duration: "2m0s"  # profile test`, `raft-addr: "127.0.0.1:8001"  # default`} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("print-config lacks %q:\n%s", want, out.String())
+		}
+	}
+}
