@@ -360,3 +360,35 @@ func (n *Node) Restore(r io.ReadSeeker, size int64, timeout time.Duration) error
 	n.log.Info("restored the cluster state from a backup", "bytes", size, "leases", n.fsm.Stats().Leases)
 	return nil
 }
+
+// readyLag bounds how far a ready node's applied index may trail its commit
+// index, and readyContact how long a ready follower may go without hearing
+// from the leader.
+const (
+	readyLag     = 1000
+	readyContact = 5 * time.Second
+)
+
+// Ready reports whether the node can serve: it knows a leader, has applied
+// nearly all it knows to be committed, and (as a follower) heard from the
+// leader recently; a leader must have finished its promotion. The reason
+// says what is missing.
+func (n *Node) Ready() (bool, string) {
+	id, _ := n.Leader()
+	if id == "" {
+		return false, "no leader known"
+	}
+	if n.IsLeader() {
+		if !n.mgr.Active() {
+			return false, "leader still applying its log"
+		}
+		return true, "leader"
+	}
+	if lag := int64(n.raft.CommitIndex()) - int64(n.raft.AppliedIndex()); lag > readyLag {
+		return false, fmt.Sprintf("applied index %d behind commit index", lag)
+	}
+	if lc := n.raft.LastContact(); lc.IsZero() || time.Since(lc) > readyContact {
+		return false, "no recent contact with the leader"
+	}
+	return true, "follower of " + id
+}

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -28,6 +30,7 @@ import (
 type Node interface {
 	ID() string
 	Addrs() (raftAddr, grpcAddr string)
+	Ready() (bool, string)
 	IsLeader() bool
 	Leader() (id, grpcAddr string)
 	Propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, error)
@@ -108,6 +111,8 @@ type Server struct {
 	log  hclog.Logger
 	met  *Metrics
 
+	health *health.Server
+
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn // leader connections by address
 }
@@ -124,13 +129,31 @@ func New(cfg Config, n Node, hub *Hub, log hclog.Logger, met *Metrics) (*Server,
 	if met == nil {
 		met, _ = NewMetrics(nil)
 	}
-	return &Server{cfg: cfg, node: n, hub: hub, log: log.Named("grpc"), met: met, conns: make(map[string]*grpc.ClientConn)}, nil
+	return &Server{
+		cfg: cfg, node: n, hub: hub, log: log.Named("grpc"), met: met,
+		health: health.NewServer(),
+		conns:  make(map[string]*grpc.ClientConn),
+	}, nil
 }
 
 // Register adds the services to g.
+// The standard gRPC health service answers for the whole server ("") and
+// for each service name; all are SERVING while the node is ready.
 func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterLeasesServer(g, s)
 	pb.RegisterClusterServer(g, s)
+	healthpb.RegisterHealthServer(g, s.health)
+	s.updateHealth()
+}
+
+func (s *Server) updateHealth() {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok, _ := s.node.Ready(); ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	for _, svc := range []string{"", pb.Leases_ServiceDesc.ServiceName, pb.Cluster_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(svc, st)
+	}
 }
 
 // ServerOptions are the gRPC options the services expect: the request size
@@ -143,8 +166,9 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 	}
 }
 
-// Close drops the connections kept to leaders.
+// Close drops the connections kept to leaders and ends health watches.
 func (s *Server) Close() error {
+	s.health.Shutdown()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for a, c := range s.conns {
@@ -224,6 +248,7 @@ func (s *Server) Run(ctx context.Context) {
 	defer t.Stop()
 	for {
 		s.register(ctx)
+		s.updateHealth()
 		select {
 		case <-ctx.Done():
 			return

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -328,5 +329,21 @@ func TestStatusListsMembers(t *testing.T) {
 	leader := c.Leader(time.Second)
 	if st.Leader != leader.ID() || st.Term == 0 || st.CommitIndex == 0 {
 		t.Fatalf("status: %+v, want leader %s", st, leader.ID())
+	}
+}
+
+func TestHealthService(t *testing.T) {
+	c, _, _ := start(t)
+	for _, ep := range c.Endpoints {
+		cc, err := grpc.NewClient(ep, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		h := healthpb.NewHealthClient(cc)
+		waitFor(t, func() bool {
+			r, err := h.Check(ctx(t), &healthpb.HealthCheckRequest{Service: "leasekeeper.v1.Leases"})
+			return err == nil && r.Status == healthpb.HealthCheckResponse_SERVING
+		})
 	}
 }

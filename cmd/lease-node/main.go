@@ -353,12 +353,12 @@ func startHTTP(addr string, n *node.Node, reg *prometheus.Registry, log hclog.Lo
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		id, _ := n.Leader()
-		if id == "" {
-			http.Error(w, "no leader known", http.StatusServiceUnavailable)
+		ok, why := n.Ready()
+		if !ok {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
-		_, _ = io.WriteString(w, "ok: leader "+id+"\n")
+		_, _ = io.WriteString(w, "ok: "+why+"\n")
 	})
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
