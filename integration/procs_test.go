@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 
 // proc is one lease-node process.
 type proc struct {
-	id, grpc, raft, dataDir, logPath string
+	id, grpc, raft, http, dataDir, logPath string
 	args                             []string
 	cmd                              *exec.Cmd
 	done                             chan struct{}
@@ -70,7 +70,7 @@ func freePorts(t *testing.T, n int) []string {
 // startCluster starts n real lease-node processes on loopback.
 func startCluster(t *testing.T, n int) *cluster {
 	t.Helper()
-	ports := freePorts(t, 2*n)
+	ports := freePorts(t, 3*n)
 	c := &cluster{t: t}
 	var peers []string
 	for i := 0; i < n; i++ {
@@ -82,11 +82,12 @@ func startCluster(t *testing.T, n int) *cluster {
 			id:      fmt.Sprintf("n%d", i+1),
 			grpc:    ports[i],
 			raft:    ports[n+i],
+			http:    ports[2*n+i],
 			dataDir: filepath.Join(base, fmt.Sprintf("n%d", i+1)),
 			logPath: filepath.Join(base, fmt.Sprintf("n%d.log", i+1)),
 		}
 		p.args = []string{"--id", p.id, "--data-dir", p.dataDir, "--grpc-addr", p.grpc, "--raft-addr", p.raft,
-			"--bootstrap", "--peers", strings.Join(peers, ","),
+			"--http-addr", p.http, "--bootstrap", "--peers", strings.Join(peers, ","),
 			"--heartbeat-timeout", "500ms", "--election-timeout", "500ms", "--leader-lease-timeout", "250ms"}
 		c.procs = append(c.procs, p)
 		c.start(p)

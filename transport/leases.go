@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -50,11 +51,20 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity,
 		DurationNs: int64(dur), GraceNs: int64(grace), Labels: req.Labels,
 	}}})
+	if err == nil && res.Err != nil {
+		err = toStatus(res.Err, res.Lease)
+	}
 	if err != nil {
+		s.met.acquires.WithLabelValues("error").Inc()
 		return nil, err
 	}
-	if res.Err != nil {
-		return nil, toStatus(res.Err, res.Lease)
+	switch {
+	case res.Renewed:
+		s.met.acquires.WithLabelValues("renewed").Inc()
+	case res.Acquired:
+		s.met.acquires.WithLabelValues("acquired").Inc()
+	default:
+		s.met.acquires.WithLabelValues("held").Inc()
 	}
 	out := &pb.AcquireResponse{Acquired: res.Acquired, Renewed: res.Renewed, Lease: toPB(res.Lease)}
 	if res.Acquired {
@@ -87,9 +97,11 @@ func (s *Server) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResp
 			return c.Renew(ctx, req)
 		})
 	}
+	start := time.Now() // for the metric only
 	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: &fsmpb.RenewBatch{Renews: []*fsmpb.Renew{{
 		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity, Token: req.FencingToken,
 	}}}}})
+	s.met.renewDur.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.met.renewals.WithLabelValues("error").Inc()
 		return nil, err
@@ -117,8 +129,10 @@ func (s *Server) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.Relea
 		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity, Token: req.FencingToken,
 	}}})
 	if err != nil {
+		s.met.releases.WithLabelValues("error").Inc()
 		return nil, err
 	}
+	s.met.releases.WithLabelValues(renewResult(res.Err)).Inc()
 	if res.Err != nil {
 		return nil, toStatus(res.Err, res.Lease)
 	}
@@ -323,7 +337,9 @@ func (s *Server) keepAliveOnce(ctx context.Context, req *pb.KeepAliveRequest) (*
 	if len(batch.Renews) == 0 {
 		return out, nil
 	}
+	start := time.Now() // for the metric only
 	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: batch}})
+	s.met.renewDur.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.met.renewals.WithLabelValues("error").Add(float64(len(batch.Renews)))
 		return nil, err

@@ -16,6 +16,9 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	renewals *prometheus.CounterVec
+	renewDur prometheus.Histogram
+	acquires *prometheus.CounterVec
+	releases *prometheus.CounterVec
 }
 
 // NewMetrics builds the server's metrics and registers them on reg (nil:
@@ -35,9 +38,22 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "leasekeeper_lease_renewals_total",
 			Help: "Lease renewals answered by this node (unary and KeepAlive), by result.",
 		}, []string{"result"}),
+		renewDur: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "leasekeeper_lease_renewal_duration_seconds",
+			Help:    "Time for the leader to commit a renewal (a unary Renew or one KeepAlive batch).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+		}),
+		acquires: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "leasekeeper_lease_acquires_total",
+			Help: "Acquire requests decided by this node as leader, by result (acquired, renewed, held, error).",
+		}, []string{"result"}),
+		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "leasekeeper_lease_releases_total",
+			Help: "Release requests decided by this node as leader, by result.",
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.renewals} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.renewals, m.renewDur, m.acquires, m.releases} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
