@@ -2,8 +2,11 @@ package integration
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -118,5 +121,51 @@ func TestMetricsMoveWithTheWorkload(t *testing.T) {
 	}
 	if after[`leasekeeper_leases{state="held"}`] != 1 || after["leasekeeper_deadline_table_size"] != 1 {
 		t.Errorf("held %v, deadline table %v; want 1 and 1", after[`leasekeeper_leases{state="held"}`], after["leasekeeper_deadline_table_size"])
+	}
+}
+
+// TestDeployFilesNameRealMetrics checks that every metric the alert rules
+// and the dashboard use is one a node exports, so a rename cannot silently
+// blind them.
+func TestDeployFilesNameRealMetrics(t *testing.T) {
+	c := startCluster(t, 3)
+	leader := c.leader(15 * time.Second)
+	// One expiry, so that every histogram has a sample.
+	if _, err := c.client().Acquire(ctxT(t, 10*time.Second), "default", "x", "h", 50*time.Millisecond, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	deadline := time.Now().Add(5 * time.Second)
+	for !exported["leasekeeper_lease_expiry_lateness_seconds"] && time.Now().Before(deadline) {
+		for k := range scrape(t, leader) {
+			name := k
+			if i := strings.IndexByte(k, '{'); i >= 0 {
+				name = k[:i]
+			}
+			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+				name = strings.TrimSuffix(name, suffix)
+			}
+			exported[name] = true
+		}
+		time.Sleep(50 * time.Millisecond) // polling another process
+	}
+	re := regexp.MustCompile(`leasekeeper_[a-z_]+`)
+	for _, f := range []string{"../deploy/prometheus/alerts.yml", "../deploy/grafana/leasekeeper.json"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(f, ".json") && !json.Valid(data) {
+			t.Errorf("%s is not valid JSON", f)
+		}
+		for _, m := range re.FindAllString(string(data), -1) {
+			base := m
+			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+				base = strings.TrimSuffix(base, suffix)
+			}
+			if !exported[base] {
+				t.Errorf("%s uses %s, which no node exports", f, m)
+			}
+		}
 	}
 }
