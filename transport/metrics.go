@@ -52,6 +52,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Release requests decided by this node as leader, by result.",
 		}, []string{"result"}),
 	}
+	// Every result exists from the start, so rate() and the alert rules
+	// see a zero rather than no series.
+	for _, r := range []string{"ok", "not_found", "not_holder", "error"} {
+		m.renewals.WithLabelValues(r)
+		m.releases.WithLabelValues(r)
+	}
+	for _, r := range []string{"acquired", "renewed", "held", "error"} {
+		m.acquires.WithLabelValues(r)
+	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.renewals, m.renewDur, m.acquires, m.releases} {
 			if err := reg.Register(c); err != nil {
