@@ -9,7 +9,7 @@ RACE_PKGS   := ./fsm/... ./leasing/... ./node/... ./transport/... ./client/... .
 OTHER_PKGS  := ./cmd/... ./internal/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2025.1.1
 
-.PHONY: all build run cluster test test-unit test-integration lint proto clean
+.PHONY: all build run cluster test test-unit test-integration check-deploy lint proto clean
 
 all: build
 
@@ -20,7 +20,7 @@ build:
 run cluster: build
 	./scripts/cluster.sh
 
-test: test-unit test-integration
+test: test-unit test-integration check-deploy
 
 test-unit:
 	$(GO) vet ./...
@@ -29,6 +29,12 @@ test-unit:
 
 test-integration:
 	$(GO) test -count=1 -p 1 ./integration/...
+
+# promtool comes with Debian's prometheus package; CI installs it.
+check-deploy:
+	@if command -v promtool >/dev/null; then promtool check rules deploy/prometheus/alerts.yml; \
+	elif [ -n "$$CI" ]; then echo "promtool is missing"; exit 1; \
+	else echo "promtool not installed (apt-get install prometheus): alert rules not checked"; fi
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
