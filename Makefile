@@ -9,7 +9,7 @@ RACE_PKGS   := ./fsm/... ./leasing/... ./node/... ./transport/... ./client/... .
 OTHER_PKGS  := ./cmd/... ./internal/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2025.1.1
 
-.PHONY: all build run cluster test test-unit test-integration check-deploy lint proto clean
+.PHONY: all build run cluster test test-unit test-integration check-deploy bench-smoke bench-go lint proto clean
 
 all: build
 
@@ -20,12 +20,20 @@ build:
 run cluster: build
 	./scripts/cluster.sh
 
-test: test-unit test-integration check-deploy
+test: test-unit test-integration check-deploy bench-smoke
 
 test-unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 2 $(RACE_PKGS)
 	$(GO) test -count=1 -p 2 $(OTHER_PKGS)
+
+# The Go benchmarks, run once each so CI compiles and executes them; timing
+# them is `make bench-go`.
+bench-smoke:
+	$(GO) test -run '^$$' -bench . -benchtime=1x ./fsm/ ./leasing/
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem ./fsm/ ./leasing/
 
 test-integration:
 	$(GO) test -count=1 -p 1 ./integration/...

@@ -3,6 +3,7 @@ package fsm
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -416,4 +417,68 @@ func TestUnsafeReuseTokensReissuesTokens(t *testing.T) {
 	if again != first {
 		t.Fatalf("with the fault on, a re-created lease got token %d, want the reused %d", again, first)
 	}
+}
+
+func benchFSM(b *testing.B, n int) *FSM {
+	b.Helper()
+	f := New(nil)
+	for i := 0; i < n; i++ {
+		data, _ := proto.Marshal(acquire("bench", fmt.Sprintf("lease-%07d", i), "holder", 10*time.Second))
+		f.Apply(&raft.Log{Index: uint64(i + 1), Type: raft.LogCommand, Data: data})
+	}
+	return f
+}
+
+func BenchmarkSnapshotEncode100k(b *testing.B) {
+	f := benchFSM(b, 100000)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var sink memSink
+		s, _ := f.Snapshot()
+		if err := s.Persist(&sink); err != nil {
+			b.Fatal(err)
+		}
+		b.SetBytes(int64(sink.Len()))
+	}
+}
+
+func BenchmarkSnapshotDecode100k(b *testing.B) {
+	f := benchFSM(b, 100000)
+	var sink memSink
+	s, _ := f.Snapshot()
+	if err := s.Persist(&sink); err != nil {
+		b.Fatal(err)
+	}
+	data := sink.Bytes()
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := New(nil).Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkApplyRenewBatch5000(b *testing.B) {
+	const n = 5000
+	f := benchFSM(b, n)
+	batch := &fsmpb.RenewBatch{}
+	for i := 0; i < n; i++ {
+		l, _ := f.Get("bench", fmt.Sprintf("lease-%07d", i))
+		batch.Renews = append(batch.Renews, &fsmpb.Renew{Namespace: "bench", Name: l.Name, Holder: "holder", Token: l.Token})
+	}
+	data, _ := proto.Marshal(&fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: batch}})
+	log := &raft.Log{Type: raft.LogCommand, Data: data}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		log.Index = uint64(n + i + 1)
+		r := f.Apply(log).(*Result)
+		if r.Renews[n-1].Err != nil {
+			b.Fatal(r.Renews[n-1].Err)
+		}
+	}
+	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "renewals/s")
 }
