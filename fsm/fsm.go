@@ -92,6 +92,8 @@ type Result struct {
 	Renews []Result
 	// Expired counts the holdings an Expire ended.
 	Expired int
+	// Batch has one result per command of a Batch, in order.
+	Batch []*Result
 }
 
 // FSM implements raft.FSM and raft.BatchingFSM.
@@ -203,6 +205,16 @@ func (f *FSM) apply(c *fsmpb.Command, index uint64) *Result {
 	case *fsmpb.Command_RemoveMember:
 		delete(f.members, op.RemoveMember.Id)
 		return &Result{}
+	case *fsmpb.Command_Batch:
+		r := &Result{Batch: make([]*Result, len(op.Batch.Commands))}
+		for i, sub := range op.Batch.Commands {
+			if _, nested := sub.Op.(*fsmpb.Command_Batch); nested {
+				r.Batch[i] = &Result{Err: fmt.Errorf("%w: nested batch", ErrBadCommand)}
+				continue
+			}
+			r.Batch[i] = f.apply(sub, index)
+		}
+		return r
 	default:
 		return &Result{Err: fmt.Errorf("%w: no operation", ErrBadCommand)}
 	}

@@ -482,3 +482,31 @@ func BenchmarkApplyRenewBatch5000(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "renewals/s")
 }
+
+func TestBatchAppliesInOrder(t *testing.T) {
+	h := newHarness(t)
+	tok := h.apply(1, acquire("default", "x", "a", time.Second)).Lease.Token
+	b := &fsmpb.Command{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Commands: []*fsmpb.Command{
+		renew("default", "x", "a", tok),
+		release("default", "x", "a", tok),
+		renew("default", "x", "a", tok), // after the release: refused
+		acquire("default", "x", "b", time.Second),
+		{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{}}},
+	}}}}
+	for _, c := range b.GetBatch().Commands {
+		c.NowUnixNano = 7
+	}
+	r := h.apply(0, b)
+	want := []error{nil, nil, ErrNotHolder, nil, ErrBadCommand}
+	if len(r.Batch) != len(want) {
+		t.Fatalf("got %d results, want %d", len(r.Batch), len(want))
+	}
+	for i, w := range want {
+		if !errors.Is(r.Batch[i].Err, w) {
+			t.Errorf("command %d: got %v, want %v", i, r.Batch[i].Err, w)
+		}
+	}
+	if l := r.Batch[3].Lease; !r.Batch[3].Acquired || l.Holder != "b" || l.Token <= tok || l.AcquireTime != 7 {
+		t.Errorf("acquire in batch: %+v", r.Batch[3])
+	}
+}

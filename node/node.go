@@ -61,6 +61,7 @@ type Node struct {
 	mgr  *leasing.Manager
 
 	met     *metrics
+	batch   *batcher
 	closers []func() error
 	obsCh   chan raft.Observation
 	obs     *raft.Observer
@@ -95,6 +96,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		return nil, err
 	}
 	n.mgr = mgr
+	n.batch = newBatcher(n.applyEntry)
 	if n.met, err = newMetrics(deps.Registerer, n); err != nil {
 		return nil, err
 	}
@@ -362,6 +364,7 @@ func (n *Node) shutdown() {
 		if err := n.raft.Shutdown().Error(); err != nil {
 			n.log.Warn("raft shutdown", "error", err)
 		}
+		n.batch.close()
 		n.closeStores()
 	})
 }

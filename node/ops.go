@@ -44,9 +44,8 @@ func (n *Node) Leader() (id, grpcAddr string) {
 }
 
 // Propose stamps c with the leader's wall clock, commits it through Raft
-// and returns the FSM's result. The wait for the commit is bounded by Raft
-// (it answers on commit, on loss of leadership and on shutdown); ctx bounds
-// the wait to enter the log.
+// (packed with concurrent proposals into one entry) and returns the FSM's
+// result. ctx bounds the wait; a command whose wait ended may still commit.
 func (n *Node) Propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, error) {
 	if n.raft.State() != raft.Leader {
 		return nil, ErrNotLeader
@@ -55,18 +54,17 @@ func (n *Node) Propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, erro
 		return nil, err
 	}
 	c.NowUnixNano = n.clk.Now().UnixNano()
+	return n.batch.propose(ctx, c)
+}
+
+// applyEntry commits one log entry; the batcher calls it.
+func (n *Node) applyEntry(c *fsmpb.Command) (*fsm.Result, error) {
 	data, err := proto.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("node: encoding command: %w", err)
 	}
-	timeout := n.cfg.ApplyTimeout
-	if dl, ok := ctx.Deadline(); ok {
-		if left := time.Until(dl); left < timeout {
-			timeout = max(left, time.Millisecond)
-		}
-	}
 	start := time.Now() // for the latency metric only
-	f := n.raft.Apply(data, timeout)
+	f := n.raft.Apply(data, n.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
 		return nil, mapRaftError(err)
 	}

@@ -35,6 +35,7 @@ var codeTable = []struct {
 	{fsm.ErrBadCommand, codes.Internal},
 	{node.ErrNotLeader, codes.Unavailable},
 	{node.ErrNotReady, codes.Unavailable},
+	{node.ErrShuttingDown, codes.Unavailable},
 	{node.ErrUnknownMember, codes.NotFound},
 	{ErrNoLeader, codes.Unavailable},
 	{ErrCompacted, codes.OutOfRange},

@@ -38,6 +38,7 @@ type Command struct {
 	//	*Command_Delete
 	//	*Command_SetMember
 	//	*Command_RemoveMember
+	//	*Command_Batch
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -150,6 +151,15 @@ func (x *Command) GetRemoveMember() *RemoveMember {
 	return nil
 }
 
+func (x *Command) GetBatch() *Batch {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -182,6 +192,10 @@ type Command_RemoveMember struct {
 	RemoveMember *RemoveMember `protobuf:"bytes,8,opt,name=remove_member,json=removeMember,proto3,oneof"`
 }
 
+type Command_Batch struct {
+	Batch *Batch `protobuf:"bytes,9,opt,name=batch,proto3,oneof"`
+}
+
 func (*Command_Acquire) isCommand_Op() {}
 
 func (*Command_Renew) isCommand_Op() {}
@@ -195,6 +209,56 @@ func (*Command_Delete) isCommand_Op() {}
 func (*Command_SetMember) isCommand_Op() {}
 
 func (*Command_RemoveMember) isCommand_Op() {}
+
+func (*Command_Batch) isCommand_Op() {}
+
+// Batch carries many commands in one log entry: the leader packs requests
+// that arrive while earlier ones are being committed, so one disk write and
+// one replication round serve them all. Each command keeps its own time
+// stamp; they apply in order, sharing the entry's index.
+type Batch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commands      []*Command             `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Batch) Reset() {
+	*x = Batch{}
+	mi := &file_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Batch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Batch) ProtoMessage() {}
+
+func (x *Batch) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Batch.ProtoReflect.Descriptor instead.
+func (*Batch) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Batch) GetCommands() []*Command {
+	if x != nil {
+		return x.Commands
+	}
+	return nil
+}
 
 type Acquire struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -210,7 +274,7 @@ type Acquire struct {
 
 func (x *Acquire) Reset() {
 	*x = Acquire{}
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_command_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +286,7 @@ func (x *Acquire) String() string {
 func (*Acquire) ProtoMessage() {}
 
 func (x *Acquire) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_command_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +299,7 @@ func (x *Acquire) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Acquire.ProtoReflect.Descriptor instead.
 func (*Acquire) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{1}
+	return file_command_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Acquire) GetNamespace() string {
@@ -292,7 +356,7 @@ type Renew struct {
 
 func (x *Renew) Reset() {
 	*x = Renew{}
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -304,7 +368,7 @@ func (x *Renew) String() string {
 func (*Renew) ProtoMessage() {}
 
 func (x *Renew) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -317,7 +381,7 @@ func (x *Renew) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Renew.ProtoReflect.Descriptor instead.
 func (*Renew) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{2}
+	return file_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Renew) GetNamespace() string {
@@ -358,7 +422,7 @@ type RenewBatch struct {
 
 func (x *RenewBatch) Reset() {
 	*x = RenewBatch{}
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +434,7 @@ func (x *RenewBatch) String() string {
 func (*RenewBatch) ProtoMessage() {}
 
 func (x *RenewBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +447,7 @@ func (x *RenewBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewBatch.ProtoReflect.Descriptor instead.
 func (*RenewBatch) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{3}
+	return file_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RenewBatch) GetRenews() []*Renew {
@@ -405,7 +469,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +481,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +494,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{4}
+	return file_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Release) GetNamespace() string {
@@ -474,7 +538,7 @@ type ExpireEntry struct {
 
 func (x *ExpireEntry) Reset() {
 	*x = ExpireEntry{}
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +550,7 @@ func (x *ExpireEntry) String() string {
 func (*ExpireEntry) ProtoMessage() {}
 
 func (x *ExpireEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +563,7 @@ func (x *ExpireEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireEntry.ProtoReflect.Descriptor instead.
 func (*ExpireEntry) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{5}
+	return file_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExpireEntry) GetNamespace() string {
@@ -539,7 +603,7 @@ type Expire struct {
 
 func (x *Expire) Reset() {
 	*x = Expire{}
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +615,7 @@ func (x *Expire) String() string {
 func (*Expire) ProtoMessage() {}
 
 func (x *Expire) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +628,7 @@ func (x *Expire) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Expire.ProtoReflect.Descriptor instead.
 func (*Expire) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{6}
+	return file_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Expire) GetEntries() []*ExpireEntry {
@@ -585,7 +649,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +661,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +674,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{7}
+	return file_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Delete) GetNamespace() string {
@@ -644,7 +708,7 @@ type SetMember struct {
 
 func (x *SetMember) Reset() {
 	*x = SetMember{}
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +720,7 @@ func (x *SetMember) String() string {
 func (*SetMember) ProtoMessage() {}
 
 func (x *SetMember) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +733,7 @@ func (x *SetMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMember.ProtoReflect.Descriptor instead.
 func (*SetMember) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{8}
+	return file_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetMember) GetId() string {
@@ -695,7 +759,7 @@ type RemoveMember struct {
 
 func (x *RemoveMember) Reset() {
 	*x = RemoveMember{}
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +771,7 @@ func (x *RemoveMember) String() string {
 func (*RemoveMember) ProtoMessage() {}
 
 func (x *RemoveMember) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +784,7 @@ func (x *RemoveMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMember.ProtoReflect.Descriptor instead.
 func (*RemoveMember) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{9}
+	return file_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveMember) GetId() string {
@@ -743,7 +807,7 @@ type HoldingRecord struct {
 
 func (x *HoldingRecord) Reset() {
 	*x = HoldingRecord{}
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +819,7 @@ func (x *HoldingRecord) String() string {
 func (*HoldingRecord) ProtoMessage() {}
 
 func (x *HoldingRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +832,7 @@ func (x *HoldingRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldingRecord.ProtoReflect.Descriptor instead.
 func (*HoldingRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{10}
+	return file_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HoldingRecord) GetHolder() string {
@@ -830,7 +894,7 @@ type LeaseRecord struct {
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +906,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +919,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{11}
+	return file_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LeaseRecord) GetNamespace() string {
@@ -973,7 +1037,7 @@ type MemberRecord struct {
 
 func (x *MemberRecord) Reset() {
 	*x = MemberRecord{}
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1049,7 @@ func (x *MemberRecord) String() string {
 func (*MemberRecord) ProtoMessage() {}
 
 func (x *MemberRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1062,7 @@ func (x *MemberRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberRecord.ProtoReflect.Descriptor instead.
 func (*MemberRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{12}
+	return file_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MemberRecord) GetId() string {
@@ -1029,7 +1093,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1105,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1118,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{13}
+	return file_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1096,7 +1160,7 @@ var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\x12leasekeeper.fsm.v1\"\xd2\x03\n" +
+	"\rcommand.proto\x12\x12leasekeeper.fsm.v1\"\x85\x04\n" +
 	"\aCommand\x12\"\n" +
 	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x127\n" +
 	"\aacquire\x18\x02 \x01(\v2\x1b.leasekeeper.fsm.v1.AcquireH\x00R\aacquire\x126\n" +
@@ -1106,8 +1170,11 @@ const file_command_proto_rawDesc = "" +
 	"\x06delete\x18\x06 \x01(\v2\x1a.leasekeeper.fsm.v1.DeleteH\x00R\x06delete\x12>\n" +
 	"\n" +
 	"set_member\x18\a \x01(\v2\x1d.leasekeeper.fsm.v1.SetMemberH\x00R\tsetMember\x12G\n" +
-	"\rremove_member\x18\b \x01(\v2 .leasekeeper.fsm.v1.RemoveMemberH\x00R\fremoveMemberB\x04\n" +
-	"\x02op\"\x8b\x02\n" +
+	"\rremove_member\x18\b \x01(\v2 .leasekeeper.fsm.v1.RemoveMemberH\x00R\fremoveMember\x121\n" +
+	"\x05batch\x18\t \x01(\v2\x19.leasekeeper.fsm.v1.BatchH\x00R\x05batchB\x04\n" +
+	"\x02op\"@\n" +
+	"\x05Batch\x127\n" +
+	"\bcommands\x18\x01 \x03(\v2\x1b.leasekeeper.fsm.v1.CommandR\bcommands\"\x8b\x02\n" +
 	"\aAcquire\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1202,44 +1269,47 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_command_proto_goTypes = []any{
 	(*Command)(nil),        // 0: leasekeeper.fsm.v1.Command
-	(*Acquire)(nil),        // 1: leasekeeper.fsm.v1.Acquire
-	(*Renew)(nil),          // 2: leasekeeper.fsm.v1.Renew
-	(*RenewBatch)(nil),     // 3: leasekeeper.fsm.v1.RenewBatch
-	(*Release)(nil),        // 4: leasekeeper.fsm.v1.Release
-	(*ExpireEntry)(nil),    // 5: leasekeeper.fsm.v1.ExpireEntry
-	(*Expire)(nil),         // 6: leasekeeper.fsm.v1.Expire
-	(*Delete)(nil),         // 7: leasekeeper.fsm.v1.Delete
-	(*SetMember)(nil),      // 8: leasekeeper.fsm.v1.SetMember
-	(*RemoveMember)(nil),   // 9: leasekeeper.fsm.v1.RemoveMember
-	(*HoldingRecord)(nil),  // 10: leasekeeper.fsm.v1.HoldingRecord
-	(*LeaseRecord)(nil),    // 11: leasekeeper.fsm.v1.LeaseRecord
-	(*MemberRecord)(nil),   // 12: leasekeeper.fsm.v1.MemberRecord
-	(*SnapshotHeader)(nil), // 13: leasekeeper.fsm.v1.SnapshotHeader
-	nil,                    // 14: leasekeeper.fsm.v1.Acquire.LabelsEntry
-	nil,                    // 15: leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	(*Batch)(nil),          // 1: leasekeeper.fsm.v1.Batch
+	(*Acquire)(nil),        // 2: leasekeeper.fsm.v1.Acquire
+	(*Renew)(nil),          // 3: leasekeeper.fsm.v1.Renew
+	(*RenewBatch)(nil),     // 4: leasekeeper.fsm.v1.RenewBatch
+	(*Release)(nil),        // 5: leasekeeper.fsm.v1.Release
+	(*ExpireEntry)(nil),    // 6: leasekeeper.fsm.v1.ExpireEntry
+	(*Expire)(nil),         // 7: leasekeeper.fsm.v1.Expire
+	(*Delete)(nil),         // 8: leasekeeper.fsm.v1.Delete
+	(*SetMember)(nil),      // 9: leasekeeper.fsm.v1.SetMember
+	(*RemoveMember)(nil),   // 10: leasekeeper.fsm.v1.RemoveMember
+	(*HoldingRecord)(nil),  // 11: leasekeeper.fsm.v1.HoldingRecord
+	(*LeaseRecord)(nil),    // 12: leasekeeper.fsm.v1.LeaseRecord
+	(*MemberRecord)(nil),   // 13: leasekeeper.fsm.v1.MemberRecord
+	(*SnapshotHeader)(nil), // 14: leasekeeper.fsm.v1.SnapshotHeader
+	nil,                    // 15: leasekeeper.fsm.v1.Acquire.LabelsEntry
+	nil,                    // 16: leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
 }
 var file_command_proto_depIdxs = []int32{
-	1,  // 0: leasekeeper.fsm.v1.Command.acquire:type_name -> leasekeeper.fsm.v1.Acquire
-	3,  // 1: leasekeeper.fsm.v1.Command.renew:type_name -> leasekeeper.fsm.v1.RenewBatch
-	4,  // 2: leasekeeper.fsm.v1.Command.release:type_name -> leasekeeper.fsm.v1.Release
-	6,  // 3: leasekeeper.fsm.v1.Command.expire:type_name -> leasekeeper.fsm.v1.Expire
-	7,  // 4: leasekeeper.fsm.v1.Command.delete:type_name -> leasekeeper.fsm.v1.Delete
-	8,  // 5: leasekeeper.fsm.v1.Command.set_member:type_name -> leasekeeper.fsm.v1.SetMember
-	9,  // 6: leasekeeper.fsm.v1.Command.remove_member:type_name -> leasekeeper.fsm.v1.RemoveMember
-	14, // 7: leasekeeper.fsm.v1.Acquire.labels:type_name -> leasekeeper.fsm.v1.Acquire.LabelsEntry
-	2,  // 8: leasekeeper.fsm.v1.RenewBatch.renews:type_name -> leasekeeper.fsm.v1.Renew
-	5,  // 9: leasekeeper.fsm.v1.Expire.entries:type_name -> leasekeeper.fsm.v1.ExpireEntry
-	15, // 10: leasekeeper.fsm.v1.LeaseRecord.labels:type_name -> leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
-	10, // 11: leasekeeper.fsm.v1.LeaseRecord.history:type_name -> leasekeeper.fsm.v1.HoldingRecord
-	12, // 12: leasekeeper.fsm.v1.SnapshotHeader.members:type_name -> leasekeeper.fsm.v1.MemberRecord
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	2,  // 0: leasekeeper.fsm.v1.Command.acquire:type_name -> leasekeeper.fsm.v1.Acquire
+	4,  // 1: leasekeeper.fsm.v1.Command.renew:type_name -> leasekeeper.fsm.v1.RenewBatch
+	5,  // 2: leasekeeper.fsm.v1.Command.release:type_name -> leasekeeper.fsm.v1.Release
+	7,  // 3: leasekeeper.fsm.v1.Command.expire:type_name -> leasekeeper.fsm.v1.Expire
+	8,  // 4: leasekeeper.fsm.v1.Command.delete:type_name -> leasekeeper.fsm.v1.Delete
+	9,  // 5: leasekeeper.fsm.v1.Command.set_member:type_name -> leasekeeper.fsm.v1.SetMember
+	10, // 6: leasekeeper.fsm.v1.Command.remove_member:type_name -> leasekeeper.fsm.v1.RemoveMember
+	1,  // 7: leasekeeper.fsm.v1.Command.batch:type_name -> leasekeeper.fsm.v1.Batch
+	0,  // 8: leasekeeper.fsm.v1.Batch.commands:type_name -> leasekeeper.fsm.v1.Command
+	15, // 9: leasekeeper.fsm.v1.Acquire.labels:type_name -> leasekeeper.fsm.v1.Acquire.LabelsEntry
+	3,  // 10: leasekeeper.fsm.v1.RenewBatch.renews:type_name -> leasekeeper.fsm.v1.Renew
+	6,  // 11: leasekeeper.fsm.v1.Expire.entries:type_name -> leasekeeper.fsm.v1.ExpireEntry
+	16, // 12: leasekeeper.fsm.v1.LeaseRecord.labels:type_name -> leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	11, // 13: leasekeeper.fsm.v1.LeaseRecord.history:type_name -> leasekeeper.fsm.v1.HoldingRecord
+	13, // 14: leasekeeper.fsm.v1.SnapshotHeader.members:type_name -> leasekeeper.fsm.v1.MemberRecord
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -1255,6 +1325,7 @@ func file_command_proto_init() {
 		(*Command_Delete)(nil),
 		(*Command_SetMember)(nil),
 		(*Command_RemoveMember)(nil),
+		(*Command_Batch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1262,7 +1333,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
