@@ -9,7 +9,7 @@ RACE_PKGS   := ./fsm/... ./leasing/... ./node/... ./transport/... ./client/... .
 OTHER_PKGS  := ./cmd/... ./internal/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2025.1.1
 
-.PHONY: all build run cluster test test-unit test-integration check-deploy bench-smoke bench-go lint proto clean
+.PHONY: all build run cluster test test-unit test-integration check-deploy bench-smoke bench-go fuzz lint proto clean
 
 all: build
 
@@ -34,6 +34,16 @@ bench-smoke:
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./fsm/ ./leasing/
+
+# Each fuzzer for FUZZTIME (CI: 30s each). FUZZERS lists package:Fuzzer.
+FUZZTIME ?= 30s
+FUZZERS  := ./fsm:FuzzApply ./fsm:FuzzRestore ./transport:FuzzValidation
+fuzz:
+	@for f in $(FUZZERS); do \
+		pkg=$${f%%:*}; name=$${f##*:}; \
+		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -parallel 2 $$pkg || exit 1; \
+	done
 
 test-integration:
 	$(GO) test -count=1 -p 1 ./integration/...

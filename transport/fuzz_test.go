@@ -1,0 +1,37 @@
+package transport
+
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+// FuzzValidation feeds arbitrary names, holders, labels and selectors to
+// the request checks: no panic, and whatever passes keeps the documented
+// limits.
+func FuzzValidation(f *testing.F) {
+	f.Add("default", "db-lock", "alice", "app", "web", "app=web,tier!=db,!old")
+	f.Add("", "", "", "", "", "")
+	f.Add("Team_A", strings.Repeat("a", 64), "bob\x00", "example.com/app", "v1.2", "a==b")
+	f.Add("a-", "-a", "\xff", "/x", "-", "=,!")
+	f.Fuzz(func(t *testing.T, ns, name, holder, labelKey, labelValue, sel string) {
+		if got, err := validateKey(ns, name); err == nil {
+			if len(got) > maxNameLen || len(name) > maxNameLen || !dnsLabel.MatchString(got) || !dnsLabel.MatchString(name) {
+				t.Fatalf("accepted namespace %q name %q", got, name)
+			}
+		}
+		if err := validateHolder(holder); err == nil {
+			if holder == "" || len(holder) > maxHolderLen || !utf8.ValidString(holder) {
+				t.Fatalf("accepted holder %q", holder)
+			}
+		}
+		if err := validateLabels(map[string]string{labelKey: labelValue}); err == nil {
+			if len(labelValue) > maxLabelValueLen || labelKey == "" {
+				t.Fatalf("accepted label %q=%q", labelKey, labelValue)
+			}
+		}
+		if s, err := parseSelector(sel); err == nil {
+			_ = s.matches(map[string]string{labelKey: labelValue})
+		}
+	})
+}
