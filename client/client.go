@@ -1,5 +1,7 @@
 // Package client is the Go client of leasekeeper.
 //
+// # Connections
+//
 // A Client holds one lazily dialled gRPC connection per endpoint. Unary calls
 // go to the endpoint that last answered; when it is unreachable or answers
 // codes.Unavailable (no leader known), the call moves to the next endpoint
@@ -10,6 +12,52 @@
 // Errors answered by the server come back as the sentinels below, so callers
 // test them with errors.Is, while status.Code still reports the gRPC code and
 // the message keeps the server's text.
+//
+// # Holdings and the local deadline
+//
+// Hold, Mutex, LeaderElector and Heartbeat all take a lease and keep it as a
+// Holding. The client reads its clock before it sends each acquire or
+// renewal (sent) and believes the holding only until
+//
+//	sent + duration*(1-Config.MaxDrift) - Config.Margin
+//
+// The server expires a holding only when more than duration+grace passed
+// since it applied the last renewal (after sent), and a new leader restarts
+// every holding's full duration (see DESIGN.md), so the client stops
+// believing first. MaxDrift (default 1%) bounds the difference in clock
+// rates; Margin (default 50ms) covers the latency between the deadline and
+// the holder's code noticing it. A holding reports its end through Done,
+// Lost, Err and a cancelled Context; Lost closes at the local deadline from
+// a timer on the client's clock even if the server never answers. Fencing
+// tokens (package fence) cover pauses that no clock can.
+//
+// # Renewal engine
+//
+// One engine per Client renews every holding through one KeepAlive stream,
+// many holdings per message, at Config.RenewFraction (default 1/3) of each
+// duration unless the holding sets its own interval. A holding is renewed a
+// quarter of its interval early when a message goes out anyway, so holdings
+// with similar timings share messages. An unanswered message (no answer
+// within a third of the time left to the earliest deadline in it) or a broken
+// stream moves the engine to the next endpoint after a short backoff, until
+// the deadline. NotFound and FailedPrecondition lose the holding at once;
+// PermissionDenied loses it without retrying.
+//
+// # Mutex order and what is not here
+//
+// Mutex waiters are woken by a watch on the lease and race: the first
+// acquire that the leader applies wins, with no queue and no fairness (see
+// Mutex). A FIFO lock needs the server to keep a queue of waiters (or a
+// "create revision" per waiter, as etcd does with keys), which the lease API
+// does not offer. Nor is there a lock delay (refusing new holdings for a
+// while after an expiry, as Consul does): it must be enforced by the leader
+// to mean anything, and a client-side imitation would only look safe.
+//
+// # Metrics
+//
+// With Config.Registerer set the client registers leasekeeper_client_*
+// collectors: renewals by result, KeepAlive messages and stream failures,
+// holdings kept and lost (by reason), acquire attempts and lock wait time.
 package client
 
 import (

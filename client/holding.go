@@ -54,6 +54,7 @@ type Holding struct {
 	renewEvery time.Duration
 	maxValid   time.Duration
 	lease      *pb.Lease
+	acquiredAt time.Time
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -90,6 +91,10 @@ func (h *Holding) Duration() time.Duration { return h.duration }
 
 // Lease returns the lease as the acquire answered it.
 func (h *Holding) Lease() *pb.Lease { return proto.Clone(h.lease).(*pb.Lease) }
+
+// AcquiredAt returns the client's clock reading taken before the acquire
+// that began this holding (as far as this client knows) was sent.
+func (h *Holding) AcquiredAt() time.Time { return h.acquiredAt }
 
 // Deadline returns the local deadline, on the client's clock.
 func (h *Holding) Deadline() time.Time {
@@ -200,7 +205,11 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 	}
 	renewEvery := o.renewEvery
 	if renewEvery == 0 {
-		renewEvery = time.Duration(float64(o.duration) * c.cfg.RenewFraction)
+		fraction := o.renewFraction
+		if fraction == 0 {
+			fraction = c.cfg.RenewFraction
+		}
+		renewEvery = time.Duration(float64(o.duration) * fraction)
 	}
 	if w := c.keeper.window(o.duration, o.maxValid); renewEvery >= w {
 		return nil, fmt.Errorf("%w: lease duration %v leaves a local deadline of %v (Config.MaxDrift %v, Config.Margin %v), not after the renewal interval %v",
@@ -236,6 +245,7 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 		renewEvery: renewEvery,
 		maxValid:   o.maxValid,
 		lease:      l,
+		acquiredAt: sent,
 		done:       make(chan struct{}),
 		lost:       make(chan struct{}),
 	}

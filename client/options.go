@@ -97,13 +97,15 @@ func (p Profile) Validate() error {
 type Option func(*options)
 
 type options struct {
-	namespace   string
-	identity    string
-	duration    time.Duration
-	grace       time.Duration
-	labels      map[string]string
-	renewEvery  time.Duration // 0: duration * Config.RenewFraction
-	retryPeriod time.Duration
+	namespace  string
+	identity   string
+	duration   time.Duration
+	grace      time.Duration
+	labels     map[string]string
+	renewEvery time.Duration // 0: duration * renewFraction
+	// renewFraction is a profile's; 0 means Config.RenewFraction.
+	renewFraction float64
+	retryPeriod   time.Duration
 	// maxValid caps the local deadline at sent + maxValid (the
 	// LeaderElector's RenewDeadline); 0 means no cap.
 	maxValid time.Duration
@@ -136,6 +138,8 @@ func (o options) validate() error {
 		return fmt.Errorf("%w: grace period must not be negative, got %v", ErrInvalid, o.grace)
 	case o.renewEvery < 0:
 		return fmt.Errorf("%w: renew interval must not be negative, got %v", ErrInvalid, o.renewEvery)
+	case o.renewFraction < 0 || o.renewFraction >= 1:
+		return fmt.Errorf("%w: renew fraction must be in (0, 1), got %v", ErrInvalid, o.renewFraction)
 	case o.retryPeriod <= 0:
 		return fmt.Errorf("%w: retry period must be positive, got %v", ErrInvalid, o.retryPeriod)
 	}
@@ -165,20 +169,23 @@ func WithLabels(labels map[string]string) Option {
 }
 
 // WithRenewInterval sets how often the renewal engine renews the holding,
-// instead of duration * Config.RenewFraction.
+// instead of a fraction of the duration (Config.RenewFraction, or a
+// profile's).
 func WithRenewInterval(d time.Duration) Option { return func(o *options) { o.renewEvery = d } }
 
 // WithRetryPeriod sets the slow backstop between attempts of a waiter that
 // no watch event woke.
 func WithRetryPeriod(d time.Duration) Option { return func(o *options) { o.retryPeriod = d } }
 
-// WithProfile sets the duration, grace, renewal interval and retry period
-// from p.
+// WithProfile sets the duration, grace, renewal fraction and retry period
+// from p. The renewal stays a fraction of the duration, so a later WithTTL
+// keeps p's proportions.
 func WithProfile(p Profile) Option {
 	return func(o *options) {
 		o.duration = p.LeaseDuration
 		o.grace = p.GracePeriod
-		o.renewEvery = p.RenewInterval()
+		o.renewEvery = 0
+		o.renewFraction = p.RenewFraction
 		o.retryPeriod = p.RetryPeriod
 	}
 }

@@ -84,7 +84,7 @@ func (a *app) rootCmd() *cobra.Command {
 		Long: `leasectl talks to a leasekeeper cluster through any of its nodes.
 
 Exit codes: 0 success, 1 error, 2 usage error, 3 lease held by another holder
-(acquire).`,
+(acquire, lock --no-wait); lock and elect exit with their command's status.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          groupArgs,
@@ -102,10 +102,13 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 lease held by another holder
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "time limit of a request, retries included (watch has none)")
 	pf.StringVarP(&a.namespace, "namespace", "n", "default", "namespace of the lease")
 
+	get := a.getCmd()
+	get.AddCommand(a.getNodesCmd())
 	root.AddCommand(
 		a.acquireCmd(), a.renewCmd(), a.releaseCmd(),
-		a.getCmd(), a.describeCmd(), a.deleteCmd(),
+		get, a.describeCmd(), a.deleteCmd(),
 		a.watchCmd(), a.clusterCmd(),
+		a.lockCmd(), a.electCmd(), a.observeCmd(),
 	)
 	return root
 }

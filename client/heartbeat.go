@@ -1,0 +1,498 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/clock"
+)
+
+// DefaultHeartbeatNamespace is the namespace that node heartbeats use when
+// none is given, like Kubernetes' kube-node-lease.
+const DefaultHeartbeatNamespace = "node-lease"
+
+// Heartbeat keeps the lease namespace/nodeName held by nodeName, so that a
+// Monitor (or leasectl get nodes) can tell whether the node is alive. The
+// holder identity is the node's name: two processes heartbeating for the
+// same node share one holding.
+type Heartbeat struct {
+	c         *Client
+	namespace string
+	node      string
+	o         options
+
+	mu sync.Mutex
+	h  *Holding
+}
+
+// NewHeartbeat returns a heartbeat for nodeName in namespace (""
+// means DefaultHeartbeatNamespace). WithTTL, WithGrace, WithRenewInterval,
+// WithRetryPeriod, WithLabels and WithProfile apply; the namespace and
+// identity are the arguments.
+func NewHeartbeat(c *Client, namespace, nodeName string, opts ...Option) (*Heartbeat, error) {
+	if namespace == "" {
+		namespace = DefaultHeartbeatNamespace
+	}
+	if nodeName == "" {
+		return nil, errors.New("client: NewHeartbeat needs a node name")
+	}
+	o := buildOptions(opts)
+	o.namespace = namespace
+	o.identity = nodeName
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	return &Heartbeat{c: c, namespace: namespace, node: nodeName, o: o}, nil
+}
+
+// Run keeps the lease held until ctx is done, then releases it, so monitors
+// see the node leave at once. A lost holding is taken again at once; a
+// failed attempt is retried after the retry period. Run returns nil when ctx
+// ends, or an error that a retry cannot help (ErrInvalid, ErrPermission,
+// ErrClosed).
+func (hb *Heartbeat) Run(ctx context.Context) error {
+	for {
+		h, err := hb.c.hold(ctx, hb.node, hb.o)
+		switch {
+		case err == nil:
+			hb.set(h)
+			select {
+			case <-h.Done():
+				hb.c.log.Debug("heartbeat lost, taking it again", "node", hb.node, "error", h.Err())
+				hb.set(nil)
+				continue
+			case <-ctx.Done():
+				hb.set(nil)
+				rctx, cancel := context.WithTimeout(context.Background(), hb.c.cfg.DialTimeout)
+				_ = h.Release(rctx)
+				cancel()
+				return nil
+			}
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, ErrInvalid), errors.Is(err, ErrPermission), errors.Is(err, ErrClosed):
+			return err
+		}
+		t := hb.c.clock.NewTimer(hb.o.retryPeriod)
+		select {
+		case <-t.C():
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		}
+	}
+}
+
+func (hb *Heartbeat) set(h *Holding) {
+	hb.mu.Lock()
+	hb.h = h
+	hb.mu.Unlock()
+}
+
+// Holding returns the current holding, or nil between holdings.
+func (hb *Heartbeat) Holding() *Holding {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	return hb.h
+}
+
+// MemberState classifies a heartbeat.
+type MemberState int
+
+// Member states.
+const (
+	// StateUnknown: the lease is free, expired, deleted, or silent for
+	// longer than duration plus grace.
+	StateUnknown MemberState = iota
+	// StateReady: the last heartbeat was observed within the duration.
+	StateReady
+	// StateNotReady: past the duration but within the grace period.
+	StateNotReady
+)
+
+func (s MemberState) String() string {
+	switch s {
+	case StateReady:
+		return "Ready"
+	case StateNotReady:
+		return "NotReady"
+	}
+	return "Unknown"
+}
+
+// Member is one node of a heartbeat namespace as a Monitor sees it.
+type Member struct {
+	// Name is the lease's (the node's) name.
+	Name string
+	// Holder is the holder identity, "" when the lease is free.
+	Holder string
+	// State is the classification at the time the Member was made.
+	State MemberState
+	// LastHeartbeat is when the last acquire or renewal was observed, on
+	// the observer's clock (zero when never). A heartbeat that predates the
+	// observer is placed by the leader's remaining time, never by comparing
+	// wall clocks.
+	LastHeartbeat time.Time
+	// Duration and Grace are the lease's.
+	Duration time.Duration
+	Grace    time.Duration
+	// Lease is the last state of the lease that the observer saw.
+	Lease *pb.Lease
+}
+
+// MemberEvent is a change of a member's state.
+type MemberEvent struct {
+	Member Member
+	// From is the state before; a member seen for the first time comes
+	// from StateUnknown.
+	From MemberState
+	// Deleted is set when the lease was deleted; the member is gone.
+	Deleted bool
+}
+
+func classify(holder string, last time.Time, dur, grace time.Duration, now time.Time) MemberState {
+	if holder == "" || last.IsZero() {
+		return StateUnknown
+	}
+	since := now.Sub(last)
+	switch {
+	case since <= dur:
+		return StateReady
+	case since <= dur+grace:
+		return StateNotReady
+	}
+	return StateUnknown
+}
+
+// nextChange returns when the classification of a held lease next changes,
+// false when it never will without an event.
+func nextChange(holder string, last time.Time, dur, grace time.Duration, now time.Time) (time.Time, bool) {
+	if holder == "" || last.IsZero() {
+		return time.Time{}, false
+	}
+	for _, b := range []time.Duration{dur, dur + grace} {
+		if t := last.Add(b + 1); t.After(now) {
+			return t, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// member is a Monitor's record of one lease.
+type member struct {
+	lease    *pb.Lease
+	last     time.Time // observed acquire or renewal; zero if none
+	reported MemberState
+	seen     bool // reported at least once
+	deleted  bool
+}
+
+func (m *member) snapshot(now time.Time) Member {
+	l := m.lease
+	return Member{
+		Name:          l.GetName(),
+		Holder:        l.GetHolderIdentity(),
+		State:         classify(l.GetHolderIdentity(), m.last, l.GetLeaseDuration().AsDuration(), l.GetGracePeriod().AsDuration(), now),
+		LastHeartbeat: m.last,
+		Duration:      l.GetLeaseDuration().AsDuration(),
+		Grace:         l.GetGracePeriod().AsDuration(),
+		Lease:         l,
+	}
+}
+
+// ListMembers reads every lease of a heartbeat namespace ("" means
+// DefaultHeartbeatNamespace) once and classifies it, placing each last
+// heartbeat by the leader's remaining time on the client's clock.
+func ListMembers(ctx context.Context, c *Client, namespace string) ([]Member, error) {
+	if namespace == "" {
+		namespace = DefaultHeartbeatNamespace
+	}
+	ms, _, err := readMembers(ctx, c, namespace, c.clock)
+	if err != nil {
+		return nil, err
+	}
+	now := c.clock.Now()
+	out := make([]Member, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, m.snapshot(now))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// readMembers lists namespace and, for each held lease, asks the leader for
+// its remaining time: remaining = duration + grace - (time since its last
+// renewal), so that last renewal is placed at now - (duration + grace -
+// remaining) on clk. A lease whose remaining time is unknown is placed at
+// now. It returns the store revision of the list.
+func readMembers(ctx context.Context, c *Client, namespace string, clk clock.Clock) (map[string]*member, uint64, error) {
+	resp, err := c.List(ctx, &pb.ListRequest{Namespace: namespace})
+	if err != nil {
+		return nil, 0, err
+	}
+	ms := make(map[string]*member, len(resp.GetLeases()))
+	for _, l := range resp.GetLeases() {
+		m := &member{lease: l}
+		ms[l.GetName()] = m
+		if l.GetHolderIdentity() == "" {
+			continue
+		}
+		m.last = clk.Now()
+		g, err := c.Get(ctx, namespace, l.GetName(), false)
+		if err != nil || g.GetRemaining() == nil || g.GetLease().GetFencingToken() != l.GetFencingToken() {
+			continue
+		}
+		ttl := l.GetLeaseDuration().AsDuration() + l.GetGracePeriod().AsDuration()
+		elapsed := min(max(ttl-g.GetRemaining().AsDuration(), 0), ttl)
+		m.last = clk.Now().Add(-elapsed)
+	}
+	return ms, resp.GetRevision(), nil
+}
+
+// MonitorOption configures a Monitor.
+type MonitorOption func(*Monitor)
+
+// WithMonitorClock sets the clock that heartbeats are timed on (default: the
+// client's).
+func WithMonitorClock(clk clock.Clock) MonitorOption { return func(m *Monitor) { m.clk = clk } }
+
+// WithMemberEvents makes the Monitor send every state change to ch. Run
+// blocks while ch is full, so nothing is lost; read it promptly.
+func WithMemberEvents(ch chan<- MemberEvent) MonitorOption {
+	return func(m *Monitor) { m.events = ch }
+}
+
+// Monitor follows every member of a heartbeat namespace through one watch
+// and classifies it: Ready while its last heartbeat was observed within the
+// lease duration, NotReady after that until duration plus grace, Unknown
+// after that or when the lease is free or gone. Times are measured from the
+// moment the Monitor observed each event, on its own clock: server wall
+// clock times are never compared with the local one. The classification
+// therefore lags the server by the watch's delivery delay, and a member's
+// NotReady/Unknown states come from silence, before the server expires the
+// lease.
+type Monitor struct {
+	c         *Client
+	namespace string
+	clk       clock.Clock
+	events    chan<- MemberEvent
+
+	mu      sync.Mutex
+	members map[string]*member
+	synced  chan struct{}
+	poke    chan struct{}
+}
+
+// NewMonitor returns a monitor of namespace ("" means
+// DefaultHeartbeatNamespace); Run starts it.
+func NewMonitor(c *Client, namespace string, opts ...MonitorOption) *Monitor {
+	if namespace == "" {
+		namespace = DefaultHeartbeatNamespace
+	}
+	m := &Monitor{
+		c: c, namespace: namespace, clk: c.clock,
+		members: make(map[string]*member),
+		synced:  make(chan struct{}),
+		poke:    make(chan struct{}, 1),
+	}
+	for _, f := range opts {
+		f(m)
+	}
+	return m
+}
+
+// Synced is closed once Run has read the namespace for the first time.
+func (m *Monitor) Synced() <-chan struct{} { return m.synced }
+
+// Members returns every member, classified now, sorted by name.
+func (m *Monitor) Members() []Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.clk.Now()
+	out := make([]Member, 0, len(m.members))
+	for _, mb := range m.members {
+		if !mb.deleted {
+			out = append(out, mb.snapshot(now))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Run follows the namespace until ctx is done. It returns ctx's error, or
+// an error that a retry cannot help.
+func (m *Monitor) Run(ctx context.Context) error {
+	rev, err := m.resync(ctx)
+	for err != nil {
+		if ctx.Err() != nil || errors.Is(err, ErrInvalid) || errors.Is(err, ErrPermission) || errors.Is(err, ErrClosed) {
+			return err
+		}
+		if err := m.c.sleep(ctx, m.c.cfg.BackoffMax); err != nil {
+			return err
+		}
+		rev, err = m.resync(ctx)
+	}
+	close(m.synced)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watchErr := make(chan error, 1)
+	go func() {
+		watchErr <- m.c.follow(ctx, &pb.WatchRequest{Namespace: m.namespace, StartRevision: rev}, m.apply,
+			func() uint64 {
+				for {
+					rev, err := m.resync(ctx)
+					if err == nil || ctx.Err() != nil {
+						return rev
+					}
+					if m.c.sleep(ctx, m.c.cfg.BackoffMax) != nil {
+						return 0
+					}
+				}
+			})
+	}()
+
+	var timer clock.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		m.mu.Lock()
+		now := m.clk.Now()
+		evs, next, ok := m.evaluate(now)
+		m.mu.Unlock()
+		// Arm before reporting, so that whoever reads an event finds the
+		// timer of the next change already set.
+		if ok {
+			if timer == nil {
+				timer = m.clk.NewTimer(next.Sub(now))
+			} else {
+				timer.Reset(next.Sub(now))
+			}
+		} else if timer != nil {
+			timer.Stop()
+		}
+		for _, ev := range evs {
+			if m.events == nil {
+				break
+			}
+			select {
+			case m.events <- ev:
+			case <-ctx.Done():
+			}
+		}
+		var timerC <-chan time.Time
+		if ok {
+			timerC = timer.C()
+		}
+		select {
+		case <-timerC:
+		case <-m.poke:
+		case err := <-watchErr:
+			return err
+		case <-ctx.Done():
+			return <-watchErr
+		}
+	}
+}
+
+// resync replaces the members with a fresh read and returns its revision.
+func (m *Monitor) resync(ctx context.Context) (uint64, error) {
+	ms, rev, err := readMembers(ctx, m.c, m.namespace, m.clk)
+	if err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for name, old := range m.members {
+		nw, ok := ms[name]
+		if !ok {
+			old.deleted = true
+			continue
+		}
+		nw.reported, nw.seen = old.reported, old.seen
+		m.members[name] = nw
+	}
+	for name, nw := range ms {
+		if _, ok := m.members[name]; !ok {
+			m.members[name] = nw
+		}
+	}
+	m.wake()
+	return rev, nil
+}
+
+// apply records one watch event, stamped with the monitor's clock.
+func (m *Monitor) apply(ev *pb.WatchEvent) {
+	l := ev.GetLease()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mb := m.members[l.GetName()]
+	if mb == nil || mb.deleted {
+		old := mb
+		mb = &member{}
+		if old != nil {
+			mb.reported, mb.seen = old.reported, old.seen
+		}
+		m.members[l.GetName()] = mb
+	}
+	mb.lease = proto.Clone(l).(*pb.Lease)
+	switch ev.GetType() {
+	case pb.WatchEvent_ADDED, pb.WatchEvent_ACQUIRED, pb.WatchEvent_RENEWED:
+		mb.last = m.clk.Now()
+	case pb.WatchEvent_RELEASED, pb.WatchEvent_EXPIRED:
+		mb.lease.HolderIdentity = ""
+	case pb.WatchEvent_DELETED:
+		mb.lease.HolderIdentity = ""
+		mb.deleted = true
+	}
+	m.wake()
+}
+
+func (m *Monitor) wake() {
+	select {
+	case m.poke <- struct{}{}:
+	default:
+	}
+}
+
+// evaluate classifies every member at now, returns the transitions since
+// the last evaluation and when the next one is due.
+func (m *Monitor) evaluate(now time.Time) ([]MemberEvent, time.Time, bool) {
+	var evs []MemberEvent
+	var next time.Time
+	has := false
+	names := make([]string, 0, len(m.members))
+	for name := range m.members {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		mb := m.members[name]
+		snap := mb.snapshot(now)
+		if mb.deleted {
+			delete(m.members, name)
+			if mb.seen {
+				snap.State = StateUnknown
+				evs = append(evs, MemberEvent{Member: snap, From: mb.reported, Deleted: true})
+			}
+			continue
+		}
+		if !mb.seen || snap.State != mb.reported {
+			evs = append(evs, MemberEvent{Member: snap, From: mb.reported})
+			mb.reported, mb.seen = snap.State, true
+		}
+		if t, ok := nextChange(snap.Holder, mb.last, snap.Duration, snap.Grace, now); ok && (!has || t.Before(next)) {
+			next, has = t, true
+		}
+	}
+	return evs, next, has
+}

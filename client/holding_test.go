@@ -1,0 +1,336 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/leasekeeper/leasekeeper/client"
+	"github.com/leasekeeper/leasekeeper/clock"
+)
+
+// fakeClient is a client on a fake clock with the faults interceptor, so a
+// test decides when renewals happen.
+func fakeClient(t *testing.T, endpoints []string) (*client.Client, *clock.Fake, *faults) {
+	t.Helper()
+	fake := clock.NewFake(time.Unix(1_000_000, 0))
+	f := &faults{}
+	c := lkClient(t, endpoints, func(cfg *client.Config) {
+		cfg.Clock = fake
+		cfg.DialOptions = []grpc.DialOption{f.dialOption()}
+	})
+	return c, fake, f
+}
+
+// advanceArmed advances fake by d once the renewal engine's timer is armed.
+func advanceArmed(t *testing.T, fake *clock.Fake, d time.Duration) {
+	t.Helper()
+	closedWithin(t, fake.WaitForTimers(1, nil), 5*time.Second, "the renewal engine's timer")
+	fake.Advance(d)
+}
+
+func TestLocalDeadline(t *testing.T) {
+	cl := startCluster(t)
+	c, fake, f := fakeClient(t, cl.Endpoints)
+	ctx := context.Background()
+	start := fake.Now()
+
+	h, err := c.Hold(ctx, "deadline", client.WithTTL(10*time.Second), client.WithIdentity("alice"))
+	if err != nil {
+		t.Fatalf("Hold: %v", err)
+	}
+	// sent + duration*(1-MaxDrift) - Margin, with sent read before sending.
+	want := start.Add(9900*time.Millisecond - client.DefaultMargin)
+	if got := h.Deadline(); !got.Equal(want) {
+		t.Fatalf("Deadline = %v after start, want %v", got.Sub(start), want.Sub(start))
+	}
+	if !h.Valid() || h.Token() == 0 || h.Holder() != "alice" {
+		t.Fatalf("holding = %v valid=%v, want a valid holding of alice", h, h.Valid())
+	}
+
+	// The first renewal is due at a third of the duration; the engine
+	// sends it a quarter of its interval early (2.5s) and moves the
+	// deadline to that send time's.
+	advanceArmed(t, fake, 2500*time.Millisecond)
+	renewed := start.Add(2500*time.Millisecond + 9900*time.Millisecond - client.DefaultMargin)
+	waitUntil(t, 5*time.Second, "the renewal", func() bool { return h.Deadline().Equal(renewed) })
+	if got := h.LastRenewal(); !got.Equal(start.Add(2500 * time.Millisecond)) {
+		t.Errorf("LastRenewal = %v after start, want 2.5s", got.Sub(start))
+	}
+
+	// From now on no renewal reaches the server and no answer comes: the
+	// holding is valid up to its deadline and lost at it, by the local
+	// timer alone.
+	f.drop.Store(true)
+	fake.Advance(renewed.Sub(fake.Now()) - time.Millisecond)
+	if !h.Valid() {
+		t.Fatal("holding invalid 1ms before its deadline")
+	}
+	select {
+	case <-h.Lost():
+		t.Fatalf("Lost closed before the deadline: %v", h.Err())
+	default:
+	}
+	fake.Advance(time.Millisecond)
+	if h.Valid() {
+		t.Fatal("holding valid at its deadline")
+	}
+	closedWithin(t, h.Lost(), 5*time.Second, "Lost at the deadline")
+	if err := h.Err(); !errors.Is(err, client.ErrLost) || !errors.Is(err, client.ErrExpired) {
+		t.Fatalf("Err = %v, want ErrLost and ErrExpired", err)
+	}
+	if cause := context.Cause(h.Context()); !errors.Is(cause, client.ErrExpired) {
+		t.Fatalf("context cause = %v, want ErrExpired", cause)
+	}
+	<-h.Done()
+}
+
+func TestHoldRefusesDurationWithoutRoomToRenew(t *testing.T) {
+	c := lkClient(t, []string{"127.0.0.1:1"}, func(cfg *client.Config) { cfg.Margin = time.Second })
+	_, err := c.Hold(context.Background(), "x", client.WithTTL(1200*time.Millisecond))
+	if !errors.Is(err, client.ErrInvalid) {
+		t.Fatalf("Hold with a 1.2s duration and a 1s margin = %v, want ErrInvalid", err)
+	}
+}
+
+func TestHoldHeldByOther(t *testing.T) {
+	cl := startCluster(t)
+	c := lkClient(t, cl.Endpoints)
+	ctx := context.Background()
+	a, err := c.Hold(ctx, "busy", client.WithIdentity("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Hold(ctx, "busy", client.WithIdentity("b"))
+	var held *client.HeldError
+	if !errors.Is(err, client.ErrLocked) || !errors.As(err, &held) {
+		t.Fatalf("Hold by b = %v, want a HeldError", err)
+	}
+	if held.Lease.GetHolderIdentity() != "a" || held.Lease.GetFencingToken() != a.Token() || held.Remaining <= 0 {
+		t.Fatalf("HeldError names %v remaining %v, want a's holding", held.Lease, held.Remaining)
+	}
+	if _, err := c.Hold(ctx, "busy", client.WithIdentity("a")); !errors.Is(err, client.ErrAlreadyHeld) {
+		t.Fatalf("second Hold by a in the same client = %v, want ErrAlreadyHeld", err)
+	}
+	if err := a.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if err := a.Release(ctx); err != nil {
+		t.Fatalf("second Release: %v", err)
+	}
+	if !errors.Is(a.Err(), client.ErrReleased) {
+		t.Fatalf("Err after Release = %v, want ErrReleased", a.Err())
+	}
+	select {
+	case <-a.Lost():
+		t.Fatal("Lost closed by a release")
+	default:
+	}
+	b, err := c.Hold(ctx, "busy", client.WithIdentity("b"))
+	if err != nil {
+		t.Fatalf("Hold by b after the release: %v", err)
+	}
+	if b.Token() <= a.Token() {
+		t.Fatalf("b's token %d is not above a's %d", b.Token(), a.Token())
+	}
+}
+
+// TestRenewalAnswers checks that the engine loses a holding at once on the
+// answers that say it is gone, and stops on PermissionDenied.
+func TestRenewalAnswers(t *testing.T) {
+	cl := startCluster(t)
+	other := lkClient(t, cl.Endpoints)
+	tests := []struct {
+		name    string
+		act     func(t *testing.T, f *faults, name string)
+		wantErr error
+	}{
+		{
+			name: "deleted",
+			act: func(t *testing.T, _ *faults, name string) {
+				if _, err := other.Delete(context.Background(), "default", name); err != nil {
+					t.Fatal(err)
+				}
+			},
+			wantErr: client.ErrNotFound,
+		},
+		{
+			name: "taken by another",
+			act: func(t *testing.T, _ *faults, name string) {
+				ctx := context.Background()
+				if _, err := other.Delete(ctx, "default", name); err != nil {
+					t.Fatal(err)
+				}
+				if r, err := other.Acquire(ctx, "default", name, "bob", time.Minute, 0, nil); err != nil || !r.Acquired {
+					t.Fatalf("Acquire by bob = %v, %v", r, err)
+				}
+			},
+			wantErr: client.ErrStaleToken,
+		},
+		{
+			name: "permission denied",
+			act: func(t *testing.T, f *faults, _ string) {
+				f.setRefuse(func(string) error { return status.Error(codes.PermissionDenied, "not you") })
+			},
+			wantErr: client.ErrPermission,
+		},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, fake, f := fakeClient(t, cl.Endpoints)
+			name := fmt.Sprintf("answers-%d", i)
+			h, err := c.Hold(context.Background(), name, client.WithTTL(10*time.Second), client.WithIdentity("alice"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.act(t, f, name)
+			advanceArmed(t, fake, 2500*time.Millisecond)
+			closedWithin(t, h.Lost(), 5*time.Second, "Lost")
+			if err := h.Err(); !errors.Is(err, client.ErrLost) || !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Err = %v, want ErrLost and %v", err, tt.wantErr)
+			}
+			if !fake.Now().Before(h.Deadline()) {
+				t.Fatal("lost by the deadline, want lost by the answer")
+			}
+			if got := f.opens.Load(); got != 1 {
+				t.Errorf("KeepAlive streams opened = %d, want 1 (no retry)", got)
+			}
+		})
+	}
+}
+
+// TestRenewalFailsOver refuses the KeepAlive stream on the first endpoint:
+// renewals move to another endpoint and the holding lives on.
+func TestRenewalFailsOver(t *testing.T) {
+	cl := startCluster(t)
+	f := &faults{}
+	var mu sync.Mutex
+	refused := 0
+	f.setRefuse(func(target string) error {
+		if target == cl.Endpoints[0] {
+			mu.Lock()
+			refused++
+			mu.Unlock()
+			return status.Error(codes.Unavailable, "down")
+		}
+		return nil
+	})
+	c := lkClient(t, cl.Endpoints, func(cfg *client.Config) { cfg.DialOptions = []grpc.DialOption{f.dialOption()} })
+	h, err := c.Hold(context.Background(), "failover", client.WithTTL(600*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.Lost():
+		t.Fatalf("holding lost: %v", h.Err())
+	case <-time.After(1500 * time.Millisecond): // 2.5 durations, 7 renewals
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if refused == 0 {
+		t.Error("the first endpoint was never tried")
+	}
+	if len(f.sizes()) < 4 {
+		t.Errorf("%d renewals went out, want at least 4", len(f.sizes()))
+	}
+}
+
+// TestRenewalBatches holds many leases in one client: their renewals share
+// KeepAlive messages.
+func TestRenewalBatches(t *testing.T) {
+	cl := startCluster(t)
+	f := &faults{}
+	c := lkClient(t, cl.Endpoints, func(cfg *client.Config) { cfg.DialOptions = []grpc.DialOption{f.dialOption()} })
+	const n = 40
+	var wg sync.WaitGroup
+	hs := make([]*client.Holding, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hs[i], errs[i] = c.Hold(context.Background(), fmt.Sprintf("batch-%d", i), client.WithTTL(time.Second))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("Hold %d: %v", i, err)
+		}
+	}
+	waitUntil(t, 5*time.Second, "two renewals of every holding", func() bool {
+		total := 0
+		for _, s := range f.sizes() {
+			total += s
+		}
+		return total >= 2*n
+	})
+	sizes := f.sizes()
+	biggest := 0
+	for _, s := range sizes {
+		biggest = max(biggest, s)
+	}
+	if biggest < n/4 || len(sizes) > n {
+		t.Fatalf("batch sizes %v: want few messages carrying many holdings", sizes)
+	}
+	for _, h := range hs {
+		if !h.Valid() {
+			t.Fatalf("%v lost: %v", h, h.Err())
+		}
+	}
+}
+
+func TestCloseLosesHoldingsWithoutRelease(t *testing.T) {
+	cl := startCluster(t)
+	c := lkClient(t, cl.Endpoints)
+	h, err := c.Hold(context.Background(), "closing", client.WithTTL(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	closedWithin(t, h.Lost(), time.Second, "Lost after Close")
+	if !errors.Is(h.Err(), client.ErrClosed) {
+		t.Fatalf("Err = %v, want ErrClosed", h.Err())
+	}
+	other := lkClient(t, cl.Endpoints)
+	got, err := other.Get(context.Background(), "default", "closing", false)
+	if err != nil || got.GetLease().GetHolderIdentity() != h.Holder() {
+		t.Fatalf("after Close the lease is %v (%v), want still held by %s", got.GetLease(), err, h.Holder())
+	}
+}
+
+// TestMetricsShareRegisterer builds two clients on one registry: both
+// count into the same collectors.
+func TestMetricsShareRegisterer(t *testing.T) {
+	cl := startCluster(t)
+	reg := prometheus.NewRegistry()
+	share := func(cfg *client.Config) { cfg.Registerer = reg }
+	a, b := lkClient(t, cl.Endpoints, share), lkClient(t, cl.Endpoints, share)
+	ctx := context.Background()
+	ha, err := a.Hold(ctx, "metrics", client.WithTTL(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Hold(ctx, "metrics", client.WithTTL(time.Minute)); !errors.Is(err, client.ErrLocked) {
+		t.Fatalf("Hold by b = %v, want ErrLocked", err)
+	}
+	if got := metricValue(t, reg, "leasekeeper_client_acquire_attempts_total", "acquired"); got != 1 {
+		t.Errorf("acquired attempts = %v, want 1", got)
+	}
+	if got := metricValue(t, reg, "leasekeeper_client_acquire_attempts_total", "held"); got != 1 {
+		t.Errorf("held attempts = %v, want 1", got)
+	}
+	a.Close()
+	<-ha.Lost()
+	if got := metricValue(t, reg, "leasekeeper_client_holdings_lost_total", "closed"); got != 1 {
+		t.Errorf("holdings lost on close = %v, want 1", got)
+	}
+}

@@ -1,0 +1,136 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"sync"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+)
+
+// SemaphoreLabel marks the slot leases of a Semaphore; its value is the
+// semaphore's name.
+const SemaphoreLabel = "leasekeeper.io/semaphore"
+
+// Semaphore lets up to n holders in at once. It is n Mutex-like slots, the
+// leases name-0 … name-(n-1), each with its own fencing token: a resource
+// that a slot protects fences on the slot's name (Holding.Name). Waiters are
+// woken by a watch on the slots and race, as Mutex waiters do.
+type Semaphore struct {
+	c    *Client
+	name string
+	n    int
+	o    options
+}
+
+// NewSemaphore returns a semaphore of n slots named after name. The options
+// are those of NewMutex; without WithIdentity it gets a unique identity.
+func NewSemaphore(c *Client, name string, n int, opts ...Option) (*Semaphore, error) {
+	if n < 1 {
+		return nil, fmt.Errorf("%w: a semaphore needs at least one slot, got %d", ErrInvalid, n)
+	}
+	o := buildOptions(opts)
+	if o.identity == "" {
+		o.identity = NewIdentity()
+	}
+	labels := maps.Clone(o.labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[SemaphoreLabel] = name
+	o.labels = labels
+	return &Semaphore{c: c, name: name, n: n, o: o}, nil
+}
+
+// Slot returns the lease name of slot i.
+func (s *Semaphore) Slot(i int) string { return fmt.Sprintf("%s-%d", s.name, i) }
+
+// TryAcquire takes a free slot, trying them in random order, and returns
+// ErrLocked when every slot is held (by others, or by this Semaphore).
+func (s *Semaphore) TryAcquire(ctx context.Context) (*Holding, error) {
+	var firstErr error
+	for _, i := range rand.Perm(s.n) {
+		h, err := s.c.hold(ctx, s.Slot(i), s.o)
+		switch {
+		case err == nil:
+			return h, nil
+		case errors.Is(err, ErrLocked), errors.Is(err, ErrAlreadyHeld):
+		default:
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	return nil, fmt.Errorf("%w: all %d slots of semaphore %s", ErrLocked, s.n, s.name)
+}
+
+// Acquire takes a slot, waiting until one is free or ctx is done. Release
+// the returned holding to give the slot back.
+func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
+	start := s.c.clock.Now()
+	wake := make(chan struct{}, 1)
+	wctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		stop()
+		wg.Wait()
+	}()
+	watched := false
+	for {
+		// Watch from before the attempt, so a slot freed in between wakes
+		// the wait below.
+		var rev uint64
+		if !watched {
+			if st, err := s.c.Status(ctx); err == nil {
+				rev = st.GetRevision()
+			}
+		}
+		h, err := s.TryAcquire(ctx)
+		if err == nil {
+			s.c.met.lockWait.Observe(s.c.clock.Since(start).Seconds())
+			return h, nil
+		}
+		if !errors.Is(err, ErrLocked) && !errors.Is(err, ErrUnavailable) {
+			return nil, err
+		}
+		if !watched {
+			watched = true
+			req := &pb.WatchRequest{Namespace: s.o.namespace, LabelSelector: SemaphoreLabel + "=" + s.name, StartRevision: rev}
+			poke := func() {
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_ = s.c.follow(wctx, req,
+					func(ev *pb.WatchEvent) {
+						if frees(ev) {
+							poke()
+						}
+					},
+					func() uint64 { poke(); return 0 })
+			}()
+		}
+		t := s.c.clock.NewTimer(s.o.retryPeriod)
+		select {
+		case <-wake:
+		case <-t.C():
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+		t.Stop()
+	}
+}

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/leasekeeper/leasekeeper/client"
+)
+
+// exitNotFound is the shell's code for a command that could not be started.
+const exitNotFound = 127
+
+func (a *app) lockCmd() *cobra.Command {
+	var (
+		ttl, grace, killGrace, wait time.Duration
+		identity                    string
+		noWait                      bool
+	)
+	cmd := &cobra.Command{
+		Use:   "lock NAME [--ttl 10s] -- CMD [ARGS...]",
+		Short: "Run a command while holding a fenced lock",
+		Long: `Take the lock NAME (waiting while another holder has it), run CMD while
+holding it, release it when CMD exits, and exit with CMD's status.
+
+CMD finds the holding in its environment: LEASE_FENCING_TOKEN (send it with
+every write to the protected resource), LEASE_HOLDER, LEASE_NAME and
+LEASE_NAMESPACE.
+
+If the lock is lost (a renewal refused, or no renewal succeeded before the
+holding's local deadline), CMD gets SIGTERM at once and SIGKILL after
+--kill-grace; leasectl then exits with CMD's status (128+signal when killed).
+A lost lock stops CMD before another holder can be granted the lock, but CMD
+may still be running its last instructions after that: only the fencing token
+protects against them. SIGINT or SIGTERM to leasectl is passed on to CMD the
+same way. Signals reach CMD's own process only: a shell script should exec
+its long-running program.
+
+Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
+127 CMD could not be started.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() != 1 || len(args) < 2 {
+				return usageErrorf("%s takes NAME -- CMD [ARGS...]", cmd.CommandPath())
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if ttl <= 0 || grace < 0 || killGrace < 0 || wait < 0 {
+				return usageErrorf("--ttl must be positive; --grace, --kill-grace and --wait must not be negative")
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if identity == "" {
+				identity = client.NewIdentity()
+			}
+			m := client.NewMutex(c, args[0], client.WithNamespace(a.namespace), client.WithTTL(ttl),
+				client.WithGrace(grace), client.WithIdentity(identity))
+			ctx := a.ctx
+			if wait > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, wait)
+				defer cancel()
+			}
+			var h *client.Holding
+			if noWait {
+				h, err = m.TryLock(ctx)
+			} else {
+				h, err = m.Lock(ctx)
+			}
+			var held *client.HeldError
+			if errors.As(err, &held) {
+				fmt.Fprintf(a.stderr, "leasectl: %s/%s is held by %s (token %d)\n", a.namespace, args[0],
+					held.Lease.GetHolderIdentity(), held.Lease.GetFencingToken())
+				return &exitCodeError{code: exitHeld}
+			}
+			if err != nil {
+				return fmt.Errorf("lock %s/%s: %w", a.namespace, args[0], err)
+			}
+			fmt.Fprintf(a.stderr, "leasectl: locked %s/%s holder=%s token=%d\n", h.Namespace(), h.Name(), h.Holder(), h.Token())
+			// CMD stops when the holding ends or leasectl is interrupted.
+			runCtx, stop := context.WithCancelCause(a.ctx)
+			defer stop(nil)
+			unhook := context.AfterFunc(h.Context(), func() { stop(fmt.Errorf("lock lost: %w", h.Err())) })
+			code, _ := a.runCommand(runCtx, h, args[1:], killGrace)
+			unhook()
+
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.timeout)
+			defer cancel()
+			if err := m.Unlock(rctx); err != nil && !errors.Is(err, client.ErrLost) {
+				fmt.Fprintf(a.stderr, "leasectl: release: %v\n", err)
+			}
+			return &exitCodeError{code: code}
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&ttl, "ttl", 10*time.Second, "lease duration: how long the lock outlives a silent holder")
+	f.DurationVar(&grace, "grace", 0, "extra time before the server expires a silent holding")
+	f.DurationVar(&killGrace, "kill-grace", 10*time.Second, "time between SIGTERM and SIGKILL when the lock is lost")
+	f.DurationVar(&wait, "wait", 0, "give up waiting for the lock after this long (0: wait forever)")
+	f.BoolVar(&noWait, "no-wait", false, "exit 3 at once when the lock is held")
+	f.StringVar(&identity, "identity", "", "holder identity (default: host-pid-random)")
+	return cmd
+}
+
+// runCommand runs argv with the holding's environment until it exits
+// (true, with its status) or ctx ends (false: it was stopped, and the
+// status is how it ended).
+func (a *app) runCommand(ctx context.Context, h *client.Holding, argv []string, killGrace time.Duration) (int, bool) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin = os.Stdin
+	cmd.Stdout = a.stdout
+	cmd.Stderr = a.stderr
+	cmd.Env = append(os.Environ(), holdingEnv(h)...)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(a.stderr, "leasectl: %v\n", err)
+		return exitNotFound, true
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case err := <-waited:
+		return exitStatus(err), true
+	case <-ctx.Done():
+	}
+	fmt.Fprintf(a.stderr, "leasectl: stopping %s: %v\n", argv[0], context.Cause(ctx))
+	return exitStatus(terminate(cmd.Process, waited, killGrace)), false
+}
+
+// holdingEnv is what a command run under a holding learns of it.
+func holdingEnv(h *client.Holding) []string {
+	return []string{
+		"LEASE_FENCING_TOKEN=" + strconv.FormatUint(h.Token(), 10),
+		"LEASE_HOLDER=" + h.Holder(),
+		"LEASE_NAME=" + h.Name(),
+		"LEASE_NAMESPACE=" + h.Namespace(),
+	}
+}
+
+// terminate sends SIGTERM, then SIGKILL after grace, and returns the
+// process's end.
+func terminate(p *os.Process, waited <-chan error, grace time.Duration) error {
+	_ = p.Signal(syscall.SIGTERM)
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case err := <-waited:
+		return err
+	case <-t.C:
+		_ = p.Kill()
+		return <-waited
+	}
+}
+
+// exitStatus is the shell's view of a command's end: its exit code, or
+// 128+signal when a signal ended it.
+func exitStatus(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return exitError
+	}
+	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ee.ExitCode()
+}
