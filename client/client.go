@@ -91,8 +91,8 @@ import (
 // context.DeadlineExceeded and context.Canceled. Other codes come back as
 // plain gRPC status errors.
 var (
-	// ErrNotFound means the lease does not exist.
-	ErrNotFound = errors.New("client: lease not found")
+	// ErrNotFound means the lease (or the member) does not exist.
+	ErrNotFound = errors.New("client: not found")
 	// ErrStaleToken means the holder or fencing token no longer names the
 	// lease's current holding.
 	ErrStaleToken = errors.New("client: stale or wrong fencing token")

@@ -15,8 +15,9 @@ import (
 	"github.com/leasekeeper/leasekeeper/client"
 )
 
-// binary is the lease-node built once for the package.
-var binary string
+// binary and ctlBinary are lease-node and leasectl, built once for the
+// package.
+var binary, ctlBinary string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "leasekeeper-it-")
@@ -25,7 +26,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "lease-node")
-	build := exec.Command("go", "build", "-o", binary, "../cmd/lease-node")
+	ctlBinary = filepath.Join(dir, "leasectl")
+	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/lease-node", "../cmd/leasectl")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building lease-node:", err)

@@ -226,9 +226,15 @@ func (n *Node) Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter
 	if err := f.Error(); err != nil {
 		return err
 	}
+	// Present with the same address and the wanted suffrage: nothing to
+	// change. A nonvoter joining again as a voter is promoted.
+	want := raft.Voter
+	if nonvoter {
+		want = raft.Nonvoter
+	}
 	present := false
 	for _, srv := range f.Configuration().Servers {
-		if string(srv.ID) == id && string(srv.Address) == raftAddr {
+		if string(srv.ID) == id && string(srv.Address) == raftAddr && (srv.Suffrage == want || (nonvoter && srv.Suffrage == raft.Voter)) {
 			present = true
 		}
 	}
@@ -290,6 +296,9 @@ func (n *Node) TransferLeadership(to string) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
+	if to == n.cfg.ID {
+		return nil // already leads: nothing to hand over
+	}
 	var f raft.Future
 	if to == "" {
 		f = n.raft.LeadershipTransfer()
@@ -309,7 +318,18 @@ func (n *Node) TransferLeadership(to string) error {
 		}
 		f = n.raft.LeadershipTransferToServer(raft.ServerID(to), raft.ServerAddress(addr))
 	}
-	return f.Error()
+	if err := f.Error(); err != nil {
+		return mapRaftError(err)
+	}
+	// Answer once the new leader is known here, so the caller can name it.
+	deadline := time.Now().Add(n.cfg.ElectionTimeout * 4)
+	for time.Now().Before(deadline) {
+		if id, _ := n.Leader(); id != "" {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond) // Raft has no event for "leader known"
+	}
+	return nil
 }
 
 func stateName(s raft.RaftState) string {

@@ -87,7 +87,7 @@ func (a *app) clusterCmd() *cobra.Command {
 		},
 	}
 	status.Flags().StringVarP(&output, "output", "o", outTable, "output format: table|json|yaml")
-	cmd.AddCommand(status)
+	cmd.AddCommand(status, a.healthCmd(), a.transferCmd())
 	return cmd
 }
 

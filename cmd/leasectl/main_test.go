@@ -172,7 +172,7 @@ func TestServerErrors(t *testing.T) {
 		t.Errorf("stderr:\n got %q\nwant %q", errOut, want)
 	}
 	_, errOut, code = leasectl(t, srv, "get", "lease", "nope")
-	if code != exitError || !strings.Contains(errOut, "lease not found") {
+	if code != exitError || !strings.Contains(errOut, "not found: lease default/nope not found") {
 		t.Errorf("get missing lease: exit %d, stderr %q", code, errOut)
 	}
 }

@@ -109,6 +109,7 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 lease held by another holder
 		get, a.describeCmd(), a.deleteCmd(),
 		a.watchCmd(), a.clusterCmd(),
 		a.lockCmd(), a.electCmd(), a.observeCmd(),
+		a.memberCmd(), a.snapshotCmd(),
 	)
 	return root
 }
