@@ -41,9 +41,9 @@ func TestMain(m *testing.M) {
 // proc is one lease-node process.
 type proc struct {
 	id, grpc, raft, http, dataDir, logPath string
-	args                             []string
-	cmd                              *exec.Cmd
-	done                             chan struct{}
+	args                                   []string
+	cmd                                    *exec.Cmd
+	done                                   chan struct{}
 }
 
 type cluster struct {
