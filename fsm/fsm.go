@@ -34,6 +34,8 @@ var (
 	// ErrBadCommand: the log entry could not be decoded. It is rejected
 	// without changing the state.
 	ErrBadCommand = errors.New("fsm: malformed command")
+	// ErrExists: a create named a lease that exists.
+	ErrExists = errors.New("fsm: lease already exists")
 )
 
 // EventType says what a write did to a lease.
@@ -47,9 +49,12 @@ const (
 	EventReleased
 	EventExpired
 	EventDeleted
+	// EventModified: a whole-object write that began, renewed or ended no
+	// holding.
+	EventModified
 )
 
-var eventNames = [...]string{"", "ADDED", "ACQUIRED", "RENEWED", "RELEASED", "EXPIRED", "DELETED"}
+var eventNames = [...]string{"", "ADDED", "ACQUIRED", "RENEWED", "RELEASED", "EXPIRED", "DELETED", "MODIFIED"}
 
 func (t EventType) String() string {
 	if t > 0 && int(t) < len(eventNames) {
@@ -205,6 +210,8 @@ func (f *FSM) apply(c *fsmpb.Command, index uint64) *Result {
 	case *fsmpb.Command_RemoveMember:
 		delete(f.members, op.RemoveMember.Id)
 		return &Result{}
+	case *fsmpb.Command_Write:
+		return f.write(op.Write, index, now)
 	case *fsmpb.Command_Batch:
 		r := &Result{Batch: make([]*Result, len(op.Batch.Commands))}
 		for i, sub := range op.Batch.Commands {
@@ -357,6 +364,54 @@ func (f *FSM) expire(e *fsmpb.Expire, now int64) *Result {
 		r.Expired++
 	}
 	return r
+}
+
+func (f *FSM) write(w *fsmpb.Write, index uint64, now int64) *Result {
+	if w.Name == "" {
+		return &Result{Err: fmt.Errorf("%w: write needs a name", ErrBadCommand)}
+	}
+	old := f.leases[Key(w.Namespace, w.Name)]
+	switch {
+	case w.Create && old != nil:
+		return &Result{Err: ErrExists, Lease: old}
+	case !w.Create && old == nil:
+		return &Result{Err: ErrNotFound}
+	case old != nil && w.ResourceVersion != 0 && w.ResourceVersion != old.ResourceVersion:
+		return &Result{Err: ErrConflict, Lease: old}
+	}
+	var l *Lease
+	if old == nil {
+		l = &Lease{Namespace: w.Namespace, Name: w.Name, CreateTime: now, CreateRevision: f.revision + 1}
+	} else {
+		l = old.clone()
+	}
+	l.Duration = time.Duration(w.DurationNs)
+	l.Labels = w.Labels
+	l.Object = w.Object
+	prev := l.Holder
+	t := EventModified
+	switch {
+	case w.Holder != "" && w.Holder != prev:
+		if prev != "" {
+			l.endHolding(now, EndReplaced)
+		}
+		f.newHolding(l, w.Holder, now)
+		l.RenewIndex = index
+		t = EventAcquired
+	case w.Holder != "" && w.Holder == prev:
+		l.RenewTime = now
+		l.RenewIndex = index
+		t = EventRenewed
+	case w.Holder == "" && prev != "":
+		l.endHolding(now, EndReleased)
+		l.Holder = ""
+		t = EventReleased
+	}
+	if old == nil {
+		t = EventAdded
+	}
+	f.store(l, t)
+	return &Result{Lease: l, Acquired: l.Holder != "" && l.Holder != prev}
 }
 
 func (f *FSM) delete(d *fsmpb.Delete, now int64) *Result {

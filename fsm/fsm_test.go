@@ -510,3 +510,53 @@ func TestBatchAppliesInOrder(t *testing.T) {
 		t.Errorf("acquire in batch: %+v", r.Batch[3])
 	}
 }
+
+func write(ns, name string, create bool, rv uint64, holder string) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Write{Write: &fsmpb.Write{
+		Namespace: ns, Name: name, Create: create, ResourceVersion: rv, Holder: holder,
+		DurationNs: int64(15 * time.Second), Object: []byte(`{"spec":{}}`),
+	}}}
+}
+
+func TestWholeObjectWrites(t *testing.T) {
+	h := newHarness(t)
+	r := h.apply(1, write("ns", "el", true, 0, ""))
+	if r.Err != nil || r.Lease.Holder != "" || r.Lease.Token != 0 || string(r.Lease.Object) != `{"spec":{}}` {
+		t.Fatalf("create without holder: %+v", r)
+	}
+	if r := h.apply(2, write("ns", "el", true, 0, "a")); !errors.Is(r.Err, ErrExists) {
+		t.Fatalf("second create: %v, want ErrExists", r.Err)
+	}
+	if r := h.apply(2, write("ns", "missing", false, 0, "a")); !errors.Is(r.Err, ErrNotFound) {
+		t.Fatalf("update of a missing lease: %v, want ErrNotFound", r.Err)
+	}
+	rv := r.Lease.ResourceVersion
+	a := h.apply(3, write("ns", "el", false, rv, "a"))
+	if a.Err != nil || a.Lease.Holder != "a" || a.Lease.Token == 0 || a.Lease.Transitions != 1 {
+		t.Fatalf("take by a: %+v", a)
+	}
+	if r := h.apply(4, write("ns", "el", false, rv, "b")); !errors.Is(r.Err, ErrConflict) {
+		t.Fatalf("write with a stale version: %v, want ErrConflict", r.Err)
+	}
+	renewed := h.apply(5, write("ns", "el", false, a.Lease.ResourceVersion, "a"))
+	if renewed.Lease.Token != a.Lease.Token || renewed.Lease.RenewTime != 5 {
+		t.Fatalf("same holder: %+v, want a renewal", renewed.Lease)
+	}
+	b := h.apply(6, write("ns", "el", false, renewed.Lease.ResourceVersion, "b"))
+	if b.Lease.Token <= a.Lease.Token || b.Lease.Transitions != 2 || b.Lease.History[1].EndReason != EndReplaced {
+		t.Fatalf("take over by b: %+v", b.Lease)
+	}
+	free := h.apply(7, write("ns", "el", false, 0, ""))
+	if free.Lease.Held() || free.Lease.History[0].EndReason != EndReleased {
+		t.Fatalf("clear holder: %+v", free.Lease)
+	}
+	want := []EventType{EventAdded, EventAcquired, EventRenewed, EventAcquired, EventReleased}
+	for i, ev := range h.events {
+		if ev.Type != want[i] {
+			t.Errorf("event %d: %v, want %v", i, ev.Type, want[i])
+		}
+	}
+	if s := h.f.Stats(); s.Held != 0 || s.Leases != 1 {
+		t.Errorf("stats %+v", s)
+	}
+}

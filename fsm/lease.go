@@ -37,6 +37,9 @@ type Lease struct {
 	RenewIndex uint64
 	// History holds the latest holdings, newest first, at most HistoryLimit.
 	History []Holding
+	// Object is the representation a whole-object writer (the Kubernetes
+	// Lease API) stored, as it gave it; nil for leases written otherwise.
+	Object []byte
 }
 
 // Holding is one past or present holding.
@@ -53,6 +56,8 @@ const (
 	EndReleased = "released"
 	EndExpired  = "expired"
 	EndDeleted  = "deleted"
+	// EndReplaced: a whole-object write named another holder.
+	EndReplaced = "replaced"
 )
 
 // Key returns the table key of the lease.
@@ -115,6 +120,7 @@ func (l *Lease) toRecord() *fsmpb.LeaseRecord {
 		ResourceVersion: l.ResourceVersion,
 		CreateRevision:  l.CreateRevision,
 		RenewIndex:      l.RenewIndex,
+		Object:          l.Object,
 	}
 	for _, h := range l.History {
 		r.History = append(r.History, &fsmpb.HoldingRecord{
@@ -140,6 +146,7 @@ func leaseFromRecord(r *fsmpb.LeaseRecord) *Lease {
 		ResourceVersion: r.ResourceVersion,
 		CreateRevision:  r.CreateRevision,
 		RenewIndex:      r.RenewIndex,
+		Object:          r.Object,
 	}
 	for _, h := range r.History {
 		l.History = append(l.History, Holding{

@@ -57,7 +57,9 @@ func (m *metrics) observe(evs []fsm.Event) {
 		case fsm.EventExpired:
 			m.expiries.Inc()
 		case fsm.EventAdded, fsm.EventAcquired:
-			m.transitions.Inc()
+			if ev.Lease.Held() {
+				m.transitions.Inc()
+			}
 		}
 	}
 }

@@ -381,10 +381,12 @@ func (l *listener) Applied(evs []fsm.Event) {
 	mgr := l.n.mgr
 	if mgr.Active() {
 		for _, ev := range evs {
-			switch ev.Type {
-			case fsm.EventAdded, fsm.EventAcquired, fsm.EventRenewed:
+			// Whatever the event, the lease's state after it decides: a
+			// holding (new or renewed) gets a deadline, anything else has
+			// none.
+			if ev.Type != fsm.EventDeleted && ev.Lease.Held() {
 				mgr.Held(l.n.holding(ev.Lease))
-			default:
+			} else {
 				mgr.Ended(leasing.Key{Namespace: ev.Lease.Namespace, Name: ev.Lease.Name})
 			}
 		}

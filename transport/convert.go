@@ -59,4 +59,5 @@ var eventTypes = map[fsm.EventType]pb.WatchEvent_Type{
 	fsm.EventReleased: pb.WatchEvent_RELEASED,
 	fsm.EventExpired:  pb.WatchEvent_EXPIRED,
 	fsm.EventDeleted:  pb.WatchEvent_DELETED,
+	fsm.EventModified: pb.WatchEvent_MODIFIED,
 }

@@ -39,6 +39,7 @@ type Command struct {
 	//	*Command_SetMember
 	//	*Command_RemoveMember
 	//	*Command_Batch
+	//	*Command_Write
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -160,6 +161,15 @@ func (x *Command) GetBatch() *Batch {
 	return nil
 }
 
+func (x *Command) GetWrite() *Write {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Write); ok {
+			return x.Write
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -196,6 +206,10 @@ type Command_Batch struct {
 	Batch *Batch `protobuf:"bytes,9,opt,name=batch,proto3,oneof"`
 }
 
+type Command_Write struct {
+	Write *Write `protobuf:"bytes,10,opt,name=write,proto3,oneof"`
+}
+
 func (*Command_Acquire) isCommand_Op() {}
 
 func (*Command_Renew) isCommand_Op() {}
@@ -212,6 +226,115 @@ func (*Command_RemoveMember) isCommand_Op() {}
 
 func (*Command_Batch) isCommand_Op() {}
 
+func (*Command_Write) isCommand_Op() {}
+
+// Write replaces a whole lease object, as the Kubernetes Lease API does:
+// optimistic concurrency on the resource version, and the holder set by
+// the writer. A new non-empty holder begins a new holding (a new fencing
+// token); the same holder renews; an empty one ends the holding.
+type Write struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// create fails when the lease exists; otherwise the lease must exist.
+	Create bool `protobuf:"varint,3,opt,name=create,proto3" json:"create,omitempty"`
+	// resource_version, when non-zero, must equal the lease's.
+	ResourceVersion uint64            `protobuf:"varint,4,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	Holder          string            `protobuf:"bytes,5,opt,name=holder,proto3" json:"holder,omitempty"`
+	DurationNs      int64             `protobuf:"varint,6,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
+	Labels          map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// object is the writer's own representation, stored as given.
+	Object        []byte `protobuf:"bytes,8,opt,name=object,proto3" json:"object,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Write) Reset() {
+	*x = Write{}
+	mi := &file_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Write) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Write) ProtoMessage() {}
+
+func (x *Write) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Write.ProtoReflect.Descriptor instead.
+func (*Write) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Write) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Write) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Write) GetCreate() bool {
+	if x != nil {
+		return x.Create
+	}
+	return false
+}
+
+func (x *Write) GetResourceVersion() uint64 {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return 0
+}
+
+func (x *Write) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *Write) GetDurationNs() int64 {
+	if x != nil {
+		return x.DurationNs
+	}
+	return 0
+}
+
+func (x *Write) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Write) GetObject() []byte {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
 // Batch carries many commands in one log entry: the leader packs requests
 // that arrive while earlier ones are being committed, so one disk write and
 // one replication round serve them all. Each command keeps its own time
@@ -225,7 +348,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_command_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +360,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_command_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +373,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{1}
+	return file_command_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Batch) GetCommands() []*Command {
@@ -274,7 +397,7 @@ type Acquire struct {
 
 func (x *Acquire) Reset() {
 	*x = Acquire{}
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -286,7 +409,7 @@ func (x *Acquire) String() string {
 func (*Acquire) ProtoMessage() {}
 
 func (x *Acquire) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -299,7 +422,7 @@ func (x *Acquire) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Acquire.ProtoReflect.Descriptor instead.
 func (*Acquire) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{2}
+	return file_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Acquire) GetNamespace() string {
@@ -356,7 +479,7 @@ type Renew struct {
 
 func (x *Renew) Reset() {
 	*x = Renew{}
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -368,7 +491,7 @@ func (x *Renew) String() string {
 func (*Renew) ProtoMessage() {}
 
 func (x *Renew) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -381,7 +504,7 @@ func (x *Renew) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Renew.ProtoReflect.Descriptor instead.
 func (*Renew) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{3}
+	return file_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Renew) GetNamespace() string {
@@ -422,7 +545,7 @@ type RenewBatch struct {
 
 func (x *RenewBatch) Reset() {
 	*x = RenewBatch{}
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -434,7 +557,7 @@ func (x *RenewBatch) String() string {
 func (*RenewBatch) ProtoMessage() {}
 
 func (x *RenewBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -447,7 +570,7 @@ func (x *RenewBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewBatch.ProtoReflect.Descriptor instead.
 func (*RenewBatch) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{4}
+	return file_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RenewBatch) GetRenews() []*Renew {
@@ -469,7 +592,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +604,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +617,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{5}
+	return file_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Release) GetNamespace() string {
@@ -538,7 +661,7 @@ type ExpireEntry struct {
 
 func (x *ExpireEntry) Reset() {
 	*x = ExpireEntry{}
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +673,7 @@ func (x *ExpireEntry) String() string {
 func (*ExpireEntry) ProtoMessage() {}
 
 func (x *ExpireEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +686,7 @@ func (x *ExpireEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireEntry.ProtoReflect.Descriptor instead.
 func (*ExpireEntry) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{6}
+	return file_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ExpireEntry) GetNamespace() string {
@@ -603,7 +726,7 @@ type Expire struct {
 
 func (x *Expire) Reset() {
 	*x = Expire{}
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +738,7 @@ func (x *Expire) String() string {
 func (*Expire) ProtoMessage() {}
 
 func (x *Expire) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +751,7 @@ func (x *Expire) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Expire.ProtoReflect.Descriptor instead.
 func (*Expire) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{7}
+	return file_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Expire) GetEntries() []*ExpireEntry {
@@ -649,7 +772,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +784,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +797,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{8}
+	return file_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Delete) GetNamespace() string {
@@ -708,7 +831,7 @@ type SetMember struct {
 
 func (x *SetMember) Reset() {
 	*x = SetMember{}
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +843,7 @@ func (x *SetMember) String() string {
 func (*SetMember) ProtoMessage() {}
 
 func (x *SetMember) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +856,7 @@ func (x *SetMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMember.ProtoReflect.Descriptor instead.
 func (*SetMember) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{9}
+	return file_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetMember) GetId() string {
@@ -759,7 +882,7 @@ type RemoveMember struct {
 
 func (x *RemoveMember) Reset() {
 	*x = RemoveMember{}
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +894,7 @@ func (x *RemoveMember) String() string {
 func (*RemoveMember) ProtoMessage() {}
 
 func (x *RemoveMember) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +907,7 @@ func (x *RemoveMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMember.ProtoReflect.Descriptor instead.
 func (*RemoveMember) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{10}
+	return file_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RemoveMember) GetId() string {
@@ -807,7 +930,7 @@ type HoldingRecord struct {
 
 func (x *HoldingRecord) Reset() {
 	*x = HoldingRecord{}
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +942,7 @@ func (x *HoldingRecord) String() string {
 func (*HoldingRecord) ProtoMessage() {}
 
 func (x *HoldingRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +955,7 @@ func (x *HoldingRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldingRecord.ProtoReflect.Descriptor instead.
 func (*HoldingRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{11}
+	return file_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HoldingRecord) GetHolder() string {
@@ -888,13 +1011,14 @@ type LeaseRecord struct {
 	CreateUnixNano  int64                  `protobuf:"varint,13,opt,name=create_unix_nano,json=createUnixNano,proto3" json:"create_unix_nano,omitempty"`
 	RenewIndex      uint64                 `protobuf:"varint,14,opt,name=renew_index,json=renewIndex,proto3" json:"renew_index,omitempty"`
 	History         []*HoldingRecord       `protobuf:"bytes,15,rep,name=history,proto3" json:"history,omitempty"`
+	Object          []byte                 `protobuf:"bytes,16,opt,name=object,proto3" json:"object,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1030,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1043,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{12}
+	return file_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LeaseRecord) GetNamespace() string {
@@ -1027,6 +1151,13 @@ func (x *LeaseRecord) GetHistory() []*HoldingRecord {
 	return nil
 }
 
+func (x *LeaseRecord) GetObject() []byte {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
 type MemberRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1037,7 +1168,7 @@ type MemberRecord struct {
 
 func (x *MemberRecord) Reset() {
 	*x = MemberRecord{}
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1180,7 @@ func (x *MemberRecord) String() string {
 func (*MemberRecord) ProtoMessage() {}
 
 func (x *MemberRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1193,7 @@ func (x *MemberRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberRecord.ProtoReflect.Descriptor instead.
 func (*MemberRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{13}
+	return file_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MemberRecord) GetId() string {
@@ -1093,7 +1224,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1236,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1249,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{14}
+	return file_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1160,7 +1291,7 @@ var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\x12leasekeeper.fsm.v1\"\x85\x04\n" +
+	"\rcommand.proto\x12\x12leasekeeper.fsm.v1\"\xb8\x04\n" +
 	"\aCommand\x12\"\n" +
 	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x127\n" +
 	"\aacquire\x18\x02 \x01(\v2\x1b.leasekeeper.fsm.v1.AcquireH\x00R\aacquire\x126\n" +
@@ -1171,8 +1302,23 @@ const file_command_proto_rawDesc = "" +
 	"\n" +
 	"set_member\x18\a \x01(\v2\x1d.leasekeeper.fsm.v1.SetMemberH\x00R\tsetMember\x12G\n" +
 	"\rremove_member\x18\b \x01(\v2 .leasekeeper.fsm.v1.RemoveMemberH\x00R\fremoveMember\x121\n" +
-	"\x05batch\x18\t \x01(\v2\x19.leasekeeper.fsm.v1.BatchH\x00R\x05batchB\x04\n" +
-	"\x02op\"@\n" +
+	"\x05batch\x18\t \x01(\v2\x19.leasekeeper.fsm.v1.BatchH\x00R\x05batch\x121\n" +
+	"\x05write\x18\n" +
+	" \x01(\v2\x19.leasekeeper.fsm.v1.WriteH\x00R\x05writeB\x04\n" +
+	"\x02op\"\xc7\x02\n" +
+	"\x05Write\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06create\x18\x03 \x01(\bR\x06create\x12)\n" +
+	"\x10resource_version\x18\x04 \x01(\x04R\x0fresourceVersion\x12\x16\n" +
+	"\x06holder\x18\x05 \x01(\tR\x06holder\x12\x1f\n" +
+	"\vduration_ns\x18\x06 \x01(\x03R\n" +
+	"durationNs\x12=\n" +
+	"\x06labels\x18\a \x03(\v2%.leasekeeper.fsm.v1.Write.LabelsEntryR\x06labels\x12\x16\n" +
+	"\x06object\x18\b \x01(\fR\x06object\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"@\n" +
 	"\x05Batch\x127\n" +
 	"\bcommands\x18\x01 \x03(\v2\x1b.leasekeeper.fsm.v1.CommandR\bcommands\"\x8b\x02\n" +
 	"\aAcquire\x12\x1c\n" +
@@ -1222,7 +1368,7 @@ const file_command_proto_rawDesc = "" +
 	"\x0fstart_unix_nano\x18\x03 \x01(\x03R\rstartUnixNano\x12\"\n" +
 	"\rend_unix_nano\x18\x04 \x01(\x03R\vendUnixNano\x12\x1d\n" +
 	"\n" +
-	"end_reason\x18\x05 \x01(\tR\tendReason\"\xfb\x04\n" +
+	"end_reason\x18\x05 \x01(\tR\tendReason\"\x93\x05\n" +
 	"\vLeaseRecord\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1241,7 +1387,8 @@ const file_command_proto_rawDesc = "" +
 	"\x10create_unix_nano\x18\r \x01(\x03R\x0ecreateUnixNano\x12\x1f\n" +
 	"\vrenew_index\x18\x0e \x01(\x04R\n" +
 	"renewIndex\x12;\n" +
-	"\ahistory\x18\x0f \x03(\v2!.leasekeeper.fsm.v1.HoldingRecordR\ahistory\x1a9\n" +
+	"\ahistory\x18\x0f \x03(\v2!.leasekeeper.fsm.v1.HoldingRecordR\ahistory\x12\x16\n" +
+	"\x06object\x18\x10 \x01(\fR\x06object\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\";\n" +
@@ -1269,47 +1416,51 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_command_proto_goTypes = []any{
 	(*Command)(nil),        // 0: leasekeeper.fsm.v1.Command
-	(*Batch)(nil),          // 1: leasekeeper.fsm.v1.Batch
-	(*Acquire)(nil),        // 2: leasekeeper.fsm.v1.Acquire
-	(*Renew)(nil),          // 3: leasekeeper.fsm.v1.Renew
-	(*RenewBatch)(nil),     // 4: leasekeeper.fsm.v1.RenewBatch
-	(*Release)(nil),        // 5: leasekeeper.fsm.v1.Release
-	(*ExpireEntry)(nil),    // 6: leasekeeper.fsm.v1.ExpireEntry
-	(*Expire)(nil),         // 7: leasekeeper.fsm.v1.Expire
-	(*Delete)(nil),         // 8: leasekeeper.fsm.v1.Delete
-	(*SetMember)(nil),      // 9: leasekeeper.fsm.v1.SetMember
-	(*RemoveMember)(nil),   // 10: leasekeeper.fsm.v1.RemoveMember
-	(*HoldingRecord)(nil),  // 11: leasekeeper.fsm.v1.HoldingRecord
-	(*LeaseRecord)(nil),    // 12: leasekeeper.fsm.v1.LeaseRecord
-	(*MemberRecord)(nil),   // 13: leasekeeper.fsm.v1.MemberRecord
-	(*SnapshotHeader)(nil), // 14: leasekeeper.fsm.v1.SnapshotHeader
-	nil,                    // 15: leasekeeper.fsm.v1.Acquire.LabelsEntry
-	nil,                    // 16: leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	(*Write)(nil),          // 1: leasekeeper.fsm.v1.Write
+	(*Batch)(nil),          // 2: leasekeeper.fsm.v1.Batch
+	(*Acquire)(nil),        // 3: leasekeeper.fsm.v1.Acquire
+	(*Renew)(nil),          // 4: leasekeeper.fsm.v1.Renew
+	(*RenewBatch)(nil),     // 5: leasekeeper.fsm.v1.RenewBatch
+	(*Release)(nil),        // 6: leasekeeper.fsm.v1.Release
+	(*ExpireEntry)(nil),    // 7: leasekeeper.fsm.v1.ExpireEntry
+	(*Expire)(nil),         // 8: leasekeeper.fsm.v1.Expire
+	(*Delete)(nil),         // 9: leasekeeper.fsm.v1.Delete
+	(*SetMember)(nil),      // 10: leasekeeper.fsm.v1.SetMember
+	(*RemoveMember)(nil),   // 11: leasekeeper.fsm.v1.RemoveMember
+	(*HoldingRecord)(nil),  // 12: leasekeeper.fsm.v1.HoldingRecord
+	(*LeaseRecord)(nil),    // 13: leasekeeper.fsm.v1.LeaseRecord
+	(*MemberRecord)(nil),   // 14: leasekeeper.fsm.v1.MemberRecord
+	(*SnapshotHeader)(nil), // 15: leasekeeper.fsm.v1.SnapshotHeader
+	nil,                    // 16: leasekeeper.fsm.v1.Write.LabelsEntry
+	nil,                    // 17: leasekeeper.fsm.v1.Acquire.LabelsEntry
+	nil,                    // 18: leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
 }
 var file_command_proto_depIdxs = []int32{
-	2,  // 0: leasekeeper.fsm.v1.Command.acquire:type_name -> leasekeeper.fsm.v1.Acquire
-	4,  // 1: leasekeeper.fsm.v1.Command.renew:type_name -> leasekeeper.fsm.v1.RenewBatch
-	5,  // 2: leasekeeper.fsm.v1.Command.release:type_name -> leasekeeper.fsm.v1.Release
-	7,  // 3: leasekeeper.fsm.v1.Command.expire:type_name -> leasekeeper.fsm.v1.Expire
-	8,  // 4: leasekeeper.fsm.v1.Command.delete:type_name -> leasekeeper.fsm.v1.Delete
-	9,  // 5: leasekeeper.fsm.v1.Command.set_member:type_name -> leasekeeper.fsm.v1.SetMember
-	10, // 6: leasekeeper.fsm.v1.Command.remove_member:type_name -> leasekeeper.fsm.v1.RemoveMember
-	1,  // 7: leasekeeper.fsm.v1.Command.batch:type_name -> leasekeeper.fsm.v1.Batch
-	0,  // 8: leasekeeper.fsm.v1.Batch.commands:type_name -> leasekeeper.fsm.v1.Command
-	15, // 9: leasekeeper.fsm.v1.Acquire.labels:type_name -> leasekeeper.fsm.v1.Acquire.LabelsEntry
-	3,  // 10: leasekeeper.fsm.v1.RenewBatch.renews:type_name -> leasekeeper.fsm.v1.Renew
-	6,  // 11: leasekeeper.fsm.v1.Expire.entries:type_name -> leasekeeper.fsm.v1.ExpireEntry
-	16, // 12: leasekeeper.fsm.v1.LeaseRecord.labels:type_name -> leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
-	11, // 13: leasekeeper.fsm.v1.LeaseRecord.history:type_name -> leasekeeper.fsm.v1.HoldingRecord
-	13, // 14: leasekeeper.fsm.v1.SnapshotHeader.members:type_name -> leasekeeper.fsm.v1.MemberRecord
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	3,  // 0: leasekeeper.fsm.v1.Command.acquire:type_name -> leasekeeper.fsm.v1.Acquire
+	5,  // 1: leasekeeper.fsm.v1.Command.renew:type_name -> leasekeeper.fsm.v1.RenewBatch
+	6,  // 2: leasekeeper.fsm.v1.Command.release:type_name -> leasekeeper.fsm.v1.Release
+	8,  // 3: leasekeeper.fsm.v1.Command.expire:type_name -> leasekeeper.fsm.v1.Expire
+	9,  // 4: leasekeeper.fsm.v1.Command.delete:type_name -> leasekeeper.fsm.v1.Delete
+	10, // 5: leasekeeper.fsm.v1.Command.set_member:type_name -> leasekeeper.fsm.v1.SetMember
+	11, // 6: leasekeeper.fsm.v1.Command.remove_member:type_name -> leasekeeper.fsm.v1.RemoveMember
+	2,  // 7: leasekeeper.fsm.v1.Command.batch:type_name -> leasekeeper.fsm.v1.Batch
+	1,  // 8: leasekeeper.fsm.v1.Command.write:type_name -> leasekeeper.fsm.v1.Write
+	16, // 9: leasekeeper.fsm.v1.Write.labels:type_name -> leasekeeper.fsm.v1.Write.LabelsEntry
+	0,  // 10: leasekeeper.fsm.v1.Batch.commands:type_name -> leasekeeper.fsm.v1.Command
+	17, // 11: leasekeeper.fsm.v1.Acquire.labels:type_name -> leasekeeper.fsm.v1.Acquire.LabelsEntry
+	4,  // 12: leasekeeper.fsm.v1.RenewBatch.renews:type_name -> leasekeeper.fsm.v1.Renew
+	7,  // 13: leasekeeper.fsm.v1.Expire.entries:type_name -> leasekeeper.fsm.v1.ExpireEntry
+	18, // 14: leasekeeper.fsm.v1.LeaseRecord.labels:type_name -> leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	12, // 15: leasekeeper.fsm.v1.LeaseRecord.history:type_name -> leasekeeper.fsm.v1.HoldingRecord
+	14, // 16: leasekeeper.fsm.v1.SnapshotHeader.members:type_name -> leasekeeper.fsm.v1.MemberRecord
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -1326,6 +1477,7 @@ func file_command_proto_init() {
 		(*Command_SetMember)(nil),
 		(*Command_RemoveMember)(nil),
 		(*Command_Batch)(nil),
+		(*Command_Write)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1333,7 +1485,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

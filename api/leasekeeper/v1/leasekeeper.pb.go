@@ -36,6 +36,9 @@ const (
 	WatchEvent_RELEASED         WatchEvent_Type = 4
 	WatchEvent_EXPIRED          WatchEvent_Type = 5
 	WatchEvent_DELETED          WatchEvent_Type = 6
+	// MODIFIED: a whole-object write (the Kubernetes API) that began, renewed
+	// or ended no holding.
+	WatchEvent_MODIFIED WatchEvent_Type = 7
 )
 
 // Enum value maps for WatchEvent_Type.
@@ -48,6 +51,7 @@ var (
 		4: "RELEASED",
 		5: "EXPIRED",
 		6: "DELETED",
+		7: "MODIFIED",
 	}
 	WatchEvent_Type_value = map[string]int32{
 		"TYPE_UNSPECIFIED": 0,
@@ -57,6 +61,7 @@ var (
 		"RELEASED":         4,
 		"EXPIRED":          5,
 		"DELETED":          6,
+		"MODIFIED":         7,
 	}
 )
 
@@ -2147,12 +2152,12 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x0eall_namespaces\x18\x02 \x01(\bR\rallNamespaces\x12%\n" +
 	"\x0elabel_selector\x18\x03 \x01(\tR\rlabelSelector\x12%\n" +
 	"\x0estart_revision\x18\x04 \x01(\x04R\rstartRevision\x12\x12\n" +
-	"\x04name\x18\x05 \x01(\tR\x04name\"\xf6\x01\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\"\x84\x02\n" +
 	"\n" +
 	"WatchEvent\x123\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1f.leasekeeper.v1.WatchEvent.TypeR\x04type\x12+\n" +
 	"\x05lease\x18\x02 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"j\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"x\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05ADDED\x10\x01\x12\f\n" +
@@ -2160,7 +2165,8 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\aRENEWED\x10\x03\x12\f\n" +
 	"\bRELEASED\x10\x04\x12\v\n" +
 	"\aEXPIRED\x10\x05\x12\v\n" +
-	"\aDELETED\x10\x06\"\x8a\x01\n" +
+	"\aDELETED\x10\x06\x12\f\n" +
+	"\bMODIFIED\x10\a\"\x8a\x01\n" +
 	"\bLeaseRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
