@@ -36,6 +36,7 @@ func toPB(l *fsm.Lease) *pb.Lease {
 		ResourceVersion:  l.ResourceVersion,
 		CreateRevision:   l.CreateRevision,
 		CreateTime:       ts(l.CreateTime),
+		Object:           l.Object,
 	}
 	if len(l.History) > 0 {
 		out.History = make([]*pb.Holding, len(l.History))

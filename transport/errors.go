@@ -32,6 +32,7 @@ var codeTable = []struct {
 	{fsm.ErrNotFound, codes.NotFound},
 	{fsm.ErrNotHolder, codes.FailedPrecondition},
 	{fsm.ErrConflict, codes.Aborted},
+	{fsm.ErrExists, codes.AlreadyExists},
 	{fsm.ErrBadCommand, codes.Internal},
 	{node.ErrNotLeader, codes.Unavailable},
 	{node.ErrNotReady, codes.Unavailable},

@@ -429,3 +429,50 @@ func renewResult(err error) string {
 	}
 	return "error"
 }
+
+// maxObject bounds a whole-object write's stored representation.
+const maxObject = 64 << 10
+
+// Write creates or replaces a whole lease (the Kubernetes Lease API's
+// create and update).
+func (s *Server) Write(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResponse, error) {
+	ns, err := validateKey(req.Namespace, req.Name)
+	if err != nil {
+		return nil, invalidErr(err)
+	}
+	var dur time.Duration
+	if req.HolderIdentity != "" {
+		if err := validateHolder(req.HolderIdentity); err != nil {
+			return nil, invalidErr(err)
+		}
+		if dur, err = s.validateDuration("lease_duration", req.LeaseDuration, true); err != nil {
+			return nil, invalidErr(err)
+		}
+	} else if req.LeaseDuration != nil {
+		if dur, err = s.validateDuration("lease_duration", req.LeaseDuration, false); err != nil {
+			return nil, invalidErr(err)
+		}
+	}
+	if err := validateLabels(req.Labels); err != nil {
+		return nil, invalidErr(err)
+	}
+	if len(req.Object) > maxObject {
+		return nil, invalid("object of %d bytes is above the limit of %d", len(req.Object), maxObject)
+	}
+	if !s.node.IsLeader() {
+		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.WriteResponse, error) {
+			return c.Write(ctx, req)
+		})
+	}
+	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Write{Write: &fsmpb.Write{
+		Namespace: ns, Name: req.Name, Create: req.Create, ResourceVersion: req.ResourceVersion,
+		Holder: req.HolderIdentity, DurationNs: int64(dur), Labels: req.Labels, Object: req.Object,
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, toStatus(res.Err, res.Lease)
+	}
+	return &pb.WriteResponse{Lease: toPB(res.Lease)}, nil
+}

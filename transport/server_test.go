@@ -347,3 +347,35 @@ func TestHealthService(t *testing.T) {
 		})
 	}
 }
+
+func TestWholeObjectWrite(t *testing.T) {
+	_, f, _ := start(t)
+	w := func(create bool, rv uint64, holder string) (*pb.WriteResponse, error) {
+		r := &pb.WriteRequest{Namespace: "kube-system", Name: "ctrl", Create: create, ResourceVersion: rv,
+			HolderIdentity: holder, Object: []byte(`{"spec":{"holderIdentity":"` + holder + `"}}`)}
+		if holder != "" {
+			r.LeaseDuration = durationpb.New(15 * time.Second)
+		}
+		return f.Write(ctx(t), r)
+	}
+	created, err := w(true, 0, "a")
+	if err != nil || created.Lease.HolderIdentity != "a" || created.Lease.FencingToken == 0 || len(created.Lease.Object) == 0 {
+		t.Fatalf("create: %v %+v", err, created)
+	}
+	if _, err := w(true, 0, "b"); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("second create: %v, want AlreadyExists", err)
+	}
+	if _, err := w(false, created.Lease.ResourceVersion+5, "b"); status.Code(err) != codes.Aborted {
+		t.Fatalf("stale version: %v, want Aborted", err)
+	}
+	taken, err := w(false, created.Lease.ResourceVersion, "b")
+	if err != nil || taken.Lease.FencingToken <= created.Lease.FencingToken {
+		t.Fatalf("take over: %v %+v", err, taken)
+	}
+	if _, err := f.Write(ctx(t), &pb.WriteRequest{Name: "x", Create: true, HolderIdentity: "a"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("holder without duration: %v, want InvalidArgument", err)
+	}
+	if _, err := f.Write(ctx(t), &pb.WriteRequest{Name: "x", Create: true, Object: make([]byte, 70<<10)}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("huge object: %v, want InvalidArgument", err)
+	}
+}

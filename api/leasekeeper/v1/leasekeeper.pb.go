@@ -89,7 +89,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{15, 0}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{17, 0}
 }
 
 // Lease is one named lease. Its fields follow the Kubernetes Lease object
@@ -122,7 +122,10 @@ type Lease struct {
 	CreateRevision uint64                 `protobuf:"varint,12,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
 	CreateTime     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// history lists the most recent holdings, newest first.
-	History       []*Holding `protobuf:"bytes,14,rep,name=history,proto3" json:"history,omitempty"`
+	History []*Holding `protobuf:"bytes,14,rep,name=history,proto3" json:"history,omitempty"`
+	// object is what a whole-object writer (Write, the Kubernetes Lease API)
+	// stored, as it gave it.
+	Object        []byte `protobuf:"bytes,15,opt,name=object,proto3" json:"object,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +254,13 @@ func (x *Lease) GetCreateTime() *timestamppb.Timestamp {
 func (x *Lease) GetHistory() []*Holding {
 	if x != nil {
 		return x.History
+	}
+	return nil
+}
+
+func (x *Lease) GetObject() []byte {
+	if x != nil {
+		return x.Object
 	}
 	return nil
 }
@@ -1062,6 +1072,159 @@ func (x *DeleteResponse) GetLease() *Lease {
 	return nil
 }
 
+// WriteRequest creates or replaces a whole lease, as the Kubernetes Lease
+// API does: the writer names the holder, and resource_version (when set)
+// must match. A new non-empty holder begins a new holding with a new
+// fencing token; the same holder renews; an empty holder ends the holding.
+type WriteRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// create fails with ALREADY_EXISTS when the lease exists; otherwise the
+	// lease must exist (NOT_FOUND).
+	Create bool `protobuf:"varint,3,opt,name=create,proto3" json:"create,omitempty"`
+	// resource_version, when non-zero, must equal the lease's (ABORTED).
+	ResourceVersion uint64 `protobuf:"varint,4,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	HolderIdentity  string `protobuf:"bytes,5,opt,name=holder_identity,json=holderIdentity,proto3" json:"holder_identity,omitempty"`
+	// lease_duration is required when holder_identity is set.
+	LeaseDuration *durationpb.Duration `protobuf:"bytes,6,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
+	Labels        map[string]string    `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// object is stored as given (at most 64 KiB).
+	Object        []byte `protobuf:"bytes,8,opt,name=object,proto3" json:"object,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteRequest) Reset() {
+	*x = WriteRequest{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteRequest) ProtoMessage() {}
+
+func (x *WriteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
+func (*WriteRequest) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WriteRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *WriteRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WriteRequest) GetCreate() bool {
+	if x != nil {
+		return x.Create
+	}
+	return false
+}
+
+func (x *WriteRequest) GetResourceVersion() uint64 {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return 0
+}
+
+func (x *WriteRequest) GetHolderIdentity() string {
+	if x != nil {
+		return x.HolderIdentity
+	}
+	return ""
+}
+
+func (x *WriteRequest) GetLeaseDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseDuration
+	}
+	return nil
+}
+
+func (x *WriteRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *WriteRequest) GetObject() []byte {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+type WriteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lease         *Lease                 `protobuf:"bytes,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteResponse) Reset() {
+	*x = WriteResponse{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteResponse) ProtoMessage() {}
+
+func (x *WriteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
+func (*WriteResponse) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *WriteResponse) GetLease() *Lease {
+	if x != nil {
+		return x.Lease
+	}
+	return nil
+}
+
 type WatchRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -1077,7 +1240,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[14]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1252,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[14]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1265,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{14}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchRequest) GetNamespace() string {
@@ -1151,7 +1314,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[15]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1326,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[15]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1339,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{15}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1213,7 +1376,7 @@ type LeaseRef struct {
 
 func (x *LeaseRef) Reset() {
 	*x = LeaseRef{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[16]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1388,7 @@ func (x *LeaseRef) String() string {
 func (*LeaseRef) ProtoMessage() {}
 
 func (x *LeaseRef) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[16]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1401,7 @@ func (x *LeaseRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRef.ProtoReflect.Descriptor instead.
 func (*LeaseRef) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{16}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LeaseRef) GetNamespace() string {
@@ -1280,7 +1443,7 @@ type KeepAliveRequest struct {
 
 func (x *KeepAliveRequest) Reset() {
 	*x = KeepAliveRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[17]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1455,7 @@ func (x *KeepAliveRequest) String() string {
 func (*KeepAliveRequest) ProtoMessage() {}
 
 func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[17]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1468,7 @@ func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*KeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{17}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *KeepAliveRequest) GetId() uint64 {
@@ -1338,7 +1501,7 @@ type KeepAliveResult struct {
 
 func (x *KeepAliveResult) Reset() {
 	*x = KeepAliveResult{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1513,7 @@ func (x *KeepAliveResult) String() string {
 func (*KeepAliveResult) ProtoMessage() {}
 
 func (x *KeepAliveResult) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1526,7 @@ func (x *KeepAliveResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveResult.ProtoReflect.Descriptor instead.
 func (*KeepAliveResult) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{18}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KeepAliveResult) GetNamespace() string {
@@ -1418,7 +1581,7 @@ type KeepAliveResponse struct {
 
 func (x *KeepAliveResponse) Reset() {
 	*x = KeepAliveResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1593,7 @@ func (x *KeepAliveResponse) String() string {
 func (*KeepAliveResponse) ProtoMessage() {}
 
 func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1443,7 +1606,7 @@ func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*KeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{19}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *KeepAliveResponse) GetId() uint64 {
@@ -1475,7 +1638,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1650,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1663,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{20}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Member) GetId() string {
@@ -1546,7 +1709,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1721,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1734,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{21}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{23}
 }
 
 type StatusResponse struct {
@@ -1592,7 +1755,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1604,7 +1767,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1617,7 +1780,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{22}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatusResponse) GetId() string {
@@ -1702,7 +1865,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1877,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1890,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{23}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -1767,7 +1930,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +1942,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +1955,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{24}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -1811,7 +1974,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +1986,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +1999,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{25}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -1855,7 +2018,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2030,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +2043,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{26}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RemoveMemberResponse) GetMembers() []*Member {
@@ -1900,7 +2063,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1912,7 +2075,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1925,7 +2088,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{27}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -1944,7 +2107,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1956,7 +2119,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1969,7 +2132,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{28}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TransferLeadershipResponse) GetLeader() string {
@@ -1987,7 +2150,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1999,7 +2162,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2012,7 +2175,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
 }
 
 // SnapshotChunk is one piece of a backup. The pieces, concatenated, are a
@@ -2027,7 +2190,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2039,7 +2202,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2052,7 +2215,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -2066,7 +2229,7 @@ var File_leasekeeper_v1_leasekeeper_proto protoreflect.FileDescriptor
 
 const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\n" +
-	" leasekeeper/v1/leasekeeper.proto\x12\x0eleasekeeper.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe8\x05\n" +
+	" leasekeeper/v1/leasekeeper.proto\x12\x0eleasekeeper.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x06\n" +
 	"\x05Lease\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
@@ -2084,7 +2247,8 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x0fcreate_revision\x18\f \x01(\x04R\x0ecreateRevision\x12;\n" +
 	"\vcreate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x121\n" +
-	"\ahistory\x18\x0e \x03(\v2\x17.leasekeeper.v1.HoldingR\ahistory\x1a9\n" +
+	"\ahistory\x18\x0e \x03(\v2\x17.leasekeeper.v1.HoldingR\ahistory\x12\x16\n" +
+	"\x06object\x18\x0f \x01(\fR\x06object\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe8\x01\n" +
@@ -2146,6 +2310,20 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
 	"\x10resource_version\x18\x03 \x01(\x04R\x0fresourceVersion\"=\n" +
 	"\x0eDeleteResponse\x12+\n" +
+	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\x83\x03\n" +
+	"\fWriteRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06create\x18\x03 \x01(\bR\x06create\x12)\n" +
+	"\x10resource_version\x18\x04 \x01(\x04R\x0fresourceVersion\x12'\n" +
+	"\x0fholder_identity\x18\x05 \x01(\tR\x0eholderIdentity\x12@\n" +
+	"\x0elease_duration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12@\n" +
+	"\x06labels\x18\a \x03(\v2(.leasekeeper.v1.WriteRequest.LabelsEntryR\x06labels\x12\x16\n" +
+	"\x06object\x18\b \x01(\fR\x06object\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
+	"\rWriteResponse\x12+\n" +
 	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\xb5\x01\n" +
 	"\fWatchRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12%\n" +
@@ -2221,14 +2399,15 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\"\x11\n" +
 	"\x0fSnapshotRequest\"#\n" +
 	"\rSnapshotChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xcd\x04\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\x93\x05\n" +
 	"\x06Leases\x12J\n" +
 	"\aAcquire\x12\x1e.leasekeeper.v1.AcquireRequest\x1a\x1f.leasekeeper.v1.AcquireResponse\x12D\n" +
 	"\x05Renew\x12\x1c.leasekeeper.v1.RenewRequest\x1a\x1d.leasekeeper.v1.RenewResponse\x12J\n" +
 	"\aRelease\x12\x1e.leasekeeper.v1.ReleaseRequest\x1a\x1f.leasekeeper.v1.ReleaseResponse\x12>\n" +
 	"\x03Get\x12\x1a.leasekeeper.v1.GetRequest\x1a\x1b.leasekeeper.v1.GetResponse\x12A\n" +
 	"\x04List\x12\x1b.leasekeeper.v1.ListRequest\x1a\x1c.leasekeeper.v1.ListResponse\x12G\n" +
-	"\x06Delete\x12\x1d.leasekeeper.v1.DeleteRequest\x1a\x1e.leasekeeper.v1.DeleteResponse\x12C\n" +
+	"\x06Delete\x12\x1d.leasekeeper.v1.DeleteRequest\x1a\x1e.leasekeeper.v1.DeleteResponse\x12D\n" +
+	"\x05Write\x12\x1c.leasekeeper.v1.WriteRequest\x1a\x1d.leasekeeper.v1.WriteResponse\x12C\n" +
 	"\x05Watch\x12\x1c.leasekeeper.v1.WatchRequest\x1a\x1a.leasekeeper.v1.WatchEvent0\x01\x12T\n" +
 	"\tKeepAlive\x12 .leasekeeper.v1.KeepAliveRequest\x1a!.leasekeeper.v1.KeepAliveResponse(\x010\x012\xab\x03\n" +
 	"\aCluster\x12G\n" +
@@ -2251,7 +2430,7 @@ func file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP() []byte {
 }
 
 var file_leasekeeper_v1_leasekeeper_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(WatchEvent_Type)(0),               // 0: leasekeeper.v1.WatchEvent.Type
 	(*Lease)(nil),                      // 1: leasekeeper.v1.Lease
@@ -2268,88 +2447,96 @@ var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(*ListResponse)(nil),               // 12: leasekeeper.v1.ListResponse
 	(*DeleteRequest)(nil),              // 13: leasekeeper.v1.DeleteRequest
 	(*DeleteResponse)(nil),             // 14: leasekeeper.v1.DeleteResponse
-	(*WatchRequest)(nil),               // 15: leasekeeper.v1.WatchRequest
-	(*WatchEvent)(nil),                 // 16: leasekeeper.v1.WatchEvent
-	(*LeaseRef)(nil),                   // 17: leasekeeper.v1.LeaseRef
-	(*KeepAliveRequest)(nil),           // 18: leasekeeper.v1.KeepAliveRequest
-	(*KeepAliveResult)(nil),            // 19: leasekeeper.v1.KeepAliveResult
-	(*KeepAliveResponse)(nil),          // 20: leasekeeper.v1.KeepAliveResponse
-	(*Member)(nil),                     // 21: leasekeeper.v1.Member
-	(*StatusRequest)(nil),              // 22: leasekeeper.v1.StatusRequest
-	(*StatusResponse)(nil),             // 23: leasekeeper.v1.StatusResponse
-	(*JoinRequest)(nil),                // 24: leasekeeper.v1.JoinRequest
-	(*JoinResponse)(nil),               // 25: leasekeeper.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),        // 26: leasekeeper.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 27: leasekeeper.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 28: leasekeeper.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 29: leasekeeper.v1.TransferLeadershipResponse
-	(*SnapshotRequest)(nil),            // 30: leasekeeper.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),              // 31: leasekeeper.v1.SnapshotChunk
-	nil,                                // 32: leasekeeper.v1.Lease.LabelsEntry
-	nil,                                // 33: leasekeeper.v1.AcquireRequest.LabelsEntry
-	(*durationpb.Duration)(nil),        // 34: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 35: google.protobuf.Timestamp
+	(*WriteRequest)(nil),               // 15: leasekeeper.v1.WriteRequest
+	(*WriteResponse)(nil),              // 16: leasekeeper.v1.WriteResponse
+	(*WatchRequest)(nil),               // 17: leasekeeper.v1.WatchRequest
+	(*WatchEvent)(nil),                 // 18: leasekeeper.v1.WatchEvent
+	(*LeaseRef)(nil),                   // 19: leasekeeper.v1.LeaseRef
+	(*KeepAliveRequest)(nil),           // 20: leasekeeper.v1.KeepAliveRequest
+	(*KeepAliveResult)(nil),            // 21: leasekeeper.v1.KeepAliveResult
+	(*KeepAliveResponse)(nil),          // 22: leasekeeper.v1.KeepAliveResponse
+	(*Member)(nil),                     // 23: leasekeeper.v1.Member
+	(*StatusRequest)(nil),              // 24: leasekeeper.v1.StatusRequest
+	(*StatusResponse)(nil),             // 25: leasekeeper.v1.StatusResponse
+	(*JoinRequest)(nil),                // 26: leasekeeper.v1.JoinRequest
+	(*JoinResponse)(nil),               // 27: leasekeeper.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),        // 28: leasekeeper.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 29: leasekeeper.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 30: leasekeeper.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 31: leasekeeper.v1.TransferLeadershipResponse
+	(*SnapshotRequest)(nil),            // 32: leasekeeper.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 33: leasekeeper.v1.SnapshotChunk
+	nil,                                // 34: leasekeeper.v1.Lease.LabelsEntry
+	nil,                                // 35: leasekeeper.v1.AcquireRequest.LabelsEntry
+	nil,                                // 36: leasekeeper.v1.WriteRequest.LabelsEntry
+	(*durationpb.Duration)(nil),        // 37: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 38: google.protobuf.Timestamp
 }
 var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
-	34, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
-	34, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
-	35, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
-	35, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
-	32, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
-	35, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
+	37, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
+	37, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
+	38, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
+	38, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
+	34, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
+	38, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 6: leasekeeper.v1.Lease.history:type_name -> leasekeeper.v1.Holding
-	35, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
-	35, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
-	34, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
-	34, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
-	33, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
+	38, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
+	38, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
+	37, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
+	37, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
+	35, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
 	1,  // 12: leasekeeper.v1.AcquireResponse.lease:type_name -> leasekeeper.v1.Lease
-	34, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
+	37, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 14: leasekeeper.v1.RenewResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 15: leasekeeper.v1.ReleaseResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 16: leasekeeper.v1.GetResponse.lease:type_name -> leasekeeper.v1.Lease
-	34, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
+	37, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 18: leasekeeper.v1.ListResponse.leases:type_name -> leasekeeper.v1.Lease
 	1,  // 19: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
-	0,  // 20: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
-	1,  // 21: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
-	17, // 22: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
-	34, // 23: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
-	19, // 24: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
-	21, // 25: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
-	21, // 26: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
-	21, // 27: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
-	3,  // 28: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
-	5,  // 29: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
-	7,  // 30: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
-	9,  // 31: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
-	11, // 32: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
-	13, // 33: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
-	15, // 34: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
-	18, // 35: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
-	22, // 36: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
-	30, // 37: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
-	24, // 38: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
-	26, // 39: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
-	28, // 40: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
-	4,  // 41: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
-	6,  // 42: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
-	8,  // 43: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
-	10, // 44: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
-	12, // 45: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
-	14, // 46: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
-	16, // 47: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
-	20, // 48: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
-	23, // 49: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
-	31, // 50: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
-	25, // 51: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
-	27, // 52: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
-	29, // 53: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
-	41, // [41:54] is the sub-list for method output_type
-	28, // [28:41] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	37, // 20: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
+	36, // 21: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
+	1,  // 22: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
+	0,  // 23: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
+	1,  // 24: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
+	19, // 25: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
+	37, // 26: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
+	21, // 27: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
+	23, // 28: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
+	23, // 29: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
+	23, // 30: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
+	3,  // 31: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
+	5,  // 32: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
+	7,  // 33: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
+	9,  // 34: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
+	11, // 35: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
+	13, // 36: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
+	15, // 37: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
+	17, // 38: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
+	20, // 39: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
+	24, // 40: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
+	32, // 41: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
+	26, // 42: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
+	28, // 43: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
+	30, // 44: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
+	4,  // 45: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
+	6,  // 46: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
+	8,  // 47: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
+	10, // 48: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
+	12, // 49: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
+	14, // 50: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
+	16, // 51: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
+	18, // 52: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
+	22, // 53: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
+	25, // 54: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
+	33, // 55: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
+	27, // 56: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
+	29, // 57: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
+	31, // 58: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
+	45, // [45:59] is the sub-list for method output_type
+	31, // [31:45] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_leasekeeper_v1_leasekeeper_proto_init() }
@@ -2363,7 +2550,7 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasekeeper_v1_leasekeeper_proto_rawDesc), len(file_leasekeeper_v1_leasekeeper_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
