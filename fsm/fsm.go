@@ -99,6 +99,10 @@ type Result struct {
 	Expired int
 	// Batch has one result per command of a Batch, in order.
 	Batch []*Result
+	// Queued: an Acquire with wait put (or kept) the caller in the queue,
+	// at Position (1 = next).
+	Queued   bool
+	Position int
 }
 
 // FSM implements raft.FSM and raft.BatchingFSM.
@@ -110,6 +114,7 @@ type FSM struct {
 	lastToken uint64            // the highest fencing token ever issued
 	applied   uint64            // the last applied Raft index
 	held      int               // leases with a holder, kept as they change
+	queued    map[string]struct{} // keys of leases with waiters
 
 	listener Listener
 	opts     Options
@@ -139,6 +144,7 @@ func NewWithOptions(listener Listener, opts Options) *FSM {
 	return &FSM{
 		leases:   make(map[string]*Lease),
 		members:  make(map[string]string),
+		queued:   make(map[string]struct{}),
 		listener: listener,
 		opts:     opts,
 	}
@@ -199,9 +205,9 @@ func (f *FSM) apply(c *fsmpb.Command, index uint64) *Result {
 		}
 		return r
 	case *fsmpb.Command_Release:
-		return f.release(op.Release, now)
+		return f.release(op.Release, index, now)
 	case *fsmpb.Command_Expire:
-		return f.expire(op.Expire, now)
+		return f.expire(op.Expire, index, now)
 	case *fsmpb.Command_Delete:
 		return f.delete(op.Delete, now)
 	case *fsmpb.Command_SetMember:
@@ -212,6 +218,8 @@ func (f *FSM) apply(c *fsmpb.Command, index uint64) *Result {
 		return &Result{}
 	case *fsmpb.Command_Write:
 		return f.write(op.Write, index, now)
+	case *fsmpb.Command_Dequeue:
+		return f.dequeue(op.Dequeue)
 	case *fsmpb.Command_Batch:
 		r := &Result{Batch: make([]*Result, len(op.Batch.Commands))}
 		for i, sub := range op.Batch.Commands {
@@ -238,6 +246,11 @@ func (f *FSM) store(l *Lease, t EventType) {
 	if l.Holder != "" {
 		f.held++
 	}
+	if len(l.Waiters) > 0 {
+		f.queued[key] = struct{}{}
+	} else {
+		delete(f.queued, key)
+	}
 	f.leases[key] = l
 	f.events = append(f.events, Event{Type: t, Lease: l, Revision: f.revision})
 }
@@ -251,6 +264,9 @@ func (f *FSM) newHolding(l *Lease, holder string, now int64) {
 	l.Transitions++
 	if f.opts.UnsafeReuseTokens {
 		l.Token = uint64(l.Transitions)
+	}
+	if l.waiting(holder) > 0 {
+		l.Waiters = l.withoutWaiter(holder)
 	}
 	l.AcquireTime = now
 	l.RenewTime = now
@@ -299,9 +315,54 @@ func (f *FSM) acquire(a *fsmpb.Acquire, index uint64, now int64) *Result {
 		f.newHolding(l, a.Holder, now)
 		f.store(l, EventAcquired)
 		return &Result{Lease: l, Acquired: true}
+	case a.Wait:
+		if pos := old.waiting(a.Holder); pos > 0 {
+			return &Result{Lease: old, Queued: true, Position: pos}
+		}
+		l := old.clone()
+		l.Waiters = append(append(make([]Waiter, 0, len(old.Waiters)+1), old.Waiters...), Waiter{
+			Holder: a.Holder, Duration: time.Duration(a.DurationNs), Grace: time.Duration(a.GraceNs), Labels: a.Labels,
+		})
+		f.store(l, EventModified)
+		return &Result{Lease: l, Queued: true, Position: len(l.Waiters)}
 	default:
 		return &Result{Lease: old}
 	}
+}
+
+// ended stores l, whose holding just ended (released or expired), and
+// hands the lease to the first waiter, if any, in the same entry: a second
+// write at the next revision, so watchers see both.
+func (f *FSM) ended(l *Lease, t EventType, index uint64, now int64) *Lease {
+	f.store(l, t)
+	if len(l.Waiters) == 0 {
+		return l
+	}
+	next := l.clone()
+	w := next.Waiters[0]
+	next.Waiters = next.Waiters[1:len(next.Waiters):len(next.Waiters)]
+	next.Duration, next.Grace = w.Duration, w.Grace
+	if len(w.Labels) > 0 {
+		next.Labels = w.Labels
+	}
+	next.RenewIndex = index
+	f.newHolding(next, w.Holder, now)
+	f.store(next, EventAcquired)
+	return next
+}
+
+func (f *FSM) dequeue(d *fsmpb.Dequeue) *Result {
+	old := f.leases[Key(d.Namespace, d.Name)]
+	if old == nil {
+		return &Result{Err: ErrNotFound}
+	}
+	if old.waiting(d.Holder) == 0 {
+		return &Result{Lease: old}
+	}
+	l := old.clone()
+	l.Waiters = l.withoutWaiter(d.Holder)
+	f.store(l, EventModified)
+	return &Result{Lease: l}
 }
 
 // current returns the lease if holder holds it with token, else the error
@@ -329,7 +390,7 @@ func (f *FSM) renew(r *fsmpb.Renew, index uint64, now int64) Result {
 	return Result{Lease: l}
 }
 
-func (f *FSM) release(r *fsmpb.Release, now int64) *Result {
+func (f *FSM) release(r *fsmpb.Release, index uint64, now int64) *Result {
 	old, err := f.current(r.Namespace, r.Name, r.Holder, r.Token)
 	if errors.Is(err, ErrNotHolder) && old.Holder == "" && old.Token == r.Token &&
 		len(old.History) > 0 && old.History[0].Holder == r.Holder && old.History[0].EndReason == EndReleased {
@@ -344,11 +405,11 @@ func (f *FSM) release(r *fsmpb.Release, now int64) *Result {
 	l := old.clone()
 	l.endHolding(now, EndReleased)
 	l.Holder = ""
-	f.store(l, EventReleased)
+	f.ended(l, EventReleased, index, now)
 	return &Result{Lease: l}
 }
 
-func (f *FSM) expire(e *fsmpb.Expire, now int64) *Result {
+func (f *FSM) expire(e *fsmpb.Expire, index uint64, now int64) *Result {
 	r := &Result{}
 	for _, x := range e.Entries {
 		old := f.leases[Key(x.Namespace, x.Name)]
@@ -360,7 +421,7 @@ func (f *FSM) expire(e *fsmpb.Expire, now int64) *Result {
 		l := old.clone()
 		l.endHolding(now, EndExpired)
 		l.Holder = ""
-		f.store(l, EventExpired)
+		f.ended(l, EventExpired, index, now)
 		r.Expired++
 	}
 	return r
@@ -410,7 +471,11 @@ func (f *FSM) write(w *fsmpb.Write, index uint64, now int64) *Result {
 	if old == nil {
 		t = EventAdded
 	}
-	f.store(l, t)
+	if t == EventReleased {
+		l = f.ended(l, t, index, now)
+	} else {
+		f.store(l, t)
+	}
 	return &Result{Lease: l, Acquired: l.Holder != "" && l.Holder != prev}
 }
 
@@ -430,6 +495,7 @@ func (f *FSM) delete(d *fsmpb.Delete, now int64) *Result {
 		f.held--
 	}
 	delete(f.leases, key)
+	delete(f.queued, key)
 	f.revision++
 	f.events = append(f.events, Event{Type: EventDeleted, Lease: l, Revision: f.revision})
 	return &Result{Lease: l}
@@ -480,6 +546,26 @@ type Stats struct {
 	Revision     uint64
 	LastToken    uint64
 	AppliedIndex uint64
+}
+
+// QueuedWaiter is one waiter of one lease.
+type QueuedWaiter struct {
+	Namespace, Name string
+	Waiter
+}
+
+// Waiters lists every queued waiter, in no particular order.
+func (f *FSM) Waiters() []QueuedWaiter {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []QueuedWaiter
+	for k := range f.queued {
+		l := f.leases[k]
+		for _, w := range l.Waiters {
+			out = append(out, QueuedWaiter{Namespace: l.Namespace, Name: l.Name, Waiter: w})
+		}
+	}
+	return out
 }
 
 // Stats summarises the table in O(1).

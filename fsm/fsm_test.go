@@ -560,3 +560,59 @@ func TestWholeObjectWrites(t *testing.T) {
 		t.Errorf("stats %+v", s)
 	}
 }
+
+func acquireWait(ns, name, holder string) *fsmpb.Command {
+	c := acquire(ns, name, holder, 2*time.Second)
+	c.GetAcquire().Wait = true
+	return c
+}
+
+func TestWaitersAreServedFirstInFirstOut(t *testing.T) {
+	h := newHarness(t)
+	a := h.apply(1, acquire("default", "m", "a", time.Second)).Lease
+	for i, w := range []string{"b", "c", "d"} {
+		r := h.apply(2, acquireWait("default", "m", w))
+		if r.Acquired || !r.Queued || r.Position != i+1 {
+			t.Fatalf("queue %s: %+v, want queued at %d", w, r, i+1)
+		}
+	}
+	if r := h.apply(3, acquireWait("default", "m", "c")); !r.Queued || r.Position != 2 || len(r.Lease.Waiters) != 3 {
+		t.Fatalf("queueing again keeps the place: %+v", r)
+	}
+	if r := h.apply(3, acquire("default", "m", "z", time.Second)); r.Acquired || r.Queued {
+		t.Fatalf("acquire without wait while held: %+v, want refused and not queued", r)
+	}
+	// c leaves the queue; a releases: b gets the lease in the same entry.
+	h.apply(4, &fsmpb.Command{Op: &fsmpb.Command_Dequeue{Dequeue: &fsmpb.Dequeue{Namespace: "default", Name: "m", Holder: "c"}}})
+	h.events = nil
+	h.apply(5, release("default", "m", "a", a.Token))
+	l, _ := h.f.Get("default", "m")
+	if l.Holder != "b" || l.Token <= a.Token || l.Duration != 2*time.Second || len(l.Waiters) != 1 || l.Waiters[0].Holder != "d" {
+		t.Fatalf("after release: holder %q token %d waiters %v", l.Holder, l.Token, l.Waiters)
+	}
+	if len(h.events) != 2 || h.events[0].Type != EventReleased || h.events[1].Type != EventAcquired {
+		t.Fatalf("events of a hand-off: %v", h.events)
+	}
+	// b's holding expires: d is next.
+	h.apply(6, expire("default", "m", l.Token, l.RenewIndex))
+	l, _ = h.f.Get("default", "m")
+	if l.Holder != "d" || len(l.Waiters) != 0 {
+		t.Fatalf("after expiry: holder %q waiters %v", l.Holder, l.Waiters)
+	}
+	if s := h.f.Stats(); s.Held != 1 {
+		t.Fatalf("held count %d", s.Held)
+	}
+	if ws := h.f.Waiters(); len(ws) != 0 {
+		t.Fatalf("waiters left: %v", ws)
+	}
+	// The queue survives a snapshot.
+	h.apply(7, acquireWait("default", "m", "e"))
+	data := snapshotBytes(t, h.f)
+	h2 := newHarness(t)
+	if err := h2.f.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	if ws := h2.f.Waiters(); len(ws) != 1 || ws[0].Holder != "e" {
+		t.Fatalf("restored waiters: %v", ws)
+	}
+}

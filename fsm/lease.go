@@ -40,6 +40,42 @@ type Lease struct {
 	// Object is the representation a whole-object writer (the Kubernetes
 	// Lease API) stored, as it gave it; nil for leases written otherwise.
 	Object []byte
+	// Waiters queue for the lease, first in line first. They are never
+	// empty while the lease is free: a holding that ends goes to the first.
+	Waiters []Waiter
+}
+
+// Waiter is a holder queued for a lease, with the terms it asked for.
+type Waiter struct {
+	Holder   string
+	Duration time.Duration
+	Grace    time.Duration
+	Labels   map[string]string
+}
+
+// WaitingPosition returns the place (1 = next) of holder in the queue, or
+// 0 when it is not waiting.
+func (l *Lease) WaitingPosition(holder string) int { return l.waiting(holder) }
+
+// waiting returns the position (1 = next) of holder in the queue, or 0.
+func (l *Lease) waiting(holder string) int {
+	for i, w := range l.Waiters {
+		if w.Holder == holder {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// withoutWaiter returns the queue without holder (a new slice).
+func (l *Lease) withoutWaiter(holder string) []Waiter {
+	out := make([]Waiter, 0, len(l.Waiters))
+	for _, w := range l.Waiters {
+		if w.Holder != holder {
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 // Holding is one past or present holding.
@@ -122,6 +158,11 @@ func (l *Lease) toRecord() *fsmpb.LeaseRecord {
 		RenewIndex:      l.RenewIndex,
 		Object:          l.Object,
 	}
+	for _, w := range l.Waiters {
+		r.Waiters = append(r.Waiters, &fsmpb.WaiterRecord{
+			Holder: w.Holder, DurationNs: int64(w.Duration), GraceNs: int64(w.Grace), Labels: w.Labels,
+		})
+	}
 	for _, h := range l.History {
 		r.History = append(r.History, &fsmpb.HoldingRecord{
 			Holder: h.Holder, Token: h.Token, StartUnixNano: h.Start, EndUnixNano: h.End, EndReason: h.EndReason,
@@ -147,6 +188,11 @@ func leaseFromRecord(r *fsmpb.LeaseRecord) *Lease {
 		CreateRevision:  r.CreateRevision,
 		RenewIndex:      r.RenewIndex,
 		Object:          r.Object,
+	}
+	for _, w := range r.Waiters {
+		l.Waiters = append(l.Waiters, Waiter{
+			Holder: w.Holder, Duration: time.Duration(w.DurationNs), Grace: time.Duration(w.GraceNs), Labels: w.Labels,
+		})
 	}
 	for _, h := range r.History {
 		l.History = append(l.History, Holding{

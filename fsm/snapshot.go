@@ -144,9 +144,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.revision = st.revision
 	f.lastToken = st.lastToken
 	f.held = 0
-	for _, l := range st.leases {
+	f.queued = make(map[string]struct{})
+	for k, l := range st.leases {
 		if l.Holder != "" {
 			f.held++
+		}
+		if len(l.Waiters) > 0 {
+			f.queued[k] = struct{}{}
 		}
 	}
 	f.mu.Unlock()

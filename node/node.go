@@ -62,6 +62,7 @@ type Node struct {
 
 	met     *metrics
 	batch   *batcher
+	waiters waiters
 	closers []func() error
 	obsCh   chan raft.Observation
 	obs     *raft.Observer
@@ -90,6 +91,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		log:     deps.Logger.Named("node"),
 		obsCh:   make(chan raft.Observation, 16),
 		readyCh: make(chan struct{}),
+		waiters: waiters{seen: make(map[waiterKey]time.Time)},
 	}
 	mgr, err := leasing.New(cfg.Leasing, deps.Clock, n, deps.Logger.Named("leasing"), deps.Registerer)
 	if err != nil {
@@ -244,6 +246,8 @@ func (n *Node) followLeadership(ctx context.Context) {
 	// runs on real time even when the node's clock is a fake.
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
+	reap := time.NewTicker(reapInterval)
+	defer reap.Stop()
 	for {
 		n.reconcile()
 		select {
@@ -253,6 +257,8 @@ func (n *Node) followLeadership(ctx context.Context) {
 			return
 		case <-n.obsCh:
 		case <-tick.C:
+		case <-reap.C:
+			n.reapWaiters(ctx)
 		}
 	}
 }

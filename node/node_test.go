@@ -154,3 +154,31 @@ func TestFollowerRejectsProposalsAndReads(t *testing.T) {
 		}
 	}
 }
+
+func TestLeaderDropsWaitersThatStopCalling(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	acquire(t, leader, "m", "a", time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := leader.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: &fsmpb.Acquire{
+		Namespace: "default", Name: "m", Holder: "w", DurationNs: int64(time.Second), Wait: true,
+	}}})
+	if err != nil || !res.Queued {
+		t.Fatalf("queue: %v %+v", err, res)
+	}
+	// The reaper first marks the waiter seen (a fresh period), then drops
+	// it once more than its duration passed without a call.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(leader.FSM().Waiters()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("waiter still queued 10 s after it stopped calling")
+		}
+		clk.Advance(600 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // the reaper runs on a real one-second ticker
+	}
+	if l, _ := leader.FSM().Get("default", "m"); l.Holder != "a" {
+		t.Fatalf("holding changed: %+v", l)
+	}
+}

@@ -38,6 +38,9 @@ func toPB(l *fsm.Lease) *pb.Lease {
 		CreateTime:       ts(l.CreateTime),
 		Object:           l.Object,
 	}
+	for _, w := range l.Waiters {
+		out.Waiters = append(out.Waiters, w.Holder)
+	}
 	if len(l.History) > 0 {
 		out.History = make([]*pb.Holding, len(l.History))
 		for i, h := range l.History {

@@ -47,10 +47,14 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 			return c.Acquire(ctx, req)
 		})
 	}
-	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: &fsmpb.Acquire{
+	cmd := &fsmpb.Acquire{
 		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity,
-		DurationNs: int64(dur), GraceNs: int64(grace), Labels: req.Labels,
-	}}})
+		DurationNs: int64(dur), GraceNs: int64(grace), Labels: req.Labels, Wait: req.Wait,
+	}
+	if req.Wait {
+		return s.acquireWait(ctx, cmd, dur)
+	}
+	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: cmd}})
 	if err == nil && res.Err != nil {
 		err = toStatus(res.Err, res.Lease)
 	}
@@ -58,6 +62,10 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 		s.met.acquires.WithLabelValues("error").Inc()
 		return nil, err
 	}
+	return s.acquireResponse(res), nil
+}
+
+func (s *Server) acquireResponse(res *fsm.Result) *pb.AcquireResponse {
 	switch {
 	case res.Renewed:
 		s.met.acquires.WithLabelValues("renewed").Inc()
@@ -66,13 +74,64 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 	default:
 		s.met.acquires.WithLabelValues("held").Inc()
 	}
-	out := &pb.AcquireResponse{Acquired: res.Acquired, Renewed: res.Renewed, Lease: toPB(res.Lease)}
+	out := &pb.AcquireResponse{Acquired: res.Acquired, Renewed: res.Renewed, Lease: toPB(res.Lease),
+		Queued: res.Queued, QueuePosition: int32(res.Position)}
 	if res.Acquired {
 		out.Remaining = durationpb.New(res.Lease.TTL())
-	} else if d, ok := s.node.Remaining(ns, req.Name); ok {
+	} else if d, ok := s.node.Remaining(res.Lease.Namespace, res.Lease.Name); ok {
 		out.Remaining = durationpb.New(d)
 	}
-	return out, nil
+	return out
+}
+
+// acquireWait queues the caller when the lease is held and answers when
+// the leader hands it the lease, or after a third of the duration (a long
+// poll, so the caller's send time stays close to any grant and its own
+// deadline stays useful).
+func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.Duration) (*pb.AcquireResponse, error) {
+	// Watch the lease before queueing, so the hand-off cannot slip by.
+	w, _, err := s.hub.subscribe(0, 0, func(l *fsm.Lease) bool { return l.Namespace == cmd.Namespace && l.Name == cmd.Name })
+	if err != nil {
+		return nil, toStatus(err, nil)
+	}
+	defer s.hub.unsubscribe(w)
+	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: cmd}})
+	if err == nil && res.Err != nil {
+		err = toStatus(res.Err, res.Lease)
+	}
+	if err != nil {
+		s.met.acquires.WithLabelValues("error").Inc()
+		return nil, err
+	}
+	if !res.Queued {
+		return s.acquireResponse(res), nil
+	}
+	s.node.SawWaiter(cmd.Namespace, cmd.Name, cmd.Holder)
+	poll := time.NewTimer(dur / 3)
+	defer poll.Stop()
+	last := res
+	for {
+		select {
+		case ev, ok := <-w.ch:
+			if !ok {
+				return s.acquireResponse(last), nil
+			}
+			if ev.Lease.Holder == cmd.Holder && ev.Type == fsm.EventAcquired {
+				s.met.acquires.WithLabelValues("acquired").Inc()
+				return &pb.AcquireResponse{Acquired: true, Lease: toPB(ev.Lease), Remaining: durationpb.New(ev.Lease.TTL())}, nil
+			}
+			if ev.Type == fsm.EventDeleted {
+				return nil, status.Errorf(codes.NotFound, "%v: %s/%s was deleted while waiting", fsm.ErrNotFound, cmd.Namespace, cmd.Name)
+			}
+			if pos := ev.Lease.WaitingPosition(cmd.Holder); pos > 0 {
+				last = &fsm.Result{Lease: ev.Lease, Queued: true, Position: pos}
+			}
+		case <-poll.C:
+			return s.acquireResponse(last), nil
+		case <-ctx.Done():
+			return nil, toStatus(ctx.Err(), nil)
+		}
+	}
 }
 
 func validateHolding(namespace, name, holder string, token uint64) (string, error) {
@@ -114,8 +173,12 @@ func (s *Server) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResp
 }
 
 // Release ends the caller's holding. Releasing a holding that is already
-// released succeeds, so a retry is harmless.
+// released succeeds, so a retry is harmless. With leave_queue it takes the
+// caller out of the lease's queue of waiters instead.
 func (s *Server) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+	if req.LeaveQueue {
+		return s.leaveQueue(ctx, req)
+	}
 	ns, err := validateHolding(req.Namespace, req.Name, req.HolderIdentity, req.FencingToken)
 	if err != nil {
 		return nil, invalidErr(err)
@@ -475,4 +538,29 @@ func (s *Server) Write(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResp
 		return nil, toStatus(res.Err, res.Lease)
 	}
 	return &pb.WriteResponse{Lease: toPB(res.Lease)}, nil
+}
+
+func (s *Server) leaveQueue(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+	ns, err := validateKey(req.Namespace, req.Name)
+	if err == nil {
+		err = validateHolder(req.HolderIdentity)
+	}
+	if err != nil {
+		return nil, invalidErr(err)
+	}
+	if !s.node.IsLeader() {
+		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.ReleaseResponse, error) {
+			return c.Release(ctx, req)
+		})
+	}
+	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Dequeue{Dequeue: &fsmpb.Dequeue{
+		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity,
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, toStatus(res.Err, res.Lease)
+	}
+	return &pb.ReleaseResponse{Lease: toPB(res.Lease)}, nil
 }

@@ -36,6 +36,7 @@ type Node interface {
 	Propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, error)
 	ReadBarrier(ctx context.Context) error
 	Remaining(namespace, name string) (time.Duration, bool)
+	SawWaiter(namespace, name, holder string)
 	FSM() *fsm.FSM
 	Status() (node.Status, error)
 	Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter bool) error

@@ -379,3 +379,63 @@ func TestWholeObjectWrite(t *testing.T) {
 		t.Fatalf("huge object: %v, want InvalidArgument", err)
 	}
 }
+
+func TestWaitQueueHandsOffInOrder(t *testing.T) {
+	_, f, _ := start(t)
+	const d = 3 * time.Second
+	a, err := f.Acquire(ctx(t), acq("q", "a", d))
+	if err != nil || !a.Acquired {
+		t.Fatal(err)
+	}
+	type got struct {
+		who  string
+		resp *pb.AcquireResponse
+		err  error
+		at   time.Time
+	}
+	results := make(chan got, 2)
+	for _, w := range []string{"b", "c", "d"} {
+		// Queue one at a time, so the order is known.
+		r := acq("q", w, d)
+		r.Wait = true
+		first, err := f.Acquire(ctx(t), r)
+		if err != nil || !first.Queued {
+			t.Fatalf("queue %s: %v %+v", w, err, first)
+		}
+		if w == "c" {
+			continue // c will leave the queue
+		}
+		go func(w string) {
+			for {
+				resp, err := f.Acquire(ctx(t), r)
+				if err != nil || resp.Acquired {
+					results <- got{w, resp, err, time.Now()}
+					return
+				}
+			}
+		}(w)
+	}
+	// c gives up its place.
+	if _, err := f.Release(ctx(t), &pb.ReleaseRequest{Name: "q", HolderIdentity: "c", LeaveQueue: true}); err != nil {
+		t.Fatal(err)
+	}
+	token := a.Lease.FencingToken
+	holder := "a"
+	for _, want := range []string{"b", "d"} {
+		released := time.Now()
+		if _, err := f.Release(ctx(t), &pb.ReleaseRequest{Name: "q", HolderIdentity: holder, FencingToken: token}); err != nil {
+			t.Fatal(err)
+		}
+		g := <-results
+		if g.err != nil || g.who != want || g.resp.Lease.HolderIdentity != want || g.resp.Lease.FencingToken <= token {
+			t.Fatalf("after %s released: %s got %v %+v, want %s to hold with a higher token", holder, g.who, g.err, g.resp, want)
+		}
+		t.Logf("hand-off %s -> %s took %v", holder, want, g.at.Sub(released).Round(time.Microsecond))
+		holder, token = want, g.resp.Lease.FencingToken
+	}
+	select {
+	case g := <-results:
+		t.Fatalf("c was served after leaving the queue: %+v", g)
+	default:
+	}
+}

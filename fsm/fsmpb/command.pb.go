@@ -40,6 +40,7 @@ type Command struct {
 	//	*Command_RemoveMember
 	//	*Command_Batch
 	//	*Command_Write
+	//	*Command_Dequeue
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -170,6 +171,15 @@ func (x *Command) GetWrite() *Write {
 	return nil
 }
 
+func (x *Command) GetDequeue() *Dequeue {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Dequeue); ok {
+			return x.Dequeue
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -210,6 +220,10 @@ type Command_Write struct {
 	Write *Write `protobuf:"bytes,10,opt,name=write,proto3,oneof"`
 }
 
+type Command_Dequeue struct {
+	Dequeue *Dequeue `protobuf:"bytes,11,opt,name=dequeue,proto3,oneof"`
+}
+
 func (*Command_Acquire) isCommand_Op() {}
 
 func (*Command_Renew) isCommand_Op() {}
@@ -227,6 +241,8 @@ func (*Command_RemoveMember) isCommand_Op() {}
 func (*Command_Batch) isCommand_Op() {}
 
 func (*Command_Write) isCommand_Op() {}
+
+func (*Command_Dequeue) isCommand_Op() {}
 
 // Write replaces a whole lease object, as the Kubernetes Lease API does:
 // optimistic concurrency on the resource version, and the holder set by
@@ -384,13 +400,15 @@ func (x *Batch) GetCommands() []*Command {
 }
 
 type Acquire struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Holder        string                 `protobuf:"bytes,3,opt,name=holder,proto3" json:"holder,omitempty"`
-	DurationNs    int64                  `protobuf:"varint,4,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
-	GraceNs       int64                  `protobuf:"varint,5,opt,name=grace_ns,json=graceNs,proto3" json:"grace_ns,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Namespace  string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name       string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Holder     string                 `protobuf:"bytes,3,opt,name=holder,proto3" json:"holder,omitempty"`
+	DurationNs int64                  `protobuf:"varint,4,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
+	GraceNs    int64                  `protobuf:"varint,5,opt,name=grace_ns,json=graceNs,proto3" json:"grace_ns,omitempty"`
+	Labels     map[string]string      `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// wait queues the holder when another holds the lease.
+	Wait          bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -467,6 +485,74 @@ func (x *Acquire) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *Acquire) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+// Dequeue takes a waiter out of a lease's queue.
+type Dequeue struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Holder        string                 `protobuf:"bytes,3,opt,name=holder,proto3" json:"holder,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Dequeue) Reset() {
+	*x = Dequeue{}
+	mi := &file_command_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Dequeue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Dequeue) ProtoMessage() {}
+
+func (x *Dequeue) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Dequeue.ProtoReflect.Descriptor instead.
+func (*Dequeue) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Dequeue) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Dequeue) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Dequeue) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
 type Renew struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -479,7 +565,7 @@ type Renew struct {
 
 func (x *Renew) Reset() {
 	*x = Renew{}
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +577,7 @@ func (x *Renew) String() string {
 func (*Renew) ProtoMessage() {}
 
 func (x *Renew) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +590,7 @@ func (x *Renew) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Renew.ProtoReflect.Descriptor instead.
 func (*Renew) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{4}
+	return file_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Renew) GetNamespace() string {
@@ -545,7 +631,7 @@ type RenewBatch struct {
 
 func (x *RenewBatch) Reset() {
 	*x = RenewBatch{}
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +643,7 @@ func (x *RenewBatch) String() string {
 func (*RenewBatch) ProtoMessage() {}
 
 func (x *RenewBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +656,7 @@ func (x *RenewBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewBatch.ProtoReflect.Descriptor instead.
 func (*RenewBatch) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{5}
+	return file_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RenewBatch) GetRenews() []*Renew {
@@ -592,7 +678,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +690,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +703,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{6}
+	return file_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Release) GetNamespace() string {
@@ -661,7 +747,7 @@ type ExpireEntry struct {
 
 func (x *ExpireEntry) Reset() {
 	*x = ExpireEntry{}
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +759,7 @@ func (x *ExpireEntry) String() string {
 func (*ExpireEntry) ProtoMessage() {}
 
 func (x *ExpireEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +772,7 @@ func (x *ExpireEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireEntry.ProtoReflect.Descriptor instead.
 func (*ExpireEntry) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{7}
+	return file_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExpireEntry) GetNamespace() string {
@@ -726,7 +812,7 @@ type Expire struct {
 
 func (x *Expire) Reset() {
 	*x = Expire{}
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +824,7 @@ func (x *Expire) String() string {
 func (*Expire) ProtoMessage() {}
 
 func (x *Expire) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +837,7 @@ func (x *Expire) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Expire.ProtoReflect.Descriptor instead.
 func (*Expire) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{8}
+	return file_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Expire) GetEntries() []*ExpireEntry {
@@ -772,7 +858,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +870,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +883,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{9}
+	return file_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Delete) GetNamespace() string {
@@ -831,7 +917,7 @@ type SetMember struct {
 
 func (x *SetMember) Reset() {
 	*x = SetMember{}
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +929,7 @@ func (x *SetMember) String() string {
 func (*SetMember) ProtoMessage() {}
 
 func (x *SetMember) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +942,7 @@ func (x *SetMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMember.ProtoReflect.Descriptor instead.
 func (*SetMember) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{10}
+	return file_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetMember) GetId() string {
@@ -882,7 +968,7 @@ type RemoveMember struct {
 
 func (x *RemoveMember) Reset() {
 	*x = RemoveMember{}
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +980,7 @@ func (x *RemoveMember) String() string {
 func (*RemoveMember) ProtoMessage() {}
 
 func (x *RemoveMember) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +993,7 @@ func (x *RemoveMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMember.ProtoReflect.Descriptor instead.
 func (*RemoveMember) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{11}
+	return file_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemoveMember) GetId() string {
@@ -930,7 +1016,7 @@ type HoldingRecord struct {
 
 func (x *HoldingRecord) Reset() {
 	*x = HoldingRecord{}
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1028,7 @@ func (x *HoldingRecord) String() string {
 func (*HoldingRecord) ProtoMessage() {}
 
 func (x *HoldingRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1041,7 @@ func (x *HoldingRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldingRecord.ProtoReflect.Descriptor instead.
 func (*HoldingRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{12}
+	return file_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HoldingRecord) GetHolder() string {
@@ -1012,13 +1098,14 @@ type LeaseRecord struct {
 	RenewIndex      uint64                 `protobuf:"varint,14,opt,name=renew_index,json=renewIndex,proto3" json:"renew_index,omitempty"`
 	History         []*HoldingRecord       `protobuf:"bytes,15,rep,name=history,proto3" json:"history,omitempty"`
 	Object          []byte                 `protobuf:"bytes,16,opt,name=object,proto3" json:"object,omitempty"`
+	Waiters         []*WaiterRecord        `protobuf:"bytes,17,rep,name=waiters,proto3" json:"waiters,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1117,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1130,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{13}
+	return file_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LeaseRecord) GetNamespace() string {
@@ -1158,6 +1245,81 @@ func (x *LeaseRecord) GetObject() []byte {
 	return nil
 }
 
+func (x *LeaseRecord) GetWaiters() []*WaiterRecord {
+	if x != nil {
+		return x.Waiters
+	}
+	return nil
+}
+
+type WaiterRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Holder        string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	DurationNs    int64                  `protobuf:"varint,2,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
+	GraceNs       int64                  `protobuf:"varint,3,opt,name=grace_ns,json=graceNs,proto3" json:"grace_ns,omitempty"`
+	Labels        map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaiterRecord) Reset() {
+	*x = WaiterRecord{}
+	mi := &file_command_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaiterRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaiterRecord) ProtoMessage() {}
+
+func (x *WaiterRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaiterRecord.ProtoReflect.Descriptor instead.
+func (*WaiterRecord) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *WaiterRecord) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *WaiterRecord) GetDurationNs() int64 {
+	if x != nil {
+		return x.DurationNs
+	}
+	return 0
+}
+
+func (x *WaiterRecord) GetGraceNs() int64 {
+	if x != nil {
+		return x.GraceNs
+	}
+	return 0
+}
+
+func (x *WaiterRecord) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
 type MemberRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1168,7 +1330,7 @@ type MemberRecord struct {
 
 func (x *MemberRecord) Reset() {
 	*x = MemberRecord{}
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1342,7 @@ func (x *MemberRecord) String() string {
 func (*MemberRecord) ProtoMessage() {}
 
 func (x *MemberRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1355,7 @@ func (x *MemberRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberRecord.ProtoReflect.Descriptor instead.
 func (*MemberRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{14}
+	return file_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MemberRecord) GetId() string {
@@ -1224,7 +1386,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1398,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1411,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{15}
+	return file_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1291,7 +1453,7 @@ var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\x12leasekeeper.fsm.v1\"\xb8\x04\n" +
+	"\rcommand.proto\x12\x12leasekeeper.fsm.v1\"\xf1\x04\n" +
 	"\aCommand\x12\"\n" +
 	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x127\n" +
 	"\aacquire\x18\x02 \x01(\v2\x1b.leasekeeper.fsm.v1.AcquireH\x00R\aacquire\x126\n" +
@@ -1304,7 +1466,8 @@ const file_command_proto_rawDesc = "" +
 	"\rremove_member\x18\b \x01(\v2 .leasekeeper.fsm.v1.RemoveMemberH\x00R\fremoveMember\x121\n" +
 	"\x05batch\x18\t \x01(\v2\x19.leasekeeper.fsm.v1.BatchH\x00R\x05batch\x121\n" +
 	"\x05write\x18\n" +
-	" \x01(\v2\x19.leasekeeper.fsm.v1.WriteH\x00R\x05writeB\x04\n" +
+	" \x01(\v2\x19.leasekeeper.fsm.v1.WriteH\x00R\x05write\x127\n" +
+	"\adequeue\x18\v \x01(\v2\x1b.leasekeeper.fsm.v1.DequeueH\x00R\adequeueB\x04\n" +
 	"\x02op\"\xc7\x02\n" +
 	"\x05Write\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
@@ -1320,7 +1483,7 @@ const file_command_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"@\n" +
 	"\x05Batch\x127\n" +
-	"\bcommands\x18\x01 \x03(\v2\x1b.leasekeeper.fsm.v1.CommandR\bcommands\"\x8b\x02\n" +
+	"\bcommands\x18\x01 \x03(\v2\x1b.leasekeeper.fsm.v1.CommandR\bcommands\"\x9f\x02\n" +
 	"\aAcquire\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1328,10 +1491,15 @@ const file_command_proto_rawDesc = "" +
 	"\vduration_ns\x18\x04 \x01(\x03R\n" +
 	"durationNs\x12\x19\n" +
 	"\bgrace_ns\x18\x05 \x01(\x03R\agraceNs\x12?\n" +
-	"\x06labels\x18\x06 \x03(\v2'.leasekeeper.fsm.v1.Acquire.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x06 \x03(\v2'.leasekeeper.fsm.v1.Acquire.LabelsEntryR\x06labels\x12\x12\n" +
+	"\x04wait\x18\a \x01(\bR\x04wait\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"g\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
+	"\aDequeue\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06holder\x18\x03 \x01(\tR\x06holder\"g\n" +
 	"\x05Renew\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1368,7 +1536,7 @@ const file_command_proto_rawDesc = "" +
 	"\x0fstart_unix_nano\x18\x03 \x01(\x03R\rstartUnixNano\x12\"\n" +
 	"\rend_unix_nano\x18\x04 \x01(\x03R\vendUnixNano\x12\x1d\n" +
 	"\n" +
-	"end_reason\x18\x05 \x01(\tR\tendReason\"\x93\x05\n" +
+	"end_reason\x18\x05 \x01(\tR\tendReason\"\xcf\x05\n" +
 	"\vLeaseRecord\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1388,7 +1556,17 @@ const file_command_proto_rawDesc = "" +
 	"\vrenew_index\x18\x0e \x01(\x04R\n" +
 	"renewIndex\x12;\n" +
 	"\ahistory\x18\x0f \x03(\v2!.leasekeeper.fsm.v1.HoldingRecordR\ahistory\x12\x16\n" +
-	"\x06object\x18\x10 \x01(\fR\x06object\x1a9\n" +
+	"\x06object\x18\x10 \x01(\fR\x06object\x12:\n" +
+	"\awaiters\x18\x11 \x03(\v2 .leasekeeper.fsm.v1.WaiterRecordR\awaiters\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x01\n" +
+	"\fWaiterRecord\x12\x16\n" +
+	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x1f\n" +
+	"\vduration_ns\x18\x02 \x01(\x03R\n" +
+	"durationNs\x12\x19\n" +
+	"\bgrace_ns\x18\x03 \x01(\x03R\agraceNs\x12D\n" +
+	"\x06labels\x18\x04 \x03(\v2,.leasekeeper.fsm.v1.WaiterRecord.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\";\n" +
@@ -1416,51 +1594,57 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_command_proto_goTypes = []any{
 	(*Command)(nil),        // 0: leasekeeper.fsm.v1.Command
 	(*Write)(nil),          // 1: leasekeeper.fsm.v1.Write
 	(*Batch)(nil),          // 2: leasekeeper.fsm.v1.Batch
 	(*Acquire)(nil),        // 3: leasekeeper.fsm.v1.Acquire
-	(*Renew)(nil),          // 4: leasekeeper.fsm.v1.Renew
-	(*RenewBatch)(nil),     // 5: leasekeeper.fsm.v1.RenewBatch
-	(*Release)(nil),        // 6: leasekeeper.fsm.v1.Release
-	(*ExpireEntry)(nil),    // 7: leasekeeper.fsm.v1.ExpireEntry
-	(*Expire)(nil),         // 8: leasekeeper.fsm.v1.Expire
-	(*Delete)(nil),         // 9: leasekeeper.fsm.v1.Delete
-	(*SetMember)(nil),      // 10: leasekeeper.fsm.v1.SetMember
-	(*RemoveMember)(nil),   // 11: leasekeeper.fsm.v1.RemoveMember
-	(*HoldingRecord)(nil),  // 12: leasekeeper.fsm.v1.HoldingRecord
-	(*LeaseRecord)(nil),    // 13: leasekeeper.fsm.v1.LeaseRecord
-	(*MemberRecord)(nil),   // 14: leasekeeper.fsm.v1.MemberRecord
-	(*SnapshotHeader)(nil), // 15: leasekeeper.fsm.v1.SnapshotHeader
-	nil,                    // 16: leasekeeper.fsm.v1.Write.LabelsEntry
-	nil,                    // 17: leasekeeper.fsm.v1.Acquire.LabelsEntry
-	nil,                    // 18: leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	(*Dequeue)(nil),        // 4: leasekeeper.fsm.v1.Dequeue
+	(*Renew)(nil),          // 5: leasekeeper.fsm.v1.Renew
+	(*RenewBatch)(nil),     // 6: leasekeeper.fsm.v1.RenewBatch
+	(*Release)(nil),        // 7: leasekeeper.fsm.v1.Release
+	(*ExpireEntry)(nil),    // 8: leasekeeper.fsm.v1.ExpireEntry
+	(*Expire)(nil),         // 9: leasekeeper.fsm.v1.Expire
+	(*Delete)(nil),         // 10: leasekeeper.fsm.v1.Delete
+	(*SetMember)(nil),      // 11: leasekeeper.fsm.v1.SetMember
+	(*RemoveMember)(nil),   // 12: leasekeeper.fsm.v1.RemoveMember
+	(*HoldingRecord)(nil),  // 13: leasekeeper.fsm.v1.HoldingRecord
+	(*LeaseRecord)(nil),    // 14: leasekeeper.fsm.v1.LeaseRecord
+	(*WaiterRecord)(nil),   // 15: leasekeeper.fsm.v1.WaiterRecord
+	(*MemberRecord)(nil),   // 16: leasekeeper.fsm.v1.MemberRecord
+	(*SnapshotHeader)(nil), // 17: leasekeeper.fsm.v1.SnapshotHeader
+	nil,                    // 18: leasekeeper.fsm.v1.Write.LabelsEntry
+	nil,                    // 19: leasekeeper.fsm.v1.Acquire.LabelsEntry
+	nil,                    // 20: leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	nil,                    // 21: leasekeeper.fsm.v1.WaiterRecord.LabelsEntry
 }
 var file_command_proto_depIdxs = []int32{
 	3,  // 0: leasekeeper.fsm.v1.Command.acquire:type_name -> leasekeeper.fsm.v1.Acquire
-	5,  // 1: leasekeeper.fsm.v1.Command.renew:type_name -> leasekeeper.fsm.v1.RenewBatch
-	6,  // 2: leasekeeper.fsm.v1.Command.release:type_name -> leasekeeper.fsm.v1.Release
-	8,  // 3: leasekeeper.fsm.v1.Command.expire:type_name -> leasekeeper.fsm.v1.Expire
-	9,  // 4: leasekeeper.fsm.v1.Command.delete:type_name -> leasekeeper.fsm.v1.Delete
-	10, // 5: leasekeeper.fsm.v1.Command.set_member:type_name -> leasekeeper.fsm.v1.SetMember
-	11, // 6: leasekeeper.fsm.v1.Command.remove_member:type_name -> leasekeeper.fsm.v1.RemoveMember
+	6,  // 1: leasekeeper.fsm.v1.Command.renew:type_name -> leasekeeper.fsm.v1.RenewBatch
+	7,  // 2: leasekeeper.fsm.v1.Command.release:type_name -> leasekeeper.fsm.v1.Release
+	9,  // 3: leasekeeper.fsm.v1.Command.expire:type_name -> leasekeeper.fsm.v1.Expire
+	10, // 4: leasekeeper.fsm.v1.Command.delete:type_name -> leasekeeper.fsm.v1.Delete
+	11, // 5: leasekeeper.fsm.v1.Command.set_member:type_name -> leasekeeper.fsm.v1.SetMember
+	12, // 6: leasekeeper.fsm.v1.Command.remove_member:type_name -> leasekeeper.fsm.v1.RemoveMember
 	2,  // 7: leasekeeper.fsm.v1.Command.batch:type_name -> leasekeeper.fsm.v1.Batch
 	1,  // 8: leasekeeper.fsm.v1.Command.write:type_name -> leasekeeper.fsm.v1.Write
-	16, // 9: leasekeeper.fsm.v1.Write.labels:type_name -> leasekeeper.fsm.v1.Write.LabelsEntry
-	0,  // 10: leasekeeper.fsm.v1.Batch.commands:type_name -> leasekeeper.fsm.v1.Command
-	17, // 11: leasekeeper.fsm.v1.Acquire.labels:type_name -> leasekeeper.fsm.v1.Acquire.LabelsEntry
-	4,  // 12: leasekeeper.fsm.v1.RenewBatch.renews:type_name -> leasekeeper.fsm.v1.Renew
-	7,  // 13: leasekeeper.fsm.v1.Expire.entries:type_name -> leasekeeper.fsm.v1.ExpireEntry
-	18, // 14: leasekeeper.fsm.v1.LeaseRecord.labels:type_name -> leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
-	12, // 15: leasekeeper.fsm.v1.LeaseRecord.history:type_name -> leasekeeper.fsm.v1.HoldingRecord
-	14, // 16: leasekeeper.fsm.v1.SnapshotHeader.members:type_name -> leasekeeper.fsm.v1.MemberRecord
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	4,  // 9: leasekeeper.fsm.v1.Command.dequeue:type_name -> leasekeeper.fsm.v1.Dequeue
+	18, // 10: leasekeeper.fsm.v1.Write.labels:type_name -> leasekeeper.fsm.v1.Write.LabelsEntry
+	0,  // 11: leasekeeper.fsm.v1.Batch.commands:type_name -> leasekeeper.fsm.v1.Command
+	19, // 12: leasekeeper.fsm.v1.Acquire.labels:type_name -> leasekeeper.fsm.v1.Acquire.LabelsEntry
+	5,  // 13: leasekeeper.fsm.v1.RenewBatch.renews:type_name -> leasekeeper.fsm.v1.Renew
+	8,  // 14: leasekeeper.fsm.v1.Expire.entries:type_name -> leasekeeper.fsm.v1.ExpireEntry
+	20, // 15: leasekeeper.fsm.v1.LeaseRecord.labels:type_name -> leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	13, // 16: leasekeeper.fsm.v1.LeaseRecord.history:type_name -> leasekeeper.fsm.v1.HoldingRecord
+	15, // 17: leasekeeper.fsm.v1.LeaseRecord.waiters:type_name -> leasekeeper.fsm.v1.WaiterRecord
+	21, // 18: leasekeeper.fsm.v1.WaiterRecord.labels:type_name -> leasekeeper.fsm.v1.WaiterRecord.LabelsEntry
+	16, // 19: leasekeeper.fsm.v1.SnapshotHeader.members:type_name -> leasekeeper.fsm.v1.MemberRecord
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -1478,6 +1662,7 @@ func file_command_proto_init() {
 		(*Command_RemoveMember)(nil),
 		(*Command_Batch)(nil),
 		(*Command_Write)(nil),
+		(*Command_Dequeue)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1485,7 +1670,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

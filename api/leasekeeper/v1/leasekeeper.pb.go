@@ -123,6 +123,8 @@ type Lease struct {
 	CreateTime     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// history lists the most recent holdings, newest first.
 	History []*Holding `protobuf:"bytes,14,rep,name=history,proto3" json:"history,omitempty"`
+	// waiters are the holders queued for the lease, first in line first.
+	Waiters []string `protobuf:"bytes,16,rep,name=waiters,proto3" json:"waiters,omitempty"`
 	// object is what a whole-object writer (Write, the Kubernetes Lease API)
 	// stored, as it gave it.
 	Object        []byte `protobuf:"bytes,15,opt,name=object,proto3" json:"object,omitempty"`
@@ -258,6 +260,13 @@ func (x *Lease) GetHistory() []*Holding {
 	return nil
 }
 
+func (x *Lease) GetWaiters() []string {
+	if x != nil {
+		return x.Waiters
+	}
+	return nil
+}
+
 func (x *Lease) GetObject() []byte {
 	if x != nil {
 		return x.Object
@@ -352,7 +361,16 @@ type AcquireRequest struct {
 	LeaseDuration  *durationpb.Duration   `protobuf:"bytes,4,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	GracePeriod    *durationpb.Duration   `protobuf:"bytes,5,opt,name=grace_period,json=gracePeriod,proto3" json:"grace_period,omitempty"`
 	// labels are set when the lease is created or a new holding begins.
-	Labels        map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// wait, when another holder holds the lease, puts the caller in the
+	// lease's first-in first-out queue of waiters instead of answering
+	// acquired=false at once. The call answers as soon as the caller holds
+	// the lease, or after at most a third of lease_duration with queued=true
+	// (a long poll: call again to keep the place). When the holding ends, the
+	// leader hands the lease to the first waiter in the same log entry. A
+	// waiter that stops calling for longer than lease_duration + grace_period
+	// loses its place.
+	Wait          bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -429,6 +447,13 @@ func (x *AcquireRequest) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *AcquireRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
 type AcquireResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// acquired is true when the caller holds the lease now (a new holding or
@@ -439,7 +464,11 @@ type AcquireResponse struct {
 	Remaining *durationpb.Duration `protobuf:"bytes,3,opt,name=remaining,proto3" json:"remaining,omitempty"`
 	// renewed is true when the caller already held the lease and the acquire
 	// renewed it.
-	Renewed       bool `protobuf:"varint,4,opt,name=renewed,proto3" json:"renewed,omitempty"`
+	Renewed bool `protobuf:"varint,4,opt,name=renewed,proto3" json:"renewed,omitempty"`
+	// queued is true when the caller waits in the lease's queue (wait=true);
+	// queue_position is then its place, 1 being next.
+	Queued        bool  `protobuf:"varint,5,opt,name=queued,proto3" json:"queued,omitempty"`
+	QueuePosition int32 `protobuf:"varint,6,opt,name=queue_position,json=queuePosition,proto3" json:"queue_position,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -500,6 +529,20 @@ func (x *AcquireResponse) GetRenewed() bool {
 		return x.Renewed
 	}
 	return false
+}
+
+func (x *AcquireResponse) GetQueued() bool {
+	if x != nil {
+		return x.Queued
+	}
+	return false
+}
+
+func (x *AcquireResponse) GetQueuePosition() int32 {
+	if x != nil {
+		return x.QueuePosition
+	}
+	return 0
 }
 
 type RenewRequest struct {
@@ -620,8 +663,12 @@ type ReleaseRequest struct {
 	Name           string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	HolderIdentity string                 `protobuf:"bytes,3,opt,name=holder_identity,json=holderIdentity,proto3" json:"holder_identity,omitempty"`
 	FencingToken   uint64                 `protobuf:"varint,4,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// leave_queue takes the caller out of the lease's queue of waiters
+	// (see AcquireRequest.wait) instead of ending a holding; fencing_token is
+	// then not needed.
+	LeaveQueue    bool `protobuf:"varint,5,opt,name=leave_queue,json=leaveQueue,proto3" json:"leave_queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReleaseRequest) Reset() {
@@ -680,6 +727,13 @@ func (x *ReleaseRequest) GetFencingToken() uint64 {
 		return x.FencingToken
 	}
 	return 0
+}
+
+func (x *ReleaseRequest) GetLeaveQueue() bool {
+	if x != nil {
+		return x.LeaveQueue
+	}
+	return false
 }
 
 type ReleaseResponse struct {
@@ -2229,7 +2283,7 @@ var File_leasekeeper_v1_leasekeeper_proto protoreflect.FileDescriptor
 
 const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\n" +
-	" leasekeeper/v1/leasekeeper.proto\x12\x0eleasekeeper.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x06\n" +
+	" leasekeeper/v1/leasekeeper.proto\x12\x0eleasekeeper.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x06\n" +
 	"\x05Lease\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
@@ -2247,7 +2301,8 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x0fcreate_revision\x18\f \x01(\x04R\x0ecreateRevision\x12;\n" +
 	"\vcreate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x121\n" +
-	"\ahistory\x18\x0e \x03(\v2\x17.leasekeeper.v1.HoldingR\ahistory\x12\x16\n" +
+	"\ahistory\x18\x0e \x03(\v2\x17.leasekeeper.v1.HoldingR\ahistory\x12\x18\n" +
+	"\awaiters\x18\x10 \x03(\tR\awaiters\x12\x16\n" +
 	"\x06object\x18\x0f \x01(\fR\x06object\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -2259,34 +2314,39 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1d\n" +
 	"\n" +
-	"end_reason\x18\x05 \x01(\tR\tendReason\"\xea\x02\n" +
+	"end_reason\x18\x05 \x01(\tR\tendReason\"\xfe\x02\n" +
 	"\x0eAcquireRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
 	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x12@\n" +
 	"\x0elease_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12<\n" +
 	"\fgrace_period\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vgracePeriod\x12B\n" +
-	"\x06labels\x18\x06 \x03(\v2*.leasekeeper.v1.AcquireRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x06 \x03(\v2*.leasekeeper.v1.AcquireRequest.LabelsEntryR\x06labels\x12\x12\n" +
+	"\x04wait\x18\a \x01(\bR\x04wait\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xad\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x01\n" +
 	"\x0fAcquireResponse\x12\x1a\n" +
 	"\bacquired\x18\x01 \x01(\bR\bacquired\x12+\n" +
 	"\x05lease\x18\x02 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\x127\n" +
 	"\tremaining\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tremaining\x12\x18\n" +
-	"\arenewed\x18\x04 \x01(\bR\arenewed\"\x8e\x01\n" +
+	"\arenewed\x18\x04 \x01(\bR\arenewed\x12\x16\n" +
+	"\x06queued\x18\x05 \x01(\bR\x06queued\x12%\n" +
+	"\x0equeue_position\x18\x06 \x01(\x05R\rqueuePosition\"\x8e\x01\n" +
 	"\fRenewRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
 	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x12#\n" +
 	"\rfencing_token\x18\x04 \x01(\x04R\ffencingToken\"<\n" +
 	"\rRenewResponse\x12+\n" +
-	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\x90\x01\n" +
+	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\xb1\x01\n" +
 	"\x0eReleaseRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
 	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x12#\n" +
-	"\rfencing_token\x18\x04 \x01(\x04R\ffencingToken\">\n" +
+	"\rfencing_token\x18\x04 \x01(\x04R\ffencingToken\x12\x1f\n" +
+	"\vleave_queue\x18\x05 \x01(\bR\n" +
+	"leaveQueue\">\n" +
 	"\x0fReleaseResponse\x12+\n" +
 	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"b\n" +
 	"\n" +
