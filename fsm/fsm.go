@@ -109,11 +109,11 @@ type Result struct {
 type FSM struct {
 	mu        sync.RWMutex
 	leases    map[string]*Lease
-	members   map[string]string // raft server ID -> gRPC address
-	revision  uint64            // rises with every write to the table
-	lastToken uint64            // the highest fencing token ever issued
-	applied   uint64            // the last applied Raft index
-	held      int               // leases with a holder, kept as they change
+	members   map[string]string   // raft server ID -> gRPC address
+	revision  uint64              // rises with every write to the table
+	lastToken uint64              // the highest fencing token ever issued
+	applied   uint64              // the last applied Raft index
+	held      int                 // leases with a holder, kept as they change
 	queued    map[string]struct{} // keys of leases with waiters
 
 	listener Listener
