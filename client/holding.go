@@ -8,6 +8,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 )
 
@@ -19,6 +21,10 @@ type HeldError struct {
 	// Remaining is the server's bound on the time left to that holding; 0
 	// when the server did not say.
 	Remaining time.Duration
+	// Queued is true when the caller waits in the lease's queue, at
+	// Position (1 = next).
+	Queued   bool
+	Position int
 }
 
 func (e *HeldError) Error() string {
@@ -220,14 +226,22 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 		return nil, fmt.Errorf("%w: %s/%s as %q", ErrAlreadyHeld, o.namespace, name, o.identity)
 	}
 	sent := c.clock.Now()
-	resp, err := c.Acquire(ctx, o.namespace, name, o.identity, o.duration, o.grace, o.labels)
+	req := &pb.AcquireRequest{
+		Namespace: o.namespace, Name: name, HolderIdentity: o.identity,
+		LeaseDuration: durationpb.New(o.duration), Labels: o.labels, Wait: o.wait,
+	}
+	if o.grace > 0 {
+		req.GracePeriod = durationpb.New(o.grace)
+	}
+	resp, err := c.Leases().Acquire(ctx, req)
 	if err != nil {
 		c.met.acquires.WithLabelValues("error").Inc()
 		return nil, err
 	}
 	if !resp.GetAcquired() {
 		c.met.acquires.WithLabelValues("held").Inc()
-		return nil, &HeldError{Lease: resp.GetLease(), Remaining: resp.GetRemaining().AsDuration()}
+		return nil, &HeldError{Lease: resp.GetLease(), Remaining: resp.GetRemaining().AsDuration(),
+			Queued: resp.GetQueued(), Position: int(resp.GetQueuePosition())}
 	}
 	c.met.acquires.WithLabelValues("acquired").Inc()
 	l := resp.GetLease()

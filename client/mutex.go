@@ -10,16 +10,14 @@ import (
 
 // Mutex is a distributed lock on one lease, fenced by the lease's token.
 //
-// Lock blocks until the lease is free and this Mutex takes it. Waiters do
-// not poll: each watches the lease and tries again the moment it is
-// released, expires or is deleted, with a slow backstop retry (the retry
-// period) in case a watch misses something.
-//
-// Order of service: there is none. Every waiter woken by the same release
-// sends its acquire at once and the leader grants the first one it
-// applies; the others go back to waiting. A waiter can therefore starve
-// under constant contention. A fair (FIFO) lock needs a queue kept by the
-// server; see the package documentation.
+// Lock blocks until this Mutex holds the lease. Waiters queue on the
+// server (AcquireRequest.wait): first come, first served. When a holding
+// ends, by release or by expiry, the leader hands the lease to the first
+// waiter in the same Raft entry, so a hand-off costs one commit and no
+// waiter starves. While waiting, Lock long-polls (each call lasts at most a
+// third of the lease duration), which also tells the leader it is still
+// there; a waiter that stops calling for longer than its duration plus
+// grace loses its place. A Lock whose ctx ends leaves the queue.
 //
 // A held lock ends when Unlock is called or when the holding is lost:
 // Context is then cancelled and Lost closed. Pass FencingToken to every
@@ -77,25 +75,11 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 		return nil, ErrAlreadyLocked
 	}
 	start := m.c.clock.Now()
-
-	var (
-		wg      sync.WaitGroup
-		watched bool
-		wake    = make(chan struct{}, 1)
-	)
-	wctx, stopWatch := context.WithCancel(ctx)
-	defer func() {
-		stopWatch()
-		wg.Wait()
-	}()
-	poke := func() {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	}
+	o := m.o
+	o.wait = wait
+	queued := false
 	for {
-		h, err := m.c.hold(ctx, m.name, m.o)
+		h, err := m.c.hold(ctx, m.name, o)
 		if err == nil {
 			m.mu.Lock()
 			m.h = h
@@ -109,24 +93,16 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 			if !wait {
 				return nil, err
 			}
-			if !watched {
-				// Every change after the refused acquire is replayed, so
-				// a release in between still wakes us.
-				watched = true
-				req := &pb.WatchRequest{Namespace: m.o.namespace, Name: m.name, StartRevision: held.Lease.GetResourceVersion()}
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					_ = m.c.follow(wctx, req,
-						func(ev *pb.WatchEvent) {
-							if frees(ev) {
-								poke()
-							}
-						},
-						func() uint64 { poke(); return 0 })
-				}()
+			// A long poll ended with the Mutex still in the queue: call
+			// again at once to keep its place.
+			queued = queued || held.Queued
+			continue
+		case ctx.Err() != nil:
+			if queued {
+				m.leaveQueue(ctx)
 			}
-		case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+			return nil, ctx.Err()
+		case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 			if !wait {
 				return nil, err
 			}
@@ -135,14 +111,26 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 		}
 		t := m.c.clock.NewTimer(m.o.retryPeriod)
 		select {
-		case <-wake:
 		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
+			if queued {
+				m.leaveQueue(ctx)
+			}
 			return nil, ctx.Err()
 		}
-		t.Stop()
 	}
+}
+
+// leaveQueue gives up the Mutex's place in the queue, so the lease is not
+// handed to a waiter that left. Best effort: the leader also drops waiters
+// that stop calling.
+func (m *Mutex) leaveQueue(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.c.cfg.DialTimeout)
+	defer cancel()
+	_, _ = m.c.Leases().Release(rctx, &pb.ReleaseRequest{
+		Namespace: m.o.namespace, Name: m.name, HolderIdentity: m.o.identity, LeaveQueue: true,
+	})
 }
 
 // Unlock releases the lock: the holding ends locally first (Context is

@@ -109,6 +109,8 @@ type options struct {
 	// maxValid caps the local deadline at sent + maxValid (the
 	// LeaderElector's RenewDeadline); 0 means no cap.
 	maxValid time.Duration
+	// wait queues the acquire behind the current holder (Mutex.Lock).
+	wait bool
 }
 
 func defaultOptions() options {
