@@ -9,7 +9,7 @@ RACE_PKGS   := ./fsm/... ./leasing/... ./node/... ./transport/... ./client/... .
 OTHER_PKGS  := ./cmd/... ./internal/... ./fence/... ./examples/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2025.1.1
 
-.PHONY: all build run cluster test test-unit test-integration check-deploy bench-smoke bench-go fuzz lint proto clean
+.PHONY: all build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz lint proto clean
 
 all: build
 
@@ -26,6 +26,15 @@ test-unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 2 $(RACE_PKGS)
 	$(GO) test -count=1 -p 2 $(OTHER_PKGS)
+
+# leasekeeper next to etcd (../shared/bench/etcdpeer when present), in the
+# same session; about 6-7 minutes on 2 cores. Settings: see bench/README.md.
+bench:
+	./bench/run.sh
+
+# Opt-in: 1M live leases (RSS, snapshot, restart catch-up, failover).
+bench-scale:
+	WORKLOADS=scale ./bench/run.sh
 
 # The Go benchmarks, run once each so CI compiles and executes them; timing
 # them is `make bench-go`.
