@@ -5,7 +5,7 @@ GO          ?= go
 BIN         := bin
 GOBIN_DIR   := $(shell $(GO) env GOPATH)/bin
 # Packages with shared state run under the race detector.
-RACE_PKGS   := ./fsm/... ./leasing/... ./node/... ./transport/... ./client/... ./clock/...
+RACE_PKGS   := ./fsm/... ./leasing/... ./node/... ./transport/... ./client/... ./clock/... ./auth/... ./tlsutil/...
 OTHER_PKGS  := ./cmd/... ./internal/... ./fence/... ./examples/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2025.1.1
 
@@ -46,7 +46,8 @@ bench-go:
 
 # Each fuzzer for FUZZTIME (CI: 30s each). FUZZERS lists package:Fuzzer.
 FUZZTIME ?= 30s
-FUZZERS  := ./fsm:FuzzApply ./fsm:FuzzRestore ./transport:FuzzValidation
+FUZZERS  := ./fsm:FuzzApply ./fsm:FuzzRestore ./transport:FuzzValidation \
+	./auth:FuzzParsePolicy ./auth:FuzzParseTokenFile ./auth:FuzzParseBearer ./auth:FuzzForwardedIdentity
 fuzz:
 	@for f in $(FUZZERS); do \
 		pkg=$${f%%:*}; name=$${f##*:}; \

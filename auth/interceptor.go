@@ -44,6 +44,9 @@ var methods = map[string]MethodRule{
 	pb.Leases_List_FullMethodName:    {Verb: VerbList, Namespaced: true},
 	pb.Leases_Delete_FullMethodName:  {Verb: VerbDelete, Namespaced: true},
 	pb.Leases_Watch_FullMethodName:   {Verb: VerbWatch, Namespaced: true},
+	// Write (the Kubernetes API's create and replace) is create or update
+	// by its create flag; the server decides, as for Acquire.
+	pb.Leases_Write_FullMethodName: {Namespaced: true, AnyVerb: []string{VerbCreate, VerbUpdate}, BindHolder: true, ServerAuthorizes: true},
 	// KeepAlive renews many leases per message: the server authorizes
 	// each LeaseRef (VerbUpdate and BindHolderContext) and reports a denial
 	// in that lease's result.

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/auth"
 	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
 )
@@ -46,6 +47,11 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.AcquireResponse, error) {
 			return c.Acquire(ctx, req)
 		})
+	}
+	// Only the leader knows whether this creates the lease or updates it.
+	_, exists := s.node.FSM().Get(ns, req.Name)
+	if err := s.cfg.Auth.AuthorizeContext(ctx, auth.AcquireVerb(exists), ns, req.Name); err != nil {
+		return nil, err
 	}
 	cmd := &fsmpb.Acquire{
 		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity,
@@ -394,6 +400,11 @@ func (s *Server) keepAliveOnce(ctx context.Context, req *pb.KeepAliveRequest) (*
 			r.Code, r.Message = int32(codes.InvalidArgument), err.Error()
 			continue
 		}
+		if err := s.authorizeRenewal(ctx, ns, ref); err != nil {
+			st := status.Convert(err)
+			r.Code, r.Message = int32(st.Code()), st.Message()
+			continue
+		}
 		batch.Renews = append(batch.Renews, &fsmpb.Renew{Namespace: ns, Name: ref.Name, Holder: ref.HolderIdentity, Token: ref.FencingToken})
 		slot = append(slot, i)
 	}
@@ -527,6 +538,13 @@ func (s *Server) Write(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResp
 			return c.Write(ctx, req)
 		})
 	}
+	verb := auth.VerbUpdate
+	if req.Create {
+		verb = auth.VerbCreate
+	}
+	if err := s.cfg.Auth.AuthorizeContext(ctx, verb, ns, req.Name); err != nil {
+		return nil, err
+	}
 	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Write{Write: &fsmpb.Write{
 		Namespace: ns, Name: req.Name, Create: req.Create, ResourceVersion: req.ResourceVersion,
 		Holder: req.HolderIdentity, DurationNs: int64(dur), Labels: req.Labels, Object: req.Object,
@@ -563,4 +581,13 @@ func (s *Server) leaveQueue(ctx context.Context, req *pb.ReleaseRequest) (*pb.Re
 		return nil, toStatus(res.Err, res.Lease)
 	}
 	return &pb.ReleaseResponse{Lease: toPB(res.Lease)}, nil
+}
+
+// authorizeRenewal checks one lease of a KeepAlive batch: the caller may
+// update it and acts as its holder.
+func (s *Server) authorizeRenewal(ctx context.Context, ns string, ref *pb.LeaseRef) error {
+	if err := s.cfg.Auth.AuthorizeContext(ctx, auth.VerbUpdate, ns, ref.Name); err != nil {
+		return err
+	}
+	return s.cfg.Auth.BindHolderContext(ctx, ref.HolderIdentity)
 }

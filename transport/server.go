@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/auth"
 	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
 	"github.com/leasekeeper/leasekeeper/node"
@@ -62,8 +64,13 @@ type Config struct {
 	// WatchBuffer is each watcher's queue.
 	WatchWindow int
 	WatchBuffer int
-	// DialOptions are used to reach the leader when forwarding.
+	// DialOptions are used to reach the leader when forwarding (with
+	// TLS, the node's client certificate or token).
 	DialOptions []grpc.DialOption
+	// Creds secure the server's connections (nil: plain text).
+	Creds credentials.TransportCredentials
+	// Auth authenticates and authorizes callers; nil runs with auth off.
+	Auth *auth.Authenticator
 }
 
 // DefaultConfig returns the server's defaults.
@@ -130,6 +137,15 @@ func New(cfg Config, n Node, hub *Hub, log hclog.Logger, met *Metrics) (*Server,
 	if met == nil {
 		met, _ = NewMetrics(nil)
 	}
+	if cfg.Auth == nil {
+		// The interceptors run even with auth off: forwarding relies on
+		// the identity they put in the context.
+		a, err := auth.New(auth.DefaultConfig(), log, nil)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Auth = a
+	}
 	return &Server{
 		cfg: cfg, node: n, hub: hub, log: log.Named("grpc"), met: met,
 		health: health.NewServer(),
@@ -160,11 +176,15 @@ func (s *Server) updateHealth() {
 // ServerOptions are the gRPC options the services expect: the request size
 // limit and a panic guard.
 func (s *Server) ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
-		grpc.ChainUnaryInterceptor(s.met.unary(), recoverUnary(s.log)),
-		grpc.ChainStreamInterceptor(s.met.stream(), recoverStream(s.log)),
+		grpc.ChainUnaryInterceptor(s.met.unary(), recoverUnary(s.log), auth.UnaryServerInterceptor(s.cfg.Auth)),
+		grpc.ChainStreamInterceptor(s.met.stream(), recoverStream(s.log), auth.StreamServerInterceptor(s.cfg.Auth)),
 	}
+	if s.cfg.Creds != nil {
+		opts = append(opts, grpc.Creds(s.cfg.Creds))
+	}
+	return opts
 }
 
 // Close drops the connections kept to leaders and ends health watches.
@@ -181,7 +201,7 @@ func (s *Server) Close() error {
 
 // forwardedKey marks a request a node forwarded, so it is never forwarded
 // twice (two nodes that each think the other leads would loop).
-const forwardedKey = "x-leasekeeper-forwarded-by"
+const forwardedKey = auth.MDForwardedBy
 
 // leaderConn returns a connection to the leader for forwarding.
 func (s *Server) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
@@ -208,8 +228,10 @@ func (s *Server) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 	return c, nil
 }
 
+// forwardCtx marks a request as forwarded by this node and states the
+// caller's identity, which the leader trusts only from a node.
 func (s *Server) forwardCtx(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, forwardedKey, s.node.ID())
+	return auth.ForwardContext(ctx, s.node.ID())
 }
 
 // forward runs call against the leader's Leases service.

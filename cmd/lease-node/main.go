@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/auth"
 	"github.com/leasekeeper/leasekeeper/clock"
 	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/node"
@@ -38,6 +39,7 @@ func main() {
 }
 
 type options struct {
+	sec       securityFlags
 	node      node.Config
 	server    transport.Config
 	httpAddr  string
@@ -85,6 +87,16 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.server.MaxGracePeriod, "max-grace-period", o.server.MaxGracePeriod, "longest grace period accepted")
 	fs.IntVar(&o.node.Leasing.ExpiryBatchSize, "expiry-batch-size", o.node.Leasing.ExpiryBatchSize, "most leases expired by one Raft entry")
 	fs.Float64Var(&o.node.Leasing.MaxExpiryRate, "max-expiry-rate", o.node.Leasing.MaxExpiryRate, "most leases expired per second (0: no cap)")
+	fs.StringVar(&o.sec.cert, "tls-cert", "", "PEM certificate of this node (enables TLS on the gRPC API)")
+	fs.StringVar(&o.sec.key, "tls-key", "", "PEM key of --tls-cert")
+	fs.StringVar(&o.sec.ca, "tls-ca", "", "PEM CA bundle that verifies client and peer certificates")
+	fs.StringVar(&o.sec.tlsServerName, "tls-server-name", "", "name to expect in other nodes' certificates when forwarding (default: their address)")
+	fs.BoolVar(&o.sec.raftTLS, "raft-tls", false, "run Raft over mutual TLS with --tls-cert; peers must be in the leasekeeper:nodes group")
+	fs.StringVar(&o.sec.authMode, "auth-mode", auth.ModeNone, "authentication: "+strings.Join(auth.Modes, ", "))
+	fs.StringVar(&o.sec.policyFile, "auth-policy-file", "", "RBAC policy (YAML), reloaded on SIGHUP")
+	fs.StringVar(&o.sec.tokenFile, "auth-token-file", "", "bearer tokens, stored hashed (YAML), reloaded on SIGHUP")
+	fs.StringVar(&o.sec.nodeTokenFile, "node-token-file", "", "this node's own bearer token, for forwarding in token mode")
+	fs.BoolVar(&o.sec.insecure, "insecure", false, "accept serving plain text where the profile asks for TLS")
 	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
 	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens)")
 	var configPath, profile string
@@ -139,6 +151,10 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	if o.node.Fault, err = node.ParseFault(o.fault); err != nil {
 		return nil, err
 	}
+	o.sec.requireSecured = profile == "production"
+	if err := o.sec.check(); err != nil {
+		return nil, err
+	}
 	if o.join != "" && o.node.Bootstrap {
 		return nil, errors.New("--join and --bootstrap exclude each other")
 	}
@@ -190,12 +206,26 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	sec, err := o.sec.build(log, reg)
+	if err != nil {
+		return err
+	}
+	defer sec.close()
+	deps := node.Deps{Clock: clk, Logger: log, Registerer: reg}
+	if o.sec.raftTLS {
+		if deps.Transport, err = sec.raftTransport(o.node.RaftAddr, log); err != nil {
+			return err
+		}
+	}
+	o.server.Creds, o.server.DialOptions, o.server.Auth = sec.creds, sec.dial, sec.authn
+
 	lis, err := net.Listen("tcp", o.node.GRPCAddr)
 	if err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
 	}
 	hub := transport.NewHub(o.server.WatchWindow, o.server.WatchBuffer)
-	n, err := node.New(o.node, node.Deps{Clock: clk, Logger: log, Registerer: reg, Listeners: []fsm.Listener{hub}})
+	deps.Listeners = []fsm.Listener{hub}
+	n, err := node.New(o.node, deps)
 	if err != nil {
 		_ = lis.Close()
 		return err
@@ -240,7 +270,8 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 			errc <- err
 		}
 	}
-	log.Info("serving", "grpc", o.node.GRPCAddr, "raft", o.node.RaftAddr, "http", o.httpAddr, "data_dir", o.node.DataDir)
+	log.Info("serving", "grpc", o.node.GRPCAddr, "raft", o.node.RaftAddr, "http", o.httpAddr, "data_dir", o.node.DataDir,
+		"tls", sec.tlsEnabled, "raft_tls", o.sec.raftTLS, "auth", o.sec.authMode)
 	if o.restore != "" {
 		wg.Add(1)
 		go func() {
@@ -260,11 +291,21 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 		}()
 	}
 
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	var runErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case runErr = <-errc:
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+			break wait
+		case runErr = <-errc:
+			break wait
+		case <-hup:
+			sec.reload(log)
+		}
 	}
 	cancel()
 	stopGRPC(g, 5*time.Second)

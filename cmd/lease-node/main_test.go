@@ -17,7 +17,7 @@ func TestConfigPrecedence(t *testing.T) {
 	t.Setenv("LEASE_NODE_GRPC_ADDR", "127.0.0.1:2")
 	t.Setenv("LEASE_NODE_ELECTION_TIMEOUT", "900ms")
 	var out bytes.Buffer
-	o, err := parse([]string{"--config", file, "--profile", "production", "--election-timeout", "1s"}, &out, &out)
+	o, err := parse([]string{"--config", file, "--profile", "production", "--insecure", "--election-timeout", "1s"}, &out, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,6 +58,10 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 		{"join and bootstrap", []string{"--id", "a", "--bootstrap", "--join", "x:1"}, "exclude each other"},
 		{"unknown fault", []string{"--id", "a", "--unsafe-test-fault", "nope"}, "unknown fault"},
 		{"default duration out of range", []string{"--id", "a", "--default-lease-duration", "48h"}, "DefaultLeaseDuration"},
+		{"production without TLS", []string{"--id", "a", "--profile", "production"}, "refuses to serve without TLS"},
+		{"auth without TLS", []string{"--id", "a", "--auth-mode", "token", "--auth-token-file", "t", "--auth-policy-file", "p"}, "needs TLS"},
+		{"mtls without a CA", []string{"--id", "a", "--tls-cert", "c", "--tls-key", "k", "--auth-mode", "mtls", "--auth-policy-file", "p"}, "needs --tls-ca"},
+		{"cert without key", []string{"--id", "a", "--tls-cert", "c"}, "go together"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -51,6 +51,8 @@ type app struct {
 	namespace string
 	// now is used only to print ages.
 	now func() time.Time
+	// TLS and credentials.
+	cacert, cert, key, token, tokenFile, serverName string
 }
 
 // runContext runs leasectl with args until it ends or ctx is done, and
@@ -101,6 +103,12 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 lease held by another holder
 	pf.StringVar(&a.endpoints, "endpoints", endpoints, "comma-separated host:port gRPC addresses of cluster nodes (env LEASECTL_ENDPOINTS)")
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "time limit of a request, retries included (watch has none)")
 	pf.StringVarP(&a.namespace, "namespace", "n", "default", "namespace of the lease")
+	pf.StringVar(&a.cacert, "cacert", os.Getenv("LEASECTL_CACERT"), "CA bundle that verifies the nodes (enables TLS; env LEASECTL_CACERT)")
+	pf.StringVar(&a.cert, "cert", os.Getenv("LEASECTL_CERT"), "client certificate for mutual TLS (env LEASECTL_CERT)")
+	pf.StringVar(&a.key, "key", os.Getenv("LEASECTL_KEY"), "key of --cert (env LEASECTL_KEY)")
+	pf.StringVar(&a.token, "token", "", "bearer token (prefer --token-file)")
+	pf.StringVar(&a.tokenFile, "token-file", os.Getenv("LEASECTL_TOKEN_FILE"), "file holding a bearer token (env LEASECTL_TOKEN_FILE)")
+	pf.StringVar(&a.serverName, "tls-server-name", "", "name to expect in the nodes' certificates (default: the endpoint's host)")
 
 	get := a.getCmd()
 	get.AddCommand(a.getNodesCmd())
@@ -110,6 +118,7 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 lease held by another holder
 		a.watchCmd(), a.clusterCmd(),
 		a.lockCmd(), a.electCmd(), a.observeCmd(),
 		a.memberCmd(), a.snapshotCmd(),
+		a.certsCmd(), a.hashTokenCmd(),
 	)
 	return root
 }
@@ -154,6 +163,9 @@ func (a *app) client() (*client.Client, error) {
 	}
 	if a.timeout <= 0 {
 		return nil, usageErrorf("--timeout must be positive, got %v", a.timeout)
+	}
+	if err := a.secure(&cfg); err != nil {
+		return nil, err
 	}
 	c, err := client.New(cfg)
 	if err != nil {

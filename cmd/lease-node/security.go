@@ -1,0 +1,153 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/leasekeeper/leasekeeper/auth"
+	"github.com/leasekeeper/leasekeeper/tlsutil"
+)
+
+// securityFlags are the TLS and auth settings of a node.
+type securityFlags struct {
+	cert, key, ca  string
+	raftTLS        bool
+	authMode       string
+	policyFile     string
+	tokenFile      string
+	nodeTokenFile  string
+	insecure       bool
+	tlsServerName  string
+	requireSecured bool // set by the production profile
+}
+
+// security is what the flags build: credentials for the gRPC server, for
+// forwarding to the leader and for Raft, and the authenticator.
+type security struct {
+	reloader   *tlsutil.Reloader
+	serverTLS  *tls.Config
+	creds      credentials.TransportCredentials
+	dial       []grpc.DialOption
+	authn      *auth.Authenticator
+	raftLayer  *tlsutil.StreamLayer
+	raftTrans  *raft.NetworkTransport
+	tlsEnabled bool
+}
+
+func (f *securityFlags) check() error {
+	tlsOn := f.cert != "" || f.key != ""
+	if tlsOn && (f.cert == "" || f.key == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if f.raftTLS && !tlsOn {
+		return errors.New("--raft-tls needs --tls-cert and --tls-key")
+	}
+	ac := auth.DefaultConfig()
+	ac.Mode, ac.PolicyFile, ac.TokenFile = f.authMode, f.policyFile, f.tokenFile
+	if err := ac.Validate(); err != nil {
+		return err
+	}
+	if ac.UsesCerts() && f.ca == "" {
+		return fmt.Errorf("--auth-mode %s needs --tls-ca to verify client certificates", f.authMode)
+	}
+	if ac.Enabled() && !tlsOn {
+		return fmt.Errorf("--auth-mode %s needs TLS (--tls-cert, --tls-key): identities and tokens must not travel in plain text", f.authMode)
+	}
+	if f.requireSecured && !tlsOn && !f.insecure {
+		return errors.New("the production profile refuses to serve without TLS: give --tls-cert/--tls-key (and --tls-ca), or --insecure to accept plain text explicitly")
+	}
+	return nil
+}
+
+// build makes the credentials and the authenticator.
+func (f *securityFlags) build(log hclog.Logger, reg prometheus.Registerer) (*security, error) {
+	s := &security{dial: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}}
+	ac := auth.DefaultConfig()
+	ac.Mode, ac.PolicyFile, ac.TokenFile = f.authMode, f.policyFile, f.tokenFile
+	a, err := auth.New(ac, log.Named("auth"), reg)
+	if err != nil {
+		return nil, err
+	}
+	s.authn = a
+	if f.cert == "" {
+		return s, nil
+	}
+	s.tlsEnabled = true
+	r, err := tlsutil.NewReloader(f.cert, f.key, f.ca)
+	if err != nil {
+		return nil, err
+	}
+	s.reloader = r
+	// Client certificates are verified whenever a CA is given (mutual TLS
+	// is then available to every caller), and required in mtls mode and
+	// for Raft.
+	srv, err := r.ServerConfig(ac.RequireClientCert() || f.raftTLS)
+	if err != nil {
+		return nil, err
+	}
+	s.serverTLS = srv
+	s.creds = credentials.NewTLS(srv)
+	s.dial = []grpc.DialOption{grpc.WithTransportCredentials(r.ClientCredentials(f.tlsServerName))}
+	if f.nodeTokenFile != "" {
+		tok, err := os.ReadFile(f.nodeTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--node-token-file: %w", err)
+		}
+		s.dial = append(s.dial, grpc.WithPerRPCCredentials(auth.BearerToken{Token: strings.TrimSpace(string(tok))}))
+	}
+	return s, nil
+}
+
+// raftTransport builds Raft's transport over TLS, admitting only peers
+// whose certificate is in the node group.
+func (s *security) raftTransport(bind string, log hclog.Logger) (raft.Transport, error) {
+	adv, err := net.ResolveTCPAddr("tcp", bind)
+	if err != nil {
+		return nil, fmt.Errorf("--raft-addr: %w", err)
+	}
+	srv, err := s.reloader.ServerConfig(true)
+	if err != nil {
+		return nil, err
+	}
+	layer, err := tlsutil.NewRaftStreamLayer(bind, adv, srv, nil, tlsutil.WithClientReloader(s.reloader, ""))
+	if err != nil {
+		return nil, err
+	}
+	s.raftLayer = layer
+	s.raftTrans = raft.NewNetworkTransportWithLogger(layer, 3, 10*time.Second, log.Named("transport"))
+	return s.raftTrans, nil
+}
+
+// reload re-reads certificates, the policy and the tokens (SIGHUP).
+func (s *security) reload(log hclog.Logger) {
+	if s.reloader != nil {
+		if err := s.reloader.Reload(); err != nil {
+			log.Error("reloading certificates failed; keeping the old ones", "error", err)
+		} else {
+			log.Info("certificates reloaded")
+		}
+	}
+	if err := s.authn.Reload(); err != nil {
+		log.Error("reloading the auth policy or tokens failed; keeping the old ones", "error", err)
+	} else if s.authn.Enabled() {
+		log.Info("auth policy and tokens reloaded")
+	}
+}
+
+func (s *security) close() {
+	if s.raftTrans != nil {
+		_ = s.raftTrans.Close()
+	}
+}

@@ -1,0 +1,210 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/leasekeeper/leasekeeper/client"
+	"github.com/leasekeeper/leasekeeper/tlsutil"
+)
+
+const securePolicy = `
+roles:
+- name: admin
+  rules:
+  - {namespaces: ["*"], verbs: ["*"]}
+- name: team-a-writer
+  rules:
+  - {namespaces: [team-a], verbs: [get, list, watch, create, update]}
+- name: team-a-reader
+  rules:
+  - {namespaces: [team-a], verbs: [get, list]}
+bindings:
+- role: admin
+  subjects: [{kind: group, name: "leasekeeper:nodes"}, {kind: user, name: admin}]
+- role: team-a-writer
+  subjects: [{kind: user, name: alice}, {kind: user, name: bob}]
+- role: team-a-reader
+  subjects: [{kind: user, name: reader}]
+`
+
+// startSecureCluster starts three nodes with mutual TLS on the API and on
+// Raft, identities from client certificates and the policy above.
+func startSecureCluster(t *testing.T, pki string) *cluster {
+	t.Helper()
+	out, err := exec.Command(ctlBinary, "certs", "--dir", pki, "--node", "n1,n2,n3",
+		"--client", "admin,alice,bob,reader").CombinedOutput()
+	if err != nil {
+		t.Fatalf("leasectl certs: %v: %s", err, out)
+	}
+	policy := filepath.Join(pki, "policy.yaml")
+	if err := os.WriteFile(policy, []byte(securePolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t}
+	ports := freePorts(t, 6)
+	var peers []string
+	for i := 0; i < 3; i++ {
+		peers = append(peers, "n"+string(rune('1'+i))+"="+ports[3+i])
+	}
+	base := t.TempDir()
+	for i := 0; i < 3; i++ {
+		id := "n" + string(rune('1'+i))
+		p := &proc{id: id, grpc: ports[i], raft: ports[3+i], dataDir: filepath.Join(base, id), logPath: filepath.Join(base, id+".log")}
+		p.args = []string{"--id", id, "--data-dir", p.dataDir, "--grpc-addr", p.grpc, "--raft-addr", p.raft,
+			"--bootstrap", "--peers", strings.Join(peers, ","), "--profile", "production",
+			"--tls-cert", filepath.Join(pki, id+".crt"), "--tls-key", filepath.Join(pki, id+".key"), "--tls-ca", filepath.Join(pki, "ca.crt"),
+			"--raft-tls", "--auth-mode", "mtls", "--auth-policy-file", policy,
+			"--heartbeat-timeout", "500ms", "--election-timeout", "500ms", "--leader-lease-timeout", "250ms"}
+		c.procs = append(c.procs, p)
+		c.start(p)
+	}
+	t.Cleanup(func() {
+		for _, p := range c.procs {
+			c.stop(p, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			for _, p := range c.procs {
+				if b, err := os.ReadFile(p.logPath); err == nil {
+					t.Logf("---- %s log (tail) ----\n%s", p.id, tail(string(b), 30))
+				}
+			}
+		}
+	})
+	return c
+}
+
+// as returns a client that presents the named certificate (none for "").
+func (c *cluster) as(pki, caDir, name string) *client.Client {
+	c.t.Helper()
+	cert, key := "", ""
+	if name != "" {
+		cert, key = filepath.Join(pki, name+".crt"), filepath.Join(pki, name+".key")
+	}
+	tlsCfg, _, err := tlsutil.ClientConfig(cert, key, filepath.Join(caDir, "ca.crt"), "")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cfg := client.DefaultConfig()
+	cfg.Endpoints = c.endpoints()
+	cfg.TLS = tlsCfg
+	cfg.MaxRetries = 2
+	cl, err := client.New(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+func TestMutualTLSAndRBAC(t *testing.T) {
+	pki := t.TempDir()
+	c := startSecureCluster(t, pki)
+	admin := c.as(pki, pki, "admin")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := admin.Status(ctx)
+		cancel()
+		if err == nil && st.Leader != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("secure cluster has no leader: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling other processes
+	}
+
+	alice := c.as(pki, pki, "alice")
+	a, err := alice.Acquire(ctxT(t, 10*time.Second), "team-a", "job", "alice", time.Minute, 0, nil)
+	if err != nil || !a.Acquired {
+		t.Fatalf("alice acquires in team-a: %v", err)
+	}
+	token := a.Lease.FencingToken
+
+	// Another CA's PKI, for an impostor.
+	other := t.TempDir()
+	if out, err := exec.Command(ctlBinary, "certs", "--dir", other, "--node", "", "--client", "alice").CombinedOutput(); err != nil {
+		t.Fatalf("second PKI: %v %s", err, out)
+	}
+	bob := c.as(pki, pki, "bob")
+	reader := c.as(pki, pki, "reader")
+	tests := []struct {
+		name string
+		call func() error
+		want codes.Code
+	}{
+		{"bob renews alice's lease with her token", func() error {
+			_, err := bob.Renew(ctxT(t, 5*time.Second), "team-a", "job", "alice", token)
+			return err
+		}, codes.PermissionDenied},
+		{"bob releases alice's lease with her token", func() error {
+			_, err := bob.Release(ctxT(t, 5*time.Second), "team-a", "job", "alice", token)
+			return err
+		}, codes.PermissionDenied},
+		{"reader acquires in team-a", func() error {
+			_, err := reader.Acquire(ctxT(t, 5*time.Second), "team-a", "other", "reader", time.Minute, 0, nil)
+			return err
+		}, codes.PermissionDenied},
+		{"reader reads team-b", func() error {
+			_, err := reader.Get(ctxT(t, 5*time.Second), "team-b", "x", false)
+			return err
+		}, codes.PermissionDenied},
+		{"alice takes a snapshot (admin only)", func() error {
+			st, err := alice.Cluster().Snapshot(ctxT(t, 5*time.Second), nil)
+			if err != nil {
+				return err
+			}
+			_, err = st.Recv()
+			return err
+		}, codes.PermissionDenied},
+		{"reader reads team-a", func() error {
+			_, err := reader.Get(ctxT(t, 5*time.Second), "team-a", "job", false)
+			return err
+		}, codes.OK},
+		{"alice renews her own lease", func() error {
+			_, err := alice.Renew(ctxT(t, 5*time.Second), "team-a", "job", "alice", token)
+			return err
+		}, codes.OK},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			got := status.Code(err)
+			if got != tc.want {
+				t.Fatalf("got %v (%v), want %v", got, err, tc.want)
+			}
+		})
+	}
+
+	// Without a client certificate, or with one from another CA, the TLS
+	// handshake fails: no request is ever served.
+	for _, who := range []struct{ name, pki, cert string }{{"no client certificate", pki, ""}, {"another CA", other, "alice"}} {
+		_, err := c.as(who.pki, pki, who.cert).Get(ctxT(t, 2*time.Second), "team-a", "job", false)
+		if err == nil || !errors.Is(err, client.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s: got %v, want the connection refused", who.name, err)
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, "certificate") && !strings.Contains(msg, "tls") && !strings.Contains(msg, "broken pipe") && !strings.Contains(msg, "reset") {
+			t.Fatalf("%s: %v does not come from the TLS handshake", who.name, err)
+		}
+	}
+
+	// The CLI works with a client certificate.
+	out, err := exec.Command(ctlBinary, "--endpoints", strings.Join(c.endpoints(), ","),
+		"--cacert", filepath.Join(pki, "ca.crt"), "--cert", filepath.Join(pki, "admin.crt"), "--key", filepath.Join(pki, "admin.key"),
+		"get", "leases", "-n", "team-a").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "alice") {
+		t.Fatalf("leasectl with a client certificate: %v: %s", err, out)
+	}
+}
