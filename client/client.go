@@ -75,6 +75,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -477,8 +478,31 @@ type failoverConn struct{ c *Client }
 
 func (f failoverConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	return f.c.retry(ctx, method, func(cc *grpc.ClientConn) error {
-		return cc.Invoke(ctx, method, args, reply, opts...)
+		var hdr metadata.MD
+		err := cc.Invoke(ctx, method, args, reply, append(opts, grpc.Header(&hdr))...)
+		f.c.followLeader(hdr)
+		return err
 	})
+}
+
+// LeaderHeader is the response header in which a node that forwarded a
+// request names the leader's gRPC address.
+const LeaderHeader = "x-leasekeeper-leader"
+
+// followLeader moves the client's next calls to the leader when a node that
+// forwarded this one named it and the leader is one of the endpoints:
+// requests then skip the forwarding hop.
+func (c *Client) followLeader(hdr metadata.MD) {
+	v := hdr.Get(LeaderHeader)
+	if len(v) == 0 {
+		return
+	}
+	for i, ep := range c.endpoints {
+		if ep == v[0] {
+			c.cur.Store(uint32(i))
+			return
+		}
+	}
 }
 
 func (f failoverConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {

@@ -203,6 +203,10 @@ func (s *Server) Close() error {
 // twice (two nodes that each think the other leads would loop).
 const forwardedKey = auth.MDForwardedBy
 
+// leaderHeader names the leader in the answer to a forwarded request, so a
+// client can send its next requests there directly.
+const leaderHeader = "x-leasekeeper-leader"
+
 // leaderConn returns a connection to the leader for forwarding.
 func (s *Server) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(forwardedKey)) > 0 {
@@ -215,6 +219,7 @@ func (s *Server) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 		}
 		return nil, status.Errorf(codes.Unavailable, "%v: node %s knows no leader", ErrNoLeader, s.node.ID())
 	}
+	_ = grpc.SetHeader(ctx, metadata.Pairs(leaderHeader, addr)) // fails harmlessly on streams already answered
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c, ok := s.conns[addr]; ok {
