@@ -6,10 +6,10 @@ BIN         := bin
 GOBIN_DIR   := $(shell $(GO) env GOPATH)/bin
 # Packages with shared state run under the race detector.
 RACE_PKGS   := ./fsm/... ./leasing/... ./node/... ./transport/... ./client/... ./clock/... ./auth/... ./tlsutil/...
-OTHER_PKGS  := ./cmd/... ./internal/... ./fence/... ./examples/...
+OTHER_PKGS  := ./cmd/... ./internal/... ./fence/... ./examples/... ./jepsen-style-tests/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2025.1.1
 
-.PHONY: all build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz lint proto clean
+.PHONY: all build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls lint proto clean
 
 all: build
 
@@ -20,7 +20,7 @@ build:
 run cluster: build
 	./scripts/cluster.sh
 
-test: test-unit test-integration check-deploy bench-smoke
+test: test-unit test-integration check-deploy bench-smoke jepsen-short
 
 test-unit:
 	$(GO) vet ./...
@@ -43,6 +43,20 @@ bench-smoke:
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./fsm/ ./leasing/
+
+# The chaos suite (jepsen-style-tests/README.md). Real lease-node processes
+# in network namespaces (root) or behind fault-injecting proxies.
+jepsen-short:
+	LEASEKEEPER_JEPSEN=1 $(GO) test -count=1 -v -timeout 15m -run 'TestShort$$' ./jepsen-style-tests/
+
+# The negative controls: servers and clients that break a safety rule on
+# purpose, which the checkers must catch.
+jepsen-controls:
+	LEASEKEEPER_JEPSEN=1 $(GO) test -count=1 -v -timeout 20m -run 'TestNegative' ./jepsen-style-tests/
+
+# The full run: 5 nodes, every fault kind, 10 minutes.
+jepsen:
+	$(GO) run ./jepsen-style-tests/cmd/jepsen -nodes 5 -duration 10m
 
 # Each fuzzer for FUZZTIME (CI: 30s each). FUZZERS lists package:Fuzzer.
 FUZZTIME ?= 30s

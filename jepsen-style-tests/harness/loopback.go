@@ -1,0 +1,275 @@
+package harness
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// loopbackNet is the fallback when network namespaces are not available
+// (not root, no iproute2): every node listens on 127.0.0.1, and the
+// nodes reach each other's Raft port only through a fault-injecting TCP
+// proxy, one per node. A proxy learns which node opened a connection from
+// the kernel's socket table (/proc/net/tcp and the nodes' open files), so
+// it can cut any pair of nodes in either direction: a cut connection is
+// closed, and a new one from a cut peer is accepted and then black-holed,
+// as a DROP rule would.
+//
+// Limitation: a follower forwards client calls to the leader's gRPC
+// address, which is the address the leader listens on (there is no
+// separate advertised address), so forwarding is not cut by partitions in
+// this mode: a node cut off from the leader still reaches it for
+// forwarded calls. Raft traffic, which decides leadership, commits and
+// expiry, is cut. Client ports are not proxied: clients keep reaching every
+// node during partitions, as in netns mode.
+type loopbackNet struct {
+	n       int
+	logf    func(string, ...any)
+	nodes   []nodeAddrs
+	proxies []*proxy
+	// pids returns the running nodes' PIDs, mapped to node index.
+	pids func() map[int]int
+
+	mu  sync.Mutex
+	cut map[[2]int]bool
+}
+
+func (m *loopbackNet) mode() Mode { return ModeLoopback }
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (m *loopbackNet) setup() error {
+	m.cut = map[[2]int]bool{}
+	for i := 0; i < m.n; i++ {
+		var ports [3]int
+		for k := range ports {
+			p, err := freePort()
+			if err != nil {
+				return err
+			}
+			ports[k] = p
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		a := nodeAddrs{
+			grpc: fmt.Sprintf("127.0.0.1:%d", ports[0]),
+			raft: fmt.Sprintf("127.0.0.1:%d", ports[1]),
+			http: fmt.Sprintf("127.0.0.1:%d", ports[2]),
+			peer: lis.Addr().String(),
+		}
+		m.nodes = append(m.nodes, a)
+		p := &proxy{owner: i, lis: lis, target: a.raft, net: m, conns: map[*proxyConn]bool{}}
+		m.proxies = append(m.proxies, p)
+		go p.serve()
+	}
+	return nil
+}
+
+func (m *loopbackNet) addrs(i int) nodeAddrs { return m.nodes[i] }
+
+func (m *loopbackNet) command(i int, bin string, args []string) (string, []string) {
+	return bin, args
+}
+
+func (m *loopbackNet) blocked(from, to int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cut[[2]int{from, to}]
+}
+
+func (m *loopbackNet) partition(cut [][2]int) error {
+	m.mu.Lock()
+	m.cut = map[[2]int]bool{}
+	for _, p := range cut {
+		m.cut[[2]int{p[0], p[1]}] = true
+		m.cut[[2]int{p[1], p[0]}] = true
+	}
+	m.mu.Unlock()
+	for _, p := range m.proxies {
+		p.enforce()
+	}
+	return nil
+}
+
+func (m *loopbackNet) heal() error { return m.partition(nil) }
+
+func (m *loopbackNet) teardown() error {
+	for _, p := range m.proxies {
+		p.close()
+	}
+	return nil
+}
+
+// proxy fronts one node's Raft port.
+type proxy struct {
+	owner  int
+	lis    net.Listener
+	target string
+	net    *loopbackNet
+
+	mu     sync.Mutex
+	conns  map[*proxyConn]bool
+	closed bool
+	wg     sync.WaitGroup
+}
+
+type proxyConn struct {
+	from       int // node index of the dialler, -1 when not a node
+	client     net.Conn
+	blackholed bool
+}
+
+// close cuts the connection: closing the client side ends both copy loops
+// in handle, which then closes the server side.
+func (c *proxyConn) close() { c.client.Close() }
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.lis.Accept()
+		if err != nil {
+			return
+		}
+		from := p.identify(c)
+		pc := &proxyConn{from: from, client: c}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			c.Close()
+			return
+		}
+		p.conns[pc] = true
+		p.wg.Add(1)
+		p.mu.Unlock()
+		go p.handle(pc)
+	}
+}
+
+func (p *proxy) handle(pc *proxyConn) {
+	defer p.wg.Done()
+	defer func() {
+		pc.close()
+		p.mu.Lock()
+		delete(p.conns, pc)
+		p.mu.Unlock()
+	}()
+	p.mu.Lock()
+	pc.blackholed = pc.from >= 0 && p.net.blocked(pc.from, p.owner)
+	p.mu.Unlock()
+	if pc.blackholed {
+		// Black hole: swallow what the peer sends until the connection is
+		// cut on heal or closed by the peer.
+		_, _ = io.Copy(io.Discard, pc.client)
+		return
+	}
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(s, pc.client); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(pc.client, s); done <- struct{}{} }()
+	<-done
+	pc.client.Close()
+	s.Close()
+	<-done
+}
+
+// enforce closes connections that the current partition cuts, and
+// black-holed ones that it no longer cuts (the peer redials).
+func (p *proxy) enforce() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for pc := range p.conns {
+		if pc.from < 0 {
+			continue
+		}
+		if p.net.blocked(pc.from, p.owner) != pc.blackholed {
+			go pc.close()
+		}
+	}
+}
+
+func (p *proxy) close() {
+	p.mu.Lock()
+	p.closed = true
+	for pc := range p.conns {
+		go pc.close()
+	}
+	p.mu.Unlock()
+	p.lis.Close()
+	p.wg.Wait()
+}
+
+// identify returns the index of the node that opened c, or -1.
+func (p *proxy) identify(c net.Conn) int {
+	ra, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok || p.net.pids == nil {
+		return -1
+	}
+	la := c.LocalAddr().(*net.TCPAddr)
+	inode := socketInode(ra.Port, la.Port)
+	if inode == "" {
+		return -1
+	}
+	target := "socket:[" + inode + "]"
+	for pid, idx := range p.net.pids() {
+		dir := fmt.Sprintf("/proc/%d/fd", pid)
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if l, err := os.Readlink(dir + "/" + e.Name()); err == nil && l == target {
+				return idx
+			}
+		}
+	}
+	return -1
+}
+
+// socketInode finds the inode of the TCP socket with the given local and
+// remote ports in /proc/net/tcp (IPv4 loopback).
+func socketInode(localPort, remotePort int) string {
+	f, err := os.Open("/proc/net/tcp")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 10 || fs[0] == "sl" {
+			continue
+		}
+		if hexPort(fs[1]) == localPort && hexPort(fs[2]) == remotePort {
+			return fs[9]
+		}
+	}
+	return ""
+}
+
+func hexPort(addr string) int {
+	i := strings.LastIndex(addr, ":")
+	if i < 0 {
+		return -1
+	}
+	v, err := strconv.ParseInt(addr[i+1:], 16, 32)
+	if err != nil {
+		return -1
+	}
+	return int(v)
+}

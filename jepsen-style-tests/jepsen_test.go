@@ -1,0 +1,170 @@
+// Package jepsentests holds the go test entry points of the chaos suite.
+// They start real clusters, so they run only when LEASEKEEPER_JEPSEN is
+// set; a plain `go test ./...` skips them in milliseconds:
+//
+//	LEASEKEEPER_JEPSEN=1 go test ./jepsen-style-tests/ -run Short -v -timeout 15m
+//	LEASEKEEPER_JEPSEN=1 go test ./jepsen-style-tests/ -v -timeout 30m   # short run + negative controls
+//
+// LEASEKEEPER_JEPSEN_MODE=loopback forces the loopback network mode, and
+// LEASEKEEPER_JEPSEN_DURATION overrides the short run's length.
+package jepsentests
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/checker"
+	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/history"
+	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/nemesis"
+	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/runner"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func config(t *testing.T) runner.Config {
+	t.Helper()
+	if os.Getenv("LEASEKEEPER_JEPSEN") == "" {
+		t.Skip("set LEASEKEEPER_JEPSEN=1 to run the chaos suite against real clusters")
+	}
+	cfg := runner.ShortConfig()
+	if m := os.Getenv("LEASEKEEPER_JEPSEN_MODE"); m != "" {
+		cfg.Mode = m
+	}
+	cfg.Out = testWriter{t}
+	return cfg
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+func run(t *testing.T, cfg runner.Config) *runner.Results {
+	t.Helper()
+	res, err := runner.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	t.Logf("run dir %s", res.RunDir)
+	return res
+}
+
+func invalid(res *runner.Results, names ...string) []string {
+	var out []string
+	for _, n := range names {
+		if c, ok := res.Checkers[n]; ok && !c.Valid {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// TestShort is the short run: 3 nodes, about two minutes, several fault
+// kinds. Every checker must pass. Its history then serves the corrupted
+// history control: with two tokens swapped, token-order must fail.
+func TestShort(t *testing.T) {
+	cfg := config(t)
+	if d := os.Getenv("LEASEKEEPER_JEPSEN_DURATION"); d != "" {
+		v, err := time.ParseDuration(d)
+		if err != nil {
+			t.Fatalf("LEASEKEEPER_JEPSEN_DURATION: %v", err)
+		}
+		cfg.Duration = v
+	}
+	res := run(t, cfg)
+	if !res.Valid() {
+		t.Errorf("%d checkers failed:\n%s", res.Failed, res.Summary())
+	}
+	if res.Ops == 0 || len(res.Faults) == 0 {
+		t.Errorf("nothing happened: %d ops, faults %v", res.Ops, res.Faults)
+	}
+
+	t.Run("corrupted history", func(t *testing.T) {
+		h, err := history.Load(filepath.Join(res.RunDir, "history.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		desc, err := runner.Corrupt(h, "swap-tokens")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Log(desc)
+		if r := checker.TokenOrder(h); r.Valid {
+			t.Errorf("token-order passed a history with swapped tokens: %s", r.Summary)
+		}
+	})
+}
+
+// TestNegativeClock restarts the leader with its clock three times too
+// fast, far beyond the 1% drift bound: it expires holdings early, and the
+// checkers must see holdings lost before their guaranteed time.
+func TestNegativeClock(t *testing.T) {
+	cfg := config(t)
+	cfg.Duration = 40 * time.Second
+	cfg.Nemesis = []string{nemesis.ClockSkewExtreme}
+	cfg.QuietMin, cfg.QuietMax = time.Second, 2*time.Second
+	// Proving a history illegal takes porcupine an exhaustive search; the
+	// other checkers are enough to catch this one.
+	cfg.LinearizabilityTimeout = 30 * time.Second
+	res := run(t, cfg)
+	if got := invalid(res, "lost-renewal", "mutual-exclusion", "linearizability"); len(got) == 0 {
+		t.Errorf("no checker caught a leader whose clock runs 3x fast:\n%s", res.Summary())
+	} else {
+		t.Logf("caught by %v", got)
+	}
+}
+
+// TestNegativeStaleWriter runs a client that ignores its deadline and
+// keeps writing with its old token against a register whose guard accepts
+// everything: the fenced-register checker must flag the register.
+func TestNegativeStaleWriter(t *testing.T) {
+	cfg := config(t)
+	cfg.Duration = 20 * time.Second
+	cfg.Nemesis = nil
+	cfg.StaleWriter = true
+	cfg.Guard = "broken"
+	res := run(t, cfg)
+	if len(invalid(res, "fenced-register")) == 0 {
+		t.Errorf("fenced-register passed a broken guard fed stale tokens:\n%s", res.Summary())
+	}
+}
+
+// TestNegativeServerFaults runs servers that break one safety rule each on
+// purpose (lease-node --unsafe-test-fault): the checkers must catch every
+// one.
+func TestNegativeServerFaults(t *testing.T) {
+	tests := []struct {
+		fault    string
+		nemesis  []string
+		caughtBy []string
+	}{
+		// The leader expires holdings at half their duration.
+		{"early-expiry", nil, []string{"lost-renewal", "mutual-exclusion", "linearizability"}},
+		// A new leader expires every holding at once instead of giving it
+		// a fresh duration: leader kills and isolations make new leaders.
+		{"no-fresh-duration", []string{nemesis.KillLeader, nemesis.PartitionIsolateLeader}, []string{"lost-renewal", "mutual-exclusion", "linearizability"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.fault, func(t *testing.T) {
+			cfg := config(t)
+			cfg.Duration = 30 * time.Second
+			cfg.Nemesis = tc.nemesis
+			cfg.QuietMin, cfg.QuietMax = 2*time.Second, 4*time.Second
+			cfg.Fault = tc.fault
+			cfg.LinearizabilityTimeout = 30 * time.Second
+			res := run(t, cfg)
+			if got := invalid(res, tc.caughtBy...); len(got) == 0 {
+				t.Errorf("no checker caught --unsafe-test-fault %s:\n%s", tc.fault, res.Summary())
+			} else {
+				t.Logf("caught by %v", got)
+			}
+		})
+	}
+}

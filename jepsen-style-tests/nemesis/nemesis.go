@@ -1,0 +1,522 @@
+// Package nemesis injects the chaos suite's faults into a harness.Cluster,
+// one at a time: apply, hold for a while, heal, wait for the cluster to
+// recover, and record the fault in the history.
+//
+// Kinds (see Kinds): network partitions of several shapes, kill -9 and
+// restart, SIGSTOP/SIGCONT of a node (longer than the election timeout, or
+// longer than a lease), pausing a client, restarting a node with its clock
+// running fast or slow within the drift bound (and, as a negative control,
+// far beyond it), and removing and re-adding a member.
+package nemesis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/harness"
+	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/history"
+)
+
+// Fault kinds.
+const (
+	PartitionHalves         = "partition-halves"
+	PartitionIsolateLeader  = "partition-isolate-leader"
+	PartitionLeaderMinority = "partition-leader-minority"
+	PartitionBridge         = "partition-bridge"
+	PartitionRing           = "partition-ring"
+	KillNode                = "kill-node"
+	KillLeader              = "kill-leader"
+	PauseNode               = "pause-node"
+	PauseLeader             = "pause-leader"
+	PauseClient             = "pause-client"
+	ClockSkew               = "clock-skew"
+	Membership              = "membership"
+	// ClockSkewExtreme is the negative control: the leader's clock runs
+	// far beyond the drift bound, so it expires holdings early.
+	ClockSkewExtreme = "clock-skew-extreme"
+)
+
+// Kinds lists every fault within the documented bounds.
+var Kinds = []string{
+	PartitionHalves, PartitionIsolateLeader, PartitionLeaderMinority, PartitionBridge, PartitionRing,
+	KillNode, KillLeader, PauseNode, PauseLeader, PauseClient, ClockSkew, Membership,
+}
+
+// ShortKinds is the mix of the short run.
+var ShortKinds = []string{
+	PartitionIsolateLeader, PartitionHalves, KillLeader, PauseNode, PauseLeader, PauseClient, ClockSkew,
+}
+
+// Known reports whether kind names a fault.
+func Known(kind string) bool { return slices.Contains(Kinds, kind) || kind == ClockSkewExtreme }
+
+// Clients is what the nemesis needs of the workload.
+type Clients interface {
+	// PauseClient pauses one client for d and names it.
+	PauseClient(d time.Duration) (string, bool)
+}
+
+// Config configures a Nemesis. Start from DefaultConfig.
+type Config struct {
+	// Kinds are the faults to pick from, in random order, each used once
+	// before any is used again.
+	Kinds []string
+	// QuietMin and QuietMax bound the healthy time between faults.
+	QuietMin, QuietMax time.Duration
+	// FaultMin and FaultMax bound how long a partition or a kill lasts.
+	FaultMin, FaultMax time.Duration
+	// LeaseDuration and ElectionTimeout size the pauses: longer than the
+	// election timeout, or longer than a lease.
+	LeaseDuration   time.Duration
+	ElectionTimeout time.Duration
+	// MaxDrift is the documented clock drift bound; clock-skew stays
+	// within it and ExtremeRate is far beyond it.
+	MaxDrift    float64
+	ExtremeRate float64
+	// RecoverTimeout bounds the wait for the cluster after a heal.
+	RecoverTimeout time.Duration
+	Seed           uint64
+	Logf           func(string, ...any)
+}
+
+// DefaultConfig returns the nemesis of a normal run.
+func DefaultConfig() Config {
+	return Config{
+		Kinds:           Kinds,
+		QuietMin:        3 * time.Second,
+		QuietMax:        6 * time.Second,
+		FaultMin:        4 * time.Second,
+		FaultMax:        8 * time.Second,
+		LeaseDuration:   2 * time.Second,
+		ElectionTimeout: 500 * time.Millisecond,
+		MaxDrift:        0.01,
+		ExtremeRate:     3,
+		RecoverTimeout:  30 * time.Second,
+	}
+}
+
+// Nemesis injects faults.
+type Nemesis struct {
+	cfg     Config
+	c       *harness.Cluster
+	rec     *history.Recorder
+	clients Clients
+	rng     *rand.Rand
+	logf    func(string, ...any)
+	queue   []string
+}
+
+// New returns a Nemesis for cluster c, recording into rec.
+func New(cfg Config, c *harness.Cluster, rec *history.Recorder, clients Clients) (*Nemesis, error) {
+	for _, k := range cfg.Kinds {
+		if !Known(k) {
+			return nil, fmt.Errorf("nemesis: unknown fault kind %q (known: %s, %s)", k, strings.Join(Kinds, ", "), ClockSkewExtreme)
+		}
+	}
+	if len(cfg.Kinds) == 0 {
+		return nil, errors.New("nemesis: Config.Kinds is empty")
+	}
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	logf := cfg.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	return &Nemesis{cfg: cfg, c: c, rec: rec, clients: clients, rng: rand.New(rand.NewPCG(seed, 7)), logf: logf}, nil
+}
+
+// Run injects faults until ctx is done, starting with a quiet period. The
+// fault in progress when ctx ends is healed before Run returns.
+func (n *Nemesis) Run(ctx context.Context) {
+	for {
+		n.sleep(ctx, n.between(n.cfg.QuietMin, n.cfg.QuietMax))
+		if ctx.Err() != nil {
+			return
+		}
+		n.Apply(ctx, n.next())
+	}
+}
+
+func (n *Nemesis) next() string {
+	if len(n.queue) == 0 {
+		n.queue = append([]string(nil), n.cfg.Kinds...)
+		n.rng.Shuffle(len(n.queue), func(i, j int) { n.queue[i], n.queue[j] = n.queue[j], n.queue[i] })
+	}
+	k := n.queue[0]
+	n.queue = n.queue[1:]
+	return k
+}
+
+func (n *Nemesis) between(lo, hi time.Duration) time.Duration {
+	if hi <= lo {
+		return lo
+	}
+	return lo + time.Duration(n.rng.Int64N(int64(hi-lo)))
+}
+
+// sleep waits d or until ctx is done.
+func (n *Nemesis) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// fault is a fault being applied: what to record and how to heal it.
+type fault struct {
+	history.Fault
+	heal func(context.Context) error
+	hold time.Duration
+	// down and cut describe the cluster during the fault, to decide
+	// whether a majority stays connected.
+	down []string
+	cut  [][2]string
+	// ring is set for the majorities ring, where every node sees a
+	// majority but no majority sees all of itself.
+	ring bool
+}
+
+// Apply injects one fault of kind, holds it, heals it and waits for the
+// cluster to recover. Errors are recorded in the fault, not returned.
+func (n *Nemesis) Apply(ctx context.Context, kind string) {
+	f := &fault{Fault: history.Fault{Kind: kind}}
+	n.logf("nemesis: %s", kind)
+	f.Start = n.rec.Now()
+	err := n.start(ctx, f)
+	if err != nil && ctx.Err() != nil {
+		// The run ended while the fault was being applied (its waits use
+		// the run's context): not the cluster's fault.
+		n.logf("nemesis: %s interrupted by the end of the run (%v)", kind, err)
+		f.Detail = strings.TrimSpace(f.Detail + " (interrupted: the run ended while it was applied)")
+		err = nil
+	} else if err == nil {
+		f.MajorityConnected = n.majority(f)
+		n.logf("nemesis: %s applied: %s (majority connected: %v)", kind, f.Detail, f.MajorityConnected)
+		n.sleep(ctx, f.hold)
+	}
+	// Heal even when the run is over, so nothing stays broken.
+	hctx, cancel := context.WithTimeout(context.Background(), n.cfg.RecoverTimeout)
+	defer cancel()
+	if f.heal != nil {
+		if herr := f.heal(hctx); herr != nil {
+			err = errors.Join(err, fmt.Errorf("heal: %w", herr))
+		}
+	}
+	f.End = n.rec.Now()
+	if rerr := n.c.WaitReady(hctx, n.cfg.RecoverTimeout); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("recovery: %w", rerr))
+	}
+	if err != nil {
+		f.Err = err.Error()
+		n.logf("nemesis: %s: %v", kind, err)
+	}
+	n.logf("nemesis: %s healed after %v", kind, time.Duration(f.End-f.Start).Round(time.Millisecond))
+	n.rec.AddFault(f.Fault)
+}
+
+func (n *Nemesis) ids() []string {
+	var out []string
+	for _, nd := range n.c.Nodes() {
+		out = append(out, nd.ID)
+	}
+	return out
+}
+
+func (n *Nemesis) shuffled() []string {
+	ids := n.ids()
+	n.rng.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	return ids
+}
+
+func (n *Nemesis) leader(ctx context.Context) (string, error) {
+	return n.c.WaitLeader(ctx, 10*time.Second)
+}
+
+func (n *Nemesis) random() string {
+	ids := n.ids()
+	return ids[n.rng.IntN(len(ids))]
+}
+
+func (n *Nemesis) follower(ctx context.Context) (string, error) {
+	l, err := n.leader(ctx)
+	if err != nil {
+		return "", err
+	}
+	var fs []string
+	for _, id := range n.ids() {
+		if id != l {
+			fs = append(fs, id)
+		}
+	}
+	if len(fs) == 0 {
+		return "", errors.New("nemesis: no follower")
+	}
+	return fs[n.rng.IntN(len(fs))], nil
+}
+
+// cutBetween cuts every node of a from every node of b.
+func cutBetween(a, b []string) [][2]string {
+	var cut [][2]string
+	for _, x := range a {
+		for _, y := range b {
+			cut = append(cut, [2]string{x, y})
+		}
+	}
+	return cut
+}
+
+func without(ids []string, drop ...string) []string {
+	var out []string
+	for _, id := range ids {
+		if !slices.Contains(drop, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func (n *Nemesis) partition(f *fault, cut [][2]string, detail string) error {
+	f.cut = cut
+	f.Detail = detail
+	f.hold = n.between(n.cfg.FaultMin, n.cfg.FaultMax)
+	f.heal = func(context.Context) error { return n.c.Heal() }
+	return n.c.Partition(cut)
+}
+
+func groups(gs ...[]string) string {
+	var parts []string
+	for _, g := range gs {
+		parts = append(parts, strings.Join(g, " "))
+	}
+	return strings.Join(parts, " | ")
+}
+
+func (n *Nemesis) start(ctx context.Context, f *fault) error {
+	switch f.Kind {
+	case PartitionHalves:
+		ids := n.shuffled()
+		a, b := ids[:len(ids)/2], ids[len(ids)/2:]
+		f.Nodes = ids
+		return n.partition(f, cutBetween(a, b), groups(a, b))
+
+	case PartitionIsolateLeader:
+		l, err := n.leader(ctx)
+		if err != nil {
+			return err
+		}
+		rest := without(n.ids(), l)
+		f.Nodes = []string{l}
+		return n.partition(f, cutBetween([]string{l}, rest), groups([]string{l}, rest))
+
+	case PartitionLeaderMinority:
+		l, err := n.leader(ctx)
+		if err != nil {
+			return err
+		}
+		others := without(n.shuffled(), l)
+		k := (len(others)+1)/2 - 1 // the leader plus k others stay a minority
+		minority := append([]string{l}, others[:k]...)
+		majority := others[k:]
+		f.Nodes = minority
+		return n.partition(f, cutBetween(minority, majority), groups(minority, majority))
+
+	case PartitionBridge:
+		ids := n.shuffled()
+		if len(ids) < 3 {
+			return errors.New("nemesis: a bridge needs 3 nodes")
+		}
+		bridge := ids[0]
+		rest := ids[1:]
+		a, b := rest[:len(rest)/2], rest[len(rest)/2:]
+		f.Nodes = []string{bridge}
+		return n.partition(f, cutBetween(a, b), groups(a, []string{bridge + "(bridge)"}, b))
+
+	case PartitionRing:
+		ids := n.shuffled()
+		if len(ids) < 5 {
+			// With 3 nodes every node's neighbours are all the others:
+			// the ring has no cut. The bridge is the closest shape.
+			f.Kind = PartitionBridge
+			return n.start(ctx, f)
+		}
+		cut := ringCut(ids)
+		f.ring = true
+		f.Nodes = ids
+		return n.partition(f, cut, "ring "+strings.Join(ids, "-"))
+
+	case KillNode, KillLeader:
+		id := n.random()
+		if f.Kind == KillLeader {
+			var err error
+			if id, err = n.leader(ctx); err != nil {
+				return err
+			}
+		}
+		f.Nodes, f.down = []string{id}, []string{id}
+		f.Detail = "kill -9 " + id
+		f.hold = n.between(n.cfg.FaultMin/2, n.cfg.FaultMax/2)
+		f.heal = func(context.Context) error { return n.c.Restart(id, 0) }
+		return n.c.Kill(id)
+
+	case PauseNode, PauseLeader:
+		id := n.random()
+		if f.Kind == PauseLeader {
+			var err error
+			if id, err = n.leader(ctx); err != nil {
+				return err
+			}
+		}
+		// Half the pauses outlast the election timeout only, half outlast
+		// a whole lease.
+		d := 3 * n.cfg.ElectionTimeout
+		if n.rng.IntN(2) == 0 {
+			d = n.cfg.LeaseDuration + 2*n.cfg.ElectionTimeout
+		}
+		f.Nodes, f.down = []string{id}, []string{id}
+		f.Detail = fmt.Sprintf("SIGSTOP %s for %v", id, d)
+		f.hold = d
+		f.heal = func(context.Context) error { return n.c.Resume(id) }
+		return n.c.Pause(id)
+
+	case PauseClient:
+		d := n.cfg.LeaseDuration + time.Second
+		p, ok := n.clients.PauseClient(d)
+		if !ok {
+			return fmt.Errorf("nemesis: could not pause a client (%s busy or none)", p)
+		}
+		f.Detail = fmt.Sprintf("pause client %s for %v at its next write under a lock", p, d)
+		f.hold = d
+		return nil
+
+	case ClockSkew, ClockSkewExtreme:
+		rate := 1 + n.cfg.MaxDrift
+		if n.rng.IntN(2) == 0 {
+			rate = 1 - n.cfg.MaxDrift
+		}
+		if f.Kind == ClockSkewExtreme {
+			rate = n.cfg.ExtremeRate
+			f.Negative = true
+		}
+		// Restart a follower with the skewed clock and hand it the
+		// leadership, since only the leader's clock decides expiry.
+		id, err := n.follower(ctx)
+		if err != nil {
+			return err
+		}
+		f.Nodes = []string{id}
+		f.hold = n.between(n.cfg.FaultMin, n.cfg.FaultMax)
+		f.heal = func(ctx context.Context) error { return n.c.Restart(id, 1) }
+		if err := n.c.Restart(id, rate); err != nil {
+			return err
+		}
+		if err := n.c.WaitReady(ctx, n.cfg.RecoverTimeout); err != nil {
+			return err
+		}
+		terr := n.transfer(ctx, id)
+		f.Detail = fmt.Sprintf("%s restarted with --clock-rate %v", id, rate)
+		if terr != nil {
+			f.Detail += fmt.Sprintf(" (leadership transfer failed: %v)", terr)
+		} else {
+			f.Detail += " and made leader"
+		}
+		return nil
+
+	case Membership:
+		id, err := n.follower(ctx)
+		if err != nil {
+			return err
+		}
+		f.Nodes, f.down = []string{id}, []string{id}
+		f.Detail = "remove member " + id + ", then re-add it with an empty data dir"
+		f.hold = n.between(n.cfg.FaultMin/2, n.cfg.FaultMax/2)
+		f.heal = func(ctx context.Context) error { return n.c.Rejoin(ctx, id) }
+		return n.c.RemoveMember(ctx, id)
+	}
+	return fmt.Errorf("nemesis: unknown fault kind %q", f.Kind)
+}
+
+// transfer moves leadership to id, retrying for a few seconds.
+func (n *Nemesis) transfer(ctx context.Context, id string) error {
+	var err error
+	for i := 0; i < 10; i++ {
+		if err = n.c.TransferLeadership(ctx, id); err == nil {
+			if l, lerr := n.c.WaitLeader(ctx, 5*time.Second); lerr == nil && l == id {
+				return nil
+			}
+			err = fmt.Errorf("leader is not %s after the transfer", id)
+		}
+		n.sleep(ctx, 300*time.Millisecond)
+	}
+	return err
+}
+
+// ringCut returns the cuts of a majorities ring over ids (in ring order):
+// each node reaches the r nodes on either side of it, where 2r+1 is a
+// majority, and no others. Every node sees a majority, and no two nodes see
+// the same one.
+func ringCut(ids []string) [][2]string {
+	var cut [][2]string
+	r := (len(ids)/2 + 1) / 2
+	for i := range ids {
+		for j := i + 1; j < len(ids); j++ {
+			if d := min(j-i, len(ids)-(j-i)); d > r {
+				cut = append(cut, [2]string{ids[i], ids[j]})
+			}
+		}
+	}
+	return cut
+}
+
+// majority reports whether, during f, some majority of the nodes runs
+// unpaused and every pair in it can talk. The ring counts as no: Raft may
+// still make progress there, but no majority is fully connected.
+func (n *Nemesis) majority(f *fault) bool {
+	if f.ring {
+		return false
+	}
+	return majorityConnected(n.ids(), f.down, f.cut)
+}
+
+func majorityConnected(ids, down []string, cuts [][2]string) bool {
+	cut := map[[2]string]bool{}
+	for _, p := range cuts {
+		cut[p] = true
+		cut[[2]string{p[1], p[0]}] = true
+	}
+	alive := without(ids, down...)
+	need := len(ids)/2 + 1
+	// Brute force over subsets: at most 9 nodes.
+	for mask := 0; mask < 1<<len(alive); mask++ {
+		var set []string
+		for i, id := range alive {
+			if mask&(1<<i) != 0 {
+				set = append(set, id)
+			}
+		}
+		if len(set) < need {
+			continue
+		}
+		ok := true
+		for i := 0; i < len(set) && ok; i++ {
+			for j := i + 1; j < len(set); j++ {
+				if cut[[2]string{set[i], set[j]}] {
+					ok = false
+					break
+				}
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}

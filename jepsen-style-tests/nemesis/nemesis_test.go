@@ -1,0 +1,58 @@
+package nemesis
+
+import (
+	"testing"
+)
+
+func TestRingCut(t *testing.T) {
+	ids := []string{"a", "b", "c", "d", "e"}
+	cut := ringCut(ids)
+	// Each of 5 nodes loses the 2 nodes two places away: 5 pairs.
+	if len(cut) != 5 {
+		t.Fatalf("got %d cuts %v, want 5", len(cut), cut)
+	}
+	reach := map[string]int{}
+	isCut := map[[2]string]bool{}
+	for _, p := range cut {
+		isCut[p], isCut[[2]string{p[1], p[0]}] = true, true
+	}
+	for _, x := range ids {
+		for _, y := range ids {
+			if !isCut[[2]string{x, y}] {
+				reach[x]++
+			}
+		}
+	}
+	for id, n := range reach {
+		if n != 3 {
+			t.Errorf("%s reaches %d nodes (itself included), want a majority of exactly 3", id, n)
+		}
+	}
+	if majorityConnected(ids, nil, cut) {
+		t.Errorf("a majorities ring has no fully connected majority")
+	}
+}
+
+func TestMajorityConnected(t *testing.T) {
+	ids := []string{"n1", "n2", "n3", "n4", "n5"}
+	tests := []struct {
+		name string
+		down []string
+		cut  [][2]string
+		want bool
+	}{
+		{"healthy", nil, nil, true},
+		{"two down", []string{"n1", "n2"}, nil, true},
+		{"three down", []string{"n1", "n2", "n3"}, nil, false},
+		{"halves", nil, cutBetween([]string{"n1", "n2"}, []string{"n3", "n4", "n5"}), true},
+		{"bridge", nil, cutBetween([]string{"n1", "n2"}, []string{"n4", "n5"}), true},
+		{"halves with a majority node down", []string{"n3"}, cutBetween([]string{"n1", "n2"}, []string{"n3", "n4", "n5"}), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := majorityConnected(ids, tt.down, tt.cut); got != tt.want {
+				t.Errorf("majorityConnected = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
