@@ -192,9 +192,6 @@ func WithProfile(p Profile) Option {
 	}
 }
 
-// withMaxValid caps the local deadline; see options.maxValid.
-func withMaxValid(d time.Duration) Option { return func(o *options) { o.maxValid = d } }
-
 // NewIdentity returns a holder identity that is unique with overwhelming
 // probability: host-pid-random.
 func NewIdentity() string {

@@ -47,13 +47,11 @@ func TestMetricsMoveWithTheWorkload(t *testing.T) {
 	cl := c.client()
 
 	const n = 10
-	var tokens []uint64
 	for i := 0; i < n; i++ {
 		a, err := cl.Acquire(ctxT(t, 10*time.Second), "metrics", fmt.Sprintf("l%d", i), "h", 300*time.Millisecond, 0, nil)
 		if err != nil || !a.Acquired {
 			t.Fatal(err)
 		}
-		tokens = append(tokens, a.Lease.FencingToken)
 	}
 	// 5 good renewals and 2 stale ones, on a lease that will not expire.
 	keep, err := cl.Acquire(ctxT(t, 10*time.Second), "metrics", "keep", "h", time.Minute, 0, nil)
