@@ -15,9 +15,9 @@ import (
 	"github.com/leasekeeper/leasekeeper/client"
 )
 
-// binary and ctlBinary are lease-node and leasectl, built once for the
-// package.
-var binary, ctlBinary string
+// binary, ctlBinary and contenderBinary are lease-node, leasectl and the
+// contender test program, built once for the package.
+var binary, ctlBinary, contenderBinary string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "leasekeeper-it-")
@@ -27,7 +27,8 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "lease-node")
 	ctlBinary = filepath.Join(dir, "leasectl")
-	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/lease-node", "../cmd/leasectl")
+	contenderBinary = filepath.Join(dir, "contender")
+	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/lease-node", "../cmd/leasectl", "./contender")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building lease-node:", err)

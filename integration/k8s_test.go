@@ -1,0 +1,483 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/klog/v2"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/k8sapi"
+)
+
+// k8sAPI returns the base URL of the Kubernetes Lease API in front of node
+// p. Until lease-node serves it itself (--k8s-api-addr), the handler runs
+// in the test process with a gRPC client of p, which is what lease-node
+// does with its own address; switch this one function to the flag then.
+func k8sAPI(t *testing.T, p *proc) string {
+	t.Helper()
+	cc, err := grpc.NewClient(p.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := k8sapi.DefaultConfig()
+	cfg.Client = pb.NewLeasesClient(cc)
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "k8sapi-" + p.id, Level: hclog.Warn, Output: testWriter{t}})
+	h, err := k8sapi.NewHandler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(func() {
+		srv.Close()
+		cc.Close()
+	})
+	return srv.URL
+}
+
+// ready waits until every live node knows the leader's gRPC address, so
+// that each can forward.
+func ready(t *testing.T, c *cluster) {
+	t.Helper()
+	c.leader(10 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range c.procs {
+		for {
+			cl := c.dial(p.grpc)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			st, err := cl.Status(ctx)
+			cancel()
+			cl.Close()
+			if err == nil && st.LeaderGrpcAddr != "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s knows no leader address: %v", p.id, err)
+			}
+			time.Sleep(50 * time.Millisecond) // polling processes: nothing to wait on
+		}
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func clientset(t *testing.T, url string) *kubernetes.Clientset {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: url, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+// leadership is one candidate's time as leader, on this process's
+// monotonic clock: from OnStartedLeading until its context ended (or
+// OnStoppedLeading, if that came first).
+type leadership struct {
+	id         string
+	start, end time.Time
+}
+
+// TestK8sLeaderElection runs client-go's leader election (LeaseLock, the
+// default protobuf wire format, ReleaseOnCancel) with three candidates,
+// each through the API in front of a different node, through forced
+// handoffs and a kill -9 of the Raft leader.
+func TestK8sLeaderElection(t *testing.T) {
+	quietKlog(t)
+	c := startCluster(t, 3)
+	ready(t, c)
+	const (
+		ns, name      = "default", "k8s-election"
+		leaseDuration = 6 * time.Second
+		renewDeadline = 2 * time.Second
+		retryPeriod   = 500 * time.Millisecond
+	)
+
+	var (
+		mu     sync.Mutex
+		terms  []*leadership
+		open   = map[string]*leadership{}
+		wg     sync.WaitGroup
+		cancel = map[string]context.CancelFunc{}
+		done   = map[string]chan struct{}{}
+	)
+	stopTerm := func(id string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if l := open[id]; l != nil {
+			l.end = time.Now()
+			delete(open, id)
+		}
+	}
+	clients := make([]*kubernetes.Clientset, 3)
+	for i, p := range c.procs {
+		clients[i] = clientset(t, k8sAPI(t, p))
+	}
+	run := func(i int) {
+		id := fmt.Sprintf("candidate-%d", i)
+		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+			Lock: &resourcelock.LeaseLock{
+				LeaseMeta:  metav1.ObjectMeta{Namespace: ns, Name: name},
+				Client:     clients[i].CoordinationV1(),
+				LockConfig: resourcelock.ResourceLockConfig{Identity: id},
+			},
+			LeaseDuration:   leaseDuration,
+			RenewDeadline:   renewDeadline,
+			RetryPeriod:     retryPeriod,
+			ReleaseOnCancel: true,
+			Name:            name,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(ctx context.Context) {
+					l := &leadership{id: id, start: time.Now()}
+					mu.Lock()
+					terms = append(terms, l)
+					open[id] = l
+					mu.Unlock()
+					<-ctx.Done()
+					stopTerm(id)
+				},
+				OnStoppedLeading: func() { stopTerm(id) },
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		ch := make(chan struct{})
+		mu.Lock()
+		cancel[id], done[id] = stop, ch
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(ch)
+			le.Run(ctx)
+		}()
+	}
+	stopAll := func() {
+		mu.Lock()
+		for _, stop := range cancel {
+			stop()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}
+	t.Cleanup(stopAll)
+	for i := range 3 {
+		run(i)
+	}
+
+	// leader waits for a candidate to lead and returns its number.
+	leader := func(timeout time.Duration) int {
+		t.Helper()
+		deadline := time.Now().Add(timeout)
+		for time.Now().Before(deadline) {
+			mu.Lock()
+			for id := range open {
+				mu.Unlock()
+				var i int
+				fmt.Sscanf(id, "candidate-%d", &i)
+				return i
+			}
+			mu.Unlock()
+			time.Sleep(50 * time.Millisecond) // the callbacks record; nothing to wait on
+		}
+		t.Fatalf("no candidate leads within %v", timeout)
+		return -1
+	}
+	handoff := func() {
+		i := leader(15 * time.Second)
+		id := fmt.Sprintf("candidate-%d", i)
+		mu.Lock()
+		stop, ch := cancel[id], done[id]
+		mu.Unlock()
+		stopTerm(id) // its work stops now, before client-go releases the lease
+		stop()
+		<-ch
+		t.Logf("handed off from %s", id)
+		// Back as a candidate once another has had the time to take over.
+		time.Sleep(2 * retryPeriod)
+		run(i)
+	}
+
+	begin := time.Now()
+	at := func(d time.Duration) { time.Sleep(time.Until(begin.Add(d))) }
+	leader(15 * time.Second)
+	at(3 * time.Second)
+	handoff()
+	at(6 * time.Second)
+	handoff()
+	at(8 * time.Second)
+	killed := c.leader(5 * time.Second)
+	t.Logf("kill -9 of the Raft leader %s", killed.id)
+	c.stop(killed, syscall.SIGKILL)
+	at(12 * time.Second)
+	c.start(killed)
+	at(16 * time.Second)
+	handoff()
+	at(20 * time.Second)
+	current := leader(15 * time.Second)
+
+	// The Lease agrees with the candidates: its holder leads now, and its
+	// transition count (client-go's own) counts every other term.
+	mu.Lock()
+	n := len(terms)
+	mu.Unlock()
+	lease, err := clients[(current+1)%3].CoordinationV1().Leases(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := *lease.Spec.HolderIdentity, fmt.Sprintf("candidate-%d", current); got != want {
+		t.Errorf("lease holder %s, want the leader %s", got, want)
+	}
+	if got := int(*lease.Spec.LeaseTransitions); got != n-1 {
+		t.Errorf("leaseTransitions %d, want %d for %d terms", got, n-1, n)
+	}
+	// The service's history of holdings is the same sequence of leaders.
+	res, err := c.client().Get(context.Background(), ns, name, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	for i, h := range res.Lease.History {
+		if i >= n {
+			break
+		}
+		if want := terms[n-1-i].id; h.HolderIdentity != want {
+			t.Errorf("holding %d back is %s's, but term %d was %s's", i, h.HolderIdentity, n-1-i, want)
+		}
+	}
+	mu.Unlock()
+
+	stopAll()
+	final, err := clients[0].CoordinationV1().Leases(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := final.Spec.HolderIdentity; h != nil && *h != "" {
+		t.Errorf("after every candidate stopped, the lease is held by %s", *h)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	sort.Slice(terms, func(a, b int) bool { return terms[a].start.Before(terms[b].start) })
+	distinct := map[string]bool{}
+	for i, l := range terms {
+		distinct[l.id] = true
+		t.Logf("term %d: %s from %v to %v", i, l.id, l.start.Sub(begin).Round(time.Millisecond), l.end.Sub(begin).Round(time.Millisecond))
+		if l.end.IsZero() {
+			t.Errorf("term %d of %s never ended", i, l.id)
+		}
+		if i > 0 && l.start.Before(terms[i-1].end) {
+			t.Errorf("two leaders at once: %s started at %v, before %s stopped at %v", l.id,
+				l.start.Sub(begin), terms[i-1].id, terms[i-1].end.Sub(begin))
+		}
+	}
+	if len(distinct) < 2 {
+		t.Errorf("%d distinct leaders, want at least 2", len(distinct))
+	}
+}
+
+// quietKlog keeps client-go's logs out of the test output.
+func quietKlog(t *testing.T) {
+	klog.SetLogger(logr.Discard())
+	t.Cleanup(klog.ClearLogger)
+}
+
+// TestK8sAPISafety checks the properties client-go relies on, across the
+// API servers of all three nodes.
+func TestK8sAPISafety(t *testing.T) {
+	quietKlog(t)
+	c := startCluster(t, 3)
+	ready(t, c)
+	var clients []*kubernetes.Clientset
+	for _, p := range c.procs {
+		clients = append(clients, clientset(t, k8sAPI(t, p)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lease := func(name, holder string) *coordinationv1.Lease {
+		secs := int32(30)
+		return &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs},
+		}
+	}
+
+	// Unknown lease: a NotFound Status.
+	if _, err := clients[1].CoordinationV1().Leases("default").Get(ctx, "nobody", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("get unknown: %v", err)
+	}
+
+	// Create race: exactly one of many concurrent creates wins.
+	const n = 9
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = clients[i%3].CoordinationV1().Leases("default").Create(ctx, lease("race", fmt.Sprint("c", i)), metav1.CreateOptions{})
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !apierrors.IsAlreadyExists(err):
+			t.Fatalf("create: %v", err)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d creates won, want 1", won)
+	}
+
+	// Stale resourceVersion: the second writer of the same version loses.
+	a, err := clients[0].CoordinationV1().Leases("default").Get(ctx, "race", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := a.DeepCopy()
+	a.Spec.HolderIdentity = ptr("a")
+	b.Spec.HolderIdentity = ptr("b")
+	if _, err := clients[1].CoordinationV1().Leases("default").Update(ctx, a, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = clients[2].CoordinationV1().Leases("default").Update(ctx, b, metav1.UpdateOptions{})
+	var se *apierrors.StatusError
+	if !apierrors.IsConflict(err) || !errors.As(err, &se) || se.ErrStatus.Code != http.StatusConflict {
+		t.Fatalf("stale update: %v", err)
+	}
+	got, err := clients[2].CoordinationV1().Leases("default").Get(ctx, "race", metav1.GetOptions{})
+	if err != nil || *got.Spec.HolderIdentity != "a" {
+		t.Fatalf("after the race: %v %v", got, err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestK8sKubectl drives kubectl against the API: leases made through the
+// Kubernetes API and through gRPC both show.
+func TestK8sKubectl(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skip("kubectl is not installed; skipping the kubectl checks")
+	}
+	c := startCluster(t, 3)
+	ready(t, c)
+	url := k8sAPI(t, c.procs[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := c.client().Acquire(ctx, "ops", "from-grpc", "worker-7", 30*time.Second, 0, map[string]string{"app": "db"}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "config")
+	if err := os.WriteFile(kubeconfig, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(stdin string, args ...string) string {
+		t.Helper()
+		args = append([]string{"--server", url, "--cache-dir", filepath.Join(dir, "cache")}, args...)
+		cmd := exec.CommandContext(ctx, kubectl, args...)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "HOME="+dir)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	out := run(`apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata:
+  name: from-kubectl
+  namespace: team
+  labels: {app: web}
+spec:
+  holderIdentity: pod-1
+  leaseDurationSeconds: 40
+`, "create", "-f", "-", "--validate=false")
+	if !strings.Contains(out, "lease.coordination.k8s.io/from-kubectl created") {
+		t.Fatalf("create: %s", out)
+	}
+
+	// apply, creating and then changing a lease.
+	for _, holder := range []string{"pod-a", "pod-b"} {
+		run(`apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata:
+  name: applied
+  namespace: team
+spec:
+  holderIdentity: `+holder+`
+  leaseDurationSeconds: 40
+`, "apply", "-f", "-", "--validate=false")
+	}
+	if out := run("", "get", "lease", "applied", "-n", "team", "-o", "jsonpath={.spec.holderIdentity}"); out != "pod-b" {
+		t.Errorf("after apply: holder %q", out)
+	}
+
+	out = run("", "get", "leases", "-A")
+	for _, want := range []string{"NAMESPACE", "NAME", "HOLDER", "AGE", "from-grpc", "worker-7", "from-kubectl", "pod-1", "ops", "team"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("get leases -A lacks %q:\n%s", want, out)
+		}
+	}
+	out = run("", "get", "lease", "from-grpc", "-n", "ops", "-o", "yaml")
+	for _, want := range []string{"holderIdentity: worker-7", "leaseDurationSeconds: 30", "app: db", "leasekeeper.io/fencing-token:", "uid:", "resourceVersion:"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("-o yaml lacks %q:\n%s", want, out)
+		}
+	}
+	out = run("", "get", "leases", "-n", "team", "-l", "app=web", "-o", "json")
+	var list coordinationv1.LeaseList
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Items) != 1 || *list.Items[0].Spec.HolderIdentity != "pod-1" {
+		t.Errorf("get -l -o json: %v\n%s", err, out)
+	}
+	run("", "annotate", "lease", "from-kubectl", "-n", "team", "owner=me")
+	run("", "label", "lease", "from-kubectl", "-n", "team", "tier=front")
+	out = run("", "get", "lease", "from-kubectl", "-n", "team", "-o", "jsonpath={.metadata.annotations.owner}/{.metadata.labels.tier}/{.spec.holderIdentity}")
+	if out != "me/front/pod-1" {
+		t.Errorf("after annotate and label: %q", out)
+	}
+	out = run("", "delete", "lease", "from-kubectl", "-n", "team")
+	if !strings.Contains(out, `"from-kubectl" deleted`) {
+		t.Errorf("delete: %s", out)
+	}
+	out = run("", "get", "leases", "-A", "-o", "name")
+	if strings.Contains(out, "from-kubectl") || !strings.Contains(out, "lease.coordination.k8s.io/from-grpc") {
+		t.Errorf("after delete: %s", out)
+	}
+}
