@@ -60,10 +60,7 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 	if req.Wait {
 		return s.acquireWait(ctx, cmd, dur)
 	}
-	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: cmd}})
-	if err == nil && res.Err != nil {
-		err = toStatus(res.Err, res.Lease)
-	}
+	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: cmd}})
 	if err != nil {
 		s.met.acquires.WithLabelValues("error").Inc()
 		return nil, err
@@ -101,10 +98,7 @@ func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.D
 		return nil, toStatus(err, nil)
 	}
 	defer s.hub.unsubscribe(w)
-	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: cmd}})
-	if err == nil && res.Err != nil {
-		err = toStatus(res.Err, res.Lease)
-	}
+	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: cmd}})
 	if err != nil {
 		s.met.acquires.WithLabelValues("error").Inc()
 		return nil, err
@@ -219,14 +213,11 @@ func (s *Server) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteR
 			return c.Delete(ctx, req)
 		})
 	}
-	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Delete{Delete: &fsmpb.Delete{
+	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Delete{Delete: &fsmpb.Delete{
 		Namespace: ns, Name: req.Name, ResourceVersion: req.ResourceVersion,
 	}}})
 	if err != nil {
 		return nil, err
-	}
-	if res.Err != nil {
-		return nil, toStatus(res.Err, res.Lease)
 	}
 	return &pb.DeleteResponse{Lease: toPB(res.Lease)}, nil
 }
@@ -545,15 +536,12 @@ func (s *Server) Write(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResp
 	if err := s.cfg.Auth.AuthorizeContext(ctx, verb, ns, req.Name); err != nil {
 		return nil, err
 	}
-	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Write{Write: &fsmpb.Write{
+	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Write{Write: &fsmpb.Write{
 		Namespace: ns, Name: req.Name, Create: req.Create, ResourceVersion: req.ResourceVersion,
 		Holder: req.HolderIdentity, DurationNs: int64(dur), Labels: req.Labels, Object: req.Object,
 	}}})
 	if err != nil {
 		return nil, err
-	}
-	if res.Err != nil {
-		return nil, toStatus(res.Err, res.Lease)
 	}
 	return &pb.WriteResponse{Lease: toPB(res.Lease)}, nil
 }
@@ -571,14 +559,11 @@ func (s *Server) leaveQueue(ctx context.Context, req *pb.ReleaseRequest) (*pb.Re
 			return c.Release(ctx, req)
 		})
 	}
-	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Dequeue{Dequeue: &fsmpb.Dequeue{
+	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Dequeue{Dequeue: &fsmpb.Dequeue{
 		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity,
 	}}})
 	if err != nil {
 		return nil, err
-	}
-	if res.Err != nil {
-		return nil, toStatus(res.Err, res.Lease)
 	}
 	return &pb.ReleaseResponse{Lease: toPB(res.Lease)}, nil
 }

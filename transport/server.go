@@ -258,6 +258,19 @@ func forwardCluster[T any](ctx context.Context, s *Server, call func(context.Con
 	return call(s.forwardCtx(ctx), pb.NewClusterClient(c))
 }
 
+// commit is propose with the command's own failure (the FSM's Result.Err)
+// also returned as a status error, carrying the lease it names.
+func (s *Server) commit(ctx context.Context, c *fsmpb.Command) (*fsm.Result, error) {
+	res, err := s.propose(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return res, toStatus(res.Err, res.Lease)
+	}
+	return res, nil
+}
+
 // propose commits c on this node, which leads, and maps errors to codes.
 func (s *Server) propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, error) {
 	res, err := s.node.Propose(ctx, c)
