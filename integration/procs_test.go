@@ -41,10 +41,10 @@ func TestMain(m *testing.M) {
 
 // proc is one lease-node process.
 type proc struct {
-	id, grpc, raft, http, dataDir, logPath string
-	args                                   []string
-	cmd                                    *exec.Cmd
-	done                                   chan struct{}
+	id, grpc, raft, http, k8s, dataDir, logPath string
+	args                                        []string
+	cmd                                         *exec.Cmd
+	done                                        chan struct{}
 }
 
 type cluster struct {
@@ -73,7 +73,7 @@ func freePorts(t *testing.T, n int) []string {
 // startCluster starts n real lease-node processes on loopback.
 func startCluster(t *testing.T, n int) *cluster {
 	t.Helper()
-	ports := freePorts(t, 3*n)
+	ports := freePorts(t, 4*n)
 	c := &cluster{t: t}
 	var peers []string
 	for i := 0; i < n; i++ {
@@ -86,11 +86,12 @@ func startCluster(t *testing.T, n int) *cluster {
 			grpc:    ports[i],
 			raft:    ports[n+i],
 			http:    ports[2*n+i],
+			k8s:     ports[3*n+i],
 			dataDir: filepath.Join(base, fmt.Sprintf("n%d", i+1)),
 			logPath: filepath.Join(base, fmt.Sprintf("n%d.log", i+1)),
 		}
 		p.args = []string{"--id", p.id, "--data-dir", p.dataDir, "--grpc-addr", p.grpc, "--raft-addr", p.raft,
-			"--http-addr", p.http, "--bootstrap", "--peers", strings.Join(peers, ","),
+			"--http-addr", p.http, "--k8s-api-addr", p.k8s, "--bootstrap", "--peers", strings.Join(peers, ","),
 			"--heartbeat-timeout", "500ms", "--election-timeout", "500ms", "--leader-lease-timeout", "250ms"}
 		c.procs = append(c.procs, p)
 		c.start(p)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local 3-node leasekeeper cluster on 127.0.0.1 and stops it on
-# Ctrl-C. Client gRPC ports 7001-7003, Raft 8001-8003, HTTP 9001-9003;
+# Ctrl-C. Client gRPC ports 7001-7003, Raft 8001-8003, HTTP 9001-9003,
+# the Kubernetes Lease API on 6443 (n1);
 # data under ./data (DATA_DIR to change). BIN points at lease-node.
 set -euo pipefail
 BIN=${BIN:-bin/lease-node}
@@ -16,9 +17,11 @@ stop() {
 trap stop INT TERM EXIT
 mkdir -p "$DATA_DIR"
 for i in 1 2 3; do
+	k8s=""
+	[ "$i" = 1 ] && k8s="--k8s-api-addr 127.0.0.1:6443"
 	"$BIN" --id "n$i" --data-dir "$DATA_DIR/n$i" \
 		--grpc-addr "127.0.0.1:700$i" --raft-addr "127.0.0.1:800$i" --http-addr "127.0.0.1:900$i" \
-		--bootstrap --peers "$peers" ${LEASE_NODE_ARGS:-} 2>>"$DATA_DIR/n$i.log" &
+		--bootstrap --peers "$peers" $k8s ${LEASE_NODE_ARGS:-} 2>>"$DATA_DIR/n$i.log" &
 	pids+=($!)
 done
 cat <<MSG
@@ -26,6 +29,7 @@ leasekeeper: 3 nodes running
   n1  grpc 127.0.0.1:7001  raft 127.0.0.1:8001  http 127.0.0.1:9001
   n2  grpc 127.0.0.1:7002  raft 127.0.0.1:8002  http 127.0.0.1:9002
   n3  grpc 127.0.0.1:7003  raft 127.0.0.1:8003  http 127.0.0.1:9003
+n1 also serves the Kubernetes Lease API: kubectl --server http://127.0.0.1:6443 get leases -A
 logs: $DATA_DIR/n1.log .. n3.log     try: bin/leasectl cluster status
 Ctrl-C stops all three.
 MSG

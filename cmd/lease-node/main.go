@@ -30,6 +30,7 @@ import (
 	"github.com/leasekeeper/leasekeeper/auth"
 	"github.com/leasekeeper/leasekeeper/clock"
 	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/k8sapi"
 	"github.com/leasekeeper/leasekeeper/node"
 	"github.com/leasekeeper/leasekeeper/transport"
 )
@@ -39,17 +40,18 @@ func main() {
 }
 
 type options struct {
-	sec       securityFlags
-	node      node.Config
-	server    transport.Config
-	httpAddr  string
-	peers     string
-	join      string
-	logLevel  string
-	logJSON   bool
-	clockRate float64
-	fault     string
-	restore   string
+	sec        securityFlags
+	k8sAPIAddr string
+	node       node.Config
+	server     transport.Config
+	httpAddr   string
+	peers      string
+	join       string
+	logLevel   string
+	logJSON    bool
+	clockRate  float64
+	fault      string
+	restore    string
 }
 
 // envPrefix: every flag may also be set as LEASE_NODE_<FLAG> (upper case,
@@ -68,6 +70,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.node.GRPCAddr, "grpc-addr", "127.0.0.1:7001", "client gRPC API address")
 	fs.StringVar(&o.node.RaftAddr, "raft-addr", "127.0.0.1:8001", "Raft address, reached by the other nodes")
 	fs.StringVar(&o.httpAddr, "http-addr", "", "address for /metrics, /healthz and /readyz (empty: off)")
+	fs.StringVar(&o.k8sAPIAddr, "k8s-api-addr", "", "address for the Kubernetes Lease API (coordination.k8s.io/v1) over HTTP, for kubectl and client-go (empty: off)")
 	fs.BoolVar(&o.node.Bootstrap, "bootstrap", false, "start a new cluster of --peers if this node has no state")
 	fs.StringVar(&o.peers, "peers", "", "initial cluster for --bootstrap: id=raftaddr,id=raftaddr,...")
 	fs.StringVar(&o.join, "join", "", "gRPC address(es) of a running cluster to join, comma separated")
@@ -154,6 +157,9 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	o.sec.requireSecured = profile == "production"
 	if err := o.sec.check(); err != nil {
 		return nil, err
+	}
+	if o.k8sAPIAddr != "" && (o.sec.authMode == auth.ModeMTLS || o.sec.authMode == auth.ModeMTLSToken) {
+		return nil, fmt.Errorf("--k8s-api-addr cannot pass client certificates through to --auth-mode %s; use --auth-mode token (bearer tokens pass through) or no auth", o.sec.authMode)
 	}
 	if o.join != "" && o.node.Bootstrap {
 		return nil, errors.New("--join and --bootstrap exclude each other")
@@ -270,6 +276,17 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 			errc <- err
 		}
 	}
+	var ks *http.Server
+	var kconn *grpc.ClientConn
+	if o.k8sAPIAddr != "" {
+		// The Kubernetes API talks to this node's own gRPC API, so its
+		// requests are forwarded, authorized and validated like any other.
+		// It uses the node's TLS credentials but never the node's token:
+		// HTTP callers must not act as the node.
+		if ks, kconn, err = startK8sAPI(o.k8sAPIAddr, o.node.GRPCAddr, sec.k8sDial(o.sec.tlsServerName), log); err != nil {
+			errc <- err
+		}
+	}
 	log.Info("serving", "grpc", o.node.GRPCAddr, "raft", o.node.RaftAddr, "http", o.httpAddr, "data_dir", o.node.DataDir,
 		"tls", sec.tlsEnabled, "raft_tls", o.sec.raftTLS, "auth", o.sec.authMode)
 	if o.restore != "" {
@@ -308,6 +325,14 @@ wait:
 		}
 	}
 	cancel()
+	if ks != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if ks.Shutdown(sctx) != nil {
+			_ = ks.Close() // watches never end by themselves
+		}
+		scancel()
+		_ = kconn.Close()
+	}
 	stopGRPC(g, 5*time.Second)
 	wg.Wait()
 	_ = srv.Close()
@@ -455,4 +480,32 @@ func restore(ctx context.Context, path string, n *node.Node, log hclog.Logger) e
 	}
 	log.Info("backup restored", "file", path)
 	return nil
+}
+
+func startK8sAPI(addr, grpcAddr string, dial []grpc.DialOption, log hclog.Logger) (*http.Server, *grpc.ClientConn, error) {
+	cc, err := grpc.NewClient(grpcAddr, dial...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("k8s api: %w", err)
+	}
+	cfg := k8sapi.DefaultConfig()
+	cfg.Client = pb.NewLeasesClient(cc)
+	cfg.Logger = log.Named("k8sapi")
+	h, err := k8sapi.NewHandler(cfg)
+	if err != nil {
+		cc.Close()
+		return nil, nil, fmt.Errorf("k8s api: %w", err)
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		cc.Close()
+		return nil, nil, fmt.Errorf("k8s api listener: %w", err)
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second} // no WriteTimeout: watches stream
+	go func() {
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("k8s api server", "error", err)
+		}
+	}()
+	log.Info("serving the Kubernetes Lease API", "addr", addr)
+	return hs, cc, nil
 }

@@ -151,3 +151,16 @@ func (s *security) close() {
 		_ = s.raftTrans.Close()
 	}
 }
+
+// k8sDial is how the Kubernetes API front end reaches this node's gRPC API:
+// with TLS when the node serves it, but with neither the node's client
+// certificate nor its token, so an HTTP caller can never act as the node;
+// its own bearer token passes through instead.
+func (s *security) k8sDial(serverName string) []grpc.DialOption {
+	if s.reloader == nil {
+		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: s.reloader.CertPool(), ServerName: serverName, MinVersion: tls.VersionTLS12,
+	}))}
+}

@@ -1,0 +1,163 @@
+package k8sapi
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+
+	"github.com/munnerz/goautoneg"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+// Media types the handler speaks.
+const (
+	mediaJSON     = runtime.ContentTypeJSON     // application/json
+	mediaYAML     = runtime.ContentTypeYAML     // application/yaml
+	mediaProtobuf = runtime.ContentTypeProtobuf // application/vnd.kubernetes.protobuf
+)
+
+// format is how a response is encoded.
+type format struct {
+	info runtime.SerializerInfo
+	// table, when set, is the meta.k8s.io version ("v1" or "v1beta1") of
+	// a Table to answer with instead of the object (JSON only).
+	table string
+}
+
+// negotiate picks the response format from the Accept header, as the API
+// server does: the first acceptable clause wins. Tables are offered where
+// allowTable; YAML only outside watches. Protobuf is used only when the
+// client prefers it to JSON.
+func (h *handler) negotiate(r *http.Request, allowTable, stream bool) (format, *apierrors.StatusError) {
+	header := r.Header.Get("Accept")
+	if header == "" {
+		return h.formatFor(mediaJSON), nil
+	}
+	for _, c := range goautoneg.ParseAccept(header) {
+		if c.Q <= 0 {
+			continue
+		}
+		mt := c.Type + "/" + c.SubType
+		if as := c.Params["as"]; as != "" {
+			v := c.Params["v"]
+			if as == "Table" && allowTable && c.Params["g"] == "meta.k8s.io" && (v == "v1" || v == "v1beta1") &&
+				(mt == mediaJSON || mt == "application/*" || mt == "*/*") {
+				f := h.formatFor(mediaJSON)
+				f.table = v
+				return f, nil
+			}
+			continue
+		}
+		switch mt {
+		case mediaJSON, "application/*", "*/*":
+			return h.formatFor(mediaJSON), nil
+		case mediaProtobuf:
+			return h.formatFor(mediaProtobuf), nil
+		case mediaYAML:
+			if !stream {
+				return h.formatFor(mediaYAML), nil
+			}
+		}
+	}
+	accepted := mediaJSON + ", " + mediaProtobuf
+	if !stream {
+		accepted += ", " + mediaYAML
+	}
+	return format{}, notAcceptable(accepted)
+}
+
+func (h *handler) formatFor(mediaType string) format {
+	info, _ := runtime.SerializerInfoForMediaType(h.codecs.SupportedMediaTypes(), mediaType)
+	return format{info: info}
+}
+
+// encode encodes obj (a Lease, a LeaseList or a Status) in f, stamped with
+// its kind and apiVersion.
+func (h *handler) encode(f format, obj runtime.Object) ([]byte, error) {
+	enc := h.codecs.WithoutConversion().EncoderForVersion(f.info.Serializer, groupVersion)
+	return runtime.Encode(enc, obj)
+}
+
+// writeObject answers with obj in f.
+func (h *handler) writeObject(w http.ResponseWriter, r *http.Request, code int, f format, obj runtime.Object) {
+	body, err := h.encode(f, obj)
+	if err != nil {
+		h.writeError(w, r, apierrors.NewInternalError(err))
+		return
+	}
+	writeBody(w, code, f.info.MediaType, body)
+}
+
+// writeJSON answers with v, which carries its own kind and apiVersion,
+// as JSON of the given content type.
+func (h *handler) writeJSON(w http.ResponseWriter, r *http.Request, code int, contentType string, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		h.writeError(w, r, apierrors.NewInternalError(err))
+		return
+	}
+	writeBody(w, code, contentType, append(body, '\n'))
+}
+
+func writeBody(w http.ResponseWriter, code int, contentType string, body []byte) {
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_, _ = w.Write(body)
+}
+
+// readBody reads the request body, at most MaxBodyBytes of it.
+func (h *handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apierrors.StatusError) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, apierrors.NewRequestEntityTooLargeError("limit is " + strconv.FormatInt(h.cfg.MaxBodyBytes, 10) + " bytes")
+		}
+		return nil, badRequest("reading the body: %v", err)
+	}
+	return body, nil
+}
+
+// requestMediaType is the body's media type; JSON when not given.
+func requestMediaType(r *http.Request) (string, *apierrors.StatusError) {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return mediaJSON, nil
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return "", unsupportedMediaType(ct)
+	}
+	return mt, nil
+}
+
+// decode reads the body into into, an object of kind gvk. A JSON or YAML
+// body may leave out apiVersion and kind.
+func (h *handler) decode(w http.ResponseWriter, r *http.Request, into runtime.Object, gvk schema.GroupVersionKind) *apierrors.StatusError {
+	mt, serr := requestMediaType(r)
+	if serr != nil {
+		return serr
+	}
+	info, ok := runtime.SerializerInfoForMediaType(h.codecs.SupportedMediaTypes(), mt)
+	if !ok {
+		return unsupportedMediaType(mt)
+	}
+	body, serr := h.readBody(w, r)
+	if serr != nil {
+		return serr
+	}
+	_, got, err := info.Serializer.Decode(body, &gvk, into)
+	if err != nil {
+		return badRequest("decoding the %s body: %v", gvk.Kind, err)
+	}
+	if got.Kind != gvk.Kind {
+		return badRequest("the body is a %s, not a %s", got.Kind, gvk.Kind)
+	}
+	return nil
+}

@@ -1,0 +1,475 @@
+package k8sapi
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"strconv"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	jsonpatch "gopkg.in/evanphx/json-patch.v4"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	utilrand "k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+)
+
+var (
+	leaseGVK         = groupVersion.WithKind("Lease")
+	deleteOptionsGVK = groupVersion.WithKind("DeleteOptions")
+)
+
+func isCode(err error, c codes.Code) bool { return status.Code(err) == c }
+
+func rejectDryRun(r *http.Request) *apierrors.StatusError {
+	if len(r.URL.Query()["dryRun"]) > 0 {
+		return badRequest("dryRun is not supported by leasekeeper")
+	}
+	return nil
+}
+
+// checkKey makes the body's name and namespace agree with the URL's.
+func checkKey(obj *coordinationv1.Lease, ns, name string) *apierrors.StatusError {
+	if obj.Namespace != "" && obj.Namespace != ns {
+		return badRequest("the namespace of the provided object does not match the namespace sent on the request")
+	}
+	obj.Namespace = ns
+	if name != "" && obj.Name != name {
+		return badRequest("the name of the object (%s) does not match the name on the URL (%s)", obj.Name, name)
+	}
+	return nil
+}
+
+// get serves GET of one lease.
+func (h *handler) get(w http.ResponseWriter, r *http.Request, ns, name string) {
+	f, serr := h.negotiate(r, true, false)
+	if serr != nil {
+		h.writeError(w, r, serr)
+		return
+	}
+	l, err := h.getLease(r, ns, name)
+	if err != nil {
+		h.writeError(w, r, readError(err, name))
+		return
+	}
+	obj := h.present(l, l.ResourceVersion)
+	if f.table != "" {
+		h.writeTable(w, r, f, []coordinationv1.Lease{*obj}, metav1.ListMeta{ResourceVersion: obj.ResourceVersion})
+		return
+	}
+	h.writeObject(w, r, http.StatusOK, f, obj)
+}
+
+// readError maps a failed read or delete: a name the service refuses
+// names no lease.
+func readError(err error, name string) *apierrors.StatusError {
+	if isCode(err, codes.InvalidArgument) {
+		return apierrors.NewNotFound(leaseResource, name)
+	}
+	return fromGRPC(err, name)
+}
+
+// selectors are a list's or a watch's filters, applied here: the full
+// Kubernetes label syntax, and the fields metadata.name and
+// metadata.namespace.
+type selectors struct {
+	labels labels.Selector
+	fields fields.Selector
+}
+
+func parseSelectors(r *http.Request) (selectors, *apierrors.StatusError) {
+	q := r.URL.Query()
+	ls, err := labels.Parse(q.Get("labelSelector"))
+	if err != nil {
+		return selectors{}, badRequest("unable to parse labelSelector: %v", err)
+	}
+	fs, err := fields.ParseSelector(q.Get("fieldSelector"))
+	if err != nil {
+		return selectors{}, badRequest("unable to parse fieldSelector: %v", err)
+	}
+	for _, req := range fs.Requirements() {
+		if req.Field != "metadata.name" && req.Field != "metadata.namespace" {
+			return selectors{}, badRequest("field label not supported: %s", req.Field)
+		}
+	}
+	return selectors{labels: ls, fields: fs}, nil
+}
+
+func (s selectors) matches(l *pb.Lease) bool {
+	return s.labels.Matches(labels.Set(l.Labels)) &&
+		s.fields.Matches(fields.Set{"metadata.name": l.Name, "metadata.namespace": l.Namespace})
+}
+
+// continueToken is where the next page of a list starts. Pages after the
+// first are read from the current state, not at the first page's revision
+// (the service keeps no history): items after the token, each at its own
+// resourceVersion. A watch from the list's resourceVersion still sees
+// every change since the first page.
+type continueToken struct {
+	RV        uint64 `json:"rv"`
+	Namespace string `json:"ns"`
+	Name      string `json:"name"`
+}
+
+func encodeContinue(t continueToken) string {
+	b, _ := json.Marshal(t)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeContinue(s string) (continueToken, *apierrors.StatusError) {
+	var t continueToken
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err == nil {
+		err = json.Unmarshal(b, &t)
+	}
+	if err != nil || t.Name == "" {
+		return t, badRequest("invalid continue token")
+	}
+	return t, nil
+}
+
+func after(l *pb.Lease, t continueToken) bool {
+	if l.Namespace != t.Namespace {
+		return l.Namespace > t.Namespace
+	}
+	return l.Name > t.Name
+}
+
+// list serves GET of a collection.
+func (h *handler) list(w http.ResponseWriter, r *http.Request, ns string) {
+	f, serr := h.negotiate(r, true, false)
+	if serr != nil {
+		h.writeError(w, r, serr)
+		return
+	}
+	sel, serr := parseSelectors(r)
+	if serr != nil {
+		h.writeError(w, r, serr)
+		return
+	}
+	q := r.URL.Query()
+	var limit int64
+	if s := q.Get("limit"); s != "" {
+		var err error
+		if limit, err = strconv.ParseInt(s, 10, 64); err != nil || limit < 0 {
+			h.writeError(w, r, badRequest("invalid limit %q", s))
+			return
+		}
+	}
+	var cont *continueToken
+	if s := q.Get("continue"); s != "" {
+		t, serr := decodeContinue(s)
+		if serr != nil {
+			h.writeError(w, r, serr)
+			return
+		}
+		cont = &t
+	}
+	list := &coordinationv1.LeaseList{TypeMeta: metav1.TypeMeta{APIVersion: groupVersion.String(), Kind: "LeaseList"}}
+	var leases []*pb.Lease
+	rev := uint64(0)
+	// A namespace that cannot exist holds no leases.
+	if ns == "" || len(validation.IsDNS1123Label(ns)) == 0 {
+		res, err := h.listLeases(r, ns)
+		if err != nil {
+			h.writeError(w, r, fromGRPC(err, ""))
+			return
+		}
+		leases, rev = res.Leases, res.Revision
+	}
+	if cont != nil {
+		rev = cont.RV
+	}
+	for _, l := range leases {
+		if !sel.matches(l) || (cont != nil && !after(l, *cont)) {
+			continue
+		}
+		if limit > 0 && int64(len(list.Items)) == limit {
+			last := list.Items[len(list.Items)-1]
+			list.Continue = encodeContinue(continueToken{RV: rev, Namespace: last.Namespace, Name: last.Name})
+			break
+		}
+		list.Items = append(list.Items, *h.present(l, l.ResourceVersion))
+	}
+	list.ResourceVersion = formatRV(rev)
+	if f.table != "" {
+		h.writeTable(w, r, f, list.Items, list.ListMeta)
+		return
+	}
+	h.writeObject(w, r, http.StatusOK, f, list)
+}
+
+// create serves POST.
+func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
+	f, serr := h.negotiate(r, false, false)
+	if serr == nil {
+		serr = rejectDryRun(r)
+	}
+	obj := &coordinationv1.Lease{}
+	if serr == nil {
+		serr = h.decode(w, r, obj, leaseGVK)
+	}
+	if serr == nil {
+		serr = checkKey(obj, ns, "")
+	}
+	if serr == nil && obj.ResourceVersion != "" {
+		serr = badRequest("resourceVersion should not be set on objects to be created")
+	}
+	generate := obj.Name == "" && obj.GenerateName != ""
+	if serr == nil && obj.Name == "" && !generate {
+		serr = invalid("", field.Required(field.NewPath("metadata", "name"), "name or generateName is required"))
+	}
+	if serr != nil {
+		h.writeError(w, r, serr)
+		return
+	}
+	if generate && len(obj.GenerateName) > validation.DNS1123LabelMaxLength-5 {
+		obj.GenerateName = obj.GenerateName[:validation.DNS1123LabelMaxLength-5]
+	}
+	for attempt := 0; ; attempt++ {
+		if generate {
+			obj.Name = obj.GenerateName + utilrand.String(5)
+		}
+		l, err := h.writeLease(r, obj, true, 0)
+		if err != nil && generate && isCode(err, codes.AlreadyExists) && attempt < h.cfg.MaxWriteRetries {
+			continue
+		}
+		if err != nil {
+			h.writeError(w, r, fromGRPC(err, obj.Name))
+			return
+		}
+		h.writeObject(w, r, http.StatusCreated, f, h.present(l, l.ResourceVersion))
+		return
+	}
+}
+
+// update serves PUT: a replace guarded by the body's resourceVersion, or a
+// create when the lease does not exist (Leases allow create on update).
+func (h *handler) update(w http.ResponseWriter, r *http.Request, ns, name string) {
+	f, serr := h.negotiate(r, false, false)
+	if serr == nil {
+		serr = rejectDryRun(r)
+	}
+	obj := &coordinationv1.Lease{}
+	if serr == nil {
+		serr = h.decode(w, r, obj, leaseGVK)
+	}
+	if serr == nil {
+		serr = checkKey(obj, ns, name)
+	}
+	var rv uint64
+	if serr == nil && obj.ResourceVersion != "" {
+		rv, serr = parseRV(obj.ResourceVersion)
+	}
+	if serr == nil && obj.UID != "" {
+		serr = h.checkUID(r, ns, name, obj.UID)
+	}
+	if serr != nil {
+		h.writeError(w, r, serr)
+		return
+	}
+	code := http.StatusOK
+	l, err := h.writeLease(r, obj, rv == 0, rv)
+	switch {
+	case err != nil && rv == 0 && isCode(err, codes.AlreadyExists):
+		h.writeError(w, r, invalid(name, field.Invalid(field.NewPath("metadata", "resourceVersion"), int64(0), "must be specified for an update")))
+		return
+	case err != nil && rv != 0 && isCode(err, codes.NotFound):
+		l, err = h.writeLease(r, obj, true, 0)
+		if isCode(err, codes.AlreadyExists) {
+			err = status.Error(codes.Aborted, "created meanwhile")
+		}
+		code = http.StatusCreated
+	case err == nil && rv == 0:
+		code = http.StatusCreated
+	}
+	if err != nil {
+		h.writeError(w, r, fromGRPC(err, name))
+		return
+	}
+	h.writeObject(w, r, code, f, h.present(l, l.ResourceVersion))
+}
+
+// checkUID refuses a write whose uid names another incarnation of the
+// lease than the current one.
+func (h *handler) checkUID(r *http.Request, ns, name string, uid types.UID) *apierrors.StatusError {
+	l, err := h.getLease(r, ns, name)
+	switch {
+	case isCode(err, codes.NotFound):
+		return uidConflict(name, string(uid), "")
+	case err != nil:
+		return fromGRPC(err, name)
+	case uidOf(l) != uid:
+		return uidConflict(name, string(uid), string(uidOf(l)))
+	}
+	return nil
+}
+
+// patch serves PATCH: the patch is applied to the current Lease and the
+// result written back guarded by the resourceVersion it was computed on;
+// if another writer came first, it is applied again to the newer Lease,
+// unless the patch itself named the resourceVersion.
+func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string) {
+	f, serr := h.negotiate(r, false, false)
+	if serr == nil {
+		serr = rejectDryRun(r)
+	}
+	var mt string
+	if serr == nil {
+		mt, serr = requestMediaType(r)
+	}
+	if serr == nil {
+		switch types.PatchType(mt) {
+		case types.MergePatchType, types.StrategicMergePatchType, types.JSONPatchType:
+		default:
+			serr = unsupportedMediaType(string(types.MergePatchType) + ", " + string(types.StrategicMergePatchType) + ", " + string(types.JSONPatchType))
+		}
+	}
+	var body []byte
+	if serr == nil {
+		body, serr = h.readBody(w, r)
+	}
+	if serr != nil {
+		h.writeError(w, r, serr)
+		return
+	}
+	var apply func(cur []byte) ([]byte, error)
+	switch types.PatchType(mt) {
+	case types.MergePatchType:
+		apply = func(cur []byte) ([]byte, error) { return jsonpatch.MergePatch(cur, body) }
+	case types.StrategicMergePatchType:
+		apply = func(cur []byte) ([]byte, error) {
+			return strategicpatch.StrategicMergePatch(cur, body, coordinationv1.Lease{})
+		}
+	case types.JSONPatchType:
+		p, err := jsonpatch.DecodePatch(body)
+		if err != nil {
+			h.writeError(w, r, badRequest("decoding the JSON patch: %v", err))
+			return
+		}
+		apply = func(cur []byte) ([]byte, error) { return p.Apply(cur) }
+	}
+	for attempt := 0; ; attempt++ {
+		curLease, err := h.getLease(r, ns, name)
+		if err != nil {
+			h.writeError(w, r, readError(err, name))
+			return
+		}
+		cur := h.present(curLease, curLease.ResourceVersion)
+		curJSON, err := json.Marshal(cur)
+		if err != nil {
+			h.writeError(w, r, apierrors.NewInternalError(err))
+			return
+		}
+		patched, err := apply(curJSON)
+		if err != nil {
+			h.writeError(w, r, apierrors.NewInvalid(leaseKind, name, field.ErrorList{field.Invalid(field.NewPath(""), string(body), err.Error())}))
+			return
+		}
+		obj := &coordinationv1.Lease{}
+		if err := json.Unmarshal(patched, obj); err != nil {
+			h.writeError(w, r, badRequest("the patched Lease does not decode: %v", err))
+			return
+		}
+		if obj.Name != name || (obj.Namespace != "" && obj.Namespace != ns) {
+			h.writeError(w, r, invalid(name, field.Forbidden(field.NewPath("metadata", "name"), "a patch may not change the name or namespace")))
+			return
+		}
+		obj.Namespace = ns
+		if obj.UID != "" && obj.UID != cur.UID {
+			h.writeError(w, r, uidConflict(name, string(obj.UID), string(cur.UID)))
+			return
+		}
+		rv := curLease.ResourceVersion
+		if obj.ResourceVersion != "" {
+			var serr *apierrors.StatusError
+			if rv, serr = parseRV(obj.ResourceVersion); serr != nil {
+				h.writeError(w, r, serr)
+				return
+			}
+		}
+		out, err := h.writeLease(r, obj, false, rv)
+		if err != nil && rv == curLease.ResourceVersion && attempt < h.cfg.MaxWriteRetries &&
+			(isCode(err, codes.Aborted) || isCode(err, codes.NotFound)) {
+			continue
+		}
+		if err != nil {
+			h.writeError(w, r, fromGRPC(err, name))
+			return
+		}
+		h.writeObject(w, r, http.StatusOK, f, h.present(out, out.ResourceVersion))
+		return
+	}
+}
+
+// delete serves DELETE, with the preconditions of DeleteOptions.
+func (h *handler) delete(w http.ResponseWriter, r *http.Request, ns, name string) {
+	serr := rejectDryRun(r)
+	opts := &metav1.DeleteOptions{}
+	if serr == nil && r.ContentLength != 0 {
+		serr = h.decode(w, r, opts, deleteOptionsGVK)
+	}
+	if serr == nil && len(opts.DryRun) > 0 {
+		serr = badRequest("dryRun is not supported by leasekeeper")
+	}
+	var rv uint64
+	var uid types.UID
+	if p := opts.Preconditions; serr == nil && p != nil {
+		if p.ResourceVersion != nil {
+			rv, serr = parseRV(*p.ResourceVersion)
+		}
+		if p.UID != nil {
+			uid = *p.UID
+		}
+	}
+	if serr != nil {
+		h.writeError(w, r, serr)
+		return
+	}
+	for attempt := 0; ; attempt++ {
+		guard := rv
+		if uid != "" {
+			// Delete exactly the incarnation that was checked.
+			cur, err := h.getLease(r, ns, name)
+			if err != nil {
+				h.writeError(w, r, readError(err, name))
+				return
+			}
+			if got := uidOf(cur); got != uid {
+				h.writeError(w, r, uidConflict(name, string(uid), string(got)))
+				return
+			}
+			if guard == 0 {
+				guard = cur.ResourceVersion
+			}
+		}
+		gone, err := h.deleteLease(r, ns, name, guard)
+		if err != nil && rv == 0 && uid != "" && isCode(err, codes.Aborted) && attempt < h.cfg.MaxWriteRetries {
+			continue
+		}
+		if err != nil {
+			if isCode(err, codes.Aborted) && rv != 0 {
+				h.writeError(w, r, preconditionFailed(name, "ResourceVersion", formatRV(rv), "a newer one"))
+				return
+			}
+			h.writeError(w, r, readError(err, name))
+			return
+		}
+		st := metav1.Status{
+			TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
+			Status:   metav1.StatusSuccess,
+			Details:  &metav1.StatusDetails{Name: name, Group: groupName, Kind: resource, UID: uidOf(gone)},
+		}
+		h.writeJSON(w, r, http.StatusOK, mediaJSON, &st)
+		return
+	}
+}

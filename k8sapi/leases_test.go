@@ -1,0 +1,373 @@
+package k8sapi_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/k8sapi"
+)
+
+func TestCreateGetUpdateDelete(t *testing.T) {
+	e := setup(t)
+	path := leasesPath + "team/leases"
+
+	created := e.do("POST", path, newLease("lock", "alice", 10)).lease(t, http.StatusCreated)
+	if created.UID == "" || created.ResourceVersion == "" || created.CreationTimestamp.IsZero() {
+		t.Fatalf("server fields missing: %+v", created.ObjectMeta)
+	}
+	if created.Namespace != "team" || created.Name != "lock" || *created.Spec.HolderIdentity != "alice" {
+		t.Fatalf("created %+v", created)
+	}
+	token := created.Annotations[k8sapi.FencingTokenAnnotation]
+	if token == "" || token == "0" {
+		t.Fatalf("fencing token annotation %q", token)
+	}
+
+	got := e.do("GET", path+"/lock", nil).lease(t, http.StatusOK)
+	if got.ResourceVersion != created.ResourceVersion || got.UID != created.UID {
+		t.Fatalf("get %s/%s, want %s/%s", got.UID, got.ResourceVersion, created.UID, created.ResourceVersion)
+	}
+
+	// A renewal by the same holder keeps the token; a new holder gets a
+	// higher one, and the client's own transition count is kept as written.
+	got.Spec.RenewTime = ptr(metav1.NowMicro())
+	renewed := e.do("PUT", path+"/lock", got).lease(t, http.StatusOK)
+	if renewed.ResourceVersion == got.ResourceVersion {
+		t.Fatal("update kept the resourceVersion")
+	}
+	if renewed.Annotations[k8sapi.FencingTokenAnnotation] != token {
+		t.Fatalf("renewal changed the token: %s -> %s", token, renewed.Annotations[k8sapi.FencingTokenAnnotation])
+	}
+	renewed.Spec.HolderIdentity = ptr("bob")
+	renewed.Spec.LeaseTransitions = ptr(int32(7))
+	taken := e.do("PUT", path+"/lock", renewed).lease(t, http.StatusOK)
+	t1, _ := strconv.Atoi(token)
+	t2, _ := strconv.Atoi(taken.Annotations[k8sapi.FencingTokenAnnotation])
+	if t2 <= t1 || *taken.Spec.LeaseTransitions != 7 || *taken.Spec.HolderIdentity != "bob" {
+		t.Fatalf("takeover: token %d -> %d, transitions %d, holder %s", t1, t2, *taken.Spec.LeaseTransitions, *taken.Spec.HolderIdentity)
+	}
+
+	// The stale version that alice still has is refused.
+	e.do("PUT", path+"/lock", got).status(t, http.StatusConflict, metav1.StatusReasonConflict)
+
+	del := e.do("DELETE", path+"/lock", nil)
+	if del.code != http.StatusOK {
+		t.Fatalf("delete: %d %s", del.code, del.body)
+	}
+	e.do("GET", path+"/lock", nil).status(t, http.StatusNotFound, metav1.StatusReasonNotFound)
+
+	again := e.do("POST", path, newLease("lock", "", 0)).lease(t, http.StatusCreated)
+	if again.UID == created.UID {
+		t.Fatal("a re-created lease has the old uid")
+	}
+	if again.Spec.HolderIdentity != nil {
+		t.Fatalf("holder %q on a lease created free", *again.Spec.HolderIdentity)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	e := setup(t)
+	path := leasesPath + "default/leases"
+	base := e.do("POST", path, newLease("x", "a", 10)).lease(t, http.StatusCreated)
+	missingRV := base.DeepCopy()
+	missingRV.ResourceVersion = ""
+	otherUID := base.DeepCopy()
+	otherUID.UID = types.UID("00000000-0000-0000-0000-000000000000")
+	wrongName := base.DeepCopy()
+	wrongName.Name = "y"
+	badDuration := newLease("bad", "a", 0)
+	withRV := newLease("rv", "", 0)
+	withRV.ResourceVersion = "5"
+	withFinalizer := newLease("fin", "", 0)
+	withFinalizer.Finalizers = []string{"x/y"}
+
+	tests := []struct {
+		name, method, path string
+		body               any
+		headers            []string
+		code               int
+		reason             metav1.StatusReason
+	}{
+		{"get unknown", "GET", path + "/nope", nil, nil, 404, metav1.StatusReasonNotFound},
+		{"get bad name", "GET", path + "/Nope", nil, nil, 404, metav1.StatusReasonNotFound},
+		{"create exists", "POST", path, newLease("x", "", 0), nil, 409, metav1.StatusReasonAlreadyExists},
+		{"create invalid name", "POST", path, newLease("Bad_Name", "", 0), nil, 422, metav1.StatusReasonInvalid},
+		{"create no name", "POST", path, newLease("", "", 0), nil, 422, metav1.StatusReasonInvalid},
+		{"create zero duration", "POST", path, badDuration, nil, 422, metav1.StatusReasonInvalid},
+		{"create with resourceVersion", "POST", path, withRV, nil, 400, metav1.StatusReasonBadRequest},
+		{"create with finalizer", "POST", path, withFinalizer, nil, 422, metav1.StatusReasonInvalid},
+		{"create not JSON", "POST", path, "{", nil, 400, metav1.StatusReasonBadRequest},
+		{"create not a Lease", "POST", path, `{"apiVersion":"v1","kind":"Status"}`, nil, 400, metav1.StatusReasonBadRequest},
+		{"create wrong namespace", "POST", leasesPath + "other/leases", base, nil, 400, metav1.StatusReasonBadRequest},
+		{"create unknown media", "POST", path, "x", []string{"Content-Type", "text/plain"}, 415, metav1.StatusReasonUnsupportedMediaType},
+		{"create dry run", "POST", path + "?dryRun=All", newLease("d", "", 0), nil, 400, metav1.StatusReasonBadRequest},
+		{"cluster-wide create", "POST", "/apis/coordination.k8s.io/v1/leases", newLease("c", "", 0), nil, 405, metav1.StatusReasonMethodNotAllowed},
+		{"update without resourceVersion", "PUT", path + "/x", missingRV, nil, 422, metav1.StatusReasonInvalid},
+		{"update other uid", "PUT", path + "/x", otherUID, nil, 409, metav1.StatusReasonConflict},
+		{"update name mismatch", "PUT", path + "/x", wrongName, nil, 400, metav1.StatusReasonBadRequest},
+		{"update bad resourceVersion", "PUT", path + "/x", func() any { l := base.DeepCopy(); l.ResourceVersion = "abc"; return l }(), nil, 400, metav1.StatusReasonBadRequest},
+		{"delete unknown", "DELETE", path + "/nope", nil, nil, 404, metav1.StatusReasonNotFound},
+		{"delete stale", "DELETE", path + "/x", metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: ptr("1000000")}}, nil, 409, metav1.StatusReasonConflict},
+		{"delete other uid", "DELETE", path + "/x", metav1.DeleteOptions{Preconditions: metav1.NewUIDPreconditions("nope")}, nil, 409, metav1.StatusReasonConflict},
+		{"patch unknown", "PATCH", path + "/nope", `{}`, []string{"Content-Type", "application/merge-patch+json"}, 404, metav1.StatusReasonNotFound},
+		{"patch apply", "PATCH", path + "/x", `{}`, []string{"Content-Type", "application/apply-patch+yaml"}, 415, metav1.StatusReasonUnsupportedMediaType},
+		{"patch stale", "PATCH", path + "/x", `{"metadata":{"resourceVersion":"1000000"}}`, []string{"Content-Type", "application/merge-patch+json"}, 409, metav1.StatusReasonConflict},
+		{"patch rename", "PATCH", path + "/x", `{"metadata":{"name":"z"}}`, []string{"Content-Type", "application/merge-patch+json"}, 422, metav1.StatusReasonInvalid},
+		{"method", "POST", path + "/x", `{}`, nil, 405, metav1.StatusReasonMethodNotAllowed},
+		{"unknown path", "GET", "/apis/apps/v1/deployments", nil, nil, 404, metav1.StatusReasonNotFound},
+		{"subresource", "GET", path + "/x/status", nil, nil, 404, metav1.StatusReasonNotFound},
+		{"bad label selector", "GET", path + "?labelSelector=a%20in%20(", nil, nil, 400, metav1.StatusReasonBadRequest},
+		{"unsupported field selector", "GET", path + "?fieldSelector=spec.holderIdentity=a", nil, nil, 400, metav1.StatusReasonBadRequest},
+		{"bad continue", "GET", path + "?continue=zzz", nil, nil, 400, metav1.StatusReasonBadRequest},
+		{"not acceptable", "GET", path + "/x", nil, []string{"Accept", "text/html"}, 406, metav1.StatusReasonNotAcceptable},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e.do(tc.method, tc.path, tc.body, tc.headers...).status(t, tc.code, tc.reason)
+		})
+	}
+}
+
+func TestUpdateCreatesMissingLease(t *testing.T) {
+	e := setup(t)
+	path := leasesPath + "default/leases/"
+	// Leases allow create on update, with or without a resourceVersion.
+	e.do("PUT", path+"fresh", newLease("fresh", "a", 5)).lease(t, http.StatusCreated)
+	l := newLease("gone", "a", 5)
+	l.ResourceVersion = "3"
+	e.do("PUT", path+"gone", l).lease(t, http.StatusCreated)
+}
+
+func TestCreateRace(t *testing.T) {
+	e := setup(t)
+	const n = 8
+	codes := make([]int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = e.do("POST", leasesPath+"default/leases", newLease("race", fmt.Sprintf("c%d", i), 10)).code
+		}()
+	}
+	wg.Wait()
+	created := 0
+	for _, c := range codes {
+		switch c {
+		case http.StatusCreated:
+			created++
+		case http.StatusConflict:
+		default:
+			t.Fatalf("codes %v", codes)
+		}
+	}
+	if created != 1 {
+		t.Fatalf("%d creates succeeded, want 1: %v", created, codes)
+	}
+}
+
+func TestGenerateName(t *testing.T) {
+	e := setup(t)
+	l := newLease("", "", 0)
+	l.GenerateName = "gen-"
+	got := e.do("POST", leasesPath+"default/leases", l).lease(t, http.StatusCreated)
+	if !regexp.MustCompile(`^gen-[a-z0-9]{5}$`).MatchString(got.Name) {
+		t.Fatalf("generated name %q", got.Name)
+	}
+}
+
+func TestPatch(t *testing.T) {
+	e := setup(t)
+	path := leasesPath + "default/leases/p"
+	l := newLease("p", "a", 10)
+	l.Annotations = map[string]string{"keep": "me"}
+	base := e.do("POST", leasesPath+"default/leases", l).lease(t, http.StatusCreated)
+	tests := []struct {
+		name, contentType, patch string
+		check                    func(*coordinationv1.Lease) bool
+	}{
+		{"merge", "application/merge-patch+json", `{"spec":{"holderIdentity":"b"},"metadata":{"labels":{"x":"1"}}}`,
+			func(l *coordinationv1.Lease) bool { return *l.Spec.HolderIdentity == "b" && l.Labels["x"] == "1" }},
+		{"strategic", "application/strategic-merge-patch+json", `{"spec":{"leaseDurationSeconds":20}}`,
+			func(l *coordinationv1.Lease) bool {
+				return *l.Spec.LeaseDurationSeconds == 20 && *l.Spec.HolderIdentity == "b"
+			}},
+		{"json patch", "application/json-patch+json", `[{"op":"replace","path":"/spec/holderIdentity","value":"c"}]`,
+			func(l *coordinationv1.Lease) bool { return *l.Spec.HolderIdentity == "c" }},
+		{"merge with current version", "application/merge-patch+json", "", // filled below
+			func(l *coordinationv1.Lease) bool { return *l.Spec.LeaseTransitions == 3 }},
+	}
+	prev := base
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			patch := tc.patch
+			if patch == "" {
+				patch = fmt.Sprintf(`{"metadata":{"resourceVersion":%q},"spec":{"leaseTransitions":3}}`, prev.ResourceVersion)
+			}
+			got := e.do("PATCH", path, patch, "Content-Type", tc.contentType).lease(t, http.StatusOK)
+			if !tc.check(got) || got.Annotations["keep"] != "me" || got.ResourceVersion == prev.ResourceVersion {
+				t.Fatalf("patched %+v", got)
+			}
+			prev = got
+		})
+	}
+}
+
+func TestGRPCLeasePresented(t *testing.T) {
+	e := setup(t)
+	res, err := e.grpc.Acquire(ctx(t), &pb.AcquireRequest{
+		Namespace: "ops", Name: "via-grpc", HolderIdentity: "worker-1",
+		LeaseDuration: durationpb.New(1500 * time.Millisecond), Labels: map[string]string{"tier": "db"},
+	})
+	if err != nil || !res.Acquired {
+		t.Fatalf("acquire: %v %v", res, err)
+	}
+	r := e.do("GET", leasesPath+"ops/leases/via-grpc", nil)
+	l := r.lease(t, http.StatusOK)
+	if *l.Spec.HolderIdentity != "worker-1" || *l.Spec.LeaseDurationSeconds != 2 || *l.Spec.LeaseTransitions != 1 ||
+		l.Spec.AcquireTime == nil || l.Spec.RenewTime == nil || l.Labels["tier"] != "db" {
+		t.Fatalf("presented %+v", l)
+	}
+	if want := strconv.FormatUint(res.Lease.FencingToken, 10); l.Annotations[k8sapi.FencingTokenAnnotation] != want {
+		t.Fatalf("token %q, want %s", l.Annotations[k8sapi.FencingTokenAnnotation], want)
+	}
+	micro := regexp.MustCompile(`"(acquireTime|renewTime)":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"`)
+	if n := len(micro.FindAll(r.body, -1)); n != 2 {
+		t.Fatalf("%d MicroTimes with six digits in %s", n, r.body)
+	}
+}
+
+func TestExpiryClearsHolder(t *testing.T) {
+	e := setup(t)
+	path := leasesPath + "default/leases/"
+	e.do("POST", path[:len(path)-1], newLease("short", "a", 1)).lease(t, http.StatusCreated)
+	waitFor(t, func() bool {
+		l := e.do("GET", path+"short", nil).lease(t, http.StatusOK)
+		return l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == ""
+	})
+	// The client's other fields stay as it wrote them.
+	l := e.do("GET", path+"short", nil).lease(t, http.StatusOK)
+	if *l.Spec.LeaseDurationSeconds != 1 || l.Spec.RenewTime == nil {
+		t.Fatalf("after expiry %+v", l.Spec)
+	}
+}
+
+func TestListPagesAndSelectors(t *testing.T) {
+	e := setup(t)
+	for _, ns := range []string{"a", "b"} {
+		for i := range 3 {
+			l := newLease(fmt.Sprintf("l%d", i), "", 0)
+			l.Labels = map[string]string{"ns": ns, "n": strconv.Itoa(i)}
+			e.do("POST", leasesPath+ns+"/leases", l).lease(t, http.StatusCreated)
+		}
+	}
+	list := func(path string) *coordinationv1.LeaseList {
+		t.Helper()
+		r := e.do("GET", path, nil)
+		if r.code != 200 || r.hdr.Get("Content-Type") != "application/json" {
+			t.Fatalf("%s: %d %s", path, r.code, r.body)
+		}
+		var l coordinationv1.LeaseList
+		if err := json.Unmarshal(r.body, &l); err != nil || l.Kind != "LeaseList" || l.ResourceVersion == "" {
+			t.Fatalf("%s: %v %s", path, err, r.body)
+		}
+		return &l
+	}
+	names := func(l *coordinationv1.LeaseList) (out []string) {
+		for _, it := range l.Items {
+			out = append(out, it.Namespace+"/"+it.Name)
+		}
+		return out
+	}
+	tests := []struct{ name, path, want string }{
+		{"namespace", leasesPath + "a/leases", "[a/l0 a/l1 a/l2]"},
+		{"all", "/apis/coordination.k8s.io/v1/leases", "[a/l0 a/l1 a/l2 b/l0 b/l1 b/l2]"},
+		{"equality", "/apis/coordination.k8s.io/v1/leases?labelSelector=n%3D1", "[a/l1 b/l1]"},
+		{"set based", "/apis/coordination.k8s.io/v1/leases?labelSelector=n%20in%20(0,2),ns!%3Db", "[a/l0 a/l2]"},
+		{"field", "/apis/coordination.k8s.io/v1/leases?fieldSelector=metadata.name%3Dl2", "[a/l2 b/l2]"},
+		{"empty namespace", leasesPath + "none/leases", "[]"},
+		{"impossible namespace", leasesPath + "No_Such/leases", "[]"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := fmt.Sprint(names(list(tc.path))); got != tc.want && !(tc.want == "[]" && got == "[]") {
+				t.Fatalf("got %s, want %s", got, tc.want)
+			}
+		})
+	}
+	t.Run("pages", func(t *testing.T) {
+		var all []string
+		path := "/apis/coordination.k8s.io/v1/leases?limit=4"
+		first := list(path)
+		l := first
+		for {
+			all = append(all, names(l)...)
+			if l.Continue == "" {
+				break
+			}
+			if l.ResourceVersion != first.ResourceVersion {
+				t.Fatalf("page resourceVersion %s, first %s", l.ResourceVersion, first.ResourceVersion)
+			}
+			l = list(path + "&continue=" + l.Continue)
+		}
+		if fmt.Sprint(all) != "[a/l0 a/l1 a/l2 b/l0 b/l1 b/l2]" || len(first.Items) != 4 {
+			t.Fatalf("pages gave %v", all)
+		}
+	})
+}
+
+func TestStatusErrorsForClientGo(t *testing.T) {
+	e := setup(t)
+	leases := e.clientset().CoordinationV1().Leases("default")
+	_, err := leases.Get(ctx(t), "missing", metav1.GetOptions{})
+	if !apierrors.IsNotFound(err) {
+		t.Fatalf("get missing: %v", err)
+	}
+	l, err := leases.Create(ctx(t), newLease("cg", "a", 10), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leases.Create(ctx(t), newLease("cg", "a", 10), metav1.CreateOptions{}); !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("second create: %v", err)
+	}
+	l.Spec.HolderIdentity = ptr("b")
+	if _, err := leases.Update(ctx(t), l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leases.Update(ctx(t), l, metav1.UpdateOptions{}); !apierrors.IsConflict(err) {
+		t.Fatalf("stale update: %v", err)
+	}
+	list, err := leases.List(ctx(t), metav1.ListOptions{})
+	if err != nil || len(list.Items) != 1 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	if err := leases.Delete(ctx(t), "cg", metav1.DeleteOptions{Preconditions: metav1.NewUIDPreconditions(string(l.UID))}); err != nil {
+		t.Fatal(err)
+	}
+	if err := leases.Delete(ctx(t), "cg", metav1.DeleteOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("second delete: %v", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ct := range e.contentTypes {
+		if ct != "application/vnd.kubernetes.protobuf" {
+			t.Fatalf("client-go sent %q; the test means to cover protobuf", ct)
+		}
+	}
+	if len(e.contentTypes) < 4 {
+		t.Fatalf("bodies sent: %v", e.contentTypes)
+	}
+}
