@@ -387,13 +387,16 @@ func (l *listener) Applied(evs []fsm.Event) {
 	mgr := l.n.mgr
 	if mgr.Active() {
 		for _, ev := range evs {
-			// Whatever the event, the lease's state after it decides: a
-			// holding (new or renewed) gets a deadline, anything else has
-			// none.
-			if ev.Type != fsm.EventDeleted && ev.Lease.Held() {
-				mgr.Held(l.n.holding(ev.Lease))
-			} else {
+			switch {
+			case ev.Type == fsm.EventDeleted || !ev.Lease.Held():
 				mgr.Ended(leasing.Key{Namespace: ev.Lease.Namespace, Name: ev.Lease.Name})
+			case ev.Type == fsm.EventModified:
+				// The holding did not change (a waiter joined or left the
+				// queue): its deadline must not move either, or waiters
+				// arriving would keep a dead holder's lease alive.
+			default:
+				// A holding began or was renewed: a fresh deadline.
+				mgr.Held(l.n.holding(ev.Lease))
 			}
 		}
 	}

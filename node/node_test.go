@@ -182,3 +182,24 @@ func TestLeaderDropsWaitersThatStopCalling(t *testing.T) {
 		t.Fatalf("holding changed: %+v", l)
 	}
 }
+
+func TestQueueChangesDoNotExtendTheHolding(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	acquire(t, leader, "m", "a", 2*time.Second)
+	clk.Advance(1500 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := leader.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: &fsmpb.Acquire{
+		Namespace: "default", Name: "m", Holder: "w", DurationNs: int64(time.Minute), Wait: true,
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := leader.Remaining("default", "m"); !ok || d != 500*time.Millisecond {
+		t.Fatalf("after a waiter joined: %v left (ok=%v), want the holder's own 500ms", d, ok)
+	}
+	// When a's holding lapses, the waiter gets the lease.
+	clk.Advance(500*time.Millisecond + time.Nanosecond)
+	waitHolder(t, c, "m", "w")
+}
