@@ -278,7 +278,7 @@ func TestObserveResumesAfterBreaks(t *testing.T) {
 	defer cancel()
 	bumpRevision(t, c)
 	obs := client.NewElection(watcher, "resumed").Observe(ctx)
-	if got := recvWithin(t, obs, 5*time.Second, "the first observation"); got != "" {
+	if got := recvWithin(t, obs, 10*time.Second, "the first observation"); got != "" {
 		t.Fatalf("first observation %q, want none", got)
 	}
 	// Each change waits for its observation, so none is coalesced.
@@ -290,13 +290,13 @@ func TestObserveResumesAfterBreaks(t *testing.T) {
 		if err != nil || !r.Acquired {
 			t.Fatalf("Acquire %s: %v %v", holder, r, err)
 		}
-		if got := recvWithin(t, obs, 5*time.Second, "holder "+holder); got != holder {
+		if got := recvWithin(t, obs, 10*time.Second, "holder "+holder); got != holder {
 			t.Fatalf("observed %q, want %q", got, holder)
 		}
 		if _, err := c.Release(ctx, "default", "resumed", holder, r.Lease.FencingToken); err != nil {
 			t.Fatal(err)
 		}
-		if got := recvWithin(t, obs, 5*time.Second, "the release of "+holder); got != "" {
+		if got := recvWithin(t, obs, 10*time.Second, "the release of "+holder); got != "" {
 			t.Fatalf("observed %q after the release, want none", got)
 		}
 	}
