@@ -24,7 +24,7 @@ test: test-unit test-integration check-deploy bench-smoke jepsen-short
 
 test-unit:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -p 2 $(RACE_PKGS)
+	$(GO) test -race -count=1 -p 1 $(RACE_PKGS)
 	$(GO) test -count=1 -p 2 $(OTHER_PKGS)
 
 # leasekeeper next to etcd (../shared/bench/etcdpeer when present), in the

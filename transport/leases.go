@@ -87,6 +87,9 @@ func (s *Server) acquireResponse(res *fsm.Result) *pb.AcquireResponse {
 	return out
 }
 
+// pollMargin is how long before the caller's deadline a long poll answers.
+const pollMargin = 100 * time.Millisecond
+
 // acquireWait queues the caller when the lease is held and answers when
 // the leader hands it the lease, or after a third of the duration (a long
 // poll, so the caller's send time stays close to any grant and its own
@@ -107,7 +110,13 @@ func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.D
 		return s.acquireResponse(res), nil
 	}
 	s.node.SawWaiter(cmd.Namespace, cmd.Name, cmd.Holder)
-	poll := time.NewTimer(dur / 3)
+	// Answer "still queued" before the caller's own deadline, so a short
+	// call learns its place instead of timing out.
+	wait := dur / 3
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, max(time.Until(dl)-pollMargin, 0))
+	}
+	poll := time.NewTimer(wait)
 	defer poll.Stop()
 	last := res
 	for {

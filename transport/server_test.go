@@ -382,7 +382,9 @@ func TestWholeObjectWrite(t *testing.T) {
 
 func TestWaitQueueHandsOffInOrder(t *testing.T) {
 	_, f, _ := start(t)
-	const d = 3 * time.Second
+	// Long enough that no holding lapses on a loaded machine before the
+	// test releases it: a lapse would hand the lease on by itself.
+	const d = 20 * time.Second
 	a, err := f.Acquire(ctx(t), acq("q", "a", d))
 	if err != nil || !a.Acquired {
 		t.Fatal(err)
@@ -398,7 +400,10 @@ func TestWaitQueueHandsOffInOrder(t *testing.T) {
 		// Queue one at a time, so the order is known.
 		r := acq("q", w, d)
 		r.Wait = true
-		first, err := f.Acquire(ctx(t), r)
+		// A short call: the server answers "queued" before its deadline.
+		qctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		first, err := f.Acquire(qctx, r)
+		cancel()
 		if err != nil || !first.Queued {
 			t.Fatalf("queue %s: %v %+v", w, err, first)
 		}

@@ -64,9 +64,9 @@ func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
 		cfg.Peers = peers
 		// Short enough for quick elections, long enough that a loaded
 		// machine (-race, two cores) does not depose a healthy leader.
-		cfg.HeartbeatTimeout = 200 * time.Millisecond
-		cfg.ElectionTimeout = 200 * time.Millisecond
-		cfg.LeaderLeaseTimeout = 100 * time.Millisecond
+		cfg.HeartbeatTimeout = 500 * time.Millisecond
+		cfg.ElectionTimeout = 500 * time.Millisecond
+		cfg.LeaderLeaseTimeout = 250 * time.Millisecond
 		cfg.CommitTimeout = 5 * time.Millisecond
 		if opts.GRPCAddr != nil {
 			cfg.GRPCAddr = opts.GRPCAddr(i)
