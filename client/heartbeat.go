@@ -58,7 +58,18 @@ func NewHeartbeat(c *Client, namespace, nodeName string, opts ...Option) (*Heart
 // ErrClosed).
 func (hb *Heartbeat) Run(ctx context.Context) error {
 	for {
-		h, err := hb.c.hold(ctx, hb.node, hb.o)
+		// The acquire is not cut short by ctx: a stop that lands while
+		// the answer is on its way would leave a holding granted on the
+		// server, unknown here and so never released.
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), hb.c.cfg.DialTimeout)
+		h, err := hb.c.hold(hctx, hb.node, hb.o)
+		cancel()
+		if err == nil && ctx.Err() != nil {
+			rctx, cancel := context.WithTimeout(context.Background(), hb.c.cfg.DialTimeout)
+			_ = h.Release(rctx)
+			cancel()
+			return nil
+		}
 		switch {
 		case err == nil:
 			hb.set(h)
