@@ -368,18 +368,17 @@ func (e *Election) observe(ctx context.Context, emit func(holder string)) error 
 	// read can fall before the watch's start.
 	read := func() (uint64, bool) {
 		for {
-			var rev uint64
-			if st, err := e.c.Status(ctx); err == nil {
-				rev = st.GetRevision()
-			}
-			resp, err := e.c.Get(ctx, e.namespace, e.name, false)
+			// One linearizable read gives the holder and the revision it
+			// was read at, found or not, so the watch misses nothing.
+			resp, err := e.c.List(ctx, &pb.ListRequest{Namespace: e.namespace, Name: e.name})
 			switch {
 			case err == nil:
-				report(resp.GetLease().GetHolderIdentity())
-				return resp.GetLease().GetResourceVersion(), true
-			case errors.Is(err, ErrNotFound):
-				report("")
-				return rev, true
+				holder := ""
+				if ls := resp.GetLeases(); len(ls) > 0 {
+					holder = ls[0].GetHolderIdentity()
+				}
+				report(holder)
+				return resp.GetRevision(), true
 			case ctx.Err() != nil, errors.Is(err, ErrInvalid), errors.Is(err, ErrPermission), errors.Is(err, ErrClosed):
 				return 0, false
 			}

@@ -90,8 +90,10 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
 		// the wait below.
 		var rev uint64
 		if !watched {
-			if st, err := s.c.Status(ctx); err == nil {
-				rev = st.GetRevision()
+			// A linearizable read: the revision covers every write
+			// acknowledged before it, unlike a node's local Status.
+			if l, err := s.c.List(ctx, &pb.ListRequest{Namespace: s.o.namespace, LabelSelector: SemaphoreLabel + "=" + s.name}); err == nil {
+				rev = l.GetRevision()
 			}
 		}
 		h, err := s.TryAcquire(ctx)

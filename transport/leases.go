@@ -297,7 +297,7 @@ func (s *Server) matcher(namespace string, all bool, name, selector string) (fun
 
 // List reads the leases of a namespace (or all), filtered by labels.
 func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
-	match, err := s.matcher(req.Namespace, req.AllNamespaces, "", req.LabelSelector)
+	match, err := s.matcher(req.Namespace, req.AllNamespaces, req.Name, req.LabelSelector)
 	if err != nil {
 		return nil, invalidErr(err)
 	}

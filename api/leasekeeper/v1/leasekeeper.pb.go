@@ -905,6 +905,9 @@ type ListRequest struct {
 	// label_selector uses the Kubernetes equality syntax: "a=b,c!=d,e".
 	LabelSelector string `protobuf:"bytes,3,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
 	Serializable  bool   `protobuf:"varint,4,opt,name=serializable,proto3" json:"serializable,omitempty"`
+	// name, when set, lists at most that one lease: a read of one lease that
+	// also returns the store revision, found or not.
+	Name          string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -965,6 +968,13 @@ func (x *ListRequest) GetSerializable() bool {
 		return x.Serializable
 	}
 	return false
+}
+
+func (x *ListRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
 }
 
 type ListResponse struct {
@@ -2356,12 +2366,13 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\fserializable\x18\x03 \x01(\bR\fserializable\"s\n" +
 	"\vGetResponse\x12+\n" +
 	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\x127\n" +
-	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\"\x9d\x01\n" +
+	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\"\xb1\x01\n" +
 	"\vListRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12%\n" +
 	"\x0eall_namespaces\x18\x02 \x01(\bR\rallNamespaces\x12%\n" +
 	"\x0elabel_selector\x18\x03 \x01(\tR\rlabelSelector\x12\"\n" +
-	"\fserializable\x18\x04 \x01(\bR\fserializable\"Y\n" +
+	"\fserializable\x18\x04 \x01(\bR\fserializable\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\"Y\n" +
 	"\fListResponse\x12-\n" +
 	"\x06leases\x18\x01 \x03(\v2\x15.leasekeeper.v1.LeaseR\x06leases\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"l\n" +
