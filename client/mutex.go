@@ -77,7 +77,6 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 	start := m.c.clock.Now()
 	o := m.o
 	o.wait = wait
-	queued := false
 	for {
 		h, err := m.c.hold(ctx, m.name, o)
 		if err == nil {
@@ -95,10 +94,11 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 			}
 			// A long poll ended with the Mutex still in the queue: call
 			// again at once to keep its place.
-			queued = queued || held.Queued
 			continue
 		case ctx.Err() != nil:
-			if queued {
+			// The server may have queued us, or even handed us the
+			// lease, without the answer reaching us.
+			if wait {
 				m.leaveQueue(ctx)
 			}
 			return nil, ctx.Err()
@@ -114,7 +114,7 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
-			if queued {
+			if wait {
 				m.leaveQueue(ctx)
 			}
 			return nil, ctx.Err()
@@ -123,14 +123,22 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 }
 
 // leaveQueue gives up the Mutex's place in the queue, so the lease is not
-// handed to a waiter that left. Best effort: the leader also drops waiters
-// that stop calling.
+// handed to a waiter that left. The hand-off may have happened already,
+// while the cancelled call's answer was on its way: then the lease is
+// released, rather than left to expire. Best effort: the leader also drops
+// waiters that stop calling, and an unused holding expires.
 func (m *Mutex) leaveQueue(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.c.cfg.DialTimeout)
 	defer cancel()
-	_, _ = m.c.Leases().Release(rctx, &pb.ReleaseRequest{
+	resp, err := m.c.Leases().Release(rctx, &pb.ReleaseRequest{
 		Namespace: m.o.namespace, Name: m.name, HolderIdentity: m.o.identity, LeaveQueue: true,
 	})
+	if err != nil {
+		return
+	}
+	if l := resp.GetLease(); l.GetHolderIdentity() == m.o.identity {
+		_, _ = m.c.Release(rctx, m.o.namespace, m.name, m.o.identity, l.GetFencingToken())
+	}
 }
 
 // Unlock releases the lock: the holding ends locally first (Context is

@@ -378,3 +378,42 @@ func TestSemaphore(t *testing.T) {
 		t.Fatalf("slot labels = %v", a.Lease().GetLabels())
 	}
 }
+
+// TestCancelledLockLeavesNothingHeld cancels waiting Locks at every moment
+// around the hand-off: whichever way each one ends, the lease must not stay
+// with a waiter that gave up.
+func TestCancelledLockLeavesNothingHeld(t *testing.T) {
+	cl := startCluster(t)
+	c := lkClient(t, cl.Endpoints)
+	ctx := context.Background()
+	holder := client.NewMutex(c, "cancelled", client.WithTTL(10*time.Second))
+	for round := 0; round < 5; round++ {
+		if _, err := holder.Lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waiter := client.NewMutex(c, "cancelled", client.WithTTL(10*time.Second))
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := waiter.Lock(wctx)
+			done <- err
+		}()
+		// Release and cancel at nearly the same time.
+		if err := holder.Unlock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		if err := <-done; err == nil {
+			if err := waiter.Unlock(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		g, err := c.Get(ctx, client.DefaultNamespace, "cancelled", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := g.GetLease().GetHolderIdentity(); h != "" {
+			t.Fatalf("round %d: lease left held by %q after its waiter gave up", round, h)
+		}
+	}
+}
