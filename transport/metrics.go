@@ -3,16 +3,19 @@ package transport
 import (
 	"context"
 	"path"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
 // Metrics counts gRPC requests by method and code. Register it once on the
 // node's registry and pass it to ServerOptions.
 type Metrics struct {
+	hot      sync.Map // full method name -> *methodMetrics
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	renewals *prometheus.CounterVec
@@ -71,13 +74,39 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
+// methodMetrics holds one method's series that every call touches, looked
+// up once instead of by label on each call.
+type methodMetrics struct {
+	name     string
+	ok       prometheus.Counter
+	duration prometheus.Observer
+}
+
+func (m *Metrics) method(full string) *methodMetrics {
+	if v, ok := m.hot.Load(full); ok {
+		return v.(*methodMetrics)
+	}
+	name := path.Base(full)
+	mm := &methodMetrics{
+		name:     name,
+		ok:       m.requests.WithLabelValues(name, codes.OK.String()),
+		duration: m.duration.WithLabelValues(name),
+	}
+	v, _ := m.hot.LoadOrStore(full, mm)
+	return v.(*methodMetrics)
+}
+
 func (m *Metrics) unary() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		start := time.Now() // for the metric only
 		resp, err := h(ctx, req)
-		method := path.Base(info.FullMethod)
-		m.requests.WithLabelValues(method, status.Code(err).String()).Inc()
-		m.duration.WithLabelValues(method).Observe(time.Since(start).Seconds())
+		mm := m.method(info.FullMethod)
+		if err == nil {
+			mm.ok.Inc()
+		} else {
+			m.requests.WithLabelValues(mm.name, status.Code(err).String()).Inc()
+		}
+		mm.duration.Observe(time.Since(start).Seconds())
 		return resp, err
 	}
 }

@@ -82,8 +82,10 @@ func DefaultConfig() Config {
 		MaxKeepAliveBatch: 10000,
 		MaxRecvMsgSize:    4 << 20,
 		WatchWindow:       100000,
-		WatchBuffer:       4096,
-		DialOptions:       []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		// Above one Expire batch (5000 by default), so a watcher is not
+		// dropped by a single expiry storm entry.
+		WatchBuffer: 16384,
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 	}
 }
 
