@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/leasekeeper/leasekeeper/internal/labels"
 )
 
 // FuzzValidation feeds arbitrary names, holders, labels and selectors to
@@ -30,8 +32,8 @@ func FuzzValidation(f *testing.F) {
 				t.Fatalf("accepted label %q=%q", labelKey, labelValue)
 			}
 		}
-		if s, err := parseSelector(sel); err == nil {
-			_ = s.matches(map[string]string{labelKey: labelValue})
+		if s, err := labels.ParseSelector(sel); err == nil {
+			_ = s.Matches(map[string]string{labelKey: labelValue})
 		}
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/leasekeeper/leasekeeper/auth"
 	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+	"github.com/leasekeeper/leasekeeper/internal/labels"
 )
 
 // Acquire takes a free lease, renews the caller's own holding, or reports
@@ -48,10 +49,13 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 			return c.Acquire(ctx, req)
 		})
 	}
-	// Only the leader knows whether this creates the lease or updates it.
-	_, exists := s.node.FSM().Get(ns, req.Name)
-	if err := s.cfg.Auth.AuthorizeContext(ctx, auth.AcquireVerb(exists), ns, req.Name); err != nil {
-		return nil, err
+	// Only the leader knows whether this creates the lease or updates it;
+	// with auth off there is nothing to decide, so no lookup.
+	if s.cfg.Auth.Enabled() {
+		_, exists := s.node.FSM().Get(ns, req.Name)
+		if err := s.cfg.Auth.AuthorizeContext(ctx, auth.AcquireVerb(exists), ns, req.Name); err != nil {
+			return nil, err
+		}
 	}
 	cmd := &fsmpb.Acquire{
 		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity,
@@ -286,12 +290,12 @@ func (s *Server) matcher(namespace string, all bool, name, selector string) (fun
 			return nil, err
 		}
 	}
-	sel, err := parseSelector(selector)
+	sel, err := labels.ParseSelector(selector)
 	if err != nil {
 		return nil, err
 	}
 	return func(l *fsm.Lease) bool {
-		return (ns == "" || l.Namespace == ns) && (name == "" || l.Name == name) && sel.matches(l.Labels)
+		return (ns == "" || l.Namespace == ns) && (name == "" || l.Name == name) && sel.Matches(l.Labels)
 	}, nil
 }
 

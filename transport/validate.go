@@ -3,9 +3,10 @@ package transport
 import (
 	"fmt"
 	"regexp"
-	"strings"
 	"time"
 	"unicode"
+
+	"github.com/leasekeeper/leasekeeper/internal/labels"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -104,44 +105,17 @@ func (s *Server) validateDuration(field string, d *durationpb.Duration, required
 	return v, nil
 }
 
-func validateLabels(labels map[string]string) error {
-	if len(labels) > maxLabels {
-		return fmt.Errorf("too many labels: %d, at most %d", len(labels), maxLabels)
+func validateLabels(lbl map[string]string) error {
+	if len(lbl) > maxLabels {
+		return fmt.Errorf("too many labels: %d, at most %d", len(lbl), maxLabels)
 	}
-	for k, v := range labels {
-		if err := validateLabelKey(k); err != nil {
+	for k, v := range lbl {
+		if err := labels.ValidateKey(k); err != nil {
 			return err
 		}
-		if err := validateLabelValue(v); err != nil {
+		if err := labels.ValidateValue(v); err != nil {
 			return fmt.Errorf("label %q: %v", trunc(k), err)
 		}
-	}
-	return nil
-}
-
-var labelName = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$`)
-var dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
-
-func validateLabelKey(k string) error {
-	prefix, name, hasPrefix := strings.Cut(k, "/")
-	if !hasPrefix {
-		name, prefix = prefix, ""
-	}
-	if hasPrefix && (prefix == "" || len(prefix) > 253 || !dnsSubdomain.MatchString(prefix)) {
-		return fmt.Errorf("label key %q has an invalid prefix", trunc(k))
-	}
-	if name == "" || len(name) > maxNameLen || !labelName.MatchString(name) {
-		return fmt.Errorf("label key %q is invalid (at most 63 characters: letters, digits, '-', '_', '.', starting and ending with a letter or digit)", trunc(k))
-	}
-	return nil
-}
-
-func validateLabelValue(v string) error {
-	if v == "" {
-		return nil
-	}
-	if len(v) > maxLabelValueLen || !labelName.MatchString(v) {
-		return fmt.Errorf("value %q is invalid (at most 63 characters: letters, digits, '-', '_', '.', starting and ending with a letter or digit)", trunc(v))
 	}
 	return nil
 }

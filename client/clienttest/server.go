@@ -11,11 +11,9 @@ package clienttest
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"path"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 
@@ -27,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/internal/labels"
 )
 
 // Fault runs before a method's handler. A non-nil error is the method's
@@ -353,7 +352,7 @@ func (x leases) List(_ context.Context, req *pb.ListRequest) (*pb.ListResponse, 
 	defer s.mu.Unlock()
 	resp := &pb.ListResponse{Revision: s.rev}
 	for _, l := range s.leases {
-		if (req.AllNamespaces || l.Namespace == defaultNS(req.Namespace)) && sel.matches(l.Labels) {
+		if (req.AllNamespaces || l.Namespace == defaultNS(req.Namespace)) && sel.Matches(l.Labels) {
 			resp.Leases = append(resp.Leases, proto.Clone(l).(*pb.Lease))
 		}
 	}
@@ -396,7 +395,7 @@ func (x leases) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error 
 			if ev.Revision <= req.StartRevision ||
 				(!req.AllNamespaces && l.Namespace != defaultNS(req.Namespace)) ||
 				(req.Name != "" && l.Name != req.Name) ||
-				!sel.matches(l.Labels) {
+				!sel.Matches(l.Labels) {
 				continue
 			}
 			if err := stream.Send(ev); err != nil {
@@ -433,62 +432,12 @@ func (x cluster) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse,
 	}, nil
 }
 
-// selector is a parsed Kubernetes equality-based label selector.
-type selector []requirement
-
-type requirement struct {
-	key, value string
-	op         string // "=", "!=", "exists", "!exists"
-}
-
-func parseSelector(s string) (selector, error) {
-	var sel selector
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		var r requirement
-		switch {
-		case part == "":
-			continue
-		case strings.Contains(part, "!="):
-			k, v, _ := strings.Cut(part, "!=")
-			r = requirement{strings.TrimSpace(k), strings.TrimSpace(v), "!="}
-		case strings.Contains(part, "="):
-			k, v, _ := strings.Cut(part, "=")
-			r = requirement{strings.TrimSpace(k), strings.TrimSpace(strings.TrimPrefix(v, "=")), "="}
-		case strings.HasPrefix(part, "!"):
-			r = requirement{strings.TrimSpace(part[1:]), "", "!exists"}
-		default:
-			r = requirement{part, "", "exists"}
-		}
-		if r.key == "" {
-			return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("bad label selector %q", s))
-		}
-		sel = append(sel, r)
+// parseSelector reads a selector as the real server does, with the
+// server's error code.
+func parseSelector(s string) (labels.Selector, error) {
+	sel, err := labels.ParseSelector(s)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	return sel, nil
-}
-
-func (sel selector) matches(labels map[string]string) bool {
-	for _, r := range sel {
-		v, ok := labels[r.key]
-		switch r.op {
-		case "=":
-			if !ok || v != r.value {
-				return false
-			}
-		case "!=":
-			if ok && v == r.value {
-				return false
-			}
-		case "exists":
-			if !ok {
-				return false
-			}
-		case "!exists":
-			if ok {
-				return false
-			}
-		}
-	}
-	return true
 }
