@@ -267,19 +267,27 @@ func (k *keeper) step(now time.Time) (time.Time, bool) {
 			break
 		}
 	}
-	var due []*Holding
+	// A holding is due a quarter of its interval early. Once one is due,
+	// every holding within half its interval of its renewal rides along in
+	// the same message: renewing a little early is always safe, and
+	// holdings taken moments apart then share messages from then on.
+	var due, soon []*Holding
 	for _, h := range k.holdings {
 		at(h.deadline)
 		if h.inflight != 0 {
 			continue
 		}
-		// A quarter of the interval early, so that holdings with similar
-		// timings share a message.
 		if early := h.nextRenew.Add(-h.renewEvery / 4); now.Before(early) {
 			at(early)
+			if !now.Before(h.nextRenew.Add(-h.renewEvery / 2)) {
+				soon = append(soon, h)
+			}
 		} else {
 			due = append(due, h)
 		}
+	}
+	if len(due) > 0 {
+		due = append(due, soon...)
 	}
 	if len(due) > 0 && k.sess == nil {
 		if now.Before(k.reopenAt) {
