@@ -161,8 +161,27 @@ func New(cfg Config, n Node, hub *Hub, log hclog.Logger, met *Metrics) (*Server,
 func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterLeasesServer(g, s)
 	pb.RegisterClusterServer(g, s)
-	healthpb.RegisterHealthServer(g, s.health)
+	healthpb.RegisterHealthServer(g, liveHealth{Server: s.health, s: s})
 	s.updateHealth()
+}
+
+// liveHealth answers Check from the node's readiness at the moment of the
+// call; Watch streams the statuses that Run refreshes.
+type liveHealth struct {
+	*health.Server
+	s *Server
+}
+
+// Check reports SERVING when the node is ready now, for every service the
+// server knows (unknown services get NotFound from the embedded server).
+func (h liveHealth) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	if _, err := h.Server.Check(ctx, req); err != nil {
+		return nil, err
+	}
+	if ok, _ := h.s.node.Ready(); ok {
+		return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
+	}
+	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_NOT_SERVING}, nil
 }
 
 func (s *Server) updateHealth() {
