@@ -431,8 +431,13 @@ func (c *Client) retry(ctx context.Context, method string, call func(*grpc.Clien
 		if c.closed.Load() {
 			return ErrClosed
 		}
-		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+		if status.Code(err) != codes.Unavailable {
 			return mapError(err)
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			// The deadline passed during the attempt: the caller's limit
+			// ended the call, whatever the last endpoint said.
+			return deadlineError(cerr, attempt, err)
 		}
 		// Move on from the failed endpoint, unless a concurrent call has
 		// moved on already.
@@ -443,11 +448,17 @@ func (c *Client) retry(ctx context.Context, method string, call func(*grpc.Clien
 		wait := c.backoff(attempt)
 		c.log.Debug("retrying", "method", method, "endpoint", c.endpoints[i], "attempt", attempt+1, "wait", wait, "error", err)
 		if werr := c.sleep(ctx, wait); werr != nil {
-			return &statusError{
-				kind: werr,
-				st:   status.New(status.FromContextError(werr).Code(), fmt.Sprintf("after %d attempts, last error: %v", attempt+1, mapError(err))),
-			}
+			return deadlineError(werr, attempt, err)
 		}
+	}
+}
+
+// deadlineError reports a call ended by its context after attempt+1
+// attempts, naming the last error.
+func deadlineError(ctxErr error, attempt int, last error) error {
+	return &statusError{
+		kind: ctxErr,
+		st:   status.New(status.FromContextError(ctxErr).Code(), fmt.Sprintf("after %d attempts, last error: %v", attempt+1, mapError(last))),
 	}
 }
 
