@@ -22,6 +22,9 @@ import (
 // ErrClosed).
 func (c *Client) follow(ctx context.Context, req *pb.WatchRequest, onEvent func(*pb.WatchEvent), onReset func() uint64) error {
 	req = proto.Clone(req).(*pb.WatchRequest)
+	// Callers watch from the revision of their own read, which may be 0 on
+	// a store never written: replay makes even 0 exact.
+	req.Replay = true
 	failures := 0
 	for {
 		err := c.followOnce(ctx, req, onEvent, func() { failures = 0 })

@@ -81,11 +81,11 @@ func (h *Hub) drop(w *watcher, err error) {
 // match (none when start is 0). current is the FSM's revision when the
 // call began; it tells a compacted start from a new one when the window is
 // still empty.
-func (h *Hub) subscribe(start, current uint64, match func(*fsm.Lease) bool) (*watcher, []fsm.Event, error) {
+func (h *Hub) subscribe(start, current uint64, replay bool, match func(*fsm.Lease) bool) (*watcher, []fsm.Event, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var backlog []fsm.Event
-	if start > 0 {
+	if start > 0 || replay {
 		switch {
 		case len(h.events) == 0 && start < current:
 			return nil, nil, ErrCompacted

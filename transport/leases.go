@@ -100,7 +100,7 @@ const pollMargin = 100 * time.Millisecond
 // deadline stays useful).
 func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.Duration) (*pb.AcquireResponse, error) {
 	// Watch the lease before queueing, so the hand-off cannot slip by.
-	w, _, err := s.hub.subscribe(0, 0, func(l *fsm.Lease) bool { return l.Namespace == cmd.Namespace && l.Name == cmd.Name })
+	w, _, err := s.hub.subscribe(0, 0, false, func(l *fsm.Lease) bool { return l.Namespace == cmd.Namespace && l.Name == cmd.Name })
 	if err != nil {
 		return nil, toStatus(err, nil)
 	}
@@ -329,7 +329,7 @@ func (s *Server) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error
 	if err != nil {
 		return invalidErr(err)
 	}
-	w, backlog, err := s.hub.subscribe(req.StartRevision, s.node.FSM().Revision(), match)
+	w, backlog, err := s.hub.subscribe(req.StartRevision, s.node.FSM().Revision(), req.Replay, match)
 	if err != nil {
 		return toStatus(err, nil)
 	}

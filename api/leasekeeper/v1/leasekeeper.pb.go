@@ -1297,7 +1297,11 @@ type WatchRequest struct {
 	// start_revision, when non-zero, replays every event after it first.
 	StartRevision uint64 `protobuf:"varint,4,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
 	// name, when set, watches one lease.
-	Name          string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	// replay makes start_revision exact even when it is 0: every event after
+	// it is sent. A watcher that read the store at revision R (possibly 0)
+	// and watches from R with replay misses nothing.
+	Replay        bool `protobuf:"varint,6,opt,name=replay,proto3" json:"replay,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1365,6 +1369,13 @@ func (x *WatchRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *WatchRequest) GetReplay() bool {
+	if x != nil {
+		return x.Replay
+	}
+	return false
 }
 
 type WatchEvent struct {
@@ -2395,13 +2406,14 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
 	"\rWriteResponse\x12+\n" +
-	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\xb5\x01\n" +
+	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\xcd\x01\n" +
 	"\fWatchRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12%\n" +
 	"\x0eall_namespaces\x18\x02 \x01(\bR\rallNamespaces\x12%\n" +
 	"\x0elabel_selector\x18\x03 \x01(\tR\rlabelSelector\x12%\n" +
 	"\x0estart_revision\x18\x04 \x01(\x04R\rstartRevision\x12\x12\n" +
-	"\x04name\x18\x05 \x01(\tR\x04name\"\x84\x02\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x12\x16\n" +
+	"\x06replay\x18\x06 \x01(\bR\x06replay\"\x84\x02\n" +
 	"\n" +
 	"WatchEvent\x123\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1f.leasekeeper.v1.WatchEvent.TypeR\x04type\x12+\n" +
