@@ -59,6 +59,8 @@ var methods = map[string]MethodRule{
 	pb.Cluster_Join_FullMethodName:               {Verb: VerbAdmin},
 	pb.Cluster_RemoveMember_FullMethodName:       {Verb: VerbAdmin},
 	pb.Cluster_TransferLeadership_FullMethodName: {Verb: VerbAdmin},
+	// FollowsTerm tells only the node's Raft term, as Status does.
+	pb.Cluster_FollowsTerm_FullMethodName: {},
 }
 
 // Methods returns a copy of the method→verb table.

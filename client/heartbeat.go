@@ -45,6 +45,8 @@ func NewHeartbeat(c *Client, namespace, nodeName string, opts ...Option) (*Heart
 	o := buildOptions(opts)
 	o.namespace = namespace
 	o.identity = nodeName
+	// A Monitor tells a live member by the renewals it sees.
+	o.record = true
 	if err := o.validate(); err != nil {
 		return nil, err
 	}

@@ -58,6 +58,7 @@ type Holding struct {
 	token      uint64
 	duration   time.Duration
 	renewEvery time.Duration
+	record     bool // renewals go through the log (WithRecordedRenewals)
 	maxValid   time.Duration
 	lease      *pb.Lease
 	acquiredAt time.Time
@@ -257,6 +258,7 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 		token:      l.GetFencingToken(),
 		duration:   dur,
 		renewEvery: renewEvery,
+		record:     o.record,
 		maxValid:   o.maxValid,
 		lease:      l,
 		acquiredAt: sent,

@@ -372,7 +372,7 @@ func (k *keeper) send(now time.Time, due []*Holding) {
 		req := &pb.KeepAliveRequest{Id: b.id, Leases: make([]*pb.LeaseRef, len(chunk))}
 		timeout := k.c.cfg.DialTimeout
 		for i, h := range chunk {
-			req.Leases[i] = &pb.LeaseRef{Namespace: h.namespace, Name: h.name, HolderIdentity: h.holder, FencingToken: h.token}
+			req.Leases[i] = &pb.LeaseRef{Namespace: h.namespace, Name: h.name, HolderIdentity: h.holder, FencingToken: h.token, Record: h.record}
 			timeout = min(timeout, h.deadline.Sub(now)/3)
 		}
 		b.timeoutAt = now.Add(max(timeout, minRenewTimeout))

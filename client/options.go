@@ -111,6 +111,8 @@ type options struct {
 	maxValid time.Duration
 	// wait queues the acquire behind the current holder (Mutex.Lock).
 	wait bool
+	// record sends every renewal through the server's log.
+	record bool
 }
 
 func defaultOptions() options {
@@ -174,6 +176,13 @@ func WithLabels(labels map[string]string) Option {
 // instead of a fraction of the duration (Config.RenewFraction, or a
 // profile's).
 func WithRenewInterval(d time.Duration) Option { return func(o *options) { o.renewEvery = d } }
+
+// WithRecordedRenewals makes every renewal of the holding go through the
+// cluster's log, so the lease's renewTime moves and watchers see a RENEWED
+// event (a Heartbeat does this for its Monitor). Without it the leader may
+// confirm renewals without a log write, which is several times cheaper and
+// extends the holding just the same.
+func WithRecordedRenewals() Option { return func(o *options) { o.record = true } }
 
 // WithRetryPeriod sets the slow backstop between attempts of a waiter that
 // no watch event woke.

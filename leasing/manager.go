@@ -239,6 +239,29 @@ func (m *Manager) Held(h Holding) {
 	}
 }
 
+// Extend restarts the deadline of the holding h (same key, token and renew
+// index as the table has) at now + TTL, for a renewal the leader confirmed
+// without a log write. It reports false, changing nothing, when the caller
+// must renew through the log instead: not promoted, the holding is not the
+// one in the table (the table may lag the FSM by an event), its TTL
+// differs, or its Expire is being proposed (only a committed renewal can
+// win against that proposal). The caller must have confirmed its
+// leadership with a quorum after the renewal arrived; see DESIGN.md.
+func (m *Manager) Extend(h Holding) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.active {
+		return false
+	}
+	e, ok := m.entries[h.Key]
+	if !ok || e.index < 0 || e.h != h {
+		return false
+	}
+	e.deadline = deadline(m.now(), h.TTL)
+	m.heap.fix(e.index)
+	return true
+}
+
 // Ended records that a lease is no longer held (released, expired, deleted). Ignored when not promoted.
 func (m *Manager) Ended(k Key) {
 	m.mu.Lock()

@@ -703,3 +703,49 @@ func TestRandomAgainstModel(t *testing.T) {
 		})
 	}
 }
+
+func TestExtend(t *testing.T) {
+	a := Holding{Key: key("a"), Token: 4, RenewIndex: 8, TTL: time.Second}
+	h := newHarness(t, DefaultConfig())
+	if h.m.Extend(a) {
+		t.Fatal("Extend before Promote = true, want false")
+	}
+	h.promote(a)
+	h.advance(900 * time.Millisecond)
+	// Only the very holding the table has may be extended.
+	for _, other := range []Holding{
+		{Key: key("b"), Token: 4, RenewIndex: 8, TTL: time.Second},
+		{Key: key("a"), Token: 5, RenewIndex: 8, TTL: time.Second},
+		{Key: key("a"), Token: 4, RenewIndex: 9, TTL: time.Second},
+		{Key: key("a"), Token: 4, RenewIndex: 8, TTL: 2 * time.Second},
+	} {
+		if h.m.Extend(other) {
+			t.Fatalf("Extend(%+v) = true with %+v in the table", other, a)
+		}
+	}
+	h.wantRemaining(a.Key, 100*time.Millisecond, true)
+	if !h.m.Extend(a) {
+		t.Fatal("Extend = false, want true")
+	}
+	h.wantRemaining(a.Key, time.Second, true)
+	// The old deadline passes without a proposal; the new one brings it.
+	h.advance(500 * time.Millisecond)
+	h.expectQuiet()
+	h.advance(500*time.Millisecond + time.Nanosecond)
+	c := h.expectCall()
+	// While its Expire is in flight the holding cannot be extended: only a
+	// renewal through the log can win against the proposal.
+	if h.m.Extend(a) {
+		t.Fatal("Extend during the Expire proposal = true, want false")
+	}
+	h.applyExpire(c)
+	h.expectQuiet()
+	h.wantLen(0)
+	if h.m.Extend(a) {
+		t.Fatal("Extend after the expiry = true, want false")
+	}
+	h.m.Demote()
+	if h.m.Extend(a) {
+		t.Fatal("Extend after Demote = true, want false")
+	}
+}

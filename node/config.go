@@ -48,6 +48,12 @@ type Config struct {
 
 	Leasing leasing.Config
 
+	// RenewThroughLog commits every renewal through the Raft log. By
+	// default the leader confirms a renewal without a log write once a
+	// quorum confirmed its leadership after the renewal arrived (a renewal
+	// that asks to be recorded always goes through the log).
+	RenewThroughLog bool
+
 	// Fault breaks one safety rule on purpose, so the chaos suite can show
 	// that its checkers catch a real bug. Never set it in production.
 	Fault Fault
@@ -69,15 +75,19 @@ const (
 	// FaultReuseTokens: a lease's fencing token is its own transition
 	// count, so deleting and re-creating it reissues old tokens.
 	FaultReuseTokens Fault = "reuse-tokens"
+	// FaultNoConfirm: the leader renews holdings without a log write and
+	// without confirming its leadership, so a deposed leader that has not
+	// noticed yet keeps acknowledging renewals.
+	FaultNoConfirm Fault = "no-confirm"
 )
 
 // ParseFault checks a fault name.
 func ParseFault(s string) (Fault, error) {
 	switch f := Fault(s); f {
-	case FaultNone, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens:
+	case FaultNone, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens, FaultNoConfirm:
 		return f, nil
 	}
-	return "", fmt.Errorf("node: unknown fault %q (want %s, %s or %s)", s, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens)
+	return "", fmt.Errorf("node: unknown fault %q (want %s, %s, %s or %s)", s, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens, FaultNoConfirm)
 }
 
 // DefaultConfig returns the defaults for a node on a LAN.

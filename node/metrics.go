@@ -13,10 +13,12 @@ import (
 // metrics are always built and registered only when a Registerer is given,
 // so the hot paths update them without nil checks.
 type metrics struct {
-	applyLatency prometheus.Histogram
-	expiries     prometheus.Counter
-	transitions  prometheus.Counter
-	events       *prometheus.CounterVec
+	applyLatency   prometheus.Histogram
+	confirmLatency prometheus.Histogram
+	localRenewals  *prometheus.CounterVec
+	expiries       prometheus.Counter
+	transitions    prometheus.Counter
+	events         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
@@ -26,6 +28,15 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 			Help:    "Time from proposing a command on the leader to its FSM result.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 		}),
+		confirmLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "leasekeeper_leader_confirm_duration_seconds",
+			Help:    "Time of one round in which the leader confirms its leadership with a quorum, for renewals without a log write.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		localRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "leasekeeper_local_renewals_total",
+			Help: "Renewals the leader tried to confirm without a log write: result=ok, or log when they went through the log instead.",
+		}, []string{"result"}),
 		expiries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "leasekeeper_lease_expiries_total",
 			Help: "Holdings ended by expiry, as applied by this node's FSM.",
@@ -42,7 +53,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.applyLatency, m.expiries, m.transitions, m.events, &collector{n: n}} {
+	for _, c := range []prometheus.Collector{m.applyLatency, m.confirmLatency, m.localRenewals, m.expiries, m.transitions, m.events, &collector{n: n}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -67,6 +67,12 @@ type Node struct {
 	obsCh   chan raft.Observation
 	obs     *raft.Observer
 
+	conf confirmer
+	// quitCtx is cancelled when the node shuts down, to stop work that
+	// outlives a request (confirmation rounds).
+	quitCtx context.Context
+	quit    context.CancelFunc
+
 	mu         sync.Mutex
 	readyTerm  uint64        // the term in which this node finished its promotion; 0 when not leading
 	readyCh    chan struct{} // closed when readyTerm becomes non-zero
@@ -93,6 +99,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		readyCh: make(chan struct{}),
 		waiters: waiters{seen: make(map[waiterKey]time.Time)},
 	}
+	n.quitCtx, n.quit = context.WithCancel(context.Background())
 	mgr, err := leasing.New(cfg.Leasing, deps.Clock, n, deps.Logger.Named("leasing"), deps.Registerer)
 	if err != nil {
 		return nil, err
@@ -366,6 +373,7 @@ func (n *Node) Close() error {
 
 func (n *Node) shutdown() {
 	n.shutdownMu.Do(func() {
+		n.quit()
 		n.raft.DeregisterObserver(n.obs)
 		if err := n.raft.Shutdown().Error(); err != nil {
 			n.log.Warn("raft shutdown", "error", err)

@@ -203,3 +203,59 @@ func TestQueueChangesDoNotExtendTheHolding(t *testing.T) {
 	clk.Advance(500*time.Millisecond + time.Nanosecond)
 	waitHolder(t, c, "m", "w")
 }
+
+func TestRenewLocal(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	l := acquire(t, leader, "db", "a", 2*time.Second)
+	waitHolder(t, c, "db", "a")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	clk.Advance(1500 * time.Millisecond)
+	if d, _ := leader.Remaining("default", "db"); d != 500*time.Millisecond {
+		t.Fatalf("Remaining before the renewal = %v, want 500ms", d)
+	}
+	last := leader.Raft().LastIndex()
+	got := leader.RenewLocal(ctx, []*fsmpb.Renew{
+		{Namespace: "default", Name: "db", Holder: "a", Token: l.Token},
+		{Namespace: "default", Name: "db", Holder: "a", Token: l.Token + 1}, // not this holding
+		{Namespace: "default", Name: "db", Holder: "b", Token: l.Token},     // not this holder
+		{Namespace: "default", Name: "nope", Holder: "a", Token: l.Token},   // no such lease
+	})
+	if got[0] == nil || got[0].Token != l.Token || got[0].RenewTime != l.RenewTime {
+		t.Fatalf("renewal of the holding = %+v, want the stored lease, renewTime unchanged", got[0])
+	}
+	for i, x := range got[1:] {
+		if x != nil {
+			t.Fatalf("renewal %d of a holding that is not as asked = %+v, want nil (through the log)", i+1, x)
+		}
+	}
+	if d, _ := leader.Remaining("default", "db"); d != 2*time.Second {
+		t.Fatalf("Remaining after the renewal = %v, want the full 2s", d)
+	}
+	if li := leader.Raft().LastIndex(); li != last {
+		t.Fatalf("log grew from %d to %d: the renewal was written", last, li)
+	}
+
+	for _, n := range c.Nodes {
+		if n != leader {
+			if x := n.RenewLocal(ctx, []*fsmpb.Renew{{Namespace: "default", Name: "db", Holder: "a", Token: l.Token}})[0]; x != nil {
+				t.Fatalf("follower %s renewed without the log", n.ID())
+			}
+		}
+	}
+
+	// Cut off from the other voters, the leader cannot confirm its
+	// leadership, so it may not renew on its own word.
+	c.Isolate(c.Index(leader))
+	defer c.Heal()
+	clk.Advance(time.Second)
+	if x := leader.RenewLocal(ctx, []*fsmpb.Renew{{Namespace: "default", Name: "db", Holder: "a", Token: l.Token}})[0]; x != nil {
+		t.Fatal("an isolated leader renewed without the log")
+	}
+	if d, ok := leader.Remaining("default", "db"); ok && d != time.Second {
+		t.Fatalf("Remaining after the refused renewal = %v, want 1s", d)
+	}
+}

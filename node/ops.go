@@ -410,3 +410,45 @@ func (n *Node) Ready() (bool, string) {
 	}
 	return true, "follower of " + id
 }
+
+// RenewLocal renews holdings without a log write where it can: after a
+// quorum of voters confirmed this node's leadership at a moment after the
+// call began, each holding that the FSM and the expiry table both show as
+// renewed gets a fresh deadline of its full duration from now, and its
+// entry in the result is the lease as stored (renewTime unchanged). A nil
+// entry means that renewal must go through the log: the holding is not
+// (or not yet) as asked, its Expire is being proposed, or the leadership
+// could not be confirmed. The FSM never sees these renewals; a later leader
+// gives every holding a full fresh duration, which covers them (DESIGN.md).
+func (n *Node) RenewLocal(ctx context.Context, rs []*fsmpb.Renew) []*fsm.Lease {
+	out := make([]*fsm.Lease, len(rs))
+	if n.cfg.RenewThroughLog || n.raft.State() != raft.Leader {
+		return out
+	}
+	term := n.raft.CurrentTerm()
+	n.mu.Lock()
+	ready := n.readyTerm == term
+	n.mu.Unlock()
+	if !ready {
+		return out
+	}
+	if n.cfg.Fault != FaultNoConfirm {
+		if err := n.confirm(ctx, term); err != nil {
+			n.log.Debug("renewing through the log: leadership not confirmed", "error", err)
+			n.met.localRenewals.WithLabelValues("log").Add(float64(len(rs)))
+			return out
+		}
+	}
+	ok := 0
+	for i, r := range rs {
+		l, err := n.fsm.Holding(r.Namespace, r.Name, r.Holder, r.Token)
+		if err != nil || !n.mgr.Extend(n.holding(l)) {
+			continue
+		}
+		out[i] = l
+		ok++
+	}
+	n.met.localRenewals.WithLabelValues("ok").Add(float64(ok))
+	n.met.localRenewals.WithLabelValues("log").Add(float64(len(rs) - ok))
+	return out
+}

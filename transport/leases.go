@@ -170,9 +170,15 @@ func (s *Server) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResp
 		})
 	}
 	start := time.Now() // for the metric only
-	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: &fsmpb.RenewBatch{Renews: []*fsmpb.Renew{{
-		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity, Token: req.FencingToken,
-	}}}}})
+	r := &fsmpb.Renew{Namespace: ns, Name: req.Name, Holder: req.HolderIdentity, Token: req.FencingToken}
+	if !req.Record {
+		if l := s.node.RenewLocal(ctx, []*fsmpb.Renew{r})[0]; l != nil {
+			s.met.renewDur.Observe(time.Since(start).Seconds())
+			s.met.renewals.WithLabelValues("ok").Inc()
+			return &pb.RenewResponse{Lease: toPB(l)}, nil
+		}
+	}
+	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: &fsmpb.RenewBatch{Renews: []*fsmpb.Renew{r}}}})
 	s.met.renewDur.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.met.renewals.WithLabelValues("error").Inc()
@@ -394,6 +400,8 @@ func (s *Server) keepAliveOnce(ctx context.Context, req *pb.KeepAliveRequest) (*
 		return nil, invalid("keepalive batch of %d leases is above the limit of %d", len(req.Leases), s.cfg.MaxKeepAliveBatch)
 	}
 	out := &pb.KeepAliveResponse{Id: req.Id, Results: make([]*pb.KeepAliveResult, len(req.Leases))}
+	var local []*fsmpb.Renew
+	var localSlot []int // result index of each renewal in local
 	batch := &fsmpb.RenewBatch{Renews: make([]*fsmpb.Renew, 0, len(req.Leases))}
 	slot := make([]int, 0, len(req.Leases)) // result index of each renewal in batch
 	for i, ref := range req.Leases {
@@ -409,13 +417,34 @@ func (s *Server) keepAliveOnce(ctx context.Context, req *pb.KeepAliveRequest) (*
 			r.Code, r.Message = int32(st.Code()), st.Message()
 			continue
 		}
-		batch.Renews = append(batch.Renews, &fsmpb.Renew{Namespace: ns, Name: ref.Name, Holder: ref.HolderIdentity, Token: ref.FencingToken})
-		slot = append(slot, i)
-	}
-	if len(batch.Renews) == 0 {
-		return out, nil
+		rn := &fsmpb.Renew{Namespace: ns, Name: ref.Name, Holder: ref.HolderIdentity, Token: ref.FencingToken}
+		if ref.Record {
+			batch.Renews = append(batch.Renews, rn)
+			slot = append(slot, i)
+		} else {
+			local = append(local, rn)
+			localSlot = append(localSlot, i)
+		}
 	}
 	start := time.Now() // for the metric only
+	if len(local) > 0 {
+		// What cannot be renewed without the log joins the log's batch.
+		for j, l := range s.node.RenewLocal(ctx, local) {
+			if l == nil {
+				batch.Renews = append(batch.Renews, local[j])
+				slot = append(slot, localSlot[j])
+				continue
+			}
+			s.met.renewals.WithLabelValues("ok").Inc()
+			out.Results[localSlot[j]].LeaseDuration = durationpb.New(l.Duration)
+		}
+	}
+	if len(batch.Renews) == 0 {
+		if len(local) > 0 {
+			s.met.renewDur.Observe(time.Since(start).Seconds())
+		}
+		return out, nil
+	}
 	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: batch}})
 	s.met.renewDur.Observe(time.Since(start).Seconds())
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
@@ -442,5 +443,62 @@ func TestWaitQueueHandsOffInOrder(t *testing.T) {
 	case g := <-results:
 		t.Fatalf("c was served after leaving the queue: %+v", g)
 	default:
+	}
+}
+
+func TestRenewWithAndWithoutTheLog(t *testing.T) {
+	_, f, _ := start(t)
+	// The leader confirms its leadership by asking the members at their
+	// registered addresses; until they registered, renewals take the log.
+	waitFor(t, func() bool {
+		st, err := f.cluster.Status(context.Background(), &pb.StatusRequest{})
+		if err != nil {
+			return false
+		}
+		for _, m := range st.Members {
+			if m.GrpcAddr == "" {
+				return false
+			}
+		}
+		return true
+	})
+	a, err := f.Acquire(ctx(t), acq("r", "a", time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	w, err := f.Watch(wctx, &pb.WatchRequest{Name: "r", StartRevision: a.Lease.ResourceVersion, Replay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Confirmed by the leader without a log write: the holding is
+	// extended, the stored lease stays as it was.
+	rr, err := f.Renew(ctx(t), &pb.RenewRequest{Name: "r", HolderIdentity: "a", FencingToken: a.Lease.FencingToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rr.Lease.ResourceVersion != a.Lease.ResourceVersion || !proto.Equal(rr.Lease.RenewTime, a.Lease.RenewTime) {
+		t.Fatalf("unrecorded renewal changed the stored lease: %+v, was %+v", rr.Lease, a.Lease)
+	}
+	// Recorded: through the log, seen by watchers as the next revision.
+	rec, err := f.Renew(ctx(t), &pb.RenewRequest{Name: "r", HolderIdentity: "a", FencingToken: a.Lease.FencingToken, Record: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Lease.ResourceVersion <= a.Lease.ResourceVersion || !rec.Lease.RenewTime.AsTime().After(a.Lease.RenewTime.AsTime()) {
+		t.Fatalf("recorded renewal: %+v, want a new version and renewTime after %v", rec.Lease, a.Lease.RenewTime.AsTime())
+	}
+	ev, err := w.Recv()
+	if err != nil || ev.Type != pb.WatchEvent_RENEWED || ev.Revision != rec.Lease.ResourceVersion {
+		t.Fatalf("first event after the acquire: %v %+v, want RENEWED at %d", err, ev, rec.Lease.ResourceVersion)
+	}
+	// A renewal of a holding that is not the caller's fails the same way
+	// with or without the log.
+	for _, record := range []bool{false, true} {
+		_, err := f.Renew(ctx(t), &pb.RenewRequest{Name: "r", HolderIdentity: "a", FencingToken: a.Lease.FencingToken + 1, Record: record})
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("renewal with a wrong token (record=%v): %v, want FailedPrecondition", record, err)
+		}
 	}
 }

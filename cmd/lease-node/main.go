@@ -82,6 +82,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.node.LeaderLeaseTimeout, "leader-lease-timeout", o.node.LeaderLeaseTimeout, "Raft leader lease timeout")
 	fs.Uint64Var(&o.node.SnapshotThreshold, "snapshot-threshold", o.node.SnapshotThreshold, "log entries between automatic snapshots")
 	fs.DurationVar(&o.node.SnapshotInterval, "snapshot-interval", o.node.SnapshotInterval, "how often to check whether to snapshot")
+	fs.BoolVar(&o.node.RenewThroughLog, "renew-through-log", false, "commit every renewal through the Raft log (default: the leader confirms a renewal without a log write after a quorum confirms its leadership)")
 	fs.BoolVar(&o.node.NoSync, "unsafe-no-fsync", false, "do not fsync the Raft log (loses acknowledged writes on power loss; benchmarks only)")
 	fs.DurationVar(&o.server.DefaultLeaseDuration, "default-lease-duration", o.server.DefaultLeaseDuration, "duration of an acquire that names none (0: required)")
 	fs.DurationVar(&o.server.DefaultGracePeriod, "default-grace-period", o.server.DefaultGracePeriod, "grace period of an acquire that names none")
@@ -101,7 +102,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.sec.nodeTokenFile, "node-token-file", "", "this node's own bearer token, for forwarding in token mode")
 	fs.BoolVar(&o.sec.insecure, "insecure", false, "accept serving plain text where the profile asks for TLS")
 	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
-	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens)")
+	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens, no-confirm)")
 	var configPath, profile string
 	var print bool
 	fs.StringVar(&configPath, "config", "", "YAML config file; keys are flag names (flags > LEASE_NODE_* env > file > profile > defaults)")
@@ -248,6 +249,7 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 		_ = lis.Close()
 		return err
 	}
+	n.SetPeers(srv)
 	g := grpc.NewServer(srv.ServerOptions()...)
 	srv.Register(g)
 

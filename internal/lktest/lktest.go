@@ -57,6 +57,7 @@ func Start(t testing.TB, n int, clk clock.Clock) *Cluster {
 		if err != nil {
 			t.Fatal(err)
 		}
+		nd.SetPeers(srv)
 		g := grpc.NewServer(srv.ServerOptions()...)
 		srv.Register(g)
 		c.servers = append(c.servers, srv)

@@ -26,6 +26,9 @@ type Cluster struct {
 	Trans  []*raft.InmemTransport
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	isolated map[int]bool // cut off by Isolate until Heal
 }
 
 // Options tune a test cluster.
@@ -40,7 +43,7 @@ type Options struct {
 // clk, and stops them when the test ends.
 func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t}
+	c := &Cluster{t: t, isolated: make(map[int]bool)}
 	var peers []raft.Server
 	for i := 0; i < n; i++ {
 		addr, tr := raft.NewInmemTransport(raft.ServerAddress(fmt.Sprintf("inmem-%d", i)))
@@ -68,6 +71,7 @@ func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
 		cfg.ElectionTimeout = 500 * time.Millisecond
 		cfg.LeaderLeaseTimeout = 250 * time.Millisecond
 		cfg.CommitTimeout = 5 * time.Millisecond
+		cfg.GRPCAddr = fmt.Sprintf("inmem-grpc-%d", i)
 		if opts.GRPCAddr != nil {
 			cfg.GRPCAddr = opts.GRPCAddr(i)
 		}
@@ -86,7 +90,14 @@ func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
 		if err != nil {
 			t.Fatalf("node %d: %v", i, err)
 		}
+		if opts.GRPCAddr == nil {
+			// No gRPC servers: members answer each other's leadership
+			// confirmations directly, across the same cuts as Raft.
+			nd.SetPeers(memberPeers{c: c, from: i})
+		}
+		c.mu.Lock()
 		c.Nodes = append(c.Nodes, nd)
+		c.mu.Unlock()
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
@@ -122,6 +133,9 @@ func (c *Cluster) Leader(timeout time.Duration) *node.Node {
 
 // Isolate cuts node i off from every other node.
 func (c *Cluster) Isolate(i int) {
+	c.mu.Lock()
+	c.isolated[i] = true
+	c.mu.Unlock()
 	for j, tr := range c.Trans {
 		if j != i {
 			tr.Disconnect(c.Trans[i].LocalAddr())
@@ -132,6 +146,9 @@ func (c *Cluster) Isolate(i int) {
 
 // Heal reconnects every node to every other.
 func (c *Cluster) Heal() {
+	c.mu.Lock()
+	clear(c.isolated)
+	c.mu.Unlock()
 	for i, a := range c.Trans {
 		for j, b := range c.Trans {
 			if i != j {
@@ -139,6 +156,28 @@ func (c *Cluster) Heal() {
 			}
 		}
 	}
+}
+
+// memberPeers answers node from's Term calls by asking the other nodes directly;
+// an isolated node neither asks nor answers.
+type memberPeers struct {
+	c    *Cluster
+	from int
+}
+
+func (p memberPeers) Term(ctx context.Context, id, _ string, _ uint64) (uint64, error) {
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	for j, n := range p.c.Nodes {
+		if n.ID() != id {
+			continue
+		}
+		if p.c.isolated[p.from] || p.c.isolated[j] {
+			return 0, fmt.Errorf("nodetest: %s is cut off", id)
+		}
+		return n.Term(), nil
+	}
+	return 0, fmt.Errorf("nodetest: no member %s", id)
 }
 
 // Index returns the position of n in the cluster.

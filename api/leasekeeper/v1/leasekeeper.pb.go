@@ -551,8 +551,14 @@ type RenewRequest struct {
 	Name           string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	HolderIdentity string                 `protobuf:"bytes,3,opt,name=holder_identity,json=holderIdentity,proto3" json:"holder_identity,omitempty"`
 	FencingToken   uint64                 `protobuf:"varint,4,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// record commits the renewal through the Raft log, so renew_time and
+	// resource_version change and watchers see a RENEWED event. Without it
+	// the leader may confirm the renewal without a log write (after a quorum
+	// confirmed its leadership since the request arrived): the holding is
+	// extended just the same, but the stored lease is left as it was.
+	Record        bool `protobuf:"varint,5,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RenewRequest) Reset() {
@@ -611,6 +617,13 @@ func (x *RenewRequest) GetFencingToken() uint64 {
 		return x.FencingToken
 	}
 	return 0
+}
+
+func (x *RenewRequest) GetRecord() bool {
+	if x != nil {
+		return x.Record
+	}
+	return false
 }
 
 type RenewResponse struct {
@@ -1445,8 +1458,10 @@ type LeaseRef struct {
 	Name           string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	HolderIdentity string                 `protobuf:"bytes,3,opt,name=holder_identity,json=holderIdentity,proto3" json:"holder_identity,omitempty"`
 	FencingToken   uint64                 `protobuf:"varint,4,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// record: as RenewRequest.record.
+	Record        bool `protobuf:"varint,5,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaseRef) Reset() {
@@ -1505,6 +1520,13 @@ func (x *LeaseRef) GetFencingToken() uint64 {
 		return x.FencingToken
 	}
 	return 0
+}
+
+func (x *LeaseRef) GetRecord() bool {
+	if x != nil {
+		return x.Record
+	}
+	return false
 }
 
 type KeepAliveRequest struct {
@@ -2217,6 +2239,117 @@ func (x *TransferLeadershipResponse) GetLeader() string {
 	return ""
 }
 
+// FollowsTermRequest asks a member which Raft term it is in. A leader of
+// term T that hears T back from a quorum of voters, each answering after a
+// moment m, knows that no other leader was elected before m: a vote in a
+// later term moves the voter's term first.
+type FollowsTermRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Term  uint64                 `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
+	// leader is the asking leader's ID, for the answerer's logs.
+	Leader        string `protobuf:"bytes,2,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FollowsTermRequest) Reset() {
+	*x = FollowsTermRequest{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FollowsTermRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FollowsTermRequest) ProtoMessage() {}
+
+func (x *FollowsTermRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FollowsTermRequest.ProtoReflect.Descriptor instead.
+func (*FollowsTermRequest) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *FollowsTermRequest) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *FollowsTermRequest) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+type FollowsTermResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// term is the member's current term when it answered.
+	Term uint64 `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
+	// id is the answering member's ID.
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FollowsTermResponse) Reset() {
+	*x = FollowsTermResponse{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FollowsTermResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FollowsTermResponse) ProtoMessage() {}
+
+func (x *FollowsTermResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FollowsTermResponse.ProtoReflect.Descriptor instead.
+func (*FollowsTermResponse) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *FollowsTermResponse) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *FollowsTermResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 type SnapshotRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2225,7 +2358,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2237,7 +2370,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2250,7 +2383,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{33}
 }
 
 // SnapshotChunk is one piece of a backup. The pieces, concatenated, are a
@@ -2265,7 +2398,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2277,7 +2410,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2290,7 +2423,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -2353,12 +2486,13 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\tremaining\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tremaining\x12\x18\n" +
 	"\arenewed\x18\x04 \x01(\bR\arenewed\x12\x16\n" +
 	"\x06queued\x18\x05 \x01(\bR\x06queued\x12%\n" +
-	"\x0equeue_position\x18\x06 \x01(\x05R\rqueuePosition\"\x8e\x01\n" +
+	"\x0equeue_position\x18\x06 \x01(\x05R\rqueuePosition\"\xa6\x01\n" +
 	"\fRenewRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
 	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x12#\n" +
-	"\rfencing_token\x18\x04 \x01(\x04R\ffencingToken\"<\n" +
+	"\rfencing_token\x18\x04 \x01(\x04R\ffencingToken\x12\x16\n" +
+	"\x06record\x18\x05 \x01(\bR\x06record\"<\n" +
 	"\rRenewResponse\x12+\n" +
 	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\xb1\x01\n" +
 	"\x0eReleaseRequest\x12\x1c\n" +
@@ -2427,12 +2561,13 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\bRELEASED\x10\x04\x12\v\n" +
 	"\aEXPIRED\x10\x05\x12\v\n" +
 	"\aDELETED\x10\x06\x12\f\n" +
-	"\bMODIFIED\x10\a\"\x8a\x01\n" +
+	"\bMODIFIED\x10\a\"\xa2\x01\n" +
 	"\bLeaseRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
 	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x12#\n" +
-	"\rfencing_token\x18\x04 \x01(\x04R\ffencingToken\"T\n" +
+	"\rfencing_token\x18\x04 \x01(\x04R\ffencingToken\x12\x16\n" +
+	"\x06record\x18\x05 \x01(\bR\x06record\"T\n" +
 	"\x10KeepAliveRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
 	"\x06leases\x18\x02 \x03(\v2\x18.leasekeeper.v1.LeaseRefR\x06leases\"\xd8\x01\n" +
@@ -2479,7 +2614,13 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x19TransferLeadershipRequest\x12\x0e\n" +
 	"\x02to\x18\x01 \x01(\tR\x02to\"4\n" +
 	"\x1aTransferLeadershipResponse\x12\x16\n" +
-	"\x06leader\x18\x01 \x01(\tR\x06leader\"\x11\n" +
+	"\x06leader\x18\x01 \x01(\tR\x06leader\"@\n" +
+	"\x12FollowsTermRequest\x12\x12\n" +
+	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x16\n" +
+	"\x06leader\x18\x02 \x01(\tR\x06leader\"9\n" +
+	"\x13FollowsTermResponse\x12\x12\n" +
+	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\x11\n" +
 	"\x0fSnapshotRequest\"#\n" +
 	"\rSnapshotChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data2\x93\x05\n" +
@@ -2492,13 +2633,14 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x06Delete\x12\x1d.leasekeeper.v1.DeleteRequest\x1a\x1e.leasekeeper.v1.DeleteResponse\x12D\n" +
 	"\x05Write\x12\x1c.leasekeeper.v1.WriteRequest\x1a\x1d.leasekeeper.v1.WriteResponse\x12C\n" +
 	"\x05Watch\x12\x1c.leasekeeper.v1.WatchRequest\x1a\x1a.leasekeeper.v1.WatchEvent0\x01\x12T\n" +
-	"\tKeepAlive\x12 .leasekeeper.v1.KeepAliveRequest\x1a!.leasekeeper.v1.KeepAliveResponse(\x010\x012\xab\x03\n" +
+	"\tKeepAlive\x12 .leasekeeper.v1.KeepAliveRequest\x1a!.leasekeeper.v1.KeepAliveResponse(\x010\x012\x83\x04\n" +
 	"\aCluster\x12G\n" +
 	"\x06Status\x12\x1d.leasekeeper.v1.StatusRequest\x1a\x1e.leasekeeper.v1.StatusResponse\x12L\n" +
 	"\bSnapshot\x12\x1f.leasekeeper.v1.SnapshotRequest\x1a\x1d.leasekeeper.v1.SnapshotChunk0\x01\x12A\n" +
 	"\x04Join\x12\x1b.leasekeeper.v1.JoinRequest\x1a\x1c.leasekeeper.v1.JoinResponse\x12Y\n" +
 	"\fRemoveMember\x12#.leasekeeper.v1.RemoveMemberRequest\x1a$.leasekeeper.v1.RemoveMemberResponse\x12k\n" +
-	"\x12TransferLeadership\x12).leasekeeper.v1.TransferLeadershipRequest\x1a*.leasekeeper.v1.TransferLeadershipResponseBEZCgithub.com/leasekeeper/leasekeeper/api/leasekeeper/v1;leasekeeperv1b\x06proto3"
+	"\x12TransferLeadership\x12).leasekeeper.v1.TransferLeadershipRequest\x1a*.leasekeeper.v1.TransferLeadershipResponse\x12V\n" +
+	"\vFollowsTerm\x12\".leasekeeper.v1.FollowsTermRequest\x1a#.leasekeeper.v1.FollowsTermResponseBEZCgithub.com/leasekeeper/leasekeeper/api/leasekeeper/v1;leasekeeperv1b\x06proto3"
 
 var (
 	file_leasekeeper_v1_leasekeeper_proto_rawDescOnce sync.Once
@@ -2513,7 +2655,7 @@ func file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP() []byte {
 }
 
 var file_leasekeeper_v1_leasekeeper_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(WatchEvent_Type)(0),               // 0: leasekeeper.v1.WatchEvent.Type
 	(*Lease)(nil),                      // 1: leasekeeper.v1.Lease
@@ -2547,42 +2689,44 @@ var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(*RemoveMemberResponse)(nil),       // 29: leasekeeper.v1.RemoveMemberResponse
 	(*TransferLeadershipRequest)(nil),  // 30: leasekeeper.v1.TransferLeadershipRequest
 	(*TransferLeadershipResponse)(nil), // 31: leasekeeper.v1.TransferLeadershipResponse
-	(*SnapshotRequest)(nil),            // 32: leasekeeper.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),              // 33: leasekeeper.v1.SnapshotChunk
-	nil,                                // 34: leasekeeper.v1.Lease.LabelsEntry
-	nil,                                // 35: leasekeeper.v1.AcquireRequest.LabelsEntry
-	nil,                                // 36: leasekeeper.v1.WriteRequest.LabelsEntry
-	(*durationpb.Duration)(nil),        // 37: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 38: google.protobuf.Timestamp
+	(*FollowsTermRequest)(nil),         // 32: leasekeeper.v1.FollowsTermRequest
+	(*FollowsTermResponse)(nil),        // 33: leasekeeper.v1.FollowsTermResponse
+	(*SnapshotRequest)(nil),            // 34: leasekeeper.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 35: leasekeeper.v1.SnapshotChunk
+	nil,                                // 36: leasekeeper.v1.Lease.LabelsEntry
+	nil,                                // 37: leasekeeper.v1.AcquireRequest.LabelsEntry
+	nil,                                // 38: leasekeeper.v1.WriteRequest.LabelsEntry
+	(*durationpb.Duration)(nil),        // 39: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
 }
 var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
-	37, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
-	37, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
-	38, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
-	38, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
-	34, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
-	38, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
+	39, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
+	39, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
+	40, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
+	40, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
+	36, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
+	40, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 6: leasekeeper.v1.Lease.history:type_name -> leasekeeper.v1.Holding
-	38, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
-	38, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
-	37, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
-	37, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
-	35, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
+	40, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
+	40, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
+	39, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
+	39, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
+	37, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
 	1,  // 12: leasekeeper.v1.AcquireResponse.lease:type_name -> leasekeeper.v1.Lease
-	37, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
+	39, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 14: leasekeeper.v1.RenewResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 15: leasekeeper.v1.ReleaseResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 16: leasekeeper.v1.GetResponse.lease:type_name -> leasekeeper.v1.Lease
-	37, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
+	39, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 18: leasekeeper.v1.ListResponse.leases:type_name -> leasekeeper.v1.Lease
 	1,  // 19: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
-	37, // 20: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
-	36, // 21: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
+	39, // 20: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
+	38, // 21: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
 	1,  // 22: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
 	0,  // 23: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
 	1,  // 24: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
 	19, // 25: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
-	37, // 26: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
+	39, // 26: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
 	21, // 27: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
 	23, // 28: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
 	23, // 29: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
@@ -2597,26 +2741,28 @@ var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
 	17, // 38: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
 	20, // 39: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
 	24, // 40: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
-	32, // 41: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
+	34, // 41: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
 	26, // 42: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
 	28, // 43: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
 	30, // 44: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
-	4,  // 45: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
-	6,  // 46: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
-	8,  // 47: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
-	10, // 48: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
-	12, // 49: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
-	14, // 50: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
-	16, // 51: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
-	18, // 52: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
-	22, // 53: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
-	25, // 54: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
-	33, // 55: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
-	27, // 56: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
-	29, // 57: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
-	31, // 58: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
-	45, // [45:59] is the sub-list for method output_type
-	31, // [31:45] is the sub-list for method input_type
+	32, // 45: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
+	4,  // 46: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
+	6,  // 47: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
+	8,  // 48: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
+	10, // 49: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
+	12, // 50: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
+	14, // 51: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
+	16, // 52: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
+	18, // 53: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
+	22, // 54: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
+	25, // 55: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
+	35, // 56: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
+	27, // 57: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
+	29, // 58: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
+	31, // 59: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
+	33, // 60: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
+	46, // [46:61] is the sub-list for method output_type
+	31, // [31:46] is the sub-list for method input_type
 	31, // [31:31] is the sub-list for extension type_name
 	31, // [31:31] is the sub-list for extension extendee
 	0,  // [0:31] is the sub-list for field type_name
@@ -2633,7 +2779,7 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasekeeper_v1_leasekeeper_proto_rawDesc), len(file_leasekeeper_v1_leasekeeper_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

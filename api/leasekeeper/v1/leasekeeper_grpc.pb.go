@@ -437,6 +437,7 @@ const (
 	Cluster_Join_FullMethodName               = "/leasekeeper.v1.Cluster/Join"
 	Cluster_RemoveMember_FullMethodName       = "/leasekeeper.v1.Cluster/RemoveMember"
 	Cluster_TransferLeadership_FullMethodName = "/leasekeeper.v1.Cluster/TransferLeadership"
+	Cluster_FollowsTerm_FullMethodName        = "/leasekeeper.v1.Cluster/FollowsTerm"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -452,6 +453,9 @@ type ClusterClient interface {
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
 	TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error)
+	// FollowsTerm is asked by a leader of its voters, to confirm its
+	// leadership after a moment without writing to the log.
+	FollowsTerm(ctx context.Context, in *FollowsTermRequest, opts ...grpc.CallOption) (*FollowsTermResponse, error)
 }
 
 type clusterClient struct {
@@ -521,6 +525,16 @@ func (c *clusterClient) TransferLeadership(ctx context.Context, in *TransferLead
 	return out, nil
 }
 
+func (c *clusterClient) FollowsTerm(ctx context.Context, in *FollowsTermRequest, opts ...grpc.CallOption) (*FollowsTermResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FollowsTermResponse)
+	err := c.cc.Invoke(ctx, Cluster_FollowsTerm_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -534,6 +548,9 @@ type ClusterServer interface {
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
 	TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error)
+	// FollowsTerm is asked by a leader of its voters, to confirm its
+	// leadership after a moment without writing to the log.
+	FollowsTerm(context.Context, *FollowsTermRequest) (*FollowsTermResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -558,6 +575,9 @@ func (UnimplementedClusterServer) RemoveMember(context.Context, *RemoveMemberReq
 }
 func (UnimplementedClusterServer) TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TransferLeadership not implemented")
+}
+func (UnimplementedClusterServer) FollowsTerm(context.Context, *FollowsTermRequest) (*FollowsTermResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FollowsTerm not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -663,6 +683,24 @@ func _Cluster_TransferLeadership_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_FollowsTerm_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FollowsTermRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).FollowsTerm(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_FollowsTerm_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).FollowsTerm(ctx, req.(*FollowsTermRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -685,6 +723,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TransferLeadership",
 			Handler:    _Cluster_TransferLeadership_Handler,
+		},
+		{
+			MethodName: "FollowsTerm",
+			Handler:    _Cluster_FollowsTerm_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

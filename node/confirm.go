@@ -1,0 +1,186 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Peers reaches the other members of the cluster; the gRPC server
+// implements it. A node without Peers renews every holding through the log.
+type Peers interface {
+	// Term asks the member id, serving at grpcAddr (empty when the member
+	// has not registered its address), for its current Raft term.
+	// leaderTerm is the asking leader's term, for the member's logs.
+	Term(ctx context.Context, id, grpcAddr string, leaderTerm uint64) (uint64, error)
+}
+
+// ErrNotConfirmed: the leader could not confirm its leadership with a
+// quorum in time (members unreachable or slow).
+var ErrNotConfirmed = errors.New("node: leadership not confirmed by a quorum")
+
+// SetPeers gives the node a way to ask the other members for their term.
+// Call it once, before serving.
+func (n *Node) SetPeers(p Peers) {
+	n.conf.mu.Lock()
+	defer n.conf.mu.Unlock()
+	n.conf.peers = p
+}
+
+// confirmer runs leadership confirmation rounds, one at a time. Callers
+// that arrive while a round runs share the next one, which starts only
+// after the one running ends, so the round a caller waits for always began
+// after the caller did.
+type confirmer struct {
+	mu    sync.Mutex
+	peers Peers
+	busy  bool   // a goroutine is running rounds
+	next  *round // callers waiting for the next round; nil when none
+}
+
+// round is one confirmation; done closes once term and err are set.
+type round struct {
+	done chan struct{}
+	term uint64 // the term a quorum confirmed
+	err  error
+}
+
+// confirm returns nil once a quorum of voters was, at some moment after
+// the call began, in term, the term this node leads. A vote for any other
+// leader moves a voter to a later term first, so no other leader was
+// elected before that moment (see DESIGN.md on leader-local renewals).
+//
+// This is stricter than raft.VerifyLeader, which also counts answers to
+// heartbeats sent before it was called.
+func (n *Node) confirm(ctx context.Context, term uint64) error {
+	c := &n.conf
+	c.mu.Lock()
+	if c.peers == nil {
+		c.mu.Unlock()
+		return fmt.Errorf("%w: no way to reach the members", ErrNotConfirmed)
+	}
+	r := c.next
+	if r == nil {
+		r = &round{done: make(chan struct{})}
+		c.next = r
+	}
+	if !c.busy {
+		c.busy, c.next = true, nil
+		go n.runRounds(r)
+	}
+	c.mu.Unlock()
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if r.err != nil {
+		return r.err
+	}
+	if r.term != term {
+		return ErrNotLeader
+	}
+	return nil
+}
+
+// runRounds runs r and then every round that callers queued meanwhile. It
+// owns no state past its rounds, each bounded by the heartbeat timeout,
+// and stops early when the node shuts down.
+func (n *Node) runRounds(r *round) {
+	c := &n.conf
+	for r != nil {
+		start := time.Now() // for the metric only
+		r.term, r.err = n.confirmRound()
+		n.met.confirmLatency.Observe(time.Since(start).Seconds())
+		close(r.done)
+		c.mu.Lock()
+		r, c.next = c.next, nil
+		if r != nil {
+			// Everyone in r joined while the last round ran; starting r
+			// now, they all come before it.
+			c.busy = true
+		} else {
+			c.busy = false
+		}
+		c.mu.Unlock()
+	}
+}
+
+// confirmRound asks every other voter for its term and returns this node's
+// term once a quorum (this node included) answered with it.
+func (n *Node) confirmRound() (uint64, error) {
+	term := n.raft.CurrentTerm()
+	if n.raft.State() != raft.Leader {
+		return 0, ErrNotLeader
+	}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return 0, err
+	}
+	var others []raft.Server
+	voters, self := 0, false
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if string(s.ID) == n.cfg.ID {
+			self = true
+			continue
+		}
+		others = append(others, s)
+	}
+	need := voters/2 + 1
+	got := 0
+	if self {
+		got = 1 // its term was read above, after every caller of this round came
+	}
+	if got >= need {
+		return term, nil
+	}
+	n.conf.mu.Lock()
+	peers := n.conf.peers
+	n.conf.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.HeartbeatTimeout)
+	defer cancel()
+	stop := context.AfterFunc(n.quitCtx, cancel)
+	defer stop()
+	answers := make(chan uint64, len(others))
+	var wg sync.WaitGroup
+	for _, s := range others {
+		addr, _ := n.fsm.MemberAddr(string(s.ID)) // "" when not registered yet
+		wg.Go(func() {
+			t, err := peers.Term(ctx, string(s.ID), addr, term)
+			if err != nil {
+				t = 0
+			}
+			answers <- t
+		})
+	}
+	defer func() {
+		cancel() // the calls still out end at once
+		wg.Wait()
+	}()
+	for range others {
+		t := <-answers
+		switch {
+		case t == term:
+			got++
+		case t > term:
+			return 0, fmt.Errorf("%w: a member is in term %d, after %d", ErrNotLeader, t, term)
+		}
+		if got >= need {
+			return term, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: %d of %d voters answered in term %d", ErrNotConfirmed, got, voters, term)
+}
+
+// Term is this node's current Raft term, what a leader's Peers.Term asks
+// for.
+func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
