@@ -37,6 +37,8 @@ type Options struct {
 	Listeners func(i int) []fsm.Listener
 	// GRPCAddr, if set, returns the gRPC address node i registers.
 	GRPCAddr func(i int) string
+	// Config, if set, adjusts node i's configuration last.
+	Config func(i int, cfg *node.Config)
 }
 
 // New starts n nodes bootstrapped as one cluster, their expiry managers on
@@ -74,6 +76,9 @@ func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
 		cfg.GRPCAddr = fmt.Sprintf("inmem-grpc-%d", i)
 		if opts.GRPCAddr != nil {
 			cfg.GRPCAddr = opts.GRPCAddr(i)
+		}
+		if opts.Config != nil {
+			opts.Config(i, &cfg)
 		}
 		deps := node.Deps{
 			Clock:     clk,
