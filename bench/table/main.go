@@ -39,7 +39,7 @@ var rows = []struct {
 	{"lock_contended", append(std("cycles/s"), row{"handoff p50 ms", "handoff_p50_ms"}, row{"handoff p99 ms", "handoff_p99_ms"})},
 	{"expiry_storm", []row{
 		{"expired/s", "expired_per_s"}, {"lateness p50 ms", "p50_ms"}, {"lateness p99 ms", "p99_ms"},
-		{"drain ms", "drain_ms"}, {"grant s", "grant_s"}, {"server CPU s", "server_cpu_s"},
+		{"drain ms", "drain_ms"}, {"deadline spread ms", "deadline_spread_ms"}, {"grant s", "grant_s"}, {"server CPU s", "server_cpu_s"},
 	}},
 	{"failover", []row{{"recovery ms", "recovery_ms"}, {"lease survived", "lease_survived"}}},
 	{"scale", []row{

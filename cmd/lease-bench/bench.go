@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"sync"
@@ -216,47 +217,85 @@ type grantPhase struct {
 	start   time.Time
 	at      []time.Duration // when each acquire returned, after start; sorted
 	lats    []time.Duration // sorted
+	ttlMin  time.Duration   // shortest and longest duration granted
+	ttlMax  time.Duration
 	nerr    int
 	lastErr error
 }
 
-func (p *grantPhase) granted() int     { return len(p.at) }
-func (p *grantPhase) first() time.Time { return p.start.Add(p.at[0]) }
-func (p *grantPhase) last() time.Time  { return p.start.Add(p.at[len(p.at)-1]) }
+func (p *grantPhase) granted() int    { return len(p.at) }
+func (p *grantPhase) last() time.Time { return p.start.Add(p.at[len(p.at)-1]) }
+
+// ttls describes the durations granted, for notes.
+func (p *grantPhase) ttls() string {
+	if p.ttlMin == p.ttlMax {
+		return fmt.Sprintf("duration %v", p.ttlMin)
+	}
+	return fmt.Sprintf("durations %v to %v", p.ttlMin.Round(time.Millisecond), p.ttlMax.Round(time.Millisecond))
+}
 
 // granted is one lease that grantMany got.
 type granted struct {
 	g     int // goroutine, also the holder
 	name  string
 	token uint64
-	sent  time.Time // before the acquire was sent
-	done  time.Time // when it returned
+	ttl   time.Duration // the duration sent
+	sent  time.Time     // before the acquire was sent
+	done  time.Time     // when it returned
 }
 
-// grantMany acquires n new leases named prefix-<run>-<i> with duration ttl
-// (no grace) and labels, from workers goroutines as fast as they go,
-// retrying failed acquires, within limit, and notes the phase on stderr. each, when set, runs in the granting goroutine as each acquire
-// returns. On error p holds what was granted.
-func (b *bench) grantMany(ctx context.Context, prefix string, n, workers int, ttl, limit time.Duration,
+// ttlFunc gives the duration of an acquire about to be sent at sent. An
+// error stops the grant phase: it means the leases still to come could
+// not be what the workload measures.
+type ttlFunc func(sent time.Time) (time.Duration, error)
+
+// fixedTTL gives every acquire the duration d.
+func fixedTTL(d time.Duration) ttlFunc {
+	return func(time.Time) (time.Duration, error) { return d, nil }
+}
+
+// grantMany acquires n new leases named prefix-<run>-<i> with the durations
+// of ttl (no grace) and labels, from workers goroutines as fast as they
+// go, retrying failed acquires, within limit, and notes the phase on
+// stderr. A retry asks ttl again, so the duration always fits the send
+// time of the attempt that got the lease. each, when set, runs in the
+// granting goroutine as each acquire returns. On error p holds what was
+// granted.
+func (b *bench) grantMany(ctx context.Context, prefix string, n, workers int, ttl ttlFunc, limit time.Duration,
 	labels map[string]string, each func(granted)) (*grantPhase, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	p := &grantPhase{names: make([][]string, workers), start: time.Now()}
+	p := &grantPhase{names: make([][]string, workers), start: time.Now(), ttlMin: math.MaxInt64}
 	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		next atomic.Int64
-		errs errCount
+		mu      sync.Mutex
+		wg      sync.WaitGroup
+		next    atomic.Int64
+		errs    errCount
+		stopErr error // from ttl; guarded by mu
 	)
+	stop := func(err error) {
+		mu.Lock()
+		if stopErr == nil {
+			stopErr = err
+		}
+		mu.Unlock()
+		cancel()
+	}
 	for g := range workers {
 		wg.Go(func() {
 			var lats, at []time.Duration
+			ttlMin, ttlMax := time.Duration(math.MaxInt64), time.Duration(0)
 			for i := next.Add(1) - 1; i < int64(n) && ctx.Err() == nil; i = next.Add(1) - 1 {
 				name := fmt.Sprintf("%s-%s-%d", prefix, b.run, i)
 				for ctx.Err() == nil {
-					octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
 					t := time.Now()
-					resp, err := b.cli(g).Acquire(octx, b.cfg.namespace, name, b.holder(g), ttl, 0, labels)
+					d, err := ttl(t)
+					if err != nil {
+						stop(err)
+						break
+					}
+					octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
+					resp, err := b.cli(g).Acquire(octx, b.cfg.namespace, name, b.holder(g), d, 0, labels)
 					done := time.Now()
 					ocancel()
 					if err == nil && !resp.GetAcquired() {
@@ -265,8 +304,9 @@ func (b *bench) grantMany(ctx context.Context, prefix string, n, workers int, tt
 					if err == nil {
 						p.names[g] = append(p.names[g], name)
 						lats, at = append(lats, done.Sub(t)), append(at, done.Sub(p.start))
+						ttlMin, ttlMax = min(ttlMin, d), max(ttlMax, d)
 						if each != nil {
-							each(granted{g: g, name: name, token: resp.GetLease().GetFencingToken(), sent: t, done: done})
+							each(granted{g: g, name: name, token: resp.GetLease().GetFencingToken(), ttl: d, sent: t, done: done})
 						}
 						break
 					}
@@ -276,29 +316,44 @@ func (b *bench) grantMany(ctx context.Context, prefix string, n, workers int, tt
 			}
 			mu.Lock()
 			p.lats, p.at = append(p.lats, lats...), append(p.at, at...)
+			p.ttlMin, p.ttlMax = min(p.ttlMin, ttlMin), max(p.ttlMax, ttlMax)
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	slices.Sort(p.lats)
 	slices.Sort(p.at)
+	if len(p.at) == 0 {
+		p.ttlMin = 0
+	}
 	p.nerr, p.lastErr = errs.get()
+	if stopErr != nil {
+		return p, fmt.Errorf("%s: stopped after %d of %d leases: %w", prefix, len(p.at), n, stopErr)
+	}
 	if len(p.at) < n {
 		return p, fmt.Errorf("%s: granted %d of %d leases within %v (%d errors, last: %v)",
 			prefix, len(p.at), n, limit, p.nerr, p.lastErr)
 	}
 	took := p.at[n-1]
-	note("%s: granted %d leases (duration %v) in %.2fs = %.0f/s from %d goroutines; "+
+	note("%s: granted %d leases (%s) in %.2fs = %.0f/s from %d goroutines; "+
 		"acquire p50 %.2f ms, p99 %.2f ms, p999 %.2f ms, max %.2f ms; %d errors (last: %v)",
-		prefix, n, ttl, took.Seconds(), float64(n)/took.Seconds(), workers,
+		prefix, n, p.ttls(), took.Seconds(), float64(n)/took.Seconds(), workers,
 		pct(p.lats, .50), pct(p.lats, .99), pct(p.lats, .999), pct(p.lats, 1), p.nerr, p.lastErr)
 	return p, nil
 }
 
-// cleanup deletes leases, per goroutine in parallel, outside any timing.
-// A lease that is gone already counts as deleted.
+// cleanup deletes a workload's leases outside any timing, unless
+// --cleanup=false keeps them for a look afterwards.
 func (b *bench) cleanup(ctx context.Context, names [][]string) {
-	if !b.cfg.cleanup || ctx.Err() != nil {
+	if b.cfg.cleanup {
+		b.deleteAll(ctx, names)
+	}
+}
+
+// deleteAll deletes leases, per goroutine in parallel. A lease that is
+// gone already counts as deleted.
+func (b *bench) deleteAll(ctx context.Context, names [][]string) {
+	if ctx.Err() != nil {
 		return
 	}
 	start, n := time.Now(), 0

@@ -89,7 +89,7 @@ func (b *bench) keepaliveBatch(ctx context.Context) error {
 	for _, h := range holders {
 		wg.Go(func() { b.renewLoop(rctx, h, st) })
 	}
-	gp, err := b.grantMany(ctx, "kab", n, b.cfg.clients, b.cfg.kaTTL, b.cfg.phaseWait, nil, func(gr granted) {
+	gp, err := b.grantMany(ctx, "kab", n, b.cfg.clients, fixedTTL(b.cfg.kaTTL), b.cfg.phaseWait, nil, func(gr granted) {
 		holders[gr.g].add(&kaLease{name: gr.name, token: gr.token, lastSent: gr.sent, lastOK: gr.done})
 	})
 	if err != nil || ctx.Err() != nil {

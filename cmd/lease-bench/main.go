@@ -69,6 +69,7 @@ type config struct {
 	kaBatch    int
 
 	stormTTL  time.Duration
+	stormAt   time.Duration // 0: from the pilot
 	phaseWait time.Duration // bound on a mass grant and on a storm's drain
 
 	scaleLeases  int
@@ -104,7 +105,10 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.kaTTL, "ka-ttl", 30*time.Second, "keepalive_batch: lease duration")
 	fs.DurationVar(&c.kaInterval, "ka-interval", 0, "keepalive_batch: renew each lease this often (default ka-ttl/3; negative: back to back, to find the ceiling)")
 	fs.IntVar(&c.kaBatch, "ka-batch", 5000, "keepalive_batch: most leases in one KeepAlive message")
-	fs.DurationVar(&c.stormTTL, "storm-ttl", 15*time.Second, "expiry_storm: lease duration (no grace)")
+	fs.DurationVar(&c.stormTTL, "storm-ttl", 15*time.Second, "expiry_storm: time planned from the end of the grants to the common deadline, "+
+		"so the shortest lease duration if the grants keep the pilot's pace (no grace)")
+	fs.DurationVar(&c.stormAt, "storm-at", 0, "expiry_storm: put the common deadline this long after the grants start, without a pilot "+
+		"(default: 1.5 times the pilot's estimate of the grant phase plus --storm-ttl)")
 	fs.DurationVar(&c.phaseWait, "phase-limit", 300*time.Second, "bound on a mass grant, and on expiry_storm's wait past the last deadline")
 	fs.IntVar(&c.scaleLeases, "scale-leases", 1000000, "scale: live leases")
 	fs.DurationVar(&c.scaleTTL, "scale-ttl", 30*time.Minute, "scale: lease duration (long enough that none expires during the run)")
@@ -155,6 +159,8 @@ func parseFlags(args []string) (*config, error) {
 		return nil, errors.New("durations must be positive")
 	case c.leases < 1 || c.kaLeases < 1 || c.scaleLeases < 1 || c.kaBatch < 1 || c.scaleClients < 1:
 		return nil, errors.New("--leases, --ka-leases, --scale-leases, --ka-batch and --scale-clients must be at least 1")
+	case c.stormAt != 0 && c.stormAt <= stormMinLeft:
+		return nil, fmt.Errorf("--storm-at (%v) must be above %v: no grant is sent closer to the deadline", c.stormAt, stormMinLeft)
 	case c.kaInterval >= c.kaTTL:
 		return nil, fmt.Errorf("--ka-interval (%v) must be below --ka-ttl (%v)", c.kaInterval, c.kaTTL)
 	case c.workloads["scale"] && c.nodeBin == "":
@@ -264,7 +270,7 @@ func (c *config) watchdog() time.Duration {
 		d += c.phaseWait + max(c.duration, 3*c.kaInterval) + time.Minute
 	}
 	if c.workloads["expiry_storm"] {
-		d += 2*c.phaseWait + c.stormTTL + time.Minute
+		d += 3*c.phaseWait + c.stormTTL + c.stormAt + time.Minute // pilot, grants, drain
 	}
 	if c.workloads["scale"] {
 		d += c.scaleGrant + 2*c.phaseWait + c.scaleSnapAt + 5*time.Minute

@@ -29,7 +29,7 @@ func (b *bench) scale(ctx context.Context) error {
 	}
 	n := b.cfg.scaleLeases
 	rss0 := b.c.rssMB()
-	gp, err := b.grantMany(ctx, "scale", n, b.cfg.scaleClients, b.cfg.scaleTTL, b.cfg.scaleGrant, nil, nil)
+	gp, err := b.grantMany(ctx, "scale", n, b.cfg.scaleClients, fixedTTL(b.cfg.scaleTTL), b.cfg.scaleGrant, nil, nil)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

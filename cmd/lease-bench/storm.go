@@ -14,25 +14,43 @@ import (
 	"github.com/leasekeeper/leasekeeper/client"
 )
 
-// expiryStorm: acquire --leases leases with one duration (--storm-ttl, no
-// grace) as fast as the goroutines go, renew none, and watch the leader for
-// their EXPIRED events until all have come or --phase-limit past the last
-// deadline. A lease's deadline is taken as its acquire's return plus the
-// duration (the leader's deadline is no later), so lateness is the time
-// from that to the moment the bench saw its EXPIRED event: exact per
-// lease, where etcdpeer can only estimate it from lease counts. It can be
-// slightly negative: the leader's clock starts at apply, before the answer
-// travels. expired_early counts events seen before the acquire's send
-// time plus the duration, which the client's deadline rule forbids.
+// Where expiry_storm puts its common deadline.
+const (
+	stormMinLeft  = time.Second // no grant is sent closer to the deadline: it might apply after it
+	stormMargin   = 1.5         // on the pilot's estimate of the grant phase
+	stormPilotMax = 2000        // leases in the pilot, at most (and 2% of --leases, at least 200)
+	stormPilotTTL = time.Minute // the pilot's leases are deleted long before
+)
+
+// expiryStorm: acquire --leases leases that all end at one common instant
+// T, renew none, and watch the leader for their EXPIRED events until all
+// have come or --phase-limit past the last deadline. T lies --storm-at
+// after the grants start, or far enough that the grants end about
+// --storm-ttl before it at the rate a pilot measured. Each acquire asks
+// for T minus its send time, so the leader's deadline (its apply plus the
+// duration) lands on T, late by the time from send to apply. A lease's
+// deadline is taken as its acquire's return plus the duration (the
+// leader's is no later), so lateness is the time from that to the moment
+// the bench saw its EXPIRED event: exact per lease, where etcdpeer can
+// only estimate it from lease counts. It can be slightly negative: the
+// leader's clock starts at apply, before the answer travels.
+// expired_early counts events seen before the acquire's send time plus
+// the duration (T), which the client's deadline rule forbids. drain_ms
+// runs from T, so it holds the spread of the deadlines too
+// (deadline_spread_ms).
 func (b *bench) expiryStorm(ctx context.Context) error {
-	n, ttl := b.cfg.leases, b.cfg.stormTTL
-	const labelKey = "lease-bench-storm"
-	selector := labelKey + "=" + b.run
-	lead, err := b.findLeader(ctx)
+	n := b.cfg.leases
+	lead, pilotPerS, err := b.stormLead(ctx, n)
 	if err != nil {
 		return err
 	}
-	w := &expiryWatch{cl: b.nodeCl[lead], namespace: b.cfg.namespace, selector: selector, expired: map[string]time.Time{}}
+	const labelKey = "lease-bench-storm"
+	selector := labelKey + "=" + b.run
+	leader, err := b.findLeader(ctx)
+	if err != nil {
+		return err
+	}
+	w := &expiryWatch{cl: b.nodeCl[leader], namespace: b.cfg.namespace, selector: selector, expired: map[string]time.Time{}}
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	list, err := w.cl.List(lctx, &pb.ListRequest{Namespace: w.namespace, LabelSelector: selector})
 	cancel()
@@ -40,17 +58,21 @@ func (b *bench) expiryStorm(ctx context.Context) error {
 		return fmt.Errorf("list before the storm: %w", err)
 	}
 	wctx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// One defer, in this order: waiting before the stop would hang every
+	// early return.
+	defer func() {
+		stopWatch()
+		wg.Wait()
+	}()
 	wg.Go(func() { w.run(wctx, list.GetRevision()) })
 
 	var mu sync.Mutex
-	deadline := make(map[string]time.Time, n) // from the acquire's return: no earlier than the leader's
-	floor := make(map[string]time.Time, n)    // from its send: no expiry may come before this
-	gp, err := b.grantMany(ctx, "storm", n, b.cfg.clients, ttl, b.cfg.phaseWait, map[string]string{labelKey: b.run}, func(gr granted) {
+	s := stormLeases{deadline: make(map[string]time.Time, n), floor: make(map[string]time.Time, n)}
+	s.at = time.Now().Add(lead)
+	gp, err := b.grantMany(ctx, "storm", n, b.cfg.clients, untilDeadline(s.at), b.cfg.phaseWait, map[string]string{labelKey: b.run}, func(gr granted) {
 		mu.Lock()
-		deadline[gr.name], floor[gr.name] = gr.done.Add(ttl), gr.sent.Add(ttl)
+		s.deadline[gr.name], s.floor[gr.name] = gr.done.Add(gr.ttl), gr.sent.Add(gr.ttl)
 		mu.Unlock()
 	})
 	defer b.cleanup(ctx, gp.names)
@@ -59,9 +81,11 @@ func (b *bench) expiryStorm(ctx context.Context) error {
 	}
 
 	// Nothing is renewed from here on: wait for every expiry.
-	note("expiry_storm: waiting for the expiries; load average %s", loadavg())
+	note("expiry_storm: the common deadline is %.2fs after the last grant; waiting for the expiries; load average %s",
+		s.at.Sub(gp.last()).Seconds(), loadavg())
 	cpu0 := b.c.cpu()
-	giveUp := gp.last().Add(ttl + b.cfg.phaseWait)
+	first, latest := s.spread()
+	giveUp := latest.Add(b.cfg.phaseWait)
 	for w.count() < n && time.Now().Before(giveUp) && ctx.Err() == nil {
 		sleep(ctx, 50*time.Millisecond)
 	}
@@ -72,55 +96,140 @@ func (b *bench) expiryStorm(ctx context.Context) error {
 		return ctx.Err()
 	}
 
-	var late []time.Duration
-	var at []time.Time // expiry times seen
-	lastSeen, early := time.Time{}, 0
-	for name, t := range w.expired {
-		if d, ok := deadline[name]; ok {
-			if t.Before(floor[name]) {
-				early++ // the leader expired it before a full duration from the acquire's send
-			}
-			late = append(late, t.Sub(d))
-			at = append(at, t)
-			if t.After(lastSeen) {
-				lastSeen = t
-			}
+	r := s.result(w.expired, n)
+	if w.resumes > 0 || w.lastErr != nil {
+		note("expiry_storm: the watch was resumed %d times (%d by a re-list); last break: %v", w.resumes, w.relists, w.lastErr)
+	}
+	emit("system", "leasekeeper", "workload", "expiry_storm", "clients", b.cfg.clients, "ops", r.gone, "ops_per_s", r.expiredPerS,
+		"p50_ms", pct(r.late, .50), "p99_ms", pct(r.late, .99), "p999_ms", pct(r.late, .999), "pct_of", "expiry_lateness",
+		"errors", gp.nerr, "leases", n, "ttl_s", round2(gp.ttlMin.Seconds()), "ttl_max_s", round2(gp.ttlMax.Seconds()),
+		"grant_s", round2(gp.at[n-1].Seconds()), "deadline_s", round2(s.at.Sub(gp.start).Seconds()), "pilot_per_s", pilotPerS,
+		"deadline_spread_ms", ms(latest.Sub(first)), "first_ms", r.first, "drain_ms", r.drain, "drain_from", "common_deadline",
+		"expired_per_s", r.expiredPerS, "left", n-r.gone, "late_max_ms", pct(r.late, 1), "expired_early", r.early,
+		"server_cpu_s", server, "member_cpu_s", member, "remaining", r.remaining,
+		"watch_resumes", w.resumes, "watch_relists", w.relists)
+	return nil
+}
+
+// stormLead returns how long after the grants start the common deadline
+// lies: --storm-at, or from a pilot's grant rate (returned too, nil
+// without a pilot).
+func (b *bench) stormLead(ctx context.Context, n int) (time.Duration, any, error) {
+	if b.cfg.stormAt > 0 {
+		return b.cfg.stormAt, nil, nil
+	}
+	perS, err := b.stormPilot(ctx, n)
+	if err != nil {
+		return 0, nil, err
+	}
+	grants := time.Duration(stormMargin * float64(n) / perS * float64(time.Second))
+	if grants > b.cfg.phaseWait {
+		return 0, nil, fmt.Errorf("at the pilot's %.0f grants/s, %d leases need about %v with the margin, over --phase-limit %v",
+			perS, n, grants.Round(time.Second), b.cfg.phaseWait)
+	}
+	lead := grants + b.cfg.stormTTL
+	note("expiry_storm: pilot %.0f grants/s; the common deadline lies %v after the grants start (%v for the grants + --storm-ttl)",
+		perS, lead.Round(time.Millisecond), grants.Round(time.Millisecond))
+	return lead, round1(perS), nil
+}
+
+// stormPilot grants a few leases at the storm's concurrency and returns
+// the rate. Its leases are deleted at once, whatever --cleanup says: they
+// are not part of the result, and must not expire during the storm.
+func (b *bench) stormPilot(ctx context.Context, n int) (float64, error) {
+	k := min(n, max(200, min(n/50, stormPilotMax)))
+	gp, err := b.grantMany(ctx, "storm-pilot", k, b.cfg.clients, fixedTTL(stormPilotTTL), b.cfg.phaseWait, nil, nil)
+	defer b.deleteAll(ctx, gp.names)
+	if err != nil {
+		return 0, err
+	}
+	return float64(k) / gp.at[k-1].Seconds(), nil
+}
+
+// untilDeadline gives each acquire the time from its send to at. Both
+// carry monotonic readings, so a step of the bench machine's wall clock
+// does not move the deadline.
+func untilDeadline(at time.Time) ttlFunc {
+	return func(sent time.Time) (time.Duration, error) {
+		left := at.Sub(sent)
+		if left < stormMinLeft {
+			return 0, fmt.Errorf("a grant would be sent %v before the common deadline (at least %v): "+
+				"the grants ran slower than planned; give them more time (--storm-ttl, or --storm-at)", left.Round(time.Millisecond), stormMinLeft)
+		}
+		return left, nil
+	}
+}
+
+// stormLeases is what the bench knows of the storm's leases.
+type stormLeases struct {
+	at       time.Time            // the common deadline
+	deadline map[string]time.Time // from the acquire's return: no earlier than the leader's
+	floor    map[string]time.Time // from its send: no expiry may come before this
+}
+
+// spread returns the earliest and the latest per-lease deadline.
+func (s *stormLeases) spread() (first, last time.Time) {
+	for _, d := range s.deadline {
+		if first.IsZero() || d.Before(first) {
+			first = d
+		}
+		if d.After(last) {
+			last = d
 		}
 	}
-	slices.Sort(late)
+	return first, last
+}
+
+// stormResult is what the expiries seen say.
+type stormResult struct {
+	gone        int
+	early       int             // seen before their floor
+	late        []time.Duration // sorted
+	first       any             // ms from the common deadline to the first expiry seen; null if none
+	drain       any             // ms from the common deadline to the last; null when some never expired
+	expiredPerS float64         // over the drain
+	remaining   []int           // leases not yet seen expired at the common deadline + k s
+}
+
+func (s *stormLeases) result(expired map[string]time.Time, n int) stormResult {
+	var r stormResult
+	var at []time.Time // expiry times seen
+	for name, t := range expired {
+		d, ok := s.deadline[name]
+		if !ok {
+			continue
+		}
+		if t.Before(s.floor[name]) {
+			r.early++ // the leader expired it before a full duration from the acquire's send
+		}
+		r.late = append(r.late, t.Sub(d))
+		at = append(at, t)
+	}
+	slices.Sort(r.late)
 	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
-	gone := len(at)
-	left := n - gone
-	var drain any // null when some never expired
-	if left == 0 {
-		drain = ms(lastSeen.Sub(gp.last().Add(ttl)))
+	r.gone = len(at)
+	if r.gone == 0 {
+		return r
 	}
-	expiredPerS := 0.0
-	if gone > 0 {
-		expiredPerS = round1(float64(gone) / lastSeen.Sub(gp.first().Add(ttl)).Seconds())
+	r.first = ms(at[0].Sub(s.at))
+	lastSeen := at[len(at)-1]
+	if r.gone == n {
+		r.drain = ms(lastSeen.Sub(s.at))
 	}
-	// remaining[k]: leases not yet seen expired at t_last + k s.
-	var remaining []int
+	if d := lastSeen.Sub(s.at); d > 0 {
+		r.expiredPerS = round1(float64(r.gone) / d.Seconds())
+	}
 	for k, j := 0, 0; ; k++ {
-		t := gp.last().Add(time.Duration(k) * time.Second)
+		t := s.at.Add(time.Duration(k) * time.Second)
 		for j < len(at) && !at[j].After(t) {
 			j++
 		}
-		remaining = append(remaining, n-j)
+		r.remaining = append(r.remaining, n-j)
 		if j == len(at) {
 			break
 		}
 	}
-	if w.resumes > 0 || w.lastErr != nil {
-		note("expiry_storm: the watch was resumed %d times (%d by a re-list); last break: %v", w.resumes, w.relists, w.lastErr)
-	}
-	emit("system", "leasekeeper", "workload", "expiry_storm", "clients", b.cfg.clients, "ops", gone, "ops_per_s", expiredPerS,
-		"p50_ms", pct(late, .50), "p99_ms", pct(late, .99), "p999_ms", pct(late, .999), "pct_of", "expiry_lateness",
-		"errors", gp.nerr, "leases", n, "ttl_s", round2(ttl.Seconds()), "grant_s", round2(gp.at[n-1].Seconds()),
-		"drain_ms", drain, "expired_per_s", expiredPerS, "left", left, "late_max_ms", pct(late, 1), "expired_early", early,
-		"server_cpu_s", server, "member_cpu_s", member, "remaining", remaining,
-		"watch_resumes", w.resumes, "watch_relists", w.relists)
-	return nil
+	return r
 }
 
 // expiryWatch records when the bench saw each lease's EXPIRED event.
