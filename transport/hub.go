@@ -82,6 +82,12 @@ func (h *Hub) drop(w *watcher, err error) {
 // call began; it tells a compacted start from a new one when the window is
 // still empty.
 func (h *Hub) subscribe(start, current uint64, replay bool, match func(*fsm.Lease) bool) (*watcher, []fsm.Event, error) {
+	return h.subscribeBuf(start, current, replay, match, h.bufSize)
+}
+
+// subscribeBuf is subscribe with a queue of buf events instead of the
+// hub's default, for watchers of one lease that need only a few.
+func (h *Hub) subscribeBuf(start, current uint64, replay bool, match func(*fsm.Lease) bool, buf int) (*watcher, []fsm.Event, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var backlog []fsm.Event
@@ -98,7 +104,7 @@ func (h *Hub) subscribe(start, current uint64, replay bool, match func(*fsm.Leas
 			}
 		}
 	}
-	w := &watcher{match: match, ch: make(chan fsm.Event, h.bufSize)}
+	w := &watcher{match: match, ch: make(chan fsm.Event, buf)}
 	h.subs[w] = struct{}{}
 	return w, backlog, nil
 }

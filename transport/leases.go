@@ -98,9 +98,15 @@ const pollMargin = 100 * time.Millisecond
 // the leader hands it the lease, or after a third of the duration (a long
 // poll, so the caller's send time stays close to any grant and its own
 // deadline stays useful).
+// waitBuffer is the event queue of one waiting Acquire. The hub's default
+// (thousands of events) cost a large allocation per call.
+const waitBuffer = 64
+
 func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.Duration) (*pb.AcquireResponse, error) {
 	// Watch the lease before queueing, so the hand-off cannot slip by.
-	w, _, err := s.hub.subscribe(0, 0, false, func(l *fsm.Lease) bool { return l.Namespace == cmd.Namespace && l.Name == cmd.Name })
+	// One lease makes few events while a call waits; a queue that fills
+	// anyway drops the watcher, and the call answers "still queued".
+	w, _, err := s.hub.subscribeBuf(0, 0, false, func(l *fsm.Lease) bool { return l.Namespace == cmd.Namespace && l.Name == cmd.Name }, waitBuffer)
 	if err != nil {
 		return nil, toStatus(err, nil)
 	}
