@@ -108,13 +108,11 @@ type Result struct {
 // FSM implements raft.FSM and raft.BatchingFSM.
 type FSM struct {
 	mu        sync.RWMutex
-	leases    map[string]*Lease
-	members   map[string]string   // raft server ID -> gRPC address
-	revision  uint64              // rises with every write to the table
-	lastToken uint64              // the highest fencing token ever issued
-	applied   uint64              // the last applied Raft index
-	held      int                 // leases with a holder, kept as they change
-	queued    map[string]struct{} // keys of leases with waiters
+	leases    *table
+	members   map[string]string // raft server ID -> gRPC address
+	revision  uint64            // rises with every write to the table
+	lastToken uint64            // the highest fencing token ever issued
+	applied   uint64            // the last applied Raft index
 
 	listener Listener
 	opts     Options
@@ -142,9 +140,8 @@ func New(listener Listener) *FSM {
 // NewWithOptions returns an empty FSM with options.
 func NewWithOptions(listener Listener, opts Options) *FSM {
 	return &FSM{
-		leases:   make(map[string]*Lease),
+		leases:   newTable(),
 		members:  make(map[string]string),
-		queued:   make(map[string]struct{}),
 		listener: listener,
 		opts:     opts,
 	}
@@ -239,19 +236,7 @@ func (f *FSM) apply(c *fsmpb.Command, index uint64) *Result {
 func (f *FSM) store(l *Lease, t EventType) {
 	f.revision++
 	l.ResourceVersion = f.revision
-	key := l.Key()
-	if old := f.leases[key]; old != nil && old.Holder != "" {
-		f.held--
-	}
-	if l.Holder != "" {
-		f.held++
-	}
-	if len(l.Waiters) > 0 {
-		f.queued[key] = struct{}{}
-	} else {
-		delete(f.queued, key)
-	}
-	f.leases[key] = l
+	f.leases.put(l)
 	f.events = append(f.events, Event{Type: t, Lease: l, Revision: f.revision})
 }
 
@@ -259,7 +244,7 @@ func (f *FSM) store(l *Lease, t EventType) {
 // every token the cluster ever issued, and one more transition.
 func (f *FSM) newHolding(l *Lease, holder string, now int64) {
 	f.lastToken++
-	l.Holder = holder
+	l.Holder = internHolder(holder)
 	l.Token = f.lastToken
 	l.Transitions++
 	if f.opts.UnsafeReuseTokens {
@@ -277,8 +262,7 @@ func (f *FSM) acquire(a *fsmpb.Acquire, index uint64, now int64) *Result {
 	if a.Name == "" || a.Holder == "" {
 		return &Result{Err: fmt.Errorf("%w: acquire needs a name and a holder", ErrBadCommand)}
 	}
-	key := Key(a.Namespace, a.Name)
-	old := f.leases[key]
+	old := f.leases.get(a.Namespace, a.Name)
 	switch {
 	case old == nil:
 		l := &Lease{
@@ -352,7 +336,7 @@ func (f *FSM) ended(l *Lease, t EventType, index uint64, now int64) *Lease {
 }
 
 func (f *FSM) dequeue(d *fsmpb.Dequeue) *Result {
-	old := f.leases[Key(d.Namespace, d.Name)]
+	old := f.leases.get(d.Namespace, d.Name)
 	if old == nil {
 		return &Result{Err: ErrNotFound}
 	}
@@ -368,7 +352,7 @@ func (f *FSM) dequeue(d *fsmpb.Dequeue) *Result {
 // current returns the lease if holder holds it with token, else the error
 // that says why not.
 func (f *FSM) current(namespace, name, holder string, token uint64) (*Lease, error) {
-	l := f.leases[Key(namespace, name)]
+	l := f.leases.get(namespace, name)
 	if l == nil {
 		return nil, ErrNotFound
 	}
@@ -412,7 +396,7 @@ func (f *FSM) release(r *fsmpb.Release, index uint64, now int64) *Result {
 func (f *FSM) expire(e *fsmpb.Expire, index uint64, now int64) *Result {
 	r := &Result{}
 	for _, x := range e.Entries {
-		old := f.leases[Key(x.Namespace, x.Name)]
+		old := f.leases.get(x.Namespace, x.Name)
 		// Only the exact holding and renewal the leader saw lapse: a
 		// renewal or a new holding applied since keeps the lease.
 		if old == nil || old.Holder == "" || old.Token != x.Token || old.RenewIndex != x.RenewIndex {
@@ -431,7 +415,7 @@ func (f *FSM) write(w *fsmpb.Write, index uint64, now int64) *Result {
 	if w.Name == "" {
 		return &Result{Err: fmt.Errorf("%w: write needs a name", ErrBadCommand)}
 	}
-	old := f.leases[Key(w.Namespace, w.Name)]
+	old := f.leases.get(w.Namespace, w.Name)
 	switch {
 	case w.Create && old != nil:
 		return &Result{Err: ErrExists, Lease: old}
@@ -480,22 +464,19 @@ func (f *FSM) write(w *fsmpb.Write, index uint64, now int64) *Result {
 }
 
 func (f *FSM) delete(d *fsmpb.Delete, now int64) *Result {
-	key := Key(d.Namespace, d.Name)
-	old := f.leases[key]
+	old := f.leases.get(d.Namespace, d.Name)
 	if old == nil {
 		return &Result{Err: ErrNotFound}
 	}
 	if d.ResourceVersion != 0 && d.ResourceVersion != old.ResourceVersion {
 		return &Result{Err: ErrConflict, Lease: old}
 	}
+	f.leases.remove(d.Namespace, d.Name)
 	l := old.clone()
 	if l.Holder != "" {
 		l.endHolding(now, EndDeleted)
 		l.Holder = ""
-		f.held--
 	}
-	delete(f.leases, key)
-	delete(f.queued, key)
 	f.revision++
 	f.events = append(f.events, Event{Type: EventDeleted, Lease: l, Revision: f.revision})
 	return &Result{Lease: l}
@@ -505,16 +486,16 @@ func (f *FSM) delete(d *fsmpb.Delete, now int64) *Result {
 func (f *FSM) Get(namespace, name string) (*Lease, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	l, ok := f.leases[Key(namespace, name)]
-	return l, ok
+	l := f.leases.get(namespace, name)
+	return l, l != nil
 }
 
 // List returns the leases for which match returns true (all when match is
 // nil), sorted by namespace and name, and the revision they were read at.
 func (f *FSM) List(match func(*Lease) bool) ([]*Lease, uint64) {
 	f.mu.RLock()
-	out := make([]*Lease, 0, min(len(f.leases), 1024))
-	for _, l := range f.leases {
+	out := make([]*Lease, 0, min(f.leases.count, 1024))
+	for l := range f.leases.all() {
 		if match == nil || match(l) {
 			out = append(out, l)
 		}
@@ -530,8 +511,8 @@ func (f *FSM) List(match func(*Lease) bool) ([]*Lease, uint64) {
 func (f *FSM) Held() []*Lease {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	out := make([]*Lease, 0, len(f.leases))
-	for _, l := range f.leases {
+	out := make([]*Lease, 0, f.leases.held)
+	for l := range f.leases.all() {
 		if l.Holder != "" {
 			out = append(out, l)
 		}
@@ -559,8 +540,8 @@ func (f *FSM) Waiters() []QueuedWaiter {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []QueuedWaiter
-	for k := range f.queued {
-		l := f.leases[k]
+	for k := range f.leases.queued {
+		l := f.leases.get(k.namespace, k.name)
 		for _, w := range l.Waiters {
 			out = append(out, QueuedWaiter{Namespace: l.Namespace, Name: l.Name, Waiter: w})
 		}
@@ -572,7 +553,7 @@ func (f *FSM) Waiters() []QueuedWaiter {
 func (f *FSM) Stats() Stats {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return Stats{Leases: len(f.leases), Held: f.held, Revision: f.revision, LastToken: f.lastToken, AppliedIndex: f.applied}
+	return Stats{Leases: f.leases.count, Held: f.leases.held, Revision: f.revision, LastToken: f.lastToken, AppliedIndex: f.applied}
 }
 
 // Revision returns the current store revision.

@@ -327,6 +327,19 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 }
 
+func TestSnapshotBytesDoNotDependOnMapOrder(t *testing.T) {
+	h := newHarness(t)
+	c := acquire("default", "a", "h", time.Second)
+	c.GetAcquire().Labels = map[string]string{"a": "1", "b": "2", "c": "3", "d": "4", "e": "5"}
+	h.apply(1, c)
+	first := snapshotBytes(t, h.f)
+	for range 20 {
+		if !bytes.Equal(snapshotBytes(t, h.f), first) {
+			t.Fatal("two snapshots of one state differ")
+		}
+	}
+}
+
 func TestRestoreRefusesCorruptSnapshots(t *testing.T) {
 	h := newHarness(t)
 	h.apply(1, acquire("default", "x", "a", time.Second))

@@ -47,6 +47,7 @@ func FuzzApply(f *testing.F) {
 		if fsm.Stats().LastToken < before.LastToken {
 			t.Fatal("token counter went backwards")
 		}
+		checkTable(t, fsm.leases)
 		var buf bytes.Buffer
 		if err := fsm.WriteSnapshot(&buf); err != nil {
 			t.Fatal(err)

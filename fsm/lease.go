@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"time"
+	"unique"
 
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
 )
@@ -110,6 +111,16 @@ func (l *Lease) TTL() time.Duration { return l.Duration + l.Grace }
 // contain '/', so the key is unambiguous.
 func Key(namespace, name string) string { return namespace + "/" + name }
 
+// internHolder returns holder as a string shared with the other leases of
+// the same holder: one client often holds many leases, and every past
+// holding names its holder too.
+func internHolder(holder string) string {
+	if holder == "" {
+		return ""
+	}
+	return unique.Make(holder).Value()
+}
+
 func (l *Lease) clone() *Lease {
 	c := *l
 	return &c
@@ -175,7 +186,7 @@ func leaseFromRecord(r *fsmpb.LeaseRecord) *Lease {
 	l := &Lease{
 		Namespace:       r.Namespace,
 		Name:            r.Name,
-		Holder:          r.Holder,
+		Holder:          internHolder(r.Holder),
 		Duration:        time.Duration(r.DurationNs),
 		Grace:           time.Duration(r.GraceNs),
 		AcquireTime:     r.AcquireUnixNano,
@@ -189,15 +200,33 @@ func leaseFromRecord(r *fsmpb.LeaseRecord) *Lease {
 		RenewIndex:      r.RenewIndex,
 		Object:          r.Object,
 	}
-	for _, w := range r.Waiters {
-		l.Waiters = append(l.Waiters, Waiter{
-			Holder: w.Holder, Duration: time.Duration(w.DurationNs), Grace: time.Duration(w.GraceNs), Labels: w.Labels,
-		})
+	if len(r.Waiters) > 0 {
+		l.Waiters = make([]Waiter, len(r.Waiters))
+		for i, w := range r.Waiters {
+			l.Waiters[i] = Waiter{
+				Holder: w.Holder, Duration: time.Duration(w.DurationNs), Grace: time.Duration(w.GraceNs), Labels: w.Labels,
+			}
+		}
 	}
-	for _, h := range r.History {
-		l.History = append(l.History, Holding{
-			Holder: h.Holder, Token: h.Token, Start: h.StartUnixNano, End: h.EndUnixNano, EndReason: h.EndReason,
-		})
+	if len(r.History) > 0 {
+		l.History = make([]Holding, len(r.History))
+		for i, h := range r.History {
+			l.History[i] = Holding{
+				Holder: internHolder(h.Holder), Token: h.Token, Start: h.StartUnixNano, End: h.EndUnixNano,
+				EndReason: endReason(h.EndReason),
+			}
+		}
 	}
 	return l
+}
+
+// endReason returns the package's constant equal to reason, so restored
+// histories do not keep a copy of it per holding.
+func endReason(reason string) string {
+	for _, c := range [...]string{EndReleased, EndExpired, EndDeleted, EndReplaced} {
+		if reason == c {
+			return c
+		}
+	}
+	return reason
 }

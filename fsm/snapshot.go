@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
 )
@@ -30,6 +31,10 @@ var ErrCorruptSnapshot = errors.New("fsm: corrupt snapshot")
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// recordEncoding writes maps (labels) in key order, so equal states give
+// equal bytes.
+var recordEncoding = protodelim.MarshalOptions{MarshalOptions: proto.MarshalOptions{Deterministic: true}}
+
 type snapshot struct {
 	header *fsmpb.SnapshotHeader
 	leases []*Lease
@@ -47,15 +52,15 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 			Format:     snapshotFormat,
 			Revision:   f.revision,
 			LastToken:  f.lastToken,
-			LeaseCount: uint64(len(f.leases)),
+			LeaseCount: uint64(f.leases.count),
 		},
-		leases: make([]*Lease, 0, len(f.leases)),
+		leases: make([]*Lease, 0, f.leases.count),
 		done:   f.snapshotDone,
 	}
 	for id, addr := range f.members {
 		s.header.Members = append(s.header.Members, &fsmpb.MemberRecord{Id: id, GrpcAddr: addr})
 	}
-	for _, l := range f.leases {
+	for l := range f.leases.all() {
 		s.leases = append(s.leases, l)
 	}
 	return s, nil
@@ -116,11 +121,11 @@ func (s *snapshot) encode(w io.Writer) error {
 	if _, err := bw.WriteString(snapshotMagic); err != nil {
 		return err
 	}
-	if _, err := protodelim.MarshalTo(bw, s.header); err != nil {
+	if _, err := recordEncoding.MarshalTo(bw, s.header); err != nil {
 		return err
 	}
 	for _, l := range s.leases {
-		if _, err := protodelim.MarshalTo(bw, l.toRecord()); err != nil {
+		if _, err := recordEncoding.MarshalTo(bw, l.toRecord()); err != nil {
 			return err
 		}
 	}
@@ -143,16 +148,6 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.members = st.members
 	f.revision = st.revision
 	f.lastToken = st.lastToken
-	f.held = 0
-	f.queued = make(map[string]struct{})
-	for k, l := range st.leases {
-		if l.Holder != "" {
-			f.held++
-		}
-		if len(l.Waiters) > 0 {
-			f.queued[k] = struct{}{}
-		}
-	}
 	f.mu.Unlock()
 	if f.listener != nil {
 		f.listener.Restored()
@@ -162,14 +157,14 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 
 // State is a decoded snapshot.
 type State struct {
-	leases    map[string]*Lease
+	leases    *table
 	members   map[string]string
 	revision  uint64
 	lastToken uint64
 }
 
 // Leases returns the number of leases in the snapshot.
-func (s *State) Leases() int { return len(s.leases) }
+func (s *State) Leases() int { return s.leases.count }
 
 // Revision returns the store revision of the snapshot.
 func (s *State) Revision() uint64 { return s.revision }
@@ -190,7 +185,7 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		return nil, fmt.Errorf("%w: unknown format %d", ErrCorruptSnapshot, h.Format)
 	}
 	st := &State{
-		leases:    make(map[string]*Lease, min(h.LeaseCount, 1<<20)),
+		leases:    newTable(),
 		members:   make(map[string]string, len(h.Members)),
 		revision:  h.Revision,
 		lastToken: h.LastToken,
@@ -207,7 +202,7 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		if l.Token > st.lastToken {
 			return nil, fmt.Errorf("%w: lease %s has token %d above the counter %d", ErrCorruptSnapshot, l.Key(), l.Token, st.lastToken)
 		}
-		st.leases[l.Key()] = l
+		st.leases.put(l)
 	}
 	sum := crc.Sum32()
 	var want uint32
