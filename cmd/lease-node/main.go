@@ -8,12 +8,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,6 +53,8 @@ type options struct {
 	logLevel   string
 	logJSON    bool
 	clockRate  float64
+	memLimit   string
+	memBytes   int64 // parsed memLimit; 0: leave the runtime's setting
 	fault      string
 	restore    string
 }
@@ -101,6 +106,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.sec.tokenFile, "auth-token-file", "", "bearer tokens, stored hashed (YAML), reloaded on SIGHUP")
 	fs.StringVar(&o.sec.nodeTokenFile, "node-token-file", "", "this node's own bearer token, for forwarding in token mode")
 	fs.BoolVar(&o.sec.insecure, "insecure", false, "accept serving plain text where the profile asks for TLS")
+	fs.StringVar(&o.memLimit, "memory-limit", "", "soft memory limit of the Go runtime, e.g. 900MiB; the collector works harder near it, so the heap's headroom shrinks instead of doubling a large table (default: GOMEMLIMIT, or none)")
 	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
 	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens, no-confirm)")
 	var configPath, profile string
@@ -152,6 +158,9 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 		return nil, err
 	}
 	o.node.Peers = peers
+	if o.memBytes, err = parseBytes(o.memLimit); err != nil {
+		return nil, fmt.Errorf("--memory-limit: %w", err)
+	}
 	if o.node.Fault, err = node.ParseFault(o.fault); err != nil {
 		return nil, err
 	}
@@ -174,6 +183,30 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 		return nil, err
 	}
 	return o, o.server.Validate()
+}
+
+// parseBytes reads a size such as 900MiB, 1GiB, 512MB or 1048576 (bytes);
+// "" is 0.
+func parseBytes(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	num, mult := s, int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			num, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("want a size such as 900MiB or 1GiB, got %q", s)
+	}
+	return n * mult, nil
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -201,6 +234,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func serve(ctx context.Context, o *options, log hclog.Logger) error {
+	if o.memBytes > 0 {
+		debug.SetMemoryLimit(o.memBytes)
+		log.Info("soft memory limit set", "bytes", o.memBytes)
+	}
 	var clk clock.Clock = clock.New()
 	if o.clockRate != 1 {
 		sk, err := clock.NewSkewed(clk, o.clockRate)

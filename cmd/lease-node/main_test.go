@@ -57,6 +57,8 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 		{"lease timeout above heartbeat", []string{"--id", "a", "--leader-lease-timeout", "2s"}, "LeaderLeaseTimeout"},
 		{"join and bootstrap", []string{"--id", "a", "--bootstrap", "--join", "x:1"}, "exclude each other"},
 		{"unknown fault", []string{"--id", "a", "--unsafe-test-fault", "nope"}, "unknown fault"},
+		{"memory limit without a unit we know", []string{"--id", "a", "--memory-limit", "9 parsecs"}, "--memory-limit"},
+		{"negative memory limit", []string{"--id", "a", "--memory-limit", "-1MiB"}, "--memory-limit"},
 		{"default duration out of range", []string{"--id", "a", "--default-lease-duration", "48h"}, "DefaultLeaseDuration"},
 		{"production without TLS", []string{"--id", "a", "--profile", "production"}, "refuses to serve without TLS"},
 		{"auth without TLS", []string{"--id", "a", "--auth-mode", "token", "--auth-token-file", "t", "--auth-policy-file", "p"}, "needs TLS"},
@@ -82,6 +84,21 @@ func TestPrintConfigShowsSources(t *testing.T) {
 	for _, want := range []string{`id: "n1"  # flag`, `max-lease-duration: "2m0s"  # profile test`, `raft-addr: "127.0.0.1:8001"  # default`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("print-config lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int64{
+		"": 0, "0": 0, "1048576": 1 << 20, "900MiB": 900 << 20, "1GiB": 1 << 30, "512KB": 512e3, "2GB": 2e9, "64B": 64, "3KiB": 3 << 10,
+	} {
+		if got, err := parseBytes(in); err != nil || got != want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"MiB", "1.5GiB", "1TiB", "99999999999GiB", "x"} {
+		if got, err := parseBytes(in); err == nil {
+			t.Errorf("parseBytes(%q) = %d, want an error", in, got)
 		}
 	}
 }
