@@ -12,6 +12,9 @@
 # Knobs (environment):
 #   DURATION=10s  CLIENTS=16   timed length and goroutines of each workload
 #   LEASES=20000               keepalive_batch and expiry_storm size, both systems
+#                              (the size is 100000: about 10 minutes)
+#   KA_INTERVAL=1s             keepalive_batch: each lease renewed this often
+#                              (leasekeeper; etcd's client renews at TTL/3)
 #   WORKLOADS=all              or a comma list (lease-bench names; scale is opt-in)
 #   LEADER_ONLY=1              both benches send everything to the leader
 #   ETCD=0                     skip etcd; ETCDPEER=path to etcdpeer
@@ -25,6 +28,7 @@ GO=${GO:-go}
 DURATION=${DURATION:-10s}
 CLIENTS=${CLIENTS:-16}
 LEASES=${LEASES:-20000}
+KA_INTERVAL=${KA_INTERVAL:-1s}
 WORKLOADS=${WORKLOADS:-all}
 ETCD=${ETCD:-1}
 ETCDPEER=${ETCDPEER:-../shared/bench/etcdpeer}
@@ -55,7 +59,7 @@ fi
 rc=0
 echo "== leasekeeper ($(nproc) cores; results in $OUT)" >&2
 # shellcheck disable=SC2086 # LEASE_BENCH_ARGS is meant to split
-bin/lease-bench --node-bin bin/lease-node --workload "$WORKLOADS" "${common[@]}" ${LEASE_BENCH_ARGS:-} |
+bin/lease-bench --node-bin bin/lease-node --workload "$WORKLOADS" "${common[@]}" -ka-interval "$KA_INTERVAL" ${LEASE_BENCH_ARGS:-} |
 	tee "$OUT/leasekeeper.jsonl" || rc=1
 
 if [ -n "$etcdpeer" ]; then

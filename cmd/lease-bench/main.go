@@ -104,7 +104,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.kaLeases, "ka-leases", 0, "leases for keepalive_batch, if not --leases")
 	fs.DurationVar(&c.kaTTL, "ka-ttl", 30*time.Second, "keepalive_batch: lease duration")
 	fs.DurationVar(&c.kaInterval, "ka-interval", 0, "keepalive_batch: renew each lease this often (default ka-ttl/3; negative: back to back, to find the ceiling)")
-	fs.IntVar(&c.kaBatch, "ka-batch", 5000, "keepalive_batch: most leases in one KeepAlive message")
+	fs.IntVar(&c.kaBatch, "ka-batch", 1000, "keepalive_batch: most leases in one KeepAlive message (the Go client's renewal engine sends at most 1000)")
 	fs.DurationVar(&c.stormTTL, "storm-ttl", 15*time.Second, "expiry_storm: time planned from the end of the grants to the common deadline, "+
 		"so the shortest lease duration if the grants keep the pilot's pace (no grace)")
 	fs.DurationVar(&c.stormAt, "storm-at", 0, "expiry_storm: put the common deadline this long after the grants start, without a pilot "+
