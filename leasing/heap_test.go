@@ -160,3 +160,37 @@ func BenchmarkHeldUpdate(b *testing.B) {
 		b.Fatalf("Len() = %d, want %d", m.Len(), n)
 	}
 }
+
+// BenchmarkPromote1M measures a new leader's start with a million
+// holdings: building the table from the FSM's list (rebuild), or one pass
+// over the table it tracked as a follower (tracked).
+func BenchmarkPromote1M(b *testing.B) {
+	const n = 1_000_000
+	hs := make([]Holding, n)
+	for i := range hs {
+		hs[i] = Holding{Key: keyN(i), Token: uint64(i), RenewIndex: uint64(i), TTL: 10 * time.Second}
+	}
+	for _, bc := range []struct {
+		name string
+		load func() []Holding
+	}{
+		{"rebuild", func() []Holding { return hs }},
+		{"tracked", nil},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			m, err := New(DefaultConfig(), clock.NewFake(start), &fakeProposer{}, nil, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			m.Track(func() []Holding { return hs })
+			b.ReportAllocs()
+			for b.Loop() {
+				m.Promote(bc.load)
+				if m.Len() != n {
+					b.Fatalf("Len() = %d after Promote, want %d", m.Len(), n)
+				}
+				m.Demote()
+			}
+		})
+	}
+}

@@ -142,77 +142,105 @@ func (m *Manager) signal() {
 }
 
 // Promote makes the manager decide expiry. It is called after the new leader's
-// Barrier. load is called under the manager's lock and returns every live
-// holding; each gets a full fresh TTL from now (a leader change can lengthen a
-// holding, never shorten it). Held/Ended calls that arrive while Promote runs
-// wait for it and are applied after.
+// Barrier. Every holding gets a full fresh TTL from now (a leader change can
+// lengthen a holding, never shorten it). Held/Ended calls that arrive while
+// Promote runs wait for it and are applied after.
 //
-// Because load runs under the manager's lock, it must not wait for anything
-// that a caller of Held or Ended holds (such as an FSM lock held while
-// calling Held), or the two deadlock.
+// With load nil, the holdings are the ones Held and Ended tracked while the
+// manager was demoted (see Track): the table is already built, so a new
+// leader of a million holdings makes one pass over it instead of building
+// it. Otherwise load returns every live holding and the table is rebuilt
+// from it. load is called under the manager's lock, so it must not wait for
+// anything that a caller of Held or Ended holds (such as an FSM lock held
+// while calling Held), or the two deadlock.
 func (m *Manager) Promote(load func() []Holding) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.reset()
-	var hs []Holding
+	m.newEpoch()
 	if load != nil {
-		hs = load()
+		m.rebuild(load())
 	}
 	now := m.now()
-	m.entries = make(map[Key]*entry, len(hs))
-	m.heap = make(deadlineHeap, 0, len(hs))
-	// One allocation for the whole table; the heap is ordered once at the end.
-	slab := make([]entry, len(hs))
-	for i, h := range hs {
-		if e, ok := m.entries[h.Key]; ok { // a duplicate: the later one wins
-			e.h, e.deadline = h, deadline(now, h.TTL)
-			continue
-		}
-		e := &slab[i]
-		e.h, e.deadline = h, deadline(now, h.TTL)
-		m.entries[h.Key] = e
+	m.heap = make(deadlineHeap, 0, len(m.entries))
+	for _, e := range m.entries {
+		e.deadline = deadline(now, e.h.TTL)
 		m.heap = append(m.heap, e)
 	}
 	m.heap.heapify()
 	m.active = true
 	m.signal()
 	m.met.size.Set(float64(len(m.entries)))
-	m.log.Info("promoted: deciding lease expiry", "holdings", len(m.entries))
+	m.log.Info("promoted: deciding lease expiry", "holdings", len(m.entries), "rebuilt", load != nil)
 }
 
-// Demote stops all deciding at once: clears the table; proposals in flight are
-// abandoned (their results ignored), no new ones are made until Promote.
+// Track replaces the tracked holdings of a demoted manager with the ones
+// load returns, for a node whose FSM was replaced wholesale (a snapshot
+// installed); a promoted manager is promoted again with them. From then on
+// Held and Ended keep the table, deadlines aside, so that Promote finds it
+// ready.
+func (m *Manager) Track(load func() []Holding) {
+	m.mu.Lock()
+	if m.active {
+		m.mu.Unlock()
+		m.Promote(load)
+		return
+	}
+	defer m.mu.Unlock()
+	m.rebuild(load())
+}
+
+// rebuild replaces the table with hs, without deadlines or heap. m.mu is
+// held.
+func (m *Manager) rebuild(hs []Holding) {
+	m.entries = make(map[Key]*entry, len(hs))
+	m.heap = nil
+	// One allocation for the whole table.
+	slab := make([]entry, len(hs))
+	for i, h := range hs {
+		if e, ok := m.entries[h.Key]; ok { // a duplicate: the later one wins
+			e.h = h
+			continue
+		}
+		slab[i].h = h
+		m.entries[h.Key] = &slab[i]
+	}
+}
+
+// Demote stops all deciding at once: proposals in flight are abandoned
+// (their results ignored), no new ones are made until Promote. The holdings
+// stay tracked, without deadlines.
 func (m *Manager) Demote() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n := len(m.entries)
-	m.reset()
+	m.newEpoch()
+	m.heap = nil
 	m.active = false
 	m.signal()
 	m.met.size.Set(0)
-	m.log.Info("demoted: stopped deciding lease expiry", "dropped", n)
+	m.log.Info("demoted: stopped deciding lease expiry", "tracked", len(m.entries))
 }
 
-// reset starts a new epoch with an empty table: the results of proposals made
-// before it are ignored, and the one in flight is cancelled since nobody
-// wants its answer. Fresh containers give a big table's memory back to a
-// node that stays a follower.
-func (m *Manager) reset() {
+// newEpoch makes the results of proposals made before it ignored, and
+// cancels the one in flight, since nobody wants its answer. m.mu is held.
+func (m *Manager) newEpoch() {
 	m.epoch++
 	if m.cancel != nil {
 		m.cancel()
 		m.cancel = nil
 	}
-	m.entries = make(map[Key]*entry)
-	m.heap = nil
 }
 
 // Held records that a holding began or was renewed (applied by the FSM):
-// deadline = now + TTL. Ignored when not promoted.
+// deadline = now + TTL. A demoted manager only tracks the holding.
 func (m *Manager) Held(h Holding) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.active {
+		if e, ok := m.entries[h.Key]; ok {
+			e.h = h
+		} else {
+			m.entries[h.Key] = &entry{h: h, index: -1}
+		}
 		return
 	}
 	d := deadline(m.now(), h.TTL)
@@ -262,18 +290,19 @@ func (m *Manager) Extend(h Holding) bool {
 	return true
 }
 
-// Ended records that a lease is no longer held (released, expired, deleted). Ignored when not promoted.
+// Ended records that a lease is no longer held (released, expired,
+// deleted).
 func (m *Manager) Ended(k Key) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if !m.active {
-		return
-	}
 	e, ok := m.entries[k]
 	if !ok {
 		return
 	}
 	delete(m.entries, k)
+	if !m.active {
+		return
+	}
 	if e.index >= 0 {
 		m.heap.remove(e.index)
 	}

@@ -245,7 +245,7 @@ func TestNotPromoted(t *testing.T) {
 	h := newHarness(t, DefaultConfig())
 	a := Holding{Key: key("a"), Token: 1, TTL: time.Second}
 	h.m.Held(a)
-	h.wantLen(0)
+	h.wantLen(1) // tracked, without a deadline
 	h.wantRemaining(a.Key, 0, false)
 	if h.m.Active() {
 		t.Fatal("Active() = true before Promote")
@@ -257,6 +257,47 @@ func TestNotPromoted(t *testing.T) {
 	}
 }
 
+// TestPromoteTracked checks that a demoted manager keeps the holdings that
+// Held and Ended report, so that Promote(nil) starts from them with fresh
+// deadlines, and that Track replaces them.
+func TestPromoteTracked(t *testing.T) {
+	h := newHarness(t, DefaultConfig())
+	a := Holding{Key: key("a"), Token: 1, RenewIndex: 1, TTL: time.Second}
+	aRenewed := Holding{Key: key("a"), Token: 1, RenewIndex: 5, TTL: 3 * time.Second}
+	b := Holding{Key: key("b"), Token: 2, RenewIndex: 2, TTL: time.Second}
+	c := Holding{Key: key("c"), Token: 3, RenewIndex: 3, TTL: 2 * time.Second}
+	h.m.Held(a)
+	h.m.Held(b)
+	h.m.Held(c)
+	h.m.Ended(b.Key)
+	h.m.Held(aRenewed)
+	h.advance(time.Hour) // deadlines are not kept while demoted
+	h.m.Promote(nil)
+	h.wantLen(2)
+	h.wantRemaining(a.Key, 3*time.Second, true)
+	h.wantRemaining(b.Key, 0, false)
+	h.wantRemaining(c.Key, 2*time.Second, true)
+	h.advance(2*time.Second + time.Nanosecond)
+	call := h.expectCall()
+	if !reflect.DeepEqual(call.holdings, []Holding{c}) {
+		t.Fatalf("first proposal %+v, want %+v", call.holdings, []Holding{c})
+	}
+	h.applyExpire(call)
+	h.m.Demote()
+	h.wantLen(1)
+	// A snapshot installed on a follower replaces what it tracked.
+	h.m.Track(func() []Holding { return []Holding{b} })
+	h.wantLen(1)
+	h.m.Promote(nil)
+	h.wantRemaining(a.Key, 0, false)
+	h.wantRemaining(b.Key, time.Second, true)
+	// On a leader, Track is a promotion with the new holdings.
+	h.m.Track(func() []Holding { return []Holding{a, c} })
+	h.wantLen(2)
+	h.wantRemaining(b.Key, 0, false)
+	h.wantRemaining(a.Key, time.Second, true)
+}
+
 func TestDemoteStopsProposals(t *testing.T) {
 	h := newHarness(t, DefaultConfig())
 	a := Holding{Key: key("a"), Token: 1, TTL: 5 * time.Second}
@@ -266,10 +307,10 @@ func TestDemoteStopsProposals(t *testing.T) {
 	if h.m.Active() {
 		t.Fatal("Active() = true after Demote")
 	}
-	h.wantLen(0)
+	h.wantLen(1) // still tracked
 	h.wantRemaining(a.Key, 0, false)
-	h.m.Held(a) // ignored while demoted
-	h.wantLen(0)
+	h.m.Held(a) // tracked, no deadline
+	h.wantLen(1)
 	h.advance(time.Hour)
 	h.expectQuiet()
 }
@@ -299,10 +340,11 @@ func TestInFlightAfterDemote(t *testing.T) {
 			if c.ctx.Err() == nil {
 				t.Fatal("Demote did not cancel the proposal in flight")
 			}
-			wantLen, wantRem := 0, time.Duration(0)
+			// The holding stays tracked: only an applied Expire ends it.
+			wantLen, wantRem := 1, time.Duration(0)
 			if tt.repromote {
 				h.promote(a)
-				wantLen, wantRem = 1, time.Second
+				wantRem = time.Second
 			}
 			c.reply <- tt.result
 			h.expectQuiet()

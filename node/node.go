@@ -292,7 +292,7 @@ func (n *Node) reconcile() {
 		if n.raft.State() != raft.Leader || n.raft.CurrentTerm() != term {
 			return
 		}
-		n.mgr.Promote(n.loadHoldings)
+		n.promote()
 		n.setReady(term)
 		n.log.Info("leading", "term", term, "holdings", n.mgr.Len())
 		n.registerSelf()
@@ -300,6 +300,22 @@ func (n *Node) reconcile() {
 		n.mgr.Demote()
 		n.setReady(0)
 		n.log.Info("stopped leading", "term", term)
+	}
+}
+
+// promote makes the expiry manager decide, from the holdings it tracked
+// as a follower: one pass, where building the table of a million holdings
+// took most of a second. Should the tracked count differ from the FSM's
+// (it never should), the table is rebuilt from the FSM.
+func (n *Node) promote() {
+	if n.cfg.Fault == FaultNoFreshDuration {
+		n.mgr.Promote(n.loadHoldings)
+		return
+	}
+	n.mgr.Promote(nil)
+	if got, want := n.mgr.Len(), n.fsm.Stats().Held; got != want {
+		n.log.Warn("expiry table out of step with the lease table: rebuilding it", "tracked", got, "held", want)
+		n.mgr.Promote(n.loadHoldings)
 	}
 }
 
@@ -392,20 +408,20 @@ type listener struct {
 
 func (l *listener) Applied(evs []fsm.Event) {
 	l.n.met.observe(evs)
+	// Every node keeps the expiry table's holdings, so that a new leader
+	// finds it built; only the leader's has deadlines.
 	mgr := l.n.mgr
-	if mgr.Active() {
-		for _, ev := range evs {
-			switch {
-			case ev.Type == fsm.EventDeleted || !ev.Lease.Held():
-				mgr.Ended(leasing.Key{Namespace: ev.Lease.Namespace, Name: ev.Lease.Name})
-			case ev.Type == fsm.EventModified:
-				// The holding did not change (a waiter joined or left the
-				// queue): its deadline must not move either, or waiters
-				// arriving would keep a dead holder's lease alive.
-			default:
-				// A holding began or was renewed: a fresh deadline.
-				mgr.Held(l.n.holding(ev.Lease))
-			}
+	for _, ev := range evs {
+		switch {
+		case ev.Type == fsm.EventDeleted || !ev.Lease.Held():
+			mgr.Ended(leasing.Key{Namespace: ev.Lease.Namespace, Name: ev.Lease.Name})
+		case ev.Type == fsm.EventModified:
+			// The holding did not change (a waiter joined or left the
+			// queue): its deadline must not move either, or waiters
+			// arriving would keep a dead holder's lease alive.
+		default:
+			// A holding began or was renewed: a fresh deadline.
+			mgr.Held(l.n.holding(ev.Lease))
 		}
 	}
 	for _, o := range l.others {
@@ -414,11 +430,9 @@ func (l *listener) Applied(evs []fsm.Event) {
 }
 
 func (l *listener) Restored() {
-	// A restore on the leader replaces the table: rebuild the deadlines
-	// with fresh durations, as after an election.
-	if l.n.mgr.Active() {
-		l.n.mgr.Promote(l.n.loadHoldings)
-	}
+	// A restore replaces the table: the tracked holdings are rebuilt, and a
+	// leader's deadlines are fresh durations, as after an election.
+	l.n.mgr.Track(l.n.loadHoldings)
 	for _, o := range l.others {
 		o.Restored()
 	}

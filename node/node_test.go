@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -281,5 +282,62 @@ func testRenewLocal(t *testing.T, fault node.Fault) {
 	}
 	if d, ok := leader.Remaining("default", "db"); ok && d != time.Second {
 		t.Fatalf("Remaining after the refused renewal = %v, want 1s", d)
+	}
+}
+
+// TestFollowersTrackHoldings checks that a follower's expiry table follows
+// every change it applies, so that on becoming leader it decides from a
+// table equal to the lease table, each holding with a fresh duration.
+func TestFollowersTrackHoldings(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	old := c.Leader(5 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tokens := map[string]uint64{}
+	for i := range 30 {
+		name := fmt.Sprintf("l%02d", i)
+		tokens[name] = acquire(t, old, name, "a", time.Duration(5+i%3)*time.Second).Token
+	}
+	// Some end, one changes hands, one is renewed through the log.
+	for i := range 10 {
+		name := fmt.Sprintf("l%02d", i)
+		if _, err := old.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Release{Release: &fsmpb.Release{
+			Namespace: "default", Name: name, Holder: "a", Token: tokens[name],
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acquire(t, old, "l00", "b", 9*time.Second)
+	if _, err := old.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: &fsmpb.RenewBatch{Renews: []*fsmpb.Renew{{
+		Namespace: "default", Name: "l20", Holder: "a", Token: tokens["l20"],
+	}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitHolder(t, c, "l00", "b")
+	waitHolder(t, c, "l09", "")
+	for _, n := range c.Nodes {
+		// The followers' tables, before any promotion could rebuild them.
+		if got, want := n.Manager().Len(), len(n.FSM().Held()); n != old && (got != want || got != 21) {
+			t.Fatalf("follower %s tracks %d holdings, its lease table has %d, want 21", n.ID(), got, want)
+		}
+	}
+	clk.Advance(4 * time.Second)
+
+	if err := old.TransferLeadership(""); err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	var nl *node.Node
+	for nl == nil || nl == old {
+		nl = c.Leader(5 * time.Second)
+	}
+	held := nl.FSM().Held()
+	if got := nl.Manager().Len(); got != len(held) || got != 21 {
+		t.Fatalf("new leader's table has %d holdings, its lease table %d, want 21", got, len(held))
+	}
+	for _, l := range held {
+		if d, ok := nl.Remaining(l.Namespace, l.Name); !ok || d != l.TTL() {
+			t.Fatalf("%s: new leader's deadline %v (ok=%v), want a full %v", l.Name, d, ok, l.TTL())
+		}
 	}
 }
