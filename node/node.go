@@ -305,18 +305,15 @@ func (n *Node) reconcile() {
 
 // promote makes the expiry manager decide, from the holdings it tracked
 // as a follower: one pass, where building the table of a million holdings
-// took most of a second. Should the tracked count differ from the FSM's
-// (it never should), the table is rebuilt from the FSM.
+// took most of a second. (Comparing the tracked count with the lease
+// table's here would race with entries being applied: the lease table
+// changes before the manager hears of it.)
 func (n *Node) promote() {
 	if n.cfg.Fault == FaultNoFreshDuration {
 		n.mgr.Promote(n.loadHoldings)
 		return
 	}
 	n.mgr.Promote(nil)
-	if got, want := n.mgr.Len(), n.fsm.Stats().Held; got != want {
-		n.log.Warn("expiry table out of step with the lease table: rebuilding it", "tracked", got, "held", want)
-		n.mgr.Promote(n.loadHoldings)
-	}
 }
 
 func (n *Node) loadHoldings() []leasing.Holding {
