@@ -82,7 +82,8 @@ func waitHeld(t *testing.T, c *client.Client, name string) *pb.Lease {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	w, err := c.Watch(ctx, &pb.WatchRequest{Namespace: "default", Name: name, StartRevision: 1})
+	// Every event from the first revision on: the acquire may be it.
+	w, err := c.Watch(ctx, &pb.WatchRequest{Namespace: "default", Name: name, StartRevision: 0, Replay: true})
 	if err != nil {
 		t.Fatal(err)
 	}
