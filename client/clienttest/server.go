@@ -305,6 +305,11 @@ func (x leases) Renew(_ context.Context, req *pb.RenewRequest) (*pb.RenewRespons
 	if err != nil {
 		return nil, err
 	}
+	if !req.Record {
+		// As a leader that confirms the renewal without a log write: the
+		// stored lease stays as it was.
+		return &pb.RenewResponse{Lease: l}, nil
+	}
 	l.RenewTime = timestamppb.Now()
 	s.write(pb.WatchEvent_RENEWED, l)
 	return &pb.RenewResponse{Lease: proto.Clone(l).(*pb.Lease)}, nil

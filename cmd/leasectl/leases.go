@@ -139,7 +139,20 @@ func (a *app) holdingCmd(use, short, verb string, op func(c *client.Client, ctx 
 }
 
 func (a *app) renewCmd() *cobra.Command {
-	return a.holdingCmd("renew", "Renew a holding", "renewed", (*client.Client).Renew)
+	return a.holdingCmd("renew", "Renew a holding", "renewed", renewRecorded)
+}
+
+// renewRecorded renews through the cluster's log, so the renewTime that
+// renew prints is this renewal's (a renewal the leader confirms without
+// the log leaves the stored lease as it was).
+func renewRecorded(c *client.Client, ctx context.Context, namespace, name, holder string, token uint64) (*pb.Lease, error) {
+	resp, err := c.Leases().Renew(ctx, &pb.RenewRequest{
+		Namespace: namespace, Name: name, HolderIdentity: holder, FencingToken: token, Record: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetLease(), nil
 }
 
 func (a *app) releaseCmd() *cobra.Command {

@@ -140,6 +140,16 @@ func TestAcquireRenewRelease(t *testing.T) {
 		t.Errorf("labels = %v, want app=db, tier=1", got["labels"])
 	}
 
+	out = mustRun(t, srv, exitOK, "renew", "db", "--holder", "alice", "--token", "1", "-o", "json")
+	var renewed map[string]any
+	if err := json.Unmarshal([]byte(out), &renewed); err != nil {
+		t.Fatalf("renew -o json: %v\n%s", err, out)
+	}
+	// A renewal from the command line is recorded: a new version, whose
+	// renewTime is this renewal's.
+	if renewed["holderIdentity"] != "alice" || renewed["resourceVersion"].(float64) <= got["resourceVersion"].(float64) {
+		t.Errorf("renew -o json: %v, want alice's holding at a version after %v", renewed, got["resourceVersion"])
+	}
 	out = mustRun(t, srv, exitOK, "renew", "db", "--holder", "alice", "--token", "1")
 	if !strings.HasPrefix(out, "renewed default/db holder=alice token=1") {
 		t.Errorf("renew: %q", out)
