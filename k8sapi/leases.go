@@ -208,8 +208,10 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request, ns string) {
 	h.writeObject(w, r, http.StatusOK, f, list)
 }
 
-// create serves POST.
-func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
+// readLease negotiates the answer's format and reads the Lease a POST or
+// PUT carries, checked against the path's namespace and name (name empty
+// for a POST).
+func (h *handler) readLease(w http.ResponseWriter, r *http.Request, ns, name string) (format, *coordinationv1.Lease, *apierrors.StatusError) {
 	f, serr := h.negotiate(r, false, false)
 	if serr == nil {
 		serr = rejectDryRun(r)
@@ -219,8 +221,14 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
 		serr = h.decode(w, r, obj, leaseGVK)
 	}
 	if serr == nil {
-		serr = checkKey(obj, ns, "")
+		serr = checkKey(obj, ns, name)
 	}
+	return f, obj, serr
+}
+
+// create serves POST.
+func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
+	f, obj, serr := h.readLease(w, r, ns, "")
 	if serr == nil && obj.ResourceVersion != "" {
 		serr = badRequest("resourceVersion should not be set on objects to be created")
 	}
@@ -255,17 +263,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
 // update serves PUT: a replace guarded by the body's resourceVersion, or a
 // create when the lease does not exist (Leases allow create on update).
 func (h *handler) update(w http.ResponseWriter, r *http.Request, ns, name string) {
-	f, serr := h.negotiate(r, false, false)
-	if serr == nil {
-		serr = rejectDryRun(r)
-	}
-	obj := &coordinationv1.Lease{}
-	if serr == nil {
-		serr = h.decode(w, r, obj, leaseGVK)
-	}
-	if serr == nil {
-		serr = checkKey(obj, ns, name)
-	}
+	f, obj, serr := h.readLease(w, r, ns, name)
 	var rv uint64
 	if serr == nil && obj.ResourceVersion != "" {
 		rv, serr = parseRV(obj.ResourceVersion)
