@@ -156,8 +156,8 @@ func (e *env) do(method, path string, body any, headers ...string) response {
 	return response{code: res.StatusCode, hdr: res.Header, body: raw}
 }
 
-// lease decodes a JSON Lease answer, failing on another code.
-func (r response) lease(t *testing.T, code int) *coordinationv1.Lease {
+// decode checks the answer's code and JSON type and decodes it into v.
+func (r response) decode(t *testing.T, code int, v any) {
 	t.Helper()
 	if r.code != code {
 		t.Fatalf("got %d, want %d: %s", r.code, code, r.body)
@@ -165,10 +165,16 @@ func (r response) lease(t *testing.T, code int) *coordinationv1.Lease {
 	if ct := r.hdr.Get("Content-Type"); ct != "application/json" {
 		t.Fatalf("Content-Type %q, want application/json", ct)
 	}
-	var l coordinationv1.Lease
-	if err := json.Unmarshal(r.body, &l); err != nil {
+	if err := json.Unmarshal(r.body, v); err != nil {
 		t.Fatalf("decoding %s: %v", r.body, err)
 	}
+}
+
+// lease decodes a JSON Lease answer, failing on another code.
+func (r response) lease(t *testing.T, code int) *coordinationv1.Lease {
+	t.Helper()
+	var l coordinationv1.Lease
+	r.decode(t, code, &l)
 	if l.Kind != "Lease" || l.APIVersion != "coordination.k8s.io/v1" {
 		t.Fatalf("kind %q apiVersion %q", l.Kind, l.APIVersion)
 	}
@@ -178,16 +184,8 @@ func (r response) lease(t *testing.T, code int) *coordinationv1.Lease {
 // status decodes a Status answer and checks its code and reason.
 func (r response) status(t *testing.T, code int, reason metav1.StatusReason) *metav1.Status {
 	t.Helper()
-	if r.code != code {
-		t.Fatalf("got %d, want %d: %s", r.code, code, r.body)
-	}
-	if ct := r.hdr.Get("Content-Type"); ct != "application/json" {
-		t.Fatalf("Content-Type %q, want application/json", ct)
-	}
 	var st metav1.Status
-	if err := json.Unmarshal(r.body, &st); err != nil {
-		t.Fatalf("decoding %s: %v", r.body, err)
-	}
+	r.decode(t, code, &st)
 	if st.Kind != "Status" || st.APIVersion != "v1" || st.Code != int32(code) || st.Reason != reason || st.Details == nil {
 		t.Fatalf("got Status %s, want code %d reason %q with details", r.body, code, reason)
 	}
