@@ -435,7 +435,7 @@ func (n *Node) RenewLocal(ctx context.Context, rs []*fsmpb.Renew) []*fsm.Lease {
 	if n.cfg.Fault != FaultNoConfirm {
 		if err := n.confirm(ctx, term); err != nil {
 			n.log.Debug("renewing through the log: leadership not confirmed", "error", err)
-			n.met.localRenewals.WithLabelValues("log").Add(float64(len(rs)))
+			n.met.localLog.Add(float64(len(rs)))
 			return out
 		}
 	}
@@ -448,7 +448,7 @@ func (n *Node) RenewLocal(ctx context.Context, rs []*fsmpb.Renew) []*fsm.Lease {
 		out[i] = l
 		ok++
 	}
-	n.met.localRenewals.WithLabelValues("ok").Add(float64(ok))
-	n.met.localRenewals.WithLabelValues("log").Add(float64(len(rs) - ok))
+	n.met.localOK.Add(float64(ok))
+	n.met.localLog.Add(float64(len(rs) - ok))
 	return out
 }

@@ -94,14 +94,14 @@ func (s *Server) acquireResponse(res *fsm.Result) *pb.AcquireResponse {
 // pollMargin is how long before the caller's deadline a long poll answers.
 const pollMargin = 100 * time.Millisecond
 
-// acquireWait queues the caller when the lease is held and answers when
-// the leader hands it the lease, or after a third of the duration (a long
-// poll, so the caller's send time stays close to any grant and its own
-// deadline stays useful).
 // waitBuffer is the event queue of one waiting Acquire. The hub's default
 // (thousands of events) cost a large allocation per call.
 const waitBuffer = 64
 
+// acquireWait queues the caller when the lease is held and answers when
+// the leader hands it the lease, or after a third of the duration (a long
+// poll, so the caller's send time stays close to any grant and its own
+// deadline stays useful).
 func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.Duration) (*pb.AcquireResponse, error) {
 	// Watch the lease before queueing, so the hand-off cannot slip by.
 	// One lease makes few events while a call waits; a queue that fills
@@ -435,15 +435,17 @@ func (s *Server) keepAliveOnce(ctx context.Context, req *pb.KeepAliveRequest) (*
 	start := time.Now() // for the metric only
 	if len(local) > 0 {
 		// What cannot be renewed without the log joins the log's batch.
+		ok := 0
 		for j, l := range s.node.RenewLocal(ctx, local) {
 			if l == nil {
 				batch.Renews = append(batch.Renews, local[j])
 				slot = append(slot, localSlot[j])
 				continue
 			}
-			s.met.renewals.WithLabelValues("ok").Inc()
+			ok++
 			out.Results[localSlot[j]].LeaseDuration = durationpb.New(l.Duration)
 		}
+		s.met.renewals.WithLabelValues("ok").Add(float64(ok))
 	}
 	if len(batch.Renews) == 0 {
 		if len(local) > 0 {
