@@ -38,8 +38,9 @@ func (n *Node) SetPeers(p Peers) {
 type confirmer struct {
 	mu    sync.Mutex
 	peers Peers
-	busy  bool   // a goroutine is running rounds
-	next  *round // callers waiting for the next round; nil when none
+	busy  bool           // a goroutine is running rounds
+	next  *round         // callers waiting for the next round; nil when none
+	wg    sync.WaitGroup // the goroutine running rounds; the node's shutdown waits for it
 }
 
 // round is one confirmation; done closes once term and err are set.
@@ -59,7 +60,11 @@ type round struct {
 func (n *Node) confirm(ctx context.Context, term uint64) error {
 	c := &n.conf
 	c.mu.Lock()
-	if c.peers == nil {
+	switch {
+	case n.quitCtx.Err() != nil:
+		c.mu.Unlock()
+		return ErrShuttingDown
+	case c.peers == nil:
 		c.mu.Unlock()
 		return fmt.Errorf("%w: no way to reach the members", ErrNotConfirmed)
 	}
@@ -70,7 +75,7 @@ func (n *Node) confirm(ctx context.Context, term uint64) error {
 	}
 	if !c.busy {
 		c.busy, c.next = true, nil
-		go n.runRounds(r)
+		c.wg.Go(func() { n.runRounds(r) })
 	}
 	c.mu.Unlock()
 	select {
@@ -87,9 +92,10 @@ func (n *Node) confirm(ctx context.Context, term uint64) error {
 	return nil
 }
 
-// runRounds runs r and then every round that callers queued meanwhile. It
-// owns no state past its rounds, each bounded by the heartbeat timeout,
-// and stops early when the node shuts down.
+// runRounds runs r and then every round that callers queued meanwhile
+// (each of them joined while the round before ran, so before its own
+// round starts). Each round is bounded by the heartbeat timeout and ends
+// early when the node shuts down.
 func (n *Node) runRounds(r *round) {
 	c := &n.conf
 	for r != nil {
@@ -99,13 +105,7 @@ func (n *Node) runRounds(r *round) {
 		close(r.done)
 		c.mu.Lock()
 		r, c.next = c.next, nil
-		if r != nil {
-			// Everyone in r joined while the last round ran; starting r
-			// now, they all come before it.
-			c.busy = true
-		} else {
-			c.busy = false
-		}
+		c.busy = r != nil
 		c.mu.Unlock()
 	}
 }
@@ -146,10 +146,7 @@ func (n *Node) confirmRound() (uint64, error) {
 	peers := n.conf.peers
 	n.conf.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.HeartbeatTimeout)
-	defer cancel()
-	stop := context.AfterFunc(n.quitCtx, cancel)
-	defer stop()
+	ctx, cancel := context.WithTimeout(n.quitCtx, n.cfg.HeartbeatTimeout)
 	answers := make(chan uint64, len(others))
 	var wg sync.WaitGroup
 	for _, s := range others {

@@ -386,7 +386,11 @@ func (n *Node) Close() error {
 
 func (n *Node) shutdown() {
 	n.shutdownMu.Do(func() {
+		// No confirmation round starts after this; the one running ends.
+		n.conf.mu.Lock()
 		n.quit()
+		n.conf.mu.Unlock()
+		n.conf.wg.Wait()
 		n.raft.DeregisterObserver(n.obs)
 		if err := n.raft.Shutdown().Error(); err != nil {
 			n.log.Warn("raft shutdown", "error", err)
