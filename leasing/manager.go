@@ -156,6 +156,11 @@ func (m *Manager) signal() {
 func (m *Manager) Promote(load func() []Holding) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.promoteLocked(load)
+}
+
+// promoteLocked is Promote with m.mu held.
+func (m *Manager) promoteLocked(load func() []Holding) {
 	m.newEpoch()
 	if load != nil {
 		m.rebuild(load())
@@ -180,12 +185,11 @@ func (m *Manager) Promote(load func() []Holding) {
 // ready.
 func (m *Manager) Track(load func() []Holding) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.active {
-		m.mu.Unlock()
-		m.Promote(load)
+		m.promoteLocked(load)
 		return
 	}
-	defer m.mu.Unlock()
 	m.rebuild(load())
 }
 
