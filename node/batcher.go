@@ -11,9 +11,12 @@ import (
 )
 
 // Batching limits: how many proposals may be in Raft at once, and how many
-// commands one log entry may carry.
+// commands one log entry may carry. One entry in flight packs the most
+// commands per entry: on 2 cores, with 16 clients acquiring, 1 gave about
+// 4200 acquires/s and 4 gave 3000, because every entry costs a disk commit
+// on each node and the machine is CPU-bound well before the disk is.
 const (
-	maxInflight = 4
+	maxInflight = 1
 	maxBatch    = 1024
 )
 
@@ -23,7 +26,7 @@ var ErrShuttingDown = errors.New("node: shutting down")
 // batcher packs concurrent proposals into Batch log entries. A proposal
 // that arrives while fewer than maxInflight entries are in Raft goes out at
 // once, so a lone request waits for nothing; under load, requests queue
-// behind the entries in flight and leave together in the next one. This is
+// behind the entry in flight and leave together in the next one. This is
 // group commit at the level of commands: one entry, one disk write and one
 // replication round for many requests.
 type batcher struct {
