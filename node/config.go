@@ -54,6 +54,13 @@ type Config struct {
 	// that asks to be recorded always goes through the log).
 	RenewThroughLog bool
 
+	// NoCrashProbe keeps a follower waiting out the whole heartbeat
+	// timeout even when its leader's Raft port refuses connections. By
+	// default a follower whose leader has been silent for
+	// LeaderLeaseTimeout and whose port refuses stands for election at
+	// once.
+	NoCrashProbe bool
+
 	// Fault breaks one safety rule on purpose, so the chaos suite can show
 	// that its checkers catch a real bug. Never set it in production.
 	Fault Fault

@@ -22,6 +22,7 @@ type metrics struct {
 	expiries          prometheus.Counter
 	transitions       prometheus.Counter
 	events            *prometheus.CounterVec
+	crashElections    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
@@ -52,12 +53,16 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 			Name: "leasekeeper_lease_events_total",
 			Help: "Changes applied to the lease table, by type.",
 		}, []string{"type"}),
+		crashElections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "leasekeeper_leader_crash_elections_total",
+			Help: "Elections this node began early because its silent leader's Raft port refused connections.",
+		}),
 	}
 	m.localOK, m.localLog = m.localRenewals.WithLabelValues("ok"), m.localRenewals.WithLabelValues("log")
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.applyLatency, m.confirmLatency, m.localRenewals, m.expiries, m.transitions, m.events, &collector{n: n}} {
+	for _, c := range []prometheus.Collector{m.applyLatency, m.confirmLatency, m.localRenewals, m.expiries, m.transitions, m.events, m.crashElections, &collector{n: n}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -49,6 +49,11 @@ type Deps struct {
 	Snapshots raft.SnapshotStore
 	// Listeners learn of every applied change after the expiry manager.
 	Listeners []fsm.Listener
+	// LeaderGone lets a follower learn that its silent leader's process
+	// is gone, to stand for election without waiting out the heartbeat
+	// timeout (see crash.go). Nil takes TCPRefused when Raft runs on a
+	// NetworkTransport, and no probe otherwise.
+	LeaderGone LeaderGoneFunc
 }
 
 // Node is one running leasekeeper server.
@@ -67,7 +72,8 @@ type Node struct {
 	obsCh   chan raft.Observation
 	obs     *raft.Observer
 
-	conf confirmer
+	conf       confirmer
+	leaderGone LeaderGoneFunc // nil: no crash probe
 	// quitCtx is cancelled when the node shuts down, to stop work that
 	// outlives a request (confirmation rounds).
 	quitCtx context.Context
@@ -160,6 +166,14 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		}
 	}
 
+	n.leaderGone = deps.LeaderGone
+	if _, tcp := deps.Transport.(*raft.NetworkTransport); tcp && n.leaderGone == nil {
+		n.leaderGone = TCPRefused
+	}
+	if cfg.NoCrashProbe || cfg.LeaderLeaseTimeout >= cfg.HeartbeatTimeout {
+		n.leaderGone = nil
+	}
+
 	r, err := raft.NewRaft(rc, n.fsm, deps.Logs, deps.Stable, deps.Snapshots, deps.Transport)
 	if err != nil {
 		n.closeStores()
@@ -234,11 +248,10 @@ func (n *Node) closeStores() {
 // then shuts Raft down. It returns after everything it started has stopped.
 func (n *Node) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = n.mgr.Run(ctx)
-	}()
+	wg.Go(func() { _ = n.mgr.Run(ctx) })
+	if n.leaderGone != nil {
+		wg.Go(func() { n.watchLeaderCrash(ctx) })
+	}
 	n.followLeadership(ctx)
 	wg.Wait()
 	n.shutdown()

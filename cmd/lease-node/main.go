@@ -88,6 +88,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.Uint64Var(&o.node.SnapshotThreshold, "snapshot-threshold", o.node.SnapshotThreshold, "log entries between automatic snapshots")
 	fs.DurationVar(&o.node.SnapshotInterval, "snapshot-interval", o.node.SnapshotInterval, "how often to check whether to snapshot")
 	fs.BoolVar(&o.node.RenewThroughLog, "renew-through-log", false, "commit every renewal through the Raft log (default: the leader confirms a renewal without a log write after a quorum confirms its leadership)")
+	fs.BoolVar(&o.node.NoCrashProbe, "no-crash-probe", false, "wait out the whole heartbeat timeout even when the silent leader's Raft port refuses connections (default: stand for election at once)")
 	fs.BoolVar(&o.node.NoSync, "unsafe-no-fsync", false, "do not fsync the Raft log (loses acknowledged writes on power loss; benchmarks only)")
 	fs.DurationVar(&o.server.DefaultLeaseDuration, "default-lease-duration", o.server.DefaultLeaseDuration, "duration of an acquire that names none (0: required)")
 	fs.DurationVar(&o.server.DefaultGracePeriod, "default-grace-period", o.server.DefaultGracePeriod, "grace period of an acquire that names none")

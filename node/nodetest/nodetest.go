@@ -39,6 +39,9 @@ type Options struct {
 	GRPCAddr func(i int) string
 	// Config, if set, adjusts node i's configuration last.
 	Config func(i int, cfg *node.Config)
+	// LeaderGone, if set, is every node's crash probe (the in-memory
+	// transport has none by default).
+	LeaderGone node.LeaderGoneFunc
 }
 
 // New starts n nodes bootstrapped as one cluster, their expiry managers on
@@ -81,11 +84,12 @@ func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
 			opts.Config(i, &cfg)
 		}
 		deps := node.Deps{
-			Clock:     clk,
-			Logger:    Logger(t, cfg.ID),
-			Transport: c.Trans[i],
-			Logs:      raft.NewInmemStore(),
-			Snapshots: raft.NewInmemSnapshotStore(),
+			Clock:      clk,
+			Logger:     Logger(t, cfg.ID),
+			Transport:  c.Trans[i],
+			Logs:       raft.NewInmemStore(),
+			Snapshots:  raft.NewInmemSnapshotStore(),
+			LeaderGone: opts.LeaderGone,
 		}
 		deps.Stable = deps.Logs.(*raft.InmemStore)
 		if opts.Listeners != nil {
