@@ -17,8 +17,30 @@ func ts(unixNano int64) *timestamppb.Timestamp {
 	return timestamppb.New(time.Unix(0, unixNano))
 }
 
-// toPB converts a stored lease to its API form.
+// toPB converts a stored lease to its API form, history included: what
+// Get, List and Watch return.
 func toPB(l *fsm.Lease) *pb.Lease {
+	out := writtenPB(l)
+	if out != nil && len(l.History) > 0 {
+		out.History = make([]*pb.Holding, len(l.History))
+		for i, h := range l.History {
+			out.History[i] = &pb.Holding{
+				HolderIdentity: h.Holder,
+				FencingToken:   h.Token,
+				StartTime:      ts(h.Start),
+				EndTime:        ts(h.End),
+				EndReason:      h.EndReason,
+			}
+		}
+	}
+	return out
+}
+
+// writtenPB is toPB without the history of holdings: what the writes
+// (Acquire, Renew, Release, Delete, Write) answer with. A busy lock's ten
+// past holdings would triple the size of every answer, to be encoded and
+// decoded on each lock and unlock.
+func writtenPB(l *fsm.Lease) *pb.Lease {
 	if l == nil {
 		return nil
 	}
@@ -40,18 +62,6 @@ func toPB(l *fsm.Lease) *pb.Lease {
 	}
 	for _, w := range l.Waiters {
 		out.Waiters = append(out.Waiters, w.Holder)
-	}
-	if len(l.History) > 0 {
-		out.History = make([]*pb.Holding, len(l.History))
-		for i, h := range l.History {
-			out.History[i] = &pb.Holding{
-				HolderIdentity: h.Holder,
-				FencingToken:   h.Token,
-				StartTime:      ts(h.Start),
-				EndTime:        ts(h.End),
-				EndReason:      h.EndReason,
-			}
-		}
 	}
 	return out
 }

@@ -64,7 +64,7 @@ func toStatus(err error, lease *fsm.Lease) error {
 	}
 	st := status.New(code, err.Error())
 	if lease != nil {
-		if withLease, derr := st.WithDetails(toPB(lease)); derr == nil {
+		if withLease, derr := st.WithDetails(writtenPB(lease)); derr == nil {
 			st = withLease
 		}
 	}

@@ -81,7 +81,7 @@ func (s *Server) acquireResponse(res *fsm.Result) *pb.AcquireResponse {
 	default:
 		s.met.acquires.WithLabelValues("held").Inc()
 	}
-	out := &pb.AcquireResponse{Acquired: res.Acquired, Renewed: res.Renewed, Lease: toPB(res.Lease),
+	out := &pb.AcquireResponse{Acquired: res.Acquired, Renewed: res.Renewed, Lease: writtenPB(res.Lease),
 		Queued: res.Queued, QueuePosition: int32(res.Position)}
 	if res.Acquired {
 		out.Remaining = durationpb.New(res.Lease.TTL())
@@ -137,7 +137,7 @@ func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.D
 			}
 			if ev.Lease.Holder == cmd.Holder && ev.Type == fsm.EventAcquired {
 				s.met.acquires.WithLabelValues("acquired").Inc()
-				return &pb.AcquireResponse{Acquired: true, Lease: toPB(ev.Lease), Remaining: durationpb.New(ev.Lease.TTL())}, nil
+				return &pb.AcquireResponse{Acquired: true, Lease: writtenPB(ev.Lease), Remaining: durationpb.New(ev.Lease.TTL())}, nil
 			}
 			if ev.Type == fsm.EventDeleted {
 				return nil, status.Errorf(codes.NotFound, "%v: %s/%s was deleted while waiting", fsm.ErrNotFound, cmd.Namespace, cmd.Name)
@@ -181,7 +181,7 @@ func (s *Server) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResp
 		if l := s.node.RenewLocal(ctx, []*fsmpb.Renew{r})[0]; l != nil {
 			s.met.renewDur.Observe(time.Since(start).Seconds())
 			s.met.renewals.WithLabelValues("ok").Inc()
-			return &pb.RenewResponse{Lease: toPB(l)}, nil
+			return &pb.RenewResponse{Lease: writtenPB(l)}, nil
 		}
 	}
 	res, err := s.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: &fsmpb.RenewBatch{Renews: []*fsmpb.Renew{r}}}})
@@ -194,7 +194,7 @@ func (s *Server) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResp
 	if res.Err != nil {
 		return nil, toStatus(res.Err, res.Lease)
 	}
-	return &pb.RenewResponse{Lease: toPB(res.Lease)}, nil
+	return &pb.RenewResponse{Lease: writtenPB(res.Lease)}, nil
 }
 
 // Release ends the caller's holding. Releasing a holding that is already
@@ -224,7 +224,7 @@ func (s *Server) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.Relea
 	if res.Err != nil {
 		return nil, toStatus(res.Err, res.Lease)
 	}
-	return &pb.ReleaseResponse{Lease: toPB(res.Lease)}, nil
+	return &pb.ReleaseResponse{Lease: writtenPB(res.Lease)}, nil
 }
 
 // Delete removes a lease, ending any holding.
@@ -244,7 +244,7 @@ func (s *Server) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteR
 	if err != nil {
 		return nil, err
 	}
-	return &pb.DeleteResponse{Lease: toPB(res.Lease)}, nil
+	return &pb.DeleteResponse{Lease: writtenPB(res.Lease)}, nil
 }
 
 // readLocal decides where a read runs: it returns true when this node may
@@ -593,7 +593,7 @@ func (s *Server) Write(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResp
 	if err != nil {
 		return nil, err
 	}
-	return &pb.WriteResponse{Lease: toPB(res.Lease)}, nil
+	return &pb.WriteResponse{Lease: writtenPB(res.Lease)}, nil
 }
 
 func (s *Server) leaveQueue(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
@@ -615,7 +615,7 @@ func (s *Server) leaveQueue(ctx context.Context, req *pb.ReleaseRequest) (*pb.Re
 	if err != nil {
 		return nil, err
 	}
-	return &pb.ReleaseResponse{Lease: toPB(res.Lease)}, nil
+	return &pb.ReleaseResponse{Lease: writtenPB(res.Lease)}, nil
 }
 
 // authorizeRenewal checks one lease of a KeepAlive batch: the caller may

@@ -114,6 +114,14 @@ func TestAcquireContendReleaseThroughFollower(t *testing.T) {
 	if current == nil || current.HolderIdentity != "b" {
 		t.Errorf("stale renew detail: got %+v, want the current holding by b", current)
 	}
+	// Writes answer without the history of holdings; Get has it.
+	if n := len(b.Lease.History); n != 0 {
+		t.Errorf("acquire answered with %d past holdings, want none", n)
+	}
+	g, err := f.Get(ctx(t), &pb.GetRequest{Name: "db"})
+	if err != nil || len(g.Lease.History) != 2 || g.Lease.History[0].HolderIdentity != "b" || g.Lease.History[1].EndReason != "released" {
+		t.Fatalf("get: err=%v history %+v, want b's holding then a's released one", err, g.GetLease().GetHistory())
+	}
 }
 
 func TestBadInput(t *testing.T) {

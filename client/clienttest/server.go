@@ -253,7 +253,7 @@ func (x leases) Acquire(_ context.Context, req *pb.AcquireRequest) (*pb.AcquireR
 		l.RenewTime = now
 		l.LeaseDuration = req.LeaseDuration
 		s.write(pb.WatchEvent_RENEWED, l)
-		return &pb.AcquireResponse{Acquired: true, Renewed: true, Lease: proto.Clone(l).(*pb.Lease), Remaining: remaining(l)}, nil
+		return &pb.AcquireResponse{Acquired: true, Renewed: true, Lease: written(l), Remaining: remaining(l)}, nil
 	case "":
 		s.token++
 		l.HolderIdentity = req.HolderIdentity
@@ -271,10 +271,18 @@ func (x leases) Acquire(_ context.Context, req *pb.AcquireRequest) (*pb.AcquireR
 			t = pb.WatchEvent_ADDED
 		}
 		s.write(t, l)
-		return &pb.AcquireResponse{Acquired: true, Lease: proto.Clone(l).(*pb.Lease), Remaining: remaining(l)}, nil
+		return &pb.AcquireResponse{Acquired: true, Lease: written(l), Remaining: remaining(l)}, nil
 	default:
-		return &pb.AcquireResponse{Lease: proto.Clone(l).(*pb.Lease), Remaining: remaining(l)}, nil
+		return &pb.AcquireResponse{Lease: written(l), Remaining: remaining(l)}, nil
 	}
+}
+
+// written is l as the answer to a write carries it: without its history,
+// as the server leaves it out.
+func written(l *pb.Lease) *pb.Lease {
+	out := proto.Clone(l).(*pb.Lease)
+	out.History = nil
+	return out
 }
 
 // remaining is what the fake reports as time left: a full duration plus
@@ -312,7 +320,7 @@ func (x leases) Renew(_ context.Context, req *pb.RenewRequest) (*pb.RenewRespons
 	}
 	l.RenewTime = timestamppb.Now()
 	s.write(pb.WatchEvent_RENEWED, l)
-	return &pb.RenewResponse{Lease: proto.Clone(l).(*pb.Lease)}, nil
+	return &pb.RenewResponse{Lease: written(l)}, nil
 }
 
 func (x leases) Release(_ context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
@@ -329,7 +337,7 @@ func (x leases) Release(_ context.Context, req *pb.ReleaseRequest) (*pb.ReleaseR
 		l.History[0].EndReason = "released"
 	}
 	s.write(pb.WatchEvent_RELEASED, l)
-	return &pb.ReleaseResponse{Lease: proto.Clone(l).(*pb.Lease)}, nil
+	return &pb.ReleaseResponse{Lease: written(l)}, nil
 }
 
 func (x leases) Get(_ context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
@@ -377,7 +385,7 @@ func (x leases) Delete(_ context.Context, req *pb.DeleteRequest) (*pb.DeleteResp
 	}
 	l = proto.Clone(l).(*pb.Lease)
 	s.write(pb.WatchEvent_DELETED, l)
-	return &pb.DeleteResponse{Lease: proto.Clone(l).(*pb.Lease)}, nil
+	return &pb.DeleteResponse{Lease: written(l)}, nil
 }
 
 // Watch replays the recorded events after StartRevision (all of them when

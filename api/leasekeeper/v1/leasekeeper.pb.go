@@ -121,7 +121,9 @@ type Lease struct {
 	// create_revision is the revision at which the lease was created.
 	CreateRevision uint64                 `protobuf:"varint,12,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
 	CreateTime     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	// history lists the most recent holdings, newest first.
+	// history lists the most recent holdings, newest first. Get, List and
+	// Watch fill it in; the answers to writes (Acquire, Renew, Release,
+	// Delete, Write) and error details leave it empty.
 	History []*Holding `protobuf:"bytes,14,rep,name=history,proto3" json:"history,omitempty"`
 	// waiters are the holders queued for the lease, first in line first.
 	Waiters []string `protobuf:"bytes,16,rep,name=waiters,proto3" json:"waiters,omitempty"`
