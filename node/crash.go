@@ -30,7 +30,8 @@ import (
 const (
 	// crashProbeTick paces the silence checks; a check is a clock read.
 	crashProbeTick = 20 * time.Millisecond
-	// crashProbeEvery bounds the dials to one silent leader.
+	// crashProbeEvery bounds the dials to one silent leader, and how long
+	// one dial may take.
 	crashProbeEvery = 100 * time.Millisecond
 	// crashStagger separates the followers' elections by their rank, so
 	// that two followers seldom stand at the same instant and split the
@@ -82,7 +83,7 @@ func (n *Node) watchLeaderCrash(ctx context.Context) {
 			continue
 		}
 		probed = time.Now()
-		pctx, cancel := context.WithTimeout(ctx, crashProbeTick)
+		pctx, cancel := context.WithTimeout(ctx, crashProbeEvery)
 		gone := n.leaderGone(pctx, string(addr))
 		cancel()
 		if !gone {
