@@ -1,9 +1,11 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,6 +43,9 @@ type confirmer struct {
 	busy  bool           // a goroutine is running rounds
 	next  *round         // callers waiting for the next round; nil when none
 	wg    sync.WaitGroup // the goroutine running rounds; the node's shutdown waits for it
+	// answered lists the members whose answers made the last quorum,
+	// first first: the next round asks them first.
+	answered []string
 }
 
 // round is one confirmation; done closes once term and err are set.
@@ -110,7 +115,7 @@ func (n *Node) runRounds(r *round) {
 	}
 }
 
-// confirmRound asks every other voter for its term and returns this node's
+// confirmRound asks other voters for their term and returns this node's
 // term once a quorum (this node included) answered with it.
 func (n *Node) confirmRound() (uint64, error) {
 	term := n.raft.CurrentTerm()
@@ -143,39 +148,83 @@ func (n *Node) confirmRound() (uint64, error) {
 		return term, nil
 	}
 	n.conf.mu.Lock()
-	peers := n.conf.peers
+	peers, prev := n.conf.peers, n.conf.answered
 	n.conf.mu.Unlock()
+	// Those that answered first last time go first.
+	slices.SortStableFunc(others, func(a, b raft.Server) int {
+		return cmp.Compare(rank(prev, string(a.ID)), rank(prev, string(b.ID)))
+	})
 
 	ctx, cancel := context.WithTimeout(n.quitCtx, n.cfg.HeartbeatTimeout)
-	answers := make(chan uint64, len(others))
+	type answer struct {
+		id   string
+		term uint64 // 0 when the call failed
+	}
+	answers := make(chan answer, len(others))
 	var wg sync.WaitGroup
-	for _, s := range others {
-		addr, _ := n.fsm.MemberAddr(string(s.ID)) // "" when not registered yet
-		wg.Go(func() {
-			t, err := peers.Term(ctx, string(s.ID), addr, term)
-			if err != nil {
-				t = 0
-			}
-			answers <- t
-		})
+	asked, pending := 0, 0
+	ask := func(k int) { // asks up to k more members
+		for ; k > 0 && asked < len(others); k-- {
+			s := others[asked]
+			asked++
+			pending++
+			addr, _ := n.fsm.MemberAddr(string(s.ID)) // "" when not registered yet
+			wg.Go(func() {
+				t, err := peers.Term(ctx, string(s.ID), addr, term)
+				if err != nil {
+					t = 0
+				}
+				answers <- answer{string(s.ID), t}
+			})
+		}
 	}
 	defer func() {
 		cancel() // the calls still out end at once
 		wg.Wait()
 	}()
-	for range others {
-		t := <-answers
-		switch {
-		case t == term:
-			got++
-		case t > term:
-			return 0, fmt.Errorf("%w: a member is in term %d, after %d", ErrNotLeader, t, term)
+	// Ask only as many as the quorum needs; the others only when one of
+	// those fails, answers in an earlier term, or is slow.
+	ask(need - got)
+	hedge := time.NewTimer(n.cfg.HeartbeatTimeout / confirmHedgeDiv)
+	defer hedge.Stop()
+	var order []string
+	for pending > 0 {
+		select {
+		case a := <-answers:
+			pending--
+			switch {
+			case a.term == term:
+				got++
+				order = append(order, a.id)
+			case a.term > term:
+				return 0, fmt.Errorf("%w: a member is in term %d, after %d", ErrNotLeader, a.term, term)
+			default:
+				ask(len(others))
+			}
+		case <-hedge.C:
+			ask(len(others))
 		}
 		if got >= need {
+			n.conf.mu.Lock()
+			n.conf.answered = order
+			n.conf.mu.Unlock()
 			return term, nil
 		}
 	}
 	return 0, fmt.Errorf("%w: %d of %d voters answered in term %d", ErrNotConfirmed, got, voters, term)
+}
+
+// confirmHedgeDiv: a round asks the members it has not asked yet when the
+// first ones have not answered within HeartbeatTimeout/confirmHedgeDiv,
+// the leader's heartbeat interval.
+const confirmHedgeDiv = 10
+
+// rank is id's place in the last round's answers; those not in it last.
+func rank(answered []string, id string) int {
+	if i := slices.Index(answered, id); i >= 0 {
+		return i
+	}
+	return len(answered)
 }
 
 // Term is this node's current Raft term, what a leader's Peers.Term asks

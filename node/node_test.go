@@ -285,6 +285,38 @@ func testRenewLocal(t *testing.T, fault node.Fault) {
 	}
 }
 
+// TestRenewLocalWithOneMemberCutOff: a confirmation round asks first only
+// as many members as a quorum needs (the one that answered last time) and
+// the other when that one fails. Cutting off each follower in turn makes
+// the member asked first fail once.
+func TestRenewLocalWithOneMemberCutOff(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	l := acquire(t, leader, "db", "a", 2*time.Second)
+	waitHolder(t, c, "db", "a")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, f := range c.Nodes {
+		if f == leader {
+			continue
+		}
+		c.Isolate(c.Index(f))
+		clk.Advance(time.Second)
+		last := leader.Raft().LastIndex()
+		if x := leader.RenewLocal(ctx, []*fsmpb.Renew{{Namespace: "default", Name: "db", Holder: "a", Token: l.Token}})[0]; x == nil {
+			t.Fatalf("with only %s cut off, the leader did not renew without the log", f.ID())
+		}
+		if d, _ := leader.Remaining("default", "db"); d != 2*time.Second {
+			t.Fatalf("Remaining after the renewal = %v, want the full 2s", d)
+		}
+		if li := leader.Raft().LastIndex(); li != last {
+			t.Fatalf("log grew from %d to %d: the renewal was written", last, li)
+		}
+		c.Heal()
+	}
+}
+
 // TestFollowersTrackHoldings checks that a follower's expiry table follows
 // every change it applies, so that on becoming leader it decides from a
 // table equal to the lease table, each holding with a fresh duration.
