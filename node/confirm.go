@@ -25,6 +25,11 @@ type Peers interface {
 // quorum in time (members unreachable or slow).
 var ErrNotConfirmed = errors.New("node: leadership not confirmed by a quorum")
 
+// errUnregistered: a round fell short while some voters had not registered
+// their gRPC address yet, so it could not ask them (a new cluster's first
+// moments, or a member just added).
+var errUnregistered = fmt.Errorf("%w: members have not registered their addresses", ErrNotConfirmed)
+
 // SetPeers gives the node a way to ask the other members for their term.
 // Call it once, before serving.
 func (n *Node) SetPeers(p Peers) {
@@ -157,12 +162,13 @@ func (n *Node) confirmRound() (uint64, error) {
 
 	ctx, cancel := context.WithTimeout(n.quitCtx, n.cfg.HeartbeatTimeout)
 	type answer struct {
-		id   string
-		term uint64 // 0 when the call failed
+		id           string
+		term         uint64 // 0 when the call failed
+		unregistered bool   // failed, and the member has no registered address
 	}
 	answers := make(chan answer, len(others))
 	var wg sync.WaitGroup
-	asked, pending := 0, 0
+	asked, pending, unregistered := 0, 0, 0
 	ask := func(k int) { // asks up to k more members
 		for ; k > 0 && asked < len(others); k-- {
 			s := others[asked]
@@ -174,7 +180,7 @@ func (n *Node) confirmRound() (uint64, error) {
 				if err != nil {
 					t = 0
 				}
-				answers <- answer{string(s.ID), t}
+				answers <- answer{string(s.ID), t, err != nil && addr == ""}
 			})
 		}
 	}
@@ -199,6 +205,9 @@ func (n *Node) confirmRound() (uint64, error) {
 			case a.term > term:
 				return 0, fmt.Errorf("%w: a member is in term %d, after %d", ErrNotLeader, a.term, term)
 			default:
+				if a.unregistered {
+					unregistered++
+				}
 				ask(len(others))
 			}
 		case <-hedge.C:
@@ -210,6 +219,9 @@ func (n *Node) confirmRound() (uint64, error) {
 			n.conf.mu.Unlock()
 			return term, nil
 		}
+	}
+	if unregistered > 0 {
+		return 0, fmt.Errorf("%w: %d of them", errUnregistered, unregistered)
 	}
 	return 0, fmt.Errorf("%w: %d of %d voters answered in term %d", ErrNotConfirmed, got, voters, term)
 }

@@ -317,6 +317,33 @@ func TestRenewLocalWithOneMemberCutOff(t *testing.T) {
 	}
 }
 
+// laterTerm answers every confirmation with a term after the asker's, as
+// members that have voted in a later election would.
+type laterTerm struct{}
+
+func (laterTerm) Term(_ context.Context, _, _ string, leaderTerm uint64) (uint64, error) {
+	return leaderTerm + 1, nil
+}
+
+// A linearizable read asks the members, not only Raft: with Raft's
+// heartbeats all answered, members that report a later term still stop it.
+func TestReadBarrierAsksTheMembers(t *testing.T) {
+	c := nodetest.New(t, 3, clock.NewFake(time.Unix(1000, 0)), nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := leader.ReadBarrier(ctx); err != nil {
+		t.Fatalf("read barrier on a healthy leader: %v", err)
+	}
+	leader.SetPeers(laterTerm{})
+	if err := leader.ReadBarrier(ctx); !errors.Is(err, node.ErrNotLeader) {
+		t.Fatalf("read barrier with every member in a later term: %v, want ErrNotLeader", err)
+	}
+	if !leader.IsLeader() {
+		t.Fatal("the leader stepped down: the check above proved nothing about the barrier")
+	}
+}
+
 // TestFollowersTrackHoldings checks that a follower's expiry table follows
 // every change it applies, so that on becoming leader it decides from a
 // table equal to the lease table, each holding with a fresh duration.

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -129,11 +130,39 @@ func (n *Node) ReadBarrier(ctx context.Context) error {
 		case <-time.After(pollInterval):
 		}
 	}
-	if err := n.raft.VerifyLeader().Error(); err != nil {
-		return mapRaftError(err)
+	if err := n.confirmRead(ctx, term); err != nil {
+		return err
 	}
 	if n.raft.CurrentTerm() != term {
 		return ErrNotLeader
+	}
+	return nil
+}
+
+// confirmRead confirms the leadership for a read with the same rounds as
+// local renewals: a quorum was in term after the call began. Raft's
+// VerifyLeader also counts answers to heartbeats sent before the call, so
+// it serves only where the rounds cannot: a node without Peers, and voters
+// that have not registered the address to be asked at.
+func (n *Node) confirmRead(ctx context.Context, term uint64) error {
+	n.conf.mu.Lock()
+	peers := n.conf.peers
+	n.conf.mu.Unlock()
+	if peers != nil {
+		err := n.confirm(ctx, term)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ErrNotLeader), errors.Is(err, ErrShuttingDown):
+			return err
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case !errors.Is(err, errUnregistered):
+			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+	}
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return mapRaftError(err)
 	}
 	return nil
 }
