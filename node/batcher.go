@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
@@ -20,6 +21,9 @@ const (
 	maxBatch    = 1024
 )
 
+// gatherMax bounds a gathering (see gatherState).
+const gatherMax = 5 * time.Millisecond
+
 // ErrShuttingDown: the node is shutting down and takes no more proposals.
 var ErrShuttingDown = errors.New("node: shutting down")
 
@@ -29,14 +33,22 @@ var ErrShuttingDown = errors.New("node: shutting down")
 // behind the entry in flight and leave together in the next one. This is
 // group commit at the level of commands: one entry, one disk write and one
 // replication round for many requests.
+//
+// Between entries the batcher gathers: see gatherState.
 type batcher struct {
 	apply func(*fsmpb.Command) (*fsm.Result, error) // proposes one entry
 
-	mu       sync.Mutex
-	queue    []*pending
-	inflight int
-	closed   bool
-	wg       sync.WaitGroup // one per entry in flight
+	// gatherLimit gives the longest a gathering may last, from the time
+	// the entry before it took; tests replace it.
+	gatherLimit func(took time.Duration) time.Duration
+
+	mu        sync.Mutex
+	queue     []*pending
+	inflight  int
+	closed    bool
+	gathering bool           // run is in gather: propose signals arrived
+	arrived   chan struct{}  // buffered 1: a proposal joined the queue
+	wg        sync.WaitGroup // one per entry in flight
 }
 
 type pending struct {
@@ -51,7 +63,7 @@ type outcome struct {
 }
 
 func newBatcher(apply func(*fsmpb.Command) (*fsm.Result, error)) *batcher {
-	return &batcher{apply: apply}
+	return &batcher{apply: apply, gatherLimit: defaultGatherLimit, arrived: make(chan struct{}, 1)}
 }
 
 // propose commits cmd, alone or with others, and returns its own result. If
@@ -65,7 +77,12 @@ func (b *batcher) propose(ctx context.Context, cmd *fsmpb.Command) (*fsm.Result,
 		return nil, ErrShuttingDown
 	}
 	b.queue = append(b.queue, p)
-	if b.inflight < maxInflight {
+	if b.gathering {
+		select {
+		case b.arrived <- struct{}{}:
+		default:
+		}
+	} else if b.inflight < maxInflight {
 		b.sendLocked()
 	}
 	b.mu.Unlock()
@@ -102,26 +119,33 @@ func (b *batcher) sendLocked() {
 // proposal (on commit, on loss of leadership, on shutdown), so run ends.
 func (b *batcher) run(batch []*pending) {
 	defer b.wg.Done()
+	start := time.Now()
+	outs := make([]outcome, len(batch))
 	if len(batch) == 1 {
 		res, err := b.apply(batch[0].cmd)
-		batch[0].done <- outcome{res, err}
+		outs[0] = outcome{res, err}
 	} else {
 		cmds := make([]*fsmpb.Command, len(batch))
 		for i, p := range batch {
 			cmds[i] = p.cmd
 		}
 		res, err := b.apply(&fsmpb.Command{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Commands: cmds}}})
-		for i, p := range batch {
+		for i := range batch {
 			switch {
 			case err != nil:
-				p.done <- outcome{nil, err}
+				outs[i] = outcome{nil, err}
 			case i < len(res.Batch):
-				p.done <- outcome{res.Batch[i], nil}
+				outs[i] = outcome{res.Batch[i], nil}
 			default:
-				p.done <- outcome{nil, fsm.ErrBadCommand}
+				outs[i] = outcome{nil, fsm.ErrBadCommand}
 			}
 		}
 	}
+	g := b.startGathering(len(batch), time.Since(start))
+	for i, p := range batch {
+		p.done <- outs[i]
+	}
+	b.gather(g)
 	b.mu.Lock()
 	b.inflight--
 	if len(b.queue) > 0 && !b.closed {
@@ -130,11 +154,83 @@ func (b *batcher) run(batch []*pending) {
 	b.mu.Unlock()
 }
 
+// A gathering holds the next entry back, after the callers of one entry
+// have been answered, until as many new proposals have joined the queue as
+// there were callers. Callers tend to come back at once: a lock's Unlock
+// follows its Lock, and a client's next request follows its answer. If
+// the next entry left with only the proposals that queued during the
+// commit, the callers would split into two groups that take turns, each
+// group paying its own disk write and replication round on every node;
+// gathering keeps them one group, with half the entries. On 2 cores, with
+// 16 clients, it raised acquires and lock cycles by a sixth to a quarter
+// and cut the followers' CPU per write by a third.
+//
+// A gathering lasts at most as long as the entry before it took (and
+// never more than gatherMax), so a queued request waits for others at most
+// one more commit's time; a lone caller, whose own next request completes
+// the count, waits for nothing. While gathering, the entry slot stays
+// taken, so new proposals queue.
+//
+// gatherState is a gathering's goal: the queue length that ends it, and
+// the time by which it ends anyway.
+type gatherState struct {
+	want     int
+	deadline time.Time
+}
+
+// startGathering counts the queue before the callers are answered, so
+// that those who come back before gather starts still count toward it.
+func (b *batcher) startGathering(answered int, took time.Duration) gatherState {
+	limit := b.gatherLimit(took)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if limit <= 0 || b.closed {
+		return gatherState{}
+	}
+	b.gathering = true
+	select { // a signal left over from an earlier gathering
+	case <-b.arrived:
+	default:
+	}
+	return gatherState{want: min(len(b.queue)+answered, maxBatch), deadline: time.Now().Add(limit)}
+}
+
+// gather waits until the queue reaches g.want, close is called, or the
+// deadline passes.
+func (b *batcher) gather(g gatherState) {
+	b.mu.Lock()
+	done := !b.gathering || len(b.queue) >= g.want || b.closed
+	b.mu.Unlock()
+	if !done {
+		t := time.NewTimer(time.Until(g.deadline))
+		defer t.Stop()
+		for !done {
+			select {
+			case <-b.arrived:
+				b.mu.Lock()
+				done = len(b.queue) >= g.want || b.closed
+				b.mu.Unlock()
+			case <-t.C:
+				done = true
+			}
+		}
+	}
+	b.mu.Lock()
+	b.gathering = false
+	b.mu.Unlock()
+}
+
+func defaultGatherLimit(took time.Duration) time.Duration { return min(took, gatherMax) }
+
 // close refuses new proposals, fails the queued ones and waits for the
 // entries in flight (Raft must be shut down, or answer them).
 func (b *batcher) close() {
 	b.mu.Lock()
 	b.closed = true
+	select { // end a gathering now
+	case b.arrived <- struct{}{}:
+	default:
+	}
 	for _, p := range b.queue {
 		p.done <- outcome{nil, ErrShuttingDown}
 	}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
@@ -130,5 +131,115 @@ func waitState(b *batcher, inflight, queued int) {
 			return
 		}
 		runtime.Gosched()
+	}
+}
+
+// forever stands in for a gathering limit that never runs out, so only a
+// count or close can end a gathering.
+func forever(time.Duration) time.Duration { return time.Hour }
+
+// TestBatcherGathersReturningCallers: callers that propose again as soon
+// as they are answered leave together. Without gathering, the first
+// caller's second proposal would miss the entry that carries everybody
+// else's first, and the callers would take turns in two groups.
+func TestBatcherGathersReturningCallers(t *testing.T) {
+	g := &gatedApply{gate: make(chan struct{})}
+	b := newBatcher(g.apply)
+	b.gatherLimit = forever
+	const callers = 16
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for {
+				if _, err := b.propose(context.Background(), &fsmpb.Command{}); err != nil {
+					if !errors.Is(err, ErrShuttingDown) {
+						t.Errorf("propose: %v", err)
+					}
+					return
+				}
+			}
+		})
+	}
+	waitState(b, 1, callers-1) // the first went alone; the others queued
+	for range 5 {
+		g.gate <- struct{}{} // one entry through
+	}
+	closed := make(chan struct{})
+	go func() {
+		b.close()
+		close(closed)
+	}()
+	close(g.gate) // whatever is in flight may finish
+	<-closed
+	wg.Wait()
+
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.sizes) < 5 {
+		t.Fatalf("%d entries, want at least 5", len(g.sizes))
+	}
+	if g.sizes[0] != 1 {
+		t.Errorf("first entry carried %d, want 1 (a lone proposal goes at once)", g.sizes[0])
+	}
+	for i, n := range g.sizes[1:] {
+		if n != callers {
+			t.Errorf("entry %d carried %d commands, want all %d callers: %v", i+1, n, callers, g.sizes)
+			break
+		}
+	}
+}
+
+// TestBatcherLoneCallerIsNotHeld: a caller alone completes the count of a
+// gathering with its own next proposal, so it never waits for the limit.
+func TestBatcherLoneCallerIsNotHeld(t *testing.T) {
+	g := &gatedApply{gate: make(chan struct{})}
+	close(g.gate)
+	b := newBatcher(g.apply)
+	b.gatherLimit = forever
+	defer b.close() // ends the last gathering, which nobody completes
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 20 {
+		if _, err := b.propose(ctx, &fsmpb.Command{}); err != nil {
+			t.Fatalf("proposal %d: %v (held by a gathering?)", i, err)
+		}
+	}
+}
+
+// TestBatcherGatheringEnds: a caller that does not come back holds the
+// queued proposals only until the gathering's limit.
+func TestBatcherGatheringEnds(t *testing.T) {
+	g := &gatedApply{gate: make(chan struct{})}
+	b := newBatcher(g.apply)
+	var limits atomic.Int64
+	b.gatherLimit = func(time.Duration) time.Duration { limits.Add(1); return 20 * time.Millisecond }
+	defer b.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	first := make(chan error, 1)
+	go func() {
+		_, err := b.propose(ctx, &fsmpb.Command{})
+		first <- err
+	}()
+	waitState(b, 1, 0)
+	second := make(chan error, 1)
+	go func() {
+		_, err := b.propose(ctx, &fsmpb.Command{})
+		second <- err
+	}()
+	waitState(b, 1, 1)
+	close(g.gate)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	// The first caller does not come back: the count (2) is never reached.
+	if err := <-second; err != nil {
+		t.Fatalf("queued proposal: %v", err)
+	}
+	if limits.Load() == 0 {
+		t.Fatal("no gathering was tried")
+	}
+	if got := g.entries.Load(); got != 2 {
+		t.Fatalf("%d entries, want 2", got)
 	}
 }
