@@ -23,24 +23,23 @@ const (
 )
 
 // expiryStorm: acquire --leases leases that all end at one common instant
-// T, renew none, and watch for their EXPIRED events until all have come
-// or --phase-limit past the last deadline. The watch is on a follower when
+// T, renew none, and watch for their EXPIRED events until all have come or
+// --phase-limit past the last deadline. The watch is on a follower when
 // there is one: it applies each Expire at or after the leader does, so
 // lateness is not understated, and sending the events (a third of the
-// leader's CPU in a 100k storm) stays off the node that decides expiry. T lies --storm-at
-// after the grants start, or far enough that the grants end about
-// --storm-ttl before it at the rate a pilot measured. Each acquire asks
-// for T minus its send time, so the leader's deadline (its apply plus the
-// duration) lands on T, late by the time from send to apply. A lease's
-// deadline is taken as its acquire's return plus the duration (the
-// leader's is no later), so lateness is the time from that to the moment
-// the bench saw its EXPIRED event: exact per lease, where etcdpeer can
-// only estimate it from lease counts. It can be slightly negative: the
-// leader's clock starts at apply, before the answer travels.
-// expired_early counts events seen before the acquire's send time plus
-// the duration (T), which the client's deadline rule forbids. drain_ms
-// runs from T, so it holds the spread of the deadlines too
-// (deadline_spread_ms).
+// leader's CPU in a 100k storm) stays off the node that decides expiry. T
+// lies --storm-at after the grants start, or far enough that the grants end
+// about --storm-ttl before it at the rate a pilot measured. Each acquire
+// asks for T minus its send time, so the leader's deadline (its apply plus
+// the duration) lands on T, late by the time from send to apply. A lease's
+// deadline is taken as its acquire's return plus the duration (the leader's
+// is no later), so lateness is the time from that to the moment the bench
+// saw its EXPIRED event: exact per lease, where etcdpeer can only estimate
+// it from lease counts. It can be slightly negative: the leader's clock
+// starts at apply, before the answer travels. expired_early counts events
+// seen before the acquire's send time plus the duration (T), which the
+// client's deadline rule forbids. drain_ms runs from T, so it holds the
+// spread of the deadlines too (deadline_spread_ms).
 func (b *bench) expiryStorm(ctx context.Context) error {
 	n := b.cfg.leases
 	lead, pilotPerS, err := b.stormLead(ctx, n)
