@@ -120,30 +120,10 @@ func (b *batcher) sendLocked() {
 func (b *batcher) run(batch []*pending) {
 	defer b.wg.Done()
 	start := time.Now()
-	outs := make([]outcome, len(batch))
-	if len(batch) == 1 {
-		res, err := b.apply(batch[0].cmd)
-		outs[0] = outcome{res, err}
-	} else {
-		cmds := make([]*fsmpb.Command, len(batch))
-		for i, p := range batch {
-			cmds[i] = p.cmd
-		}
-		res, err := b.apply(&fsmpb.Command{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Commands: cmds}}})
-		for i := range batch {
-			switch {
-			case err != nil:
-				outs[i] = outcome{nil, err}
-			case i < len(res.Batch):
-				outs[i] = outcome{res.Batch[i], nil}
-			default:
-				outs[i] = outcome{nil, fsm.ErrBadCommand}
-			}
-		}
-	}
+	res, err := b.apply(entryOf(batch))
 	g := b.startGathering(len(batch), time.Since(start))
 	for i, p := range batch {
-		p.done <- outs[i]
+		p.done <- outcomeOf(len(batch), i, res, err)
 	}
 	b.gather(g)
 	b.mu.Lock()
@@ -152,6 +132,34 @@ func (b *batcher) run(batch []*pending) {
 		b.sendLocked()
 	}
 	b.mu.Unlock()
+}
+
+// entryOf is the command of one log entry: a lone command as it is,
+// several in a Batch.
+func entryOf(batch []*pending) *fsmpb.Command {
+	if len(batch) == 1 {
+		return batch[0].cmd
+	}
+	cmds := make([]*fsmpb.Command, len(batch))
+	for i, p := range batch {
+		cmds[i] = p.cmd
+	}
+	return &fsmpb.Command{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Commands: cmds}}}
+}
+
+// outcomeOf is command i's outcome, of n in an entry that Raft answered
+// with res and err.
+func outcomeOf(n, i int, res *fsm.Result, err error) outcome {
+	switch {
+	case err != nil:
+		return outcome{nil, err}
+	case n == 1:
+		return outcome{res, nil}
+	case i < len(res.Batch):
+		return outcome{res.Batch[i], nil}
+	default:
+		return outcome{nil, fsm.ErrBadCommand}
+	}
 }
 
 // A gathering holds the next entry back, after the callers of one entry
@@ -198,26 +206,34 @@ func (b *batcher) startGathering(answered int, took time.Duration) gatherState {
 // gather waits until the queue reaches g.want, close is called, or the
 // deadline passes.
 func (b *batcher) gather(g gatherState) {
-	b.mu.Lock()
-	done := !b.gathering || len(b.queue) >= g.want || b.closed
-	b.mu.Unlock()
-	if !done {
-		t := time.NewTimer(time.Until(g.deadline))
-		defer t.Stop()
-		for !done {
-			select {
-			case <-b.arrived:
-				b.mu.Lock()
-				done = len(b.queue) >= g.want || b.closed
-				b.mu.Unlock()
-			case <-t.C:
-				done = true
+	defer func() {
+		b.mu.Lock()
+		b.gathering = false
+		b.mu.Unlock()
+	}()
+	if b.gathered(g) {
+		return
+	}
+	t := time.NewTimer(time.Until(g.deadline))
+	defer t.Stop()
+	for {
+		select {
+		case <-b.arrived:
+			if b.gathered(g) {
+				return
 			}
+		case <-t.C:
+			return
 		}
 	}
+}
+
+// gathered reports whether a gathering has reached its count (always, for
+// the zero gatherState of one not started) or the batcher is closing.
+func (b *batcher) gathered(g gatherState) bool {
 	b.mu.Lock()
-	b.gathering = false
-	b.mu.Unlock()
+	defer b.mu.Unlock()
+	return len(b.queue) >= g.want || b.closed
 }
 
 func defaultGatherLimit(took time.Duration) time.Duration { return min(took, gatherMax) }
