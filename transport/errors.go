@@ -21,6 +21,8 @@ var (
 	ErrWatchOverflow = errors.New("transport: watch fell behind")
 	// ErrNoLeader: no leader is known to forward to.
 	ErrNoLeader = errors.New("transport: no leader known")
+	// ErrClosed: the server is closed and reaches no other node.
+	ErrClosed = errors.New("transport: server closed")
 )
 
 // codeTable maps every sentinel to its gRPC code: the one place where
@@ -37,6 +39,7 @@ var codeTable = []struct {
 	{node.ErrNotLeader, codes.Unavailable},
 	{node.ErrNotReady, codes.Unavailable},
 	{node.ErrShuttingDown, codes.Unavailable},
+	{ErrClosed, codes.Unavailable},
 	{node.ErrUnknownMember, codes.NotFound},
 	{ErrNoLeader, codes.Unavailable},
 	{ErrCompacted, codes.OutOfRange},

@@ -126,8 +126,9 @@ type Server struct {
 
 	health *health.Server
 
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn // leader connections by address
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn // connections to other nodes by address
+	closed bool                        // Close ran: conn makes no new ones
 }
 
 // New returns a server for n. hub must be registered as a listener of n's
@@ -216,11 +217,14 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 	return opts
 }
 
-// Close drops the connections kept to leaders and ends health watches.
+// Close drops the connections kept to other nodes and ends health
+// watches. A call still running (a forward, a confirmation round) gets no
+// new connection afterwards, so none outlives the server.
 func (s *Server) Close() error {
 	s.health.Shutdown()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	for a, c := range s.conns {
 		_ = c.Close()
 		delete(s.conns, a)
@@ -260,6 +264,9 @@ func (s *Server) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 func (s *Server) conn(addr string) (*grpc.ClientConn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
 	if c, ok := s.conns[addr]; ok {
 		return c, nil
 	}
