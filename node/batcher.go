@@ -115,8 +115,9 @@ func (b *batcher) sendLocked() {
 	go b.run(batch)
 }
 
-// run proposes one entry and hands out the results. Raft always answers a
-// proposal (on commit, on loss of leadership, on shutdown), so run ends.
+// run proposes one entry and hands out the results. Raft answers every
+// entry it takes while it runs (on commit or on loss of leadership), and
+// close waits for run before Raft shuts down, so run ends.
 func (b *batcher) run(batch []*pending) {
 	defer b.wg.Done()
 	start := time.Now()
@@ -239,7 +240,8 @@ func (b *batcher) gathered(g gatherState) bool {
 func defaultGatherLimit(took time.Duration) time.Duration { return min(took, gatherMax) }
 
 // close refuses new proposals, fails the queued ones and waits for the
-// entries in flight (Raft must be shut down, or answer them).
+// entries in flight. Raft must still run: it answers an entry on commit or
+// on loss of leadership, but not one queued after its shutdown.
 func (b *batcher) close() {
 	b.mu.Lock()
 	b.closed = true

@@ -405,10 +405,13 @@ func (n *Node) shutdown() {
 		n.conf.mu.Unlock()
 		n.conf.wg.Wait()
 		n.raft.DeregisterObserver(n.obs)
+		// The batcher closes first, while Raft runs and answers the
+		// entries in flight. An entry handed to Raft after its shutdown
+		// can land in its apply queue, where nothing answers it.
+		n.batch.close()
 		if err := n.raft.Shutdown().Error(); err != nil {
 			n.log.Warn("raft shutdown", "error", err)
 		}
-		n.batch.close()
 		n.closeStores()
 	})
 }
