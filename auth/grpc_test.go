@@ -376,3 +376,49 @@ func TestReloadServerCertificate(t *testing.T) {
 		t.Fatalf("after Reload the server still presents serial %s", before)
 	}
 }
+
+// Every call on a Calls stream meets its own method's rule, under the
+// stream's credentials.
+func TestCallsAreAuthorizedPerCall(t *testing.T) {
+	e := newEnv(t)
+	srvCert, srvKey := e.cert(e.ca, "server", true)
+	srvTLS, _, err := tlsutil.ServerConfig(srvCert, srvKey, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serve(t, e.authenticator(ModeToken, nil), srvTLS, nil)
+	plain := e.tlsClient(e.ca, "", "")
+	alice := pb.NewLeasesClient(dial(t, addr, plain, grpc.WithPerRPCCredentials(BearerToken{Token: "alice-token"})))
+	s, err := alice.Calls(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := []struct {
+		req  *pb.CallRequest
+		want codes.Code
+	}{
+		{&pb.CallRequest{Request: &pb.CallRequest_Get{Get: &pb.GetRequest{Namespace: "team-a", Name: "x"}}}, codes.OK},
+		{&pb.CallRequest{Request: &pb.CallRequest_Get{Get: &pb.GetRequest{Namespace: "team-b", Name: "x"}}}, codes.PermissionDenied},
+		{&pb.CallRequest{Request: &pb.CallRequest_Acquire{Acquire: &pb.AcquireRequest{Namespace: "team-a", Name: "new", HolderIdentity: "alice"}}}, codes.PermissionDenied},
+	}
+	for i, c := range calls {
+		c.req.Id = uint64(i + 1)
+		if err := s.Send(c.req); err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := codes.Code(r.GetError().GetCode()); got != c.want {
+			t.Errorf("call %d: %v (%s), want %v", i+1, got, r.GetError().GetMessage(), c.want)
+		}
+	}
+	// Without a token the stream itself is refused.
+	anon := pb.NewLeasesClient(dial(t, addr, plain))
+	s, err = anon.Calls(ctxT(t))
+	if err == nil {
+		_, err = s.Recv()
+	}
+	wantCode(t, err, codes.Unauthenticated, "no bearer token")
+}

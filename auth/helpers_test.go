@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/internal/callmux"
 	"github.com/leasekeeper/leasekeeper/tlsutil"
 )
 
@@ -347,4 +348,10 @@ func wantCode(t *testing.T, err error, want codes.Code, msg string) {
 	if msg != "" && !strings.Contains(st.Message(), msg) {
 		t.Fatalf("message %q does not contain %q", st.Message(), msg)
 	}
+}
+
+// Calls runs each multiplexed call through the unary interceptor, as the
+// real server does.
+func (f *fakeLeases) Calls(stream pb.Leases_CallsServer) error {
+	return callmux.Serve(stream, f, UnaryServerInterceptor(f.a), nil)
 }

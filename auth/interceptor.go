@@ -51,6 +51,9 @@ var methods = map[string]MethodRule{
 	// each LeaseRef (VerbUpdate and BindHolderContext) and reports a denial
 	// in that lease's result.
 	pb.Leases_KeepAlive_FullMethodName: {ServerAuthorizes: true},
+	// Calls carries unary calls: each one passes the unary interceptor
+	// with its own method's rule, under the stream's credentials.
+	pb.Leases_Calls_FullMethodName: {ServerAuthorizes: true},
 
 	// Status is readable by any authenticated identity: clients use it to
 	// find the leader.

@@ -43,6 +43,20 @@
 // the deadline. NotFound and FailedPrecondition lose the holding at once;
 // PermissionDenied loses it without retrying.
 //
+// # Calls streams
+//
+// Acquire, Renew, Release, Get, Delete and Write go to a node over one
+// Calls stream per endpoint rather than as one gRPC call each: a call is a
+// message out and a message back, which costs the client and the node far
+// less than opening and closing an HTTP/2 stream per call. A call takes the
+// unary path instead when the connection is not ready yet (the unary path
+// waits for it within the call's deadline), when it carries call options or
+// outgoing metadata (a message on a shared stream carries neither), when
+// Config.UnaryCalls is set, and against a node that does not serve Calls.
+// A broken stream fails its calls in flight with codes.Unavailable, which
+// the failover retries on the next endpoint, as for a unary call whose
+// answer was lost. A stream keeps the credentials it was opened with.
+//
 // # Mutex order and what is not here
 //
 // Mutex waiters are woken by a watch on the lease and race: the first
@@ -67,6 +81,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -185,6 +200,11 @@ type Config struct {
 	// DialOptions are added to the client's own when dialling; tests use
 	// them to inject interceptors.
 	DialOptions []grpc.DialOption
+	// UnaryCalls sends every call as a gRPC call of its own instead of a
+	// message on the endpoint's Calls stream (see "Calls streams"), for
+	// nodes behind a proxy that inspects unary calls, or interceptors that
+	// must see every call.
+	UnaryCalls bool
 }
 
 // Defaults of the holding-related Config fields.
@@ -246,6 +266,12 @@ type Client struct {
 	clock     clock.Clock
 	endpoints []string
 	conns     []*grpc.ClientConn
+	calls     []*callsConn // by endpoint, as conns
+	// ctx ends with Close; the Calls streams live in it, and wg waits for
+	// their receivers.
+	ctx  context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
 	// cur is the index of the endpoint that calls try first: the last one
 	// that answered.
 	cur     atomic.Uint32
@@ -300,9 +326,11 @@ func New(cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("client: endpoint %q: %w", ep, err)
 		}
 		c.conns = append(c.conns, cc)
+		c.calls = append(c.calls, &callsConn{c: c, cc: cc})
 	}
+	c.ctx, c.stop = context.WithCancel(context.Background())
 	conn := failoverConn{c}
-	c.leases = pb.NewLeasesClient(conn)
+	c.leases = leasesClient{LeasesClient: pb.NewLeasesClient(conn), c: c}
 	c.cluster = pb.NewClusterClient(conn)
 	return c, nil
 }
@@ -316,6 +344,11 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.keeper.close()
+	c.stop()
+	for _, cn := range c.calls {
+		cn.close()
+	}
+	c.wg.Wait()
 	return c.closeConns()
 }
 
@@ -420,14 +453,14 @@ func (c *Client) Status(ctx context.Context) (*pb.StatusResponse, error) {
 // retry runs call against one endpoint after another until it succeeds,
 // fails with an error that a retry cannot help, or ctx is done. Without a
 // deadline on ctx it gives up after cfg.MaxRetries retries.
-func (c *Client) retry(ctx context.Context, method string, call func(*grpc.ClientConn) error) error {
+func (c *Client) retry(ctx context.Context, method string, call func(endpoint uint32) error) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
 	_, hasDeadline := ctx.Deadline()
 	for attempt := 0; ; attempt++ {
 		i := c.cur.Load()
-		err := call(c.conns[i])
+		err := call(i)
 		if c.closed.Load() {
 			return ErrClosed
 		}
@@ -488,10 +521,10 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 type failoverConn struct{ c *Client }
 
 func (f failoverConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	return f.c.retry(ctx, method, func(cc *grpc.ClientConn) error {
+	return f.c.retry(ctx, method, func(i uint32) error {
 		var hdr metadata.MD
-		err := cc.Invoke(ctx, method, args, reply, append(opts, grpc.Header(&hdr))...)
-		f.c.followLeader(hdr)
+		err := f.c.conns[i].Invoke(ctx, method, args, reply, append(opts, grpc.Header(&hdr))...)
+		f.c.followLeader(hdr.Get(LeaderHeader)...)
 		return err
 	})
 }
@@ -503,13 +536,12 @@ const LeaderHeader = "x-leasekeeper-leader"
 // followLeader moves the client's next calls to the leader when a node that
 // forwarded this one named it and the leader is one of the endpoints:
 // requests then skip the forwarding hop.
-func (c *Client) followLeader(hdr metadata.MD) {
-	v := hdr.Get(LeaderHeader)
-	if len(v) == 0 {
+func (c *Client) followLeader(leader ...string) {
+	if len(leader) == 0 || leader[0] == "" {
 		return
 	}
 	for i, ep := range c.endpoints {
-		if ep == v[0] {
+		if ep == leader[0] {
 			c.cur.Store(uint32(i))
 			return
 		}
@@ -518,9 +550,9 @@ func (c *Client) followLeader(hdr metadata.MD) {
 
 func (f failoverConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	var s grpc.ClientStream
-	err := f.c.retry(ctx, method, func(cc *grpc.ClientConn) error {
+	err := f.c.retry(ctx, method, func(i uint32) error {
 		var err error
-		s, err = cc.NewStream(ctx, desc, method, opts...)
+		s, err = f.c.conns[i].NewStream(ctx, desc, method, opts...)
 		return err
 	})
 	if err != nil {

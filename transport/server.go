@@ -26,6 +26,7 @@ import (
 	"github.com/leasekeeper/leasekeeper/auth"
 	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+	"github.com/leasekeeper/leasekeeper/internal/callmux"
 	"github.com/leasekeeper/leasekeeper/node"
 )
 
@@ -126,6 +127,13 @@ type Server struct {
 
 	health *health.Server
 
+	// unary is the interceptor chain of unary calls, also run for each
+	// call on a Calls stream.
+	unary grpc.UnaryServerInterceptor
+
+	draining  chan struct{} // closed by Drain
+	drainOnce sync.Once
+
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn // connections to other nodes by address
 	closed bool                        // Close ran: conn makes no new ones
@@ -152,11 +160,14 @@ func New(cfg Config, n Node, hub *Hub, log hclog.Logger, met *Metrics) (*Server,
 		}
 		cfg.Auth = a
 	}
-	return &Server{
+	s := &Server{
 		cfg: cfg, node: n, hub: hub, log: log.Named("grpc"), met: met,
-		health: health.NewServer(),
-		conns:  make(map[string]*grpc.ClientConn),
-	}, nil
+		health:   health.NewServer(),
+		draining: make(chan struct{}),
+		conns:    make(map[string]*grpc.ClientConn),
+	}
+	s.unary = callmux.Chain(met.unary(), recoverUnary(s.log), auth.UnaryServerInterceptor(cfg.Auth))
+	return s, nil
 }
 
 // Register adds the services to g.
@@ -208,7 +219,7 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 		// tenth of the leader's CPU under unary load). Busy workers fall
 		// back to new goroutines, so long streams cannot starve calls.
 		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
-		grpc.ChainUnaryInterceptor(s.met.unary(), recoverUnary(s.log), auth.UnaryServerInterceptor(s.cfg.Auth)),
+		grpc.UnaryInterceptor(s.unary),
 		grpc.ChainStreamInterceptor(s.met.stream(), recoverStream(s.log), auth.StreamServerInterceptor(s.cfg.Auth)),
 	}
 	if s.cfg.Creds != nil {
@@ -252,7 +263,9 @@ func (s *Server) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 		}
 		return nil, status.Errorf(codes.Unavailable, "%v: node %s knows no leader", ErrNoLeader, s.node.ID())
 	}
-	_ = grpc.SetHeader(ctx, metadata.Pairs(leaderHeader, addr)) // fails harmlessly on streams already answered
+	if !callmux.SetLeader(ctx, addr) {
+		_ = grpc.SetHeader(ctx, metadata.Pairs(leaderHeader, addr)) // fails harmlessly on streams already answered
+	}
 	c, err := s.conn(addr)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "leader %s at %s: %v", id, addr, err)

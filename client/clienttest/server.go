@@ -15,6 +15,7 @@ import (
 	"path"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/internal/callmux"
 	"github.com/leasekeeper/leasekeeper/internal/labels"
 )
 
@@ -50,9 +52,11 @@ type Server struct {
 	// ID names the node in Status answers.
 	ID string
 
-	srv  *grpc.Server
-	stop sync.Once
-	done chan struct{}
+	srv     *grpc.Server
+	unary   grpc.UnaryServerInterceptor
+	noCalls atomic.Bool
+	stop    sync.Once
+	done    chan struct{}
 
 	mu     sync.Mutex
 	leases map[string]*pb.Lease // by namespace/name
@@ -64,7 +68,9 @@ type Server struct {
 	changed chan struct{}
 	faults  map[string]Fault
 	calls   map[string]int
-	status  *pb.StatusResponse
+	// viaCalls counts, by method, the calls that came on a Calls stream.
+	viaCalls map[string]int
+	status   *pb.StatusResponse
 }
 
 // Start starts a Server on a free port and stops it when tb ends.
@@ -75,23 +81,36 @@ func Start(tb testing.TB) *Server {
 		tb.Fatalf("clienttest: listen: %v", err)
 	}
 	s := &Server{
-		Addr:    lis.Addr().String(),
-		ID:      "node-" + lis.Addr().String(),
-		done:    make(chan struct{}),
-		leases:  make(map[string]*pb.Lease),
-		changed: make(chan struct{}),
-		faults:  make(map[string]Fault),
-		calls:   make(map[string]int),
+		Addr:     lis.Addr().String(),
+		ID:       "node-" + lis.Addr().String(),
+		done:     make(chan struct{}),
+		leases:   make(map[string]*pb.Lease),
+		changed:  make(chan struct{}),
+		faults:   make(map[string]Fault),
+		calls:    make(map[string]int),
+		viaCalls: make(map[string]int),
+	}
+	s.unary = func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if m, _ := grpc.Method(ctx); m == pb.Leases_Calls_FullMethodName {
+			s.mu.Lock()
+			s.viaCalls[path.Base(info.FullMethod)]++
+			s.mu.Unlock()
+		}
+		if err := s.enter(ctx, info.FullMethod); err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
 	}
 	s.srv = grpc.NewServer(
-		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			if err := s.enter(ctx, info.FullMethod); err != nil {
-				return nil, err
-			}
-			return h(ctx, req)
-		}),
+		grpc.UnaryInterceptor(s.unary),
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			if err := s.enter(ss.Context(), info.FullMethod); err != nil {
+			// A call on the Calls stream meets its method's fault, as a
+			// unary call does; the stream itself meets none.
+			if info.FullMethod == pb.Leases_Calls_FullMethodName {
+				s.mu.Lock()
+				s.calls["Calls"]++
+				s.mu.Unlock()
+			} else if err := s.enter(ss.Context(), info.FullMethod); err != nil {
 				return err
 			}
 			return h(srv, ss)
@@ -131,11 +150,23 @@ func (s *Server) Inject(method string, f Fault) {
 	s.faults[method] = f
 }
 
-// Calls reports how many times method was called, faults included.
+// DisableCalls makes the server answer the Calls stream with
+// Unimplemented, as a node that does not serve it does.
+func (s *Server) DisableCalls() { s.noCalls.Store(true) }
+
+// Calls reports how many times method was called, faults included, on
+// either path ("Calls" counts the Calls streams opened).
 func (s *Server) Calls(method string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.calls[method]
+}
+
+// ViaCalls reports how many of method's calls came on a Calls stream.
+func (s *Server) ViaCalls(method string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.viaCalls[method]
 }
 
 // SetStatus sets the answer to Cluster.Status; without it the node reports
@@ -226,6 +257,15 @@ func (s *Server) lookup(namespace, name string) (*pb.Lease, error) {
 type leases struct {
 	pb.UnimplementedLeasesServer
 	s *Server
+}
+
+// Calls serves the multiplexed unary calls, each through the fault
+// injection of its own method, unless DisableCalls was called.
+func (x leases) Calls(stream pb.Leases_CallsServer) error {
+	if x.s.noCalls.Load() {
+		return status.Error(codes.Unimplemented, "unknown method Calls")
+	}
+	return callmux.Serve(stream, x, x.s.unary, x.s.done)
 }
 
 func (x leases) Acquire(_ context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {

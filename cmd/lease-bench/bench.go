@@ -24,9 +24,13 @@ type bench struct {
 	leader int              // at start
 }
 
+// unaryCalls is --unary-calls: every client sends each call on its own.
+var unaryCalls bool
+
 func newClient(endpoints ...string) (*client.Client, error) {
 	cfg := client.DefaultConfig()
 	cfg.Endpoints = endpoints
+	cfg.UnaryCalls = unaryCalls
 	return client.New(cfg)
 }
 

@@ -95,6 +95,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.clients, "clients", 16, "concurrent client goroutines")
 	fs.IntVar(&c.conns, "conns", 4, "client.Clients shared round-robin by the goroutines; client i tries endpoint i first")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "timed duration of each workload")
+	fs.BoolVar(&unaryCalls, "unary-calls", false, "clients send each call as a gRPC call of its own, not on a Calls stream (client.Config.UnaryCalls)")
 	fs.BoolVar(&c.leaderOnly, "leader-only", false, "clients talk to the leader only (default: all endpoints)")
 	fs.StringVar(&c.namespace, "namespace", "bench", "namespace of every lease the bench makes")
 	fs.BoolVar(&c.cleanup, "cleanup", true, "delete the leases a workload made, after its timing")

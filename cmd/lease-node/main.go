@@ -373,6 +373,7 @@ wait:
 		scancel()
 		_ = kconn.Close()
 	}
+	srv.Drain() // Calls streams end once answered; GracefulStop would wait for them
 	stopGRPC(g, 5*time.Second)
 	wg.Wait()
 	_ = srv.Close()

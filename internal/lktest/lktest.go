@@ -78,6 +78,9 @@ func Start(t testing.TB, n int, clk clock.Clock) *Cluster {
 	return c
 }
 
+// Server returns node i's gRPC service.
+func (c *Cluster) Server(i int) *transport.Server { return c.servers[i] }
+
 func (c *Cluster) stopServers() {
 	c.cancel()
 	for i, g := range c.grpcs {

@@ -12,6 +12,7 @@ package leasekeeperv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	anypb "google.golang.org/protobuf/types/known/anypb"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -1722,6 +1723,415 @@ func (x *KeepAliveResponse) GetResults() []*KeepAliveResult {
 	return nil
 }
 
+type CallRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the call in its answer; ids of calls in flight on one stream
+	// must differ.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// timeout is the call's deadline, from when the node receives it; unset
+	// means none.
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// cancel, with no request, withdraws the call in flight with this id.
+	Cancel bool `protobuf:"varint,3,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*CallRequest_Acquire
+	//	*CallRequest_Renew
+	//	*CallRequest_Release
+	//	*CallRequest_Get
+	//	*CallRequest_Delete
+	//	*CallRequest_Write
+	Request       isCallRequest_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallRequest) Reset() {
+	*x = CallRequest{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallRequest) ProtoMessage() {}
+
+func (x *CallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallRequest.ProtoReflect.Descriptor instead.
+func (*CallRequest) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CallRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CallRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *CallRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+func (x *CallRequest) GetRequest() isCallRequest_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *CallRequest) GetAcquire() *AcquireRequest {
+	if x != nil {
+		if x, ok := x.Request.(*CallRequest_Acquire); ok {
+			return x.Acquire
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetRenew() *RenewRequest {
+	if x != nil {
+		if x, ok := x.Request.(*CallRequest_Renew); ok {
+			return x.Renew
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetRelease() *ReleaseRequest {
+	if x != nil {
+		if x, ok := x.Request.(*CallRequest_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetGet() *GetRequest {
+	if x != nil {
+		if x, ok := x.Request.(*CallRequest_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetDelete() *DeleteRequest {
+	if x != nil {
+		if x, ok := x.Request.(*CallRequest_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetWrite() *WriteRequest {
+	if x != nil {
+		if x, ok := x.Request.(*CallRequest_Write); ok {
+			return x.Write
+		}
+	}
+	return nil
+}
+
+type isCallRequest_Request interface {
+	isCallRequest_Request()
+}
+
+type CallRequest_Acquire struct {
+	Acquire *AcquireRequest `protobuf:"bytes,10,opt,name=acquire,proto3,oneof"`
+}
+
+type CallRequest_Renew struct {
+	Renew *RenewRequest `protobuf:"bytes,11,opt,name=renew,proto3,oneof"`
+}
+
+type CallRequest_Release struct {
+	Release *ReleaseRequest `protobuf:"bytes,12,opt,name=release,proto3,oneof"`
+}
+
+type CallRequest_Get struct {
+	Get *GetRequest `protobuf:"bytes,13,opt,name=get,proto3,oneof"`
+}
+
+type CallRequest_Delete struct {
+	Delete *DeleteRequest `protobuf:"bytes,14,opt,name=delete,proto3,oneof"`
+}
+
+type CallRequest_Write struct {
+	Write *WriteRequest `protobuf:"bytes,15,opt,name=write,proto3,oneof"`
+}
+
+func (*CallRequest_Acquire) isCallRequest_Request() {}
+
+func (*CallRequest_Renew) isCallRequest_Request() {}
+
+func (*CallRequest_Release) isCallRequest_Request() {}
+
+func (*CallRequest_Get) isCallRequest_Request() {}
+
+func (*CallRequest_Delete) isCallRequest_Request() {}
+
+func (*CallRequest_Write) isCallRequest_Request() {}
+
+// CallError is a failed call's gRPC status, as google.rpc.Status carries it.
+type CallError struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Details       []*anypb.Any           `protobuf:"bytes,3,rep,name=details,proto3" json:"details,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallError) Reset() {
+	*x = CallError{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallError) ProtoMessage() {}
+
+func (x *CallError) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallError.ProtoReflect.Descriptor instead.
+func (*CallError) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CallError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CallError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *CallError) GetDetails() []*anypb.Any {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+type CallResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// error is set when the call failed; the response is then unset.
+	Error *CallError `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// leader is the leader's gRPC address when the node forwarded the call to
+	// it, so the client can send its next calls there directly.
+	Leader string `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Types that are valid to be assigned to Response:
+	//
+	//	*CallResponse_Acquire
+	//	*CallResponse_Renew
+	//	*CallResponse_Release
+	//	*CallResponse_Get
+	//	*CallResponse_Delete
+	//	*CallResponse_Write
+	Response      isCallResponse_Response `protobuf_oneof:"response"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallResponse) Reset() {
+	*x = CallResponse{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallResponse) ProtoMessage() {}
+
+func (x *CallResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallResponse.ProtoReflect.Descriptor instead.
+func (*CallResponse) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CallResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CallResponse) GetError() *CallError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *CallResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *CallResponse) GetResponse() isCallResponse_Response {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *CallResponse) GetAcquire() *AcquireResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CallResponse_Acquire); ok {
+			return x.Acquire
+		}
+	}
+	return nil
+}
+
+func (x *CallResponse) GetRenew() *RenewResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CallResponse_Renew); ok {
+			return x.Renew
+		}
+	}
+	return nil
+}
+
+func (x *CallResponse) GetRelease() *ReleaseResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CallResponse_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
+func (x *CallResponse) GetGet() *GetResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CallResponse_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *CallResponse) GetDelete() *DeleteResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CallResponse_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *CallResponse) GetWrite() *WriteResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CallResponse_Write); ok {
+			return x.Write
+		}
+	}
+	return nil
+}
+
+type isCallResponse_Response interface {
+	isCallResponse_Response()
+}
+
+type CallResponse_Acquire struct {
+	Acquire *AcquireResponse `protobuf:"bytes,10,opt,name=acquire,proto3,oneof"`
+}
+
+type CallResponse_Renew struct {
+	Renew *RenewResponse `protobuf:"bytes,11,opt,name=renew,proto3,oneof"`
+}
+
+type CallResponse_Release struct {
+	Release *ReleaseResponse `protobuf:"bytes,12,opt,name=release,proto3,oneof"`
+}
+
+type CallResponse_Get struct {
+	Get *GetResponse `protobuf:"bytes,13,opt,name=get,proto3,oneof"`
+}
+
+type CallResponse_Delete struct {
+	Delete *DeleteResponse `protobuf:"bytes,14,opt,name=delete,proto3,oneof"`
+}
+
+type CallResponse_Write struct {
+	Write *WriteResponse `protobuf:"bytes,15,opt,name=write,proto3,oneof"`
+}
+
+func (*CallResponse_Acquire) isCallResponse_Response() {}
+
+func (*CallResponse_Renew) isCallResponse_Response() {}
+
+func (*CallResponse_Release) isCallResponse_Response() {}
+
+func (*CallResponse_Get) isCallResponse_Response() {}
+
+func (*CallResponse_Delete) isCallResponse_Response() {}
+
+func (*CallResponse_Write) isCallResponse_Response() {}
+
 type Member struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1737,7 +2147,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +2159,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +2172,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{22}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Member) GetId() string {
@@ -1808,7 +2218,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1820,7 +2230,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1833,7 +2243,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{23}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{26}
 }
 
 type StatusResponse struct {
@@ -1854,7 +2264,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1866,7 +2276,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1879,7 +2289,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{24}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StatusResponse) GetId() string {
@@ -1964,7 +2374,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2386,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2399,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{25}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -2029,7 +2439,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2451,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2464,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{26}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -2073,7 +2483,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2495,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2508,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{27}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -2117,7 +2527,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +2539,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +2552,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{28}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RemoveMemberResponse) GetMembers() []*Member {
@@ -2162,7 +2572,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2584,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2597,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -2206,7 +2616,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2218,7 +2628,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2231,7 +2641,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TransferLeadershipResponse) GetLeader() string {
@@ -2256,7 +2666,7 @@ type FollowsTermRequest struct {
 
 func (x *FollowsTermRequest) Reset() {
 	*x = FollowsTermRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2268,7 +2678,7 @@ func (x *FollowsTermRequest) String() string {
 func (*FollowsTermRequest) ProtoMessage() {}
 
 func (x *FollowsTermRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2281,7 +2691,7 @@ func (x *FollowsTermRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowsTermRequest.ProtoReflect.Descriptor instead.
 func (*FollowsTermRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *FollowsTermRequest) GetTerm() uint64 {
@@ -2310,7 +2720,7 @@ type FollowsTermResponse struct {
 
 func (x *FollowsTermResponse) Reset() {
 	*x = FollowsTermResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2322,7 +2732,7 @@ func (x *FollowsTermResponse) String() string {
 func (*FollowsTermResponse) ProtoMessage() {}
 
 func (x *FollowsTermResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2335,7 +2745,7 @@ func (x *FollowsTermResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowsTermResponse.ProtoReflect.Descriptor instead.
 func (*FollowsTermResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FollowsTermResponse) GetTerm() uint64 {
@@ -2360,7 +2770,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2782,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2795,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{33}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{36}
 }
 
 // SnapshotChunk is one piece of a backup. The pieces, concatenated, are a
@@ -2400,7 +2810,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +2822,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +2835,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{34}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -2439,7 +2849,7 @@ var File_leasekeeper_v1_leasekeeper_proto protoreflect.FileDescriptor
 
 const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\n" +
-	" leasekeeper/v1/leasekeeper.proto\x12\x0eleasekeeper.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x06\n" +
+	" leasekeeper/v1/leasekeeper.proto\x12\x0eleasekeeper.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x06\n" +
 	"\x05Lease\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
@@ -2582,7 +2992,36 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x0elease_duration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"^\n" +
 	"\x11KeepAliveResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x129\n" +
-	"\aresults\x18\x02 \x03(\v2\x1f.leasekeeper.v1.KeepAliveResultR\aresults\"\x84\x01\n" +
+	"\aresults\x18\x02 \x03(\v2\x1f.leasekeeper.v1.KeepAliveResultR\aresults\"\xc2\x03\n" +
+	"\vCallRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x16\n" +
+	"\x06cancel\x18\x03 \x01(\bR\x06cancel\x12:\n" +
+	"\aacquire\x18\n" +
+	" \x01(\v2\x1e.leasekeeper.v1.AcquireRequestH\x00R\aacquire\x124\n" +
+	"\x05renew\x18\v \x01(\v2\x1c.leasekeeper.v1.RenewRequestH\x00R\x05renew\x12:\n" +
+	"\arelease\x18\f \x01(\v2\x1e.leasekeeper.v1.ReleaseRequestH\x00R\arelease\x12.\n" +
+	"\x03get\x18\r \x01(\v2\x1a.leasekeeper.v1.GetRequestH\x00R\x03get\x127\n" +
+	"\x06delete\x18\x0e \x01(\v2\x1d.leasekeeper.v1.DeleteRequestH\x00R\x06delete\x124\n" +
+	"\x05write\x18\x0f \x01(\v2\x1c.leasekeeper.v1.WriteRequestH\x00R\x05writeB\t\n" +
+	"\arequest\"i\n" +
+	"\tCallError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
+	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails\"\xc6\x03\n" +
+	"\fCallResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
+	"\x05error\x18\x02 \x01(\v2\x19.leasekeeper.v1.CallErrorR\x05error\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\x12;\n" +
+	"\aacquire\x18\n" +
+	" \x01(\v2\x1f.leasekeeper.v1.AcquireResponseH\x00R\aacquire\x125\n" +
+	"\x05renew\x18\v \x01(\v2\x1d.leasekeeper.v1.RenewResponseH\x00R\x05renew\x12;\n" +
+	"\arelease\x18\f \x01(\v2\x1f.leasekeeper.v1.ReleaseResponseH\x00R\arelease\x12/\n" +
+	"\x03get\x18\r \x01(\v2\x1b.leasekeeper.v1.GetResponseH\x00R\x03get\x128\n" +
+	"\x06delete\x18\x0e \x01(\v2\x1e.leasekeeper.v1.DeleteResponseH\x00R\x06delete\x125\n" +
+	"\x05write\x18\x0f \x01(\v2\x1d.leasekeeper.v1.WriteResponseH\x00R\x05writeB\n" +
+	"\n" +
+	"\bresponse\"\x84\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1b\n" +
@@ -2625,7 +3064,7 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\x11\n" +
 	"\x0fSnapshotRequest\"#\n" +
 	"\rSnapshotChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\x93\x05\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xdb\x05\n" +
 	"\x06Leases\x12J\n" +
 	"\aAcquire\x12\x1e.leasekeeper.v1.AcquireRequest\x1a\x1f.leasekeeper.v1.AcquireResponse\x12D\n" +
 	"\x05Renew\x12\x1c.leasekeeper.v1.RenewRequest\x1a\x1d.leasekeeper.v1.RenewResponse\x12J\n" +
@@ -2635,7 +3074,8 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x06Delete\x12\x1d.leasekeeper.v1.DeleteRequest\x1a\x1e.leasekeeper.v1.DeleteResponse\x12D\n" +
 	"\x05Write\x12\x1c.leasekeeper.v1.WriteRequest\x1a\x1d.leasekeeper.v1.WriteResponse\x12C\n" +
 	"\x05Watch\x12\x1c.leasekeeper.v1.WatchRequest\x1a\x1a.leasekeeper.v1.WatchEvent0\x01\x12T\n" +
-	"\tKeepAlive\x12 .leasekeeper.v1.KeepAliveRequest\x1a!.leasekeeper.v1.KeepAliveResponse(\x010\x012\x83\x04\n" +
+	"\tKeepAlive\x12 .leasekeeper.v1.KeepAliveRequest\x1a!.leasekeeper.v1.KeepAliveResponse(\x010\x01\x12F\n" +
+	"\x05Calls\x12\x1b.leasekeeper.v1.CallRequest\x1a\x1c.leasekeeper.v1.CallResponse(\x010\x012\x83\x04\n" +
 	"\aCluster\x12G\n" +
 	"\x06Status\x12\x1d.leasekeeper.v1.StatusRequest\x1a\x1e.leasekeeper.v1.StatusResponse\x12L\n" +
 	"\bSnapshot\x12\x1f.leasekeeper.v1.SnapshotRequest\x1a\x1d.leasekeeper.v1.SnapshotChunk0\x01\x12A\n" +
@@ -2657,7 +3097,7 @@ func file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP() []byte {
 }
 
 var file_leasekeeper_v1_leasekeeper_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(WatchEvent_Type)(0),               // 0: leasekeeper.v1.WatchEvent.Type
 	(*Lease)(nil),                      // 1: leasekeeper.v1.Lease
@@ -2682,92 +3122,113 @@ var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(*KeepAliveRequest)(nil),           // 20: leasekeeper.v1.KeepAliveRequest
 	(*KeepAliveResult)(nil),            // 21: leasekeeper.v1.KeepAliveResult
 	(*KeepAliveResponse)(nil),          // 22: leasekeeper.v1.KeepAliveResponse
-	(*Member)(nil),                     // 23: leasekeeper.v1.Member
-	(*StatusRequest)(nil),              // 24: leasekeeper.v1.StatusRequest
-	(*StatusResponse)(nil),             // 25: leasekeeper.v1.StatusResponse
-	(*JoinRequest)(nil),                // 26: leasekeeper.v1.JoinRequest
-	(*JoinResponse)(nil),               // 27: leasekeeper.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),        // 28: leasekeeper.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 29: leasekeeper.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 30: leasekeeper.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 31: leasekeeper.v1.TransferLeadershipResponse
-	(*FollowsTermRequest)(nil),         // 32: leasekeeper.v1.FollowsTermRequest
-	(*FollowsTermResponse)(nil),        // 33: leasekeeper.v1.FollowsTermResponse
-	(*SnapshotRequest)(nil),            // 34: leasekeeper.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),              // 35: leasekeeper.v1.SnapshotChunk
-	nil,                                // 36: leasekeeper.v1.Lease.LabelsEntry
-	nil,                                // 37: leasekeeper.v1.AcquireRequest.LabelsEntry
-	nil,                                // 38: leasekeeper.v1.WriteRequest.LabelsEntry
-	(*durationpb.Duration)(nil),        // 39: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
+	(*CallRequest)(nil),                // 23: leasekeeper.v1.CallRequest
+	(*CallError)(nil),                  // 24: leasekeeper.v1.CallError
+	(*CallResponse)(nil),               // 25: leasekeeper.v1.CallResponse
+	(*Member)(nil),                     // 26: leasekeeper.v1.Member
+	(*StatusRequest)(nil),              // 27: leasekeeper.v1.StatusRequest
+	(*StatusResponse)(nil),             // 28: leasekeeper.v1.StatusResponse
+	(*JoinRequest)(nil),                // 29: leasekeeper.v1.JoinRequest
+	(*JoinResponse)(nil),               // 30: leasekeeper.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),        // 31: leasekeeper.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 32: leasekeeper.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 33: leasekeeper.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 34: leasekeeper.v1.TransferLeadershipResponse
+	(*FollowsTermRequest)(nil),         // 35: leasekeeper.v1.FollowsTermRequest
+	(*FollowsTermResponse)(nil),        // 36: leasekeeper.v1.FollowsTermResponse
+	(*SnapshotRequest)(nil),            // 37: leasekeeper.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 38: leasekeeper.v1.SnapshotChunk
+	nil,                                // 39: leasekeeper.v1.Lease.LabelsEntry
+	nil,                                // 40: leasekeeper.v1.AcquireRequest.LabelsEntry
+	nil,                                // 41: leasekeeper.v1.WriteRequest.LabelsEntry
+	(*durationpb.Duration)(nil),        // 42: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 43: google.protobuf.Timestamp
+	(*anypb.Any)(nil),                  // 44: google.protobuf.Any
 }
 var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
-	39, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
-	39, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
-	40, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
-	40, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
-	36, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
-	40, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
+	42, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
+	42, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
+	43, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
+	43, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
+	39, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
+	43, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 6: leasekeeper.v1.Lease.history:type_name -> leasekeeper.v1.Holding
-	40, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
-	40, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
-	39, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
-	39, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
-	37, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
+	43, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
+	43, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
+	42, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
+	42, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
+	40, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
 	1,  // 12: leasekeeper.v1.AcquireResponse.lease:type_name -> leasekeeper.v1.Lease
-	39, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
+	42, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 14: leasekeeper.v1.RenewResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 15: leasekeeper.v1.ReleaseResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 16: leasekeeper.v1.GetResponse.lease:type_name -> leasekeeper.v1.Lease
-	39, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
+	42, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 18: leasekeeper.v1.ListResponse.leases:type_name -> leasekeeper.v1.Lease
 	1,  // 19: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
-	39, // 20: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
-	38, // 21: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
+	42, // 20: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
+	41, // 21: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
 	1,  // 22: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
 	0,  // 23: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
 	1,  // 24: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
 	19, // 25: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
-	39, // 26: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
+	42, // 26: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
 	21, // 27: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
-	23, // 28: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
-	23, // 29: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
-	23, // 30: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
-	3,  // 31: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
-	5,  // 32: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
-	7,  // 33: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
-	9,  // 34: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
-	11, // 35: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
-	13, // 36: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
-	15, // 37: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
-	17, // 38: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
-	20, // 39: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
-	24, // 40: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
-	34, // 41: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
-	26, // 42: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
-	28, // 43: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
-	30, // 44: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
-	32, // 45: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
-	4,  // 46: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
-	6,  // 47: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
-	8,  // 48: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
-	10, // 49: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
-	12, // 50: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
-	14, // 51: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
-	16, // 52: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
-	18, // 53: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
-	22, // 54: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
-	25, // 55: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
-	35, // 56: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
-	27, // 57: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
-	29, // 58: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
-	31, // 59: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
-	33, // 60: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
-	46, // [46:61] is the sub-list for method output_type
-	31, // [31:46] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	42, // 28: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
+	3,  // 29: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
+	5,  // 30: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
+	7,  // 31: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
+	9,  // 32: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
+	13, // 33: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
+	15, // 34: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
+	44, // 35: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
+	24, // 36: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
+	4,  // 37: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
+	6,  // 38: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
+	8,  // 39: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
+	10, // 40: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
+	14, // 41: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
+	16, // 42: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
+	26, // 43: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
+	26, // 44: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
+	26, // 45: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
+	3,  // 46: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
+	5,  // 47: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
+	7,  // 48: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
+	9,  // 49: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
+	11, // 50: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
+	13, // 51: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
+	15, // 52: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
+	17, // 53: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
+	20, // 54: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
+	23, // 55: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
+	27, // 56: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
+	37, // 57: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
+	29, // 58: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
+	31, // 59: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
+	33, // 60: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
+	35, // 61: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
+	4,  // 62: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
+	6,  // 63: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
+	8,  // 64: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
+	10, // 65: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
+	12, // 66: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
+	14, // 67: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
+	16, // 68: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
+	18, // 69: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
+	22, // 70: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
+	25, // 71: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
+	28, // 72: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
+	38, // 73: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
+	30, // 74: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
+	32, // 75: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
+	34, // 76: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
+	36, // 77: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
+	62, // [62:78] is the sub-list for method output_type
+	46, // [46:62] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_leasekeeper_v1_leasekeeper_proto_init() }
@@ -2775,13 +3236,29 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 	if File_leasekeeper_v1_leasekeeper_proto != nil {
 		return
 	}
+	file_leasekeeper_v1_leasekeeper_proto_msgTypes[22].OneofWrappers = []any{
+		(*CallRequest_Acquire)(nil),
+		(*CallRequest_Renew)(nil),
+		(*CallRequest_Release)(nil),
+		(*CallRequest_Get)(nil),
+		(*CallRequest_Delete)(nil),
+		(*CallRequest_Write)(nil),
+	}
+	file_leasekeeper_v1_leasekeeper_proto_msgTypes[24].OneofWrappers = []any{
+		(*CallResponse_Acquire)(nil),
+		(*CallResponse_Renew)(nil),
+		(*CallResponse_Release)(nil),
+		(*CallResponse_Get)(nil),
+		(*CallResponse_Delete)(nil),
+		(*CallResponse_Write)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasekeeper_v1_leasekeeper_proto_rawDesc), len(file_leasekeeper_v1_leasekeeper_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

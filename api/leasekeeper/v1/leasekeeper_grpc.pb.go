@@ -31,6 +31,7 @@ const (
 	Leases_Write_FullMethodName     = "/leasekeeper.v1.Leases/Write"
 	Leases_Watch_FullMethodName     = "/leasekeeper.v1.Leases/Watch"
 	Leases_KeepAlive_FullMethodName = "/leasekeeper.v1.Leases/KeepAlive"
+	Leases_Calls_FullMethodName     = "/leasekeeper.v1.Leases/Calls"
 )
 
 // LeasesClient is the client API for Leases service.
@@ -49,6 +50,14 @@ type LeasesClient interface {
 	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
 	KeepAlive(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[KeepAliveRequest, KeepAliveResponse], error)
+	// Calls carries unary calls of this service, many at a time, over one
+	// stream: each CallRequest is answered by one CallResponse with its id, in
+	// the order the calls finish. A call behaves as its unary method does (the
+	// same checks, errors and forwarding), but a client with many calls in
+	// flight pays for one HTTP/2 stream instead of one per call. The stream's
+	// metadata (a token) applies to every call on it. The node ends the stream
+	// when it shuts down, after answering the calls it has received.
+	Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallRequest, CallResponse], error)
 }
 
 type leasesClient struct {
@@ -161,6 +170,19 @@ func (c *leasesClient) KeepAlive(ctx context.Context, opts ...grpc.CallOption) (
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Leases_KeepAliveClient = grpc.BidiStreamingClient[KeepAliveRequest, KeepAliveResponse]
 
+func (c *leasesClient) Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallRequest, CallResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Leases_ServiceDesc.Streams[2], Leases_Calls_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CallRequest, CallResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Leases_CallsClient = grpc.BidiStreamingClient[CallRequest, CallResponse]
+
 // LeasesServer is the server API for Leases service.
 // All implementations must embed UnimplementedLeasesServer
 // for forward compatibility.
@@ -177,6 +199,14 @@ type LeasesServer interface {
 	Write(context.Context, *WriteRequest) (*WriteResponse, error)
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
 	KeepAlive(grpc.BidiStreamingServer[KeepAliveRequest, KeepAliveResponse]) error
+	// Calls carries unary calls of this service, many at a time, over one
+	// stream: each CallRequest is answered by one CallResponse with its id, in
+	// the order the calls finish. A call behaves as its unary method does (the
+	// same checks, errors and forwarding), but a client with many calls in
+	// flight pays for one HTTP/2 stream instead of one per call. The stream's
+	// metadata (a token) applies to every call on it. The node ends the stream
+	// when it shuts down, after answering the calls it has received.
+	Calls(grpc.BidiStreamingServer[CallRequest, CallResponse]) error
 	mustEmbedUnimplementedLeasesServer()
 }
 
@@ -213,6 +243,9 @@ func (UnimplementedLeasesServer) Watch(*WatchRequest, grpc.ServerStreamingServer
 }
 func (UnimplementedLeasesServer) KeepAlive(grpc.BidiStreamingServer[KeepAliveRequest, KeepAliveResponse]) error {
 	return status.Error(codes.Unimplemented, "method KeepAlive not implemented")
+}
+func (UnimplementedLeasesServer) Calls(grpc.BidiStreamingServer[CallRequest, CallResponse]) error {
+	return status.Error(codes.Unimplemented, "method Calls not implemented")
 }
 func (UnimplementedLeasesServer) mustEmbedUnimplementedLeasesServer() {}
 func (UnimplementedLeasesServer) testEmbeddedByValue()                {}
@@ -379,6 +412,13 @@ func _Leases_KeepAlive_Handler(srv interface{}, stream grpc.ServerStream) error 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Leases_KeepAliveServer = grpc.BidiStreamingServer[KeepAliveRequest, KeepAliveResponse]
 
+func _Leases_Calls_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(LeasesServer).Calls(&grpc.GenericServerStream[CallRequest, CallResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Leases_CallsServer = grpc.BidiStreamingServer[CallRequest, CallResponse]
+
 // Leases_ServiceDesc is the grpc.ServiceDesc for Leases service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -424,6 +464,12 @@ var Leases_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "KeepAlive",
 			Handler:       _Leases_KeepAlive_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Calls",
+			Handler:       _Leases_Calls_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},
