@@ -55,6 +55,8 @@ type options struct {
 	clockRate  float64
 	memLimit   string
 	memBytes   int64 // parsed memLimit; 0: leave the runtime's setting
+	gcFloor    string
+	gcBytes    int64 // parsed gcFloor
 	fault      string
 	restore    string
 }
@@ -107,6 +109,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.sec.tokenFile, "auth-token-file", "", "bearer tokens, stored hashed (YAML), reloaded on SIGHUP")
 	fs.StringVar(&o.sec.nodeTokenFile, "node-token-file", "", "this node's own bearer token, for forwarding in token mode")
 	fs.BoolVar(&o.sec.insecure, "insecure", false, "accept serving plain text where the profile asks for TLS")
+	fs.StringVar(&o.gcFloor, "gc-heap-floor", "64MiB", "let the heap grow to this size before the collector runs, however little is live (0: GOGC alone decides; ignored when GOGC is set)")
 	fs.StringVar(&o.memLimit, "memory-limit", "", "soft memory limit of the Go runtime, e.g. 900MiB; the collector works harder near it, so the heap's headroom shrinks instead of doubling a large table (default: GOMEMLIMIT, or none)")
 	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
 	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens, no-confirm)")
@@ -161,6 +164,9 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	o.node.Peers = peers
 	if o.memBytes, err = parseBytes(o.memLimit); err != nil {
 		return nil, fmt.Errorf("--memory-limit: %w", err)
+	}
+	if o.gcBytes, err = parseBytes(o.gcFloor); err != nil {
+		return nil, fmt.Errorf("--gc-heap-floor: %w", err)
 	}
 	if o.node.Fault, err = node.ParseFault(o.fault); err != nil {
 		return nil, err
@@ -295,10 +301,14 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
-	wg.Add(3)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		errc <- n.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		tuneGC(ctx, uint64(o.gcBytes))
 	}()
 	go func() {
 		defer wg.Done()
