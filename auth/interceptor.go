@@ -37,13 +37,14 @@ var methods = map[string]MethodRule{
 	// which only the leader knows: the interceptor requires one of the two,
 	// and the server calls AuthorizeContext(ctx, AcquireVerb(exists), ns,
 	// name) on the leader.
-	pb.Leases_Acquire_FullMethodName: {Namespaced: true, AnyVerb: []string{VerbCreate, VerbUpdate}, BindHolder: true, ServerAuthorizes: true},
-	pb.Leases_Renew_FullMethodName:   {Verb: VerbUpdate, Namespaced: true, BindHolder: true},
-	pb.Leases_Release_FullMethodName: {Verb: VerbUpdate, Namespaced: true, BindHolder: true},
-	pb.Leases_Get_FullMethodName:     {Verb: VerbGet, Namespaced: true},
-	pb.Leases_List_FullMethodName:    {Verb: VerbList, Namespaced: true},
-	pb.Leases_Delete_FullMethodName:  {Verb: VerbDelete, Namespaced: true},
-	pb.Leases_Watch_FullMethodName:   {Verb: VerbWatch, Namespaced: true},
+	pb.Leases_Acquire_FullMethodName:      {Namespaced: true, AnyVerb: []string{VerbCreate, VerbUpdate}, BindHolder: true, ServerAuthorizes: true},
+	pb.Leases_Renew_FullMethodName:        {Verb: VerbUpdate, Namespaced: true, BindHolder: true},
+	pb.Leases_Release_FullMethodName:      {Verb: VerbUpdate, Namespaced: true, BindHolder: true},
+	pb.Leases_Get_FullMethodName:          {Verb: VerbGet, Namespaced: true},
+	pb.Leases_List_FullMethodName:         {Verb: VerbList, Namespaced: true},
+	pb.Leases_Delete_FullMethodName:       {Verb: VerbDelete, Namespaced: true},
+	pb.Leases_Watch_FullMethodName:        {Verb: VerbWatch, Namespaced: true},
+	pb.Leases_WatchBatches_FullMethodName: {Verb: VerbWatch, Namespaced: true},
 	// Write (the Kubernetes API's create and replace) is create or update
 	// by its create flag; the server decides, as for Acquire.
 	pb.Leases_Write_FullMethodName: {Namespaced: true, AnyVerb: []string{VerbCreate, VerbUpdate}, BindHolder: true, ServerAuthorizes: true},

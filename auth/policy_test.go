@@ -5,8 +5,11 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 )
 
 func TestPolicyAuthorize(t *testing.T) {
@@ -175,5 +178,25 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("got %v, want ErrInvalidConfig containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// Every method of the services has a rule: one without is refused when
+// auth is on, so a new RPC forgotten here would fail only in secured
+// clusters.
+func TestEveryMethodHasARule(t *testing.T) {
+	for _, sd := range []grpc.ServiceDesc{pb.Leases_ServiceDesc, pb.Cluster_ServiceDesc} {
+		var names []string
+		for _, m := range sd.Methods {
+			names = append(names, m.MethodName)
+		}
+		for _, s := range sd.Streams {
+			names = append(names, s.StreamName)
+		}
+		for _, n := range names {
+			if _, ok := Methods()["/"+sd.ServiceName+"/"+n]; !ok {
+				t.Errorf("%s.%s has no authorization rule", sd.ServiceName, n)
+			}
+		}
 	}
 }

@@ -198,3 +198,51 @@ func TestCallContextReachesTheNode(t *testing.T) {
 		t.Errorf("%d acquires on the stream, want 2", a.ViaCalls("Acquire"))
 	}
 }
+
+func watchNames(t *testing.T, c *client.Client, n int) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w, err := c.Watch(ctx, &pb.WatchRequest{Replay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for range n {
+		ev, err := w.Recv()
+		if err != nil {
+			t.Fatalf("after %v: %v", names, err)
+		}
+		names = append(names, ev.GetLease().GetName())
+	}
+	return names
+}
+
+func TestWatchHandsOutBatchedEvents(t *testing.T) {
+	for _, batches := range []bool{true, false} {
+		t.Run(fmt.Sprintf("batches=%v", batches), func(t *testing.T) {
+			a := clienttest.Start(t)
+			if !batches {
+				a.DisableWatchBatches()
+			}
+			c := newClient(t, a.Addr)
+			var want []string
+			for i := range 5 {
+				name := fmt.Sprintf("l%d", i)
+				if _, err := c.Acquire(context.Background(), "", name, "me", time.Minute, 0, nil); err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, name)
+			}
+			for range 2 { // the second watch after a fallback goes to Watch at once
+				if got := watchNames(t, c, 5); strings.Join(got, ",") != strings.Join(want, ",") {
+					t.Errorf("events for %v, want %v", got, want)
+				}
+			}
+			wb, w := a.Calls("WatchBatches"), a.Calls("Watch")
+			if batches && (wb != 2 || w != 0) || !batches && (wb != 1 || w != 2) {
+				t.Errorf("WatchBatches opened %d times, Watch %d", wb, w)
+			}
+		})
+	}
+}

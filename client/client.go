@@ -274,12 +274,15 @@ type Client struct {
 	wg   sync.WaitGroup
 	// cur is the index of the endpoint that calls try first: the last one
 	// that answered.
-	cur     atomic.Uint32
-	closed  atomic.Bool
-	leases  pb.LeasesClient
-	cluster pb.ClusterClient
-	met     *metrics
-	keeper  *keeper
+	cur    atomic.Uint32
+	closed atomic.Bool
+	// noWatchBatches: a node answered WatchBatches with Unimplemented, so
+	// watches use Watch.
+	noWatchBatches atomic.Bool
+	leases         pb.LeasesClient
+	cluster        pb.ClusterClient
+	met            *metrics
+	keeper         *keeper
 }
 
 // New returns a Client for cfg. It does not wait for any connection: each
@@ -436,13 +439,6 @@ func (c *Client) Delete(ctx context.Context, namespace, name string) (*pb.Lease,
 		return nil, err
 	}
 	return resp.GetLease(), nil
-}
-
-// Watch streams the changes that req selects until ctx is done or the stream
-// breaks. Opening fails over between endpoints; after a break, open a new
-// watch with StartRevision set to the last revision received.
-func (c *Client) Watch(ctx context.Context, req *pb.WatchRequest) (pb.Leases_WatchClient, error) {
-	return c.leases.Watch(ctx, req)
 }
 
 // Status reports the cluster as the answering node sees it.

@@ -329,7 +329,7 @@ func TestWatch(t *testing.T) {
 
 func TestWatchErrorMapped(t *testing.T) {
 	srv := clienttest.Start(t)
-	srv.Inject("Watch", clienttest.Unavailable)
+	srv.Inject("WatchBatches", clienttest.Unavailable)
 	c := newClient(t, srv.Addr)
 	stream, err := c.Watch(context.Background(), &pb.WatchRequest{})
 	if err != nil {

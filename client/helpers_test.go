@@ -157,8 +157,8 @@ func lkClient(t *testing.T, endpoints []string, change ...func(*client.Config)) 
 // counts streams and batches, can refuse streams, and can drop every
 // message sent (as a partition would) so that no answer ever comes.
 type faults struct {
-	// breakWatch, when set, ends every Watch stream with Unavailable after
-	// it has delivered that many events.
+	// breakWatch, when set, ends every watch stream with Unavailable after
+	// it has delivered that many messages (events, or batches of them).
 	breakWatch atomic.Int32
 	drop       atomic.Bool
 	refuse     atomic.Pointer[func(target string) error]
@@ -169,7 +169,8 @@ type faults struct {
 
 func (f *faults) dialOption() grpc.DialOption {
 	return grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		if method == pb.Leases_Watch_FullMethodName && f.breakWatch.Load() > 0 {
+		watch := method == pb.Leases_Watch_FullMethodName || method == pb.Leases_WatchBatches_FullMethodName
+		if watch && f.breakWatch.Load() > 0 {
 			s, err := streamer(ctx, desc, cc, method, opts...)
 			if err != nil {
 				return nil, err

@@ -5,12 +5,83 @@ import (
 	"errors"
 	"io"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 )
+
+// Watch streams the changes that req selects until ctx is done or the stream
+// breaks. Opening fails over between endpoints; after a break, open a new
+// watch with StartRevision set to the last revision received. The events
+// come in batches (WatchBatches) and Recv hands them out one at a time;
+// against a node that does not serve WatchBatches, the client uses Watch
+// from then on.
+func (c *Client) Watch(ctx context.Context, req *pb.WatchRequest) (pb.Leases_WatchClient, error) {
+	if c.noWatchBatches.Load() {
+		return c.leases.Watch(ctx, req)
+	}
+	s, err := c.leases.WatchBatches(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return &batchWatch{ClientStream: s, c: c, ctx: ctx, req: req, batches: s}, nil
+}
+
+// batchWatch hands out a WatchBatches stream's events one at a time.
+type batchWatch struct {
+	grpc.ClientStream // the open stream's, for Header, Trailer, Context and CloseSend
+	c                 *Client
+	ctx               context.Context
+	req               *pb.WatchRequest
+	batches           grpc.ServerStreamingClient[pb.WatchEventBatch]
+	events            pb.Leases_WatchClient // after falling back to Watch
+	buf               []*pb.WatchEvent
+	started           bool
+}
+
+func (w *batchWatch) Recv() (*pb.WatchEvent, error) {
+	for len(w.buf) == 0 {
+		if w.events != nil {
+			return w.events.Recv()
+		}
+		b, err := w.batches.Recv()
+		if status.Code(err) == codes.Unimplemented && !w.started {
+			w.c.noWatchBatches.Store(true)
+			if w.events, err = w.c.leases.Watch(w.ctx, w.req); err != nil {
+				return nil, err
+			}
+			w.ClientStream = w.events
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		w.started = true
+		w.buf = b.GetEvents()
+	}
+	ev := w.buf[0]
+	w.buf[0] = nil
+	w.buf = w.buf[1:]
+	return ev, nil
+}
+
+// RecvMsg is Recv into m, which must be a *pb.WatchEvent.
+func (w *batchWatch) RecvMsg(m any) error {
+	dst, ok := m.(*pb.WatchEvent)
+	if !ok {
+		return status.Errorf(codes.Internal, "client: a watch receives *WatchEvent, not %T", m)
+	}
+	ev, err := w.Recv()
+	if err != nil {
+		return err
+	}
+	proto.Reset(dst)
+	proto.Merge(dst, ev)
+	return nil
+}
 
 // follow watches what req selects until ctx is done, calling onEvent for
 // every event in revision order. A broken stream is opened again (on the

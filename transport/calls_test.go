@@ -2,11 +2,13 @@ package transport_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
@@ -80,4 +82,80 @@ func TestDrainEndsCallsStreams(t *testing.T) {
 	if _, err := l.Get(ctx2, &pb.GetRequest{Name: "x"}); status.Code(err) != codes.NotFound {
 		t.Errorf("unary get after Drain: %v, want NotFound", err)
 	}
+}
+
+// acquireMany sends n acquires of names prefix0.. on s, ids from first.
+func acquireMany(t *testing.T, s pb.Leases_CallsClient, first uint64, prefix string, n int) {
+	t.Helper()
+	for i := range n {
+		req := &pb.CallRequest{Id: first + uint64(i), Request: &pb.CallRequest_Acquire{Acquire: acq(fmt.Sprintf("%s%d", prefix, i), "a", time.Minute)}}
+		if err := s.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// sameEvents reads n events from both streams, fails on any difference
+// and returns the sizes of the batched stream's messages.
+func sameEvents(t *testing.T, batched pb.Leases_WatchBatchesClient, plain pb.Leases_WatchClient, n int) []int {
+	t.Helper()
+	var sizes []int
+	for got := 0; got < n; {
+		b, err := batched.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, len(b.Events))
+		for _, ev := range b.Events {
+			want, err := plain.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !proto.Equal(ev, want) || ev.Type != pb.WatchEvent_ADDED {
+				t.Fatalf("event %d: batched %v, plain %v", got, ev, want)
+			}
+			got++
+		}
+	}
+	return sizes
+}
+
+// WatchBatches sends the events Watch sends, in the same order, up to 1000
+// to a message: the backlog in full messages, then what is queued together.
+func TestWatchBatchesMatchWatch(t *testing.T) {
+	_, f, l := start(t)
+	s, err := l.Calls(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1100
+	acquireMany(t, s, 1, "l", n)
+	for range n {
+		if r, err := s.Recv(); err != nil || r.Error != nil {
+			t.Fatalf("acquire: %v %v", err, r)
+		}
+	}
+	wctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	req := &pb.WatchRequest{Replay: true}
+	// On the follower: it must have applied the acquires first.
+	waitFor(t, func() bool {
+		st, err := f.cluster.Status(wctx, &pb.StatusRequest{})
+		return err == nil && st.Leases == n
+	})
+	plain, err := f.Watch(wctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batched, err := f.WatchBatches(wctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sizes := sameEvents(t, batched, plain, n); len(sizes) != 2 || sizes[0] != 1000 || sizes[1] != 100 {
+		t.Errorf("the backlog of %d events came in messages of %v, want [1000 100]", n, sizes)
+	}
+	// Live events, many committed together: the same on both streams.
+	const live = 300
+	acquireMany(t, s, n+1, "m", live)
+	t.Logf("%d live events came in messages of %v", live, sameEvents(t, batched, plain, live))
 }

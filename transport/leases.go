@@ -337,6 +337,33 @@ func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespons
 // Watch streams changes from this node's applied log, after an optional
 // replay from start_revision.
 func (s *Server) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error {
+	return s.watch(stream.Context(), req, 1, func(evs []fsm.Event) error {
+		return stream.Send(watchEvent(evs[0]))
+	})
+}
+
+// maxWatchBatch is the most events in one WatchBatches message.
+const maxWatchBatch = 1000
+
+// WatchBatches is Watch with the events that are ready together in one
+// message.
+func (s *Server) WatchBatches(req *pb.WatchRequest, stream pb.Leases_WatchBatchesServer) error {
+	return s.watch(stream.Context(), req, maxWatchBatch, func(evs []fsm.Event) error {
+		out := &pb.WatchEventBatch{Events: make([]*pb.WatchEvent, len(evs))}
+		for i, ev := range evs {
+			out.Events[i] = watchEvent(ev)
+		}
+		return stream.Send(out)
+	})
+}
+
+func watchEvent(ev fsm.Event) *pb.WatchEvent {
+	return &pb.WatchEvent{Type: eventTypes[ev.Type], Lease: toPB(ev.Lease), Revision: ev.Revision}
+}
+
+// watch sends the events that req selects, up to max at a time: the
+// backlog first, then each event as it comes, with those queued behind it.
+func (s *Server) watch(ctx context.Context, req *pb.WatchRequest, max int, send func([]fsm.Event) error) error {
 	match, err := s.matcher(req.Namespace, req.AllNamespaces, req.Name, req.LabelSelector)
 	if err != nil {
 		return invalidErr(err)
@@ -347,31 +374,49 @@ func (s *Server) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error
 	}
 	defer s.hub.unsubscribe(w)
 	last := req.StartRevision
-	send := func(ev fsm.Event) error {
-		last = ev.Revision
-		return stream.Send(&pb.WatchEvent{Type: eventTypes[ev.Type], Lease: toPB(ev.Lease), Revision: ev.Revision})
-	}
-	for _, ev := range backlog {
-		if err := send(ev); err != nil {
+	for len(backlog) > 0 {
+		n := min(max, len(backlog))
+		if err := send(backlog[:n]); err != nil {
 			return err
 		}
+		last = backlog[n-1].Revision
+		backlog = backlog[n:]
 	}
-	ctx := stream.Context()
+	batch := make([]fsm.Event, 0, max)
 	for {
+		var closed bool
 		select {
 		case <-ctx.Done():
 			return toStatus(ctx.Err(), nil)
 		case ev, ok := <-w.ch:
-			if !ok {
-				err := s.hub.watcherErr(w)
-				return status.Errorf(status.Code(toStatus(err, nil)), "%v; resume from revision %d", err, last)
+			closed = !ok
+			if ok && ev.Revision > last { // else sent in the backlog already
+				batch = append(batch, ev)
 			}
-			if ev.Revision <= last {
-				continue // already sent in the backlog
+		}
+		// Take what is queued behind it, without waiting.
+	more:
+		for !closed && len(batch) < max {
+			select {
+			case ev, ok := <-w.ch:
+				closed = !ok
+				if ok && ev.Revision > last {
+					batch = append(batch, ev)
+				}
+			default:
+				break more
 			}
-			if err := send(ev); err != nil {
+		}
+		if len(batch) > 0 {
+			if err := send(batch); err != nil {
 				return err
 			}
+			last = batch[len(batch)-1].Revision
+			batch = batch[:0]
+		}
+		if closed {
+			err := s.hub.watcherErr(w)
+			return status.Errorf(status.Code(toStatus(err, nil)), "%v; resume from revision %d", err, last)
 		}
 	}
 }

@@ -52,11 +52,12 @@ type Server struct {
 	// ID names the node in Status answers.
 	ID string
 
-	srv     *grpc.Server
-	unary   grpc.UnaryServerInterceptor
-	noCalls atomic.Bool
-	stop    sync.Once
-	done    chan struct{}
+	srv       *grpc.Server
+	unary     grpc.UnaryServerInterceptor
+	noCalls   atomic.Bool
+	noBatches atomic.Bool
+	stop      sync.Once
+	done      chan struct{}
 
 	mu     sync.Mutex
 	leases map[string]*pb.Lease // by namespace/name
@@ -149,6 +150,10 @@ func (s *Server) Inject(method string, f Fault) {
 	}
 	s.faults[method] = f
 }
+
+// DisableWatchBatches makes the server answer WatchBatches with
+// Unimplemented, as a node that does not serve it does.
+func (s *Server) DisableWatchBatches() { s.noBatches.Store(true) }
 
 // DisableCalls makes the server answer the Calls stream with
 // Unimplemented, as a node that does not serve it does.
@@ -431,6 +436,28 @@ func (x leases) Delete(_ context.Context, req *pb.DeleteRequest) (*pb.DeleteResp
 // Watch replays the recorded events after StartRevision (all of them when
 // it is zero, unlike the real server), then follows new ones.
 func (x leases) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error {
+	return x.watch(stream.Context(), req, func(evs []*pb.WatchEvent) error {
+		for _, ev := range evs {
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// WatchBatches sends the events that came together in one message, unless
+// DisableWatchBatches was called.
+func (x leases) WatchBatches(req *pb.WatchRequest, stream pb.Leases_WatchBatchesServer) error {
+	if x.s.noBatches.Load() {
+		return status.Error(codes.Unimplemented, "unknown method WatchBatches")
+	}
+	return x.watch(stream.Context(), req, func(evs []*pb.WatchEvent) error {
+		return stream.Send(&pb.WatchEventBatch{Events: evs})
+	})
+}
+
+func (x leases) watch(ctx context.Context, req *pb.WatchRequest, send func([]*pb.WatchEvent) error) error {
 	sel, err := parseSelector(req.LabelSelector)
 	if err != nil {
 		return err
@@ -443,6 +470,7 @@ func (x leases) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error 
 		next = len(s.events)
 		changed := s.changed
 		s.mu.Unlock()
+		var out []*pb.WatchEvent
 		for _, ev := range events {
 			l := ev.Lease
 			if ev.Revision <= req.StartRevision ||
@@ -451,14 +479,17 @@ func (x leases) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error 
 				!sel.Matches(l.Labels) {
 				continue
 			}
-			if err := stream.Send(ev); err != nil {
+			out = append(out, ev)
+		}
+		if len(out) > 0 {
+			if err := send(out); err != nil {
 				return err
 			}
 		}
 		select {
 		case <-changed:
-		case <-stream.Context().Done():
-			return status.FromContextError(stream.Context().Err()).Err()
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
 		case <-s.done:
 			return status.Error(codes.Unavailable, "server stopped")
 		}

@@ -522,7 +522,7 @@ func TestWatchResumes(t *testing.T) {
 	// The first stream fails at once; the resumed one must start after the
 	// revision given, since none was printed.
 	var failed sync.Once
-	srv.Inject("Watch", func(context.Context) error {
+	srv.Inject("WatchBatches", func(context.Context) error {
 		err := status.Error(codes.Unavailable, "leader lost")
 		ran := false
 		failed.Do(func() { ran = true })

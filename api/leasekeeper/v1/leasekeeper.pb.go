@@ -1454,6 +1454,51 @@ func (x *WatchEvent) GetRevision() uint64 {
 	return 0
 }
 
+// WatchEventBatch carries events in revision order.
+type WatchEventBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*WatchEvent          `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventBatch) Reset() {
+	*x = WatchEventBatch{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventBatch) ProtoMessage() {}
+
+func (x *WatchEventBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventBatch.ProtoReflect.Descriptor instead.
+func (*WatchEventBatch) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WatchEventBatch) GetEvents() []*WatchEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 // LeaseRef names one holding to renew in a KeepAlive batch.
 type LeaseRef struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1469,7 +1514,7 @@ type LeaseRef struct {
 
 func (x *LeaseRef) Reset() {
 	*x = LeaseRef{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1526,7 @@ func (x *LeaseRef) String() string {
 func (*LeaseRef) ProtoMessage() {}
 
 func (x *LeaseRef) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1539,7 @@ func (x *LeaseRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRef.ProtoReflect.Descriptor instead.
 func (*LeaseRef) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{18}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LeaseRef) GetNamespace() string {
@@ -1543,7 +1588,7 @@ type KeepAliveRequest struct {
 
 func (x *KeepAliveRequest) Reset() {
 	*x = KeepAliveRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1600,7 @@ func (x *KeepAliveRequest) String() string {
 func (*KeepAliveRequest) ProtoMessage() {}
 
 func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1613,7 @@ func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*KeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{19}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KeepAliveRequest) GetId() uint64 {
@@ -1601,7 +1646,7 @@ type KeepAliveResult struct {
 
 func (x *KeepAliveResult) Reset() {
 	*x = KeepAliveResult{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1658,7 @@ func (x *KeepAliveResult) String() string {
 func (*KeepAliveResult) ProtoMessage() {}
 
 func (x *KeepAliveResult) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1671,7 @@ func (x *KeepAliveResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveResult.ProtoReflect.Descriptor instead.
 func (*KeepAliveResult) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{20}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *KeepAliveResult) GetNamespace() string {
@@ -1681,7 +1726,7 @@ type KeepAliveResponse struct {
 
 func (x *KeepAliveResponse) Reset() {
 	*x = KeepAliveResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +1738,7 @@ func (x *KeepAliveResponse) String() string {
 func (*KeepAliveResponse) ProtoMessage() {}
 
 func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +1751,7 @@ func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*KeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{21}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *KeepAliveResponse) GetId() uint64 {
@@ -1748,7 +1793,7 @@ type CallRequest struct {
 
 func (x *CallRequest) Reset() {
 	*x = CallRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +1805,7 @@ func (x *CallRequest) String() string {
 func (*CallRequest) ProtoMessage() {}
 
 func (x *CallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +1818,7 @@ func (x *CallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallRequest.ProtoReflect.Descriptor instead.
 func (*CallRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{22}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CallRequest) GetId() uint64 {
@@ -1910,7 +1955,7 @@ type CallError struct {
 
 func (x *CallError) Reset() {
 	*x = CallError{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +1967,7 @@ func (x *CallError) String() string {
 func (*CallError) ProtoMessage() {}
 
 func (x *CallError) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +1980,7 @@ func (x *CallError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallError.ProtoReflect.Descriptor instead.
 func (*CallError) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{23}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CallError) GetCode() int32 {
@@ -1982,7 +2027,7 @@ type CallResponse struct {
 
 func (x *CallResponse) Reset() {
 	*x = CallResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1994,7 +2039,7 @@ func (x *CallResponse) String() string {
 func (*CallResponse) ProtoMessage() {}
 
 func (x *CallResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2007,7 +2052,7 @@ func (x *CallResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallResponse.ProtoReflect.Descriptor instead.
 func (*CallResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{24}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CallResponse) GetId() uint64 {
@@ -2147,7 +2192,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2159,7 +2204,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2172,7 +2217,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{25}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Member) GetId() string {
@@ -2218,7 +2263,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2275,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2288,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{26}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{27}
 }
 
 type StatusResponse struct {
@@ -2264,7 +2309,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2321,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2334,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{27}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatusResponse) GetId() string {
@@ -2374,7 +2419,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +2431,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +2444,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{28}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -2439,7 +2484,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2451,7 +2496,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2464,7 +2509,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -2483,7 +2528,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2540,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2553,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -2527,7 +2572,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2584,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2597,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RemoveMemberResponse) GetMembers() []*Member {
@@ -2572,7 +2617,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2584,7 +2629,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2597,7 +2642,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -2616,7 +2661,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2628,7 +2673,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2641,7 +2686,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{33}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TransferLeadershipResponse) GetLeader() string {
@@ -2666,7 +2711,7 @@ type FollowsTermRequest struct {
 
 func (x *FollowsTermRequest) Reset() {
 	*x = FollowsTermRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2678,7 +2723,7 @@ func (x *FollowsTermRequest) String() string {
 func (*FollowsTermRequest) ProtoMessage() {}
 
 func (x *FollowsTermRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2691,7 +2736,7 @@ func (x *FollowsTermRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowsTermRequest.ProtoReflect.Descriptor instead.
 func (*FollowsTermRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{34}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FollowsTermRequest) GetTerm() uint64 {
@@ -2720,7 +2765,7 @@ type FollowsTermResponse struct {
 
 func (x *FollowsTermResponse) Reset() {
 	*x = FollowsTermResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2732,7 +2777,7 @@ func (x *FollowsTermResponse) String() string {
 func (*FollowsTermResponse) ProtoMessage() {}
 
 func (x *FollowsTermResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2745,7 +2790,7 @@ func (x *FollowsTermResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowsTermResponse.ProtoReflect.Descriptor instead.
 func (*FollowsTermResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{35}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *FollowsTermResponse) GetTerm() uint64 {
@@ -2770,7 +2815,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2782,7 +2827,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2795,7 +2840,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{36}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{37}
 }
 
 // SnapshotChunk is one piece of a backup. The pieces, concatenated, are a
@@ -2810,7 +2855,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2822,7 +2867,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2835,7 +2880,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{37}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -2973,7 +3018,9 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\bRELEASED\x10\x04\x12\v\n" +
 	"\aEXPIRED\x10\x05\x12\v\n" +
 	"\aDELETED\x10\x06\x12\f\n" +
-	"\bMODIFIED\x10\a\"\xa2\x01\n" +
+	"\bMODIFIED\x10\a\"E\n" +
+	"\x0fWatchEventBatch\x122\n" +
+	"\x06events\x18\x01 \x03(\v2\x1a.leasekeeper.v1.WatchEventR\x06events\"\xa2\x01\n" +
 	"\bLeaseRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
@@ -3064,7 +3111,7 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\x11\n" +
 	"\x0fSnapshotRequest\"#\n" +
 	"\rSnapshotChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xdb\x05\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xac\x06\n" +
 	"\x06Leases\x12J\n" +
 	"\aAcquire\x12\x1e.leasekeeper.v1.AcquireRequest\x1a\x1f.leasekeeper.v1.AcquireResponse\x12D\n" +
 	"\x05Renew\x12\x1c.leasekeeper.v1.RenewRequest\x1a\x1d.leasekeeper.v1.RenewResponse\x12J\n" +
@@ -3073,7 +3120,8 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x04List\x12\x1b.leasekeeper.v1.ListRequest\x1a\x1c.leasekeeper.v1.ListResponse\x12G\n" +
 	"\x06Delete\x12\x1d.leasekeeper.v1.DeleteRequest\x1a\x1e.leasekeeper.v1.DeleteResponse\x12D\n" +
 	"\x05Write\x12\x1c.leasekeeper.v1.WriteRequest\x1a\x1d.leasekeeper.v1.WriteResponse\x12C\n" +
-	"\x05Watch\x12\x1c.leasekeeper.v1.WatchRequest\x1a\x1a.leasekeeper.v1.WatchEvent0\x01\x12T\n" +
+	"\x05Watch\x12\x1c.leasekeeper.v1.WatchRequest\x1a\x1a.leasekeeper.v1.WatchEvent0\x01\x12O\n" +
+	"\fWatchBatches\x12\x1c.leasekeeper.v1.WatchRequest\x1a\x1f.leasekeeper.v1.WatchEventBatch0\x01\x12T\n" +
 	"\tKeepAlive\x12 .leasekeeper.v1.KeepAliveRequest\x1a!.leasekeeper.v1.KeepAliveResponse(\x010\x01\x12F\n" +
 	"\x05Calls\x12\x1b.leasekeeper.v1.CallRequest\x1a\x1c.leasekeeper.v1.CallResponse(\x010\x012\x83\x04\n" +
 	"\aCluster\x12G\n" +
@@ -3097,7 +3145,7 @@ func file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP() []byte {
 }
 
 var file_leasekeeper_v1_leasekeeper_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(WatchEvent_Type)(0),               // 0: leasekeeper.v1.WatchEvent.Type
 	(*Lease)(nil),                      // 1: leasekeeper.v1.Lease
@@ -3118,117 +3166,121 @@ var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(*WriteResponse)(nil),              // 16: leasekeeper.v1.WriteResponse
 	(*WatchRequest)(nil),               // 17: leasekeeper.v1.WatchRequest
 	(*WatchEvent)(nil),                 // 18: leasekeeper.v1.WatchEvent
-	(*LeaseRef)(nil),                   // 19: leasekeeper.v1.LeaseRef
-	(*KeepAliveRequest)(nil),           // 20: leasekeeper.v1.KeepAliveRequest
-	(*KeepAliveResult)(nil),            // 21: leasekeeper.v1.KeepAliveResult
-	(*KeepAliveResponse)(nil),          // 22: leasekeeper.v1.KeepAliveResponse
-	(*CallRequest)(nil),                // 23: leasekeeper.v1.CallRequest
-	(*CallError)(nil),                  // 24: leasekeeper.v1.CallError
-	(*CallResponse)(nil),               // 25: leasekeeper.v1.CallResponse
-	(*Member)(nil),                     // 26: leasekeeper.v1.Member
-	(*StatusRequest)(nil),              // 27: leasekeeper.v1.StatusRequest
-	(*StatusResponse)(nil),             // 28: leasekeeper.v1.StatusResponse
-	(*JoinRequest)(nil),                // 29: leasekeeper.v1.JoinRequest
-	(*JoinResponse)(nil),               // 30: leasekeeper.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),        // 31: leasekeeper.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 32: leasekeeper.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 33: leasekeeper.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 34: leasekeeper.v1.TransferLeadershipResponse
-	(*FollowsTermRequest)(nil),         // 35: leasekeeper.v1.FollowsTermRequest
-	(*FollowsTermResponse)(nil),        // 36: leasekeeper.v1.FollowsTermResponse
-	(*SnapshotRequest)(nil),            // 37: leasekeeper.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),              // 38: leasekeeper.v1.SnapshotChunk
-	nil,                                // 39: leasekeeper.v1.Lease.LabelsEntry
-	nil,                                // 40: leasekeeper.v1.AcquireRequest.LabelsEntry
-	nil,                                // 41: leasekeeper.v1.WriteRequest.LabelsEntry
-	(*durationpb.Duration)(nil),        // 42: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 43: google.protobuf.Timestamp
-	(*anypb.Any)(nil),                  // 44: google.protobuf.Any
+	(*WatchEventBatch)(nil),            // 19: leasekeeper.v1.WatchEventBatch
+	(*LeaseRef)(nil),                   // 20: leasekeeper.v1.LeaseRef
+	(*KeepAliveRequest)(nil),           // 21: leasekeeper.v1.KeepAliveRequest
+	(*KeepAliveResult)(nil),            // 22: leasekeeper.v1.KeepAliveResult
+	(*KeepAliveResponse)(nil),          // 23: leasekeeper.v1.KeepAliveResponse
+	(*CallRequest)(nil),                // 24: leasekeeper.v1.CallRequest
+	(*CallError)(nil),                  // 25: leasekeeper.v1.CallError
+	(*CallResponse)(nil),               // 26: leasekeeper.v1.CallResponse
+	(*Member)(nil),                     // 27: leasekeeper.v1.Member
+	(*StatusRequest)(nil),              // 28: leasekeeper.v1.StatusRequest
+	(*StatusResponse)(nil),             // 29: leasekeeper.v1.StatusResponse
+	(*JoinRequest)(nil),                // 30: leasekeeper.v1.JoinRequest
+	(*JoinResponse)(nil),               // 31: leasekeeper.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),        // 32: leasekeeper.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 33: leasekeeper.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 34: leasekeeper.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 35: leasekeeper.v1.TransferLeadershipResponse
+	(*FollowsTermRequest)(nil),         // 36: leasekeeper.v1.FollowsTermRequest
+	(*FollowsTermResponse)(nil),        // 37: leasekeeper.v1.FollowsTermResponse
+	(*SnapshotRequest)(nil),            // 38: leasekeeper.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 39: leasekeeper.v1.SnapshotChunk
+	nil,                                // 40: leasekeeper.v1.Lease.LabelsEntry
+	nil,                                // 41: leasekeeper.v1.AcquireRequest.LabelsEntry
+	nil,                                // 42: leasekeeper.v1.WriteRequest.LabelsEntry
+	(*durationpb.Duration)(nil),        // 43: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 44: google.protobuf.Timestamp
+	(*anypb.Any)(nil),                  // 45: google.protobuf.Any
 }
 var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
-	42, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
-	42, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
-	43, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
-	43, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
-	39, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
-	43, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
+	43, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
+	43, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
+	44, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
+	44, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
+	40, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
+	44, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 6: leasekeeper.v1.Lease.history:type_name -> leasekeeper.v1.Holding
-	43, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
-	43, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
-	42, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
-	42, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
-	40, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
+	44, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
+	44, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
+	43, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
+	43, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
+	41, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
 	1,  // 12: leasekeeper.v1.AcquireResponse.lease:type_name -> leasekeeper.v1.Lease
-	42, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
+	43, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 14: leasekeeper.v1.RenewResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 15: leasekeeper.v1.ReleaseResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 16: leasekeeper.v1.GetResponse.lease:type_name -> leasekeeper.v1.Lease
-	42, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
+	43, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 18: leasekeeper.v1.ListResponse.leases:type_name -> leasekeeper.v1.Lease
 	1,  // 19: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
-	42, // 20: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
-	41, // 21: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
+	43, // 20: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
+	42, // 21: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
 	1,  // 22: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
 	0,  // 23: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
 	1,  // 24: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
-	19, // 25: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
-	42, // 26: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
-	21, // 27: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
-	42, // 28: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
-	3,  // 29: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
-	5,  // 30: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
-	7,  // 31: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
-	9,  // 32: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
-	13, // 33: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
-	15, // 34: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
-	44, // 35: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
-	24, // 36: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
-	4,  // 37: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
-	6,  // 38: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
-	8,  // 39: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
-	10, // 40: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
-	14, // 41: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
-	16, // 42: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
-	26, // 43: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
-	26, // 44: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
-	26, // 45: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
-	3,  // 46: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
-	5,  // 47: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
-	7,  // 48: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
-	9,  // 49: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
-	11, // 50: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
-	13, // 51: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
-	15, // 52: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
-	17, // 53: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
-	20, // 54: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
-	23, // 55: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
-	27, // 56: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
-	37, // 57: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
-	29, // 58: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
-	31, // 59: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
-	33, // 60: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
-	35, // 61: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
-	4,  // 62: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
-	6,  // 63: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
-	8,  // 64: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
-	10, // 65: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
-	12, // 66: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
-	14, // 67: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
-	16, // 68: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
-	18, // 69: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
-	22, // 70: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
-	25, // 71: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
-	28, // 72: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
-	38, // 73: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
-	30, // 74: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
-	32, // 75: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
-	34, // 76: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
-	36, // 77: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
-	62, // [62:78] is the sub-list for method output_type
-	46, // [46:62] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	18, // 25: leasekeeper.v1.WatchEventBatch.events:type_name -> leasekeeper.v1.WatchEvent
+	20, // 26: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
+	43, // 27: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
+	22, // 28: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
+	43, // 29: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
+	3,  // 30: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
+	5,  // 31: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
+	7,  // 32: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
+	9,  // 33: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
+	13, // 34: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
+	15, // 35: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
+	45, // 36: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
+	25, // 37: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
+	4,  // 38: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
+	6,  // 39: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
+	8,  // 40: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
+	10, // 41: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
+	14, // 42: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
+	16, // 43: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
+	27, // 44: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
+	27, // 45: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
+	27, // 46: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
+	3,  // 47: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
+	5,  // 48: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
+	7,  // 49: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
+	9,  // 50: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
+	11, // 51: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
+	13, // 52: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
+	15, // 53: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
+	17, // 54: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
+	17, // 55: leasekeeper.v1.Leases.WatchBatches:input_type -> leasekeeper.v1.WatchRequest
+	21, // 56: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
+	24, // 57: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
+	28, // 58: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
+	38, // 59: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
+	30, // 60: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
+	32, // 61: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
+	34, // 62: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
+	36, // 63: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
+	4,  // 64: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
+	6,  // 65: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
+	8,  // 66: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
+	10, // 67: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
+	12, // 68: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
+	14, // 69: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
+	16, // 70: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
+	18, // 71: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
+	19, // 72: leasekeeper.v1.Leases.WatchBatches:output_type -> leasekeeper.v1.WatchEventBatch
+	23, // 73: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
+	26, // 74: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
+	29, // 75: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
+	39, // 76: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
+	31, // 77: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
+	33, // 78: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
+	35, // 79: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
+	37, // 80: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
+	64, // [64:81] is the sub-list for method output_type
+	47, // [47:64] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_leasekeeper_v1_leasekeeper_proto_init() }
@@ -3236,7 +3288,7 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 	if File_leasekeeper_v1_leasekeeper_proto != nil {
 		return
 	}
-	file_leasekeeper_v1_leasekeeper_proto_msgTypes[22].OneofWrappers = []any{
+	file_leasekeeper_v1_leasekeeper_proto_msgTypes[23].OneofWrappers = []any{
 		(*CallRequest_Acquire)(nil),
 		(*CallRequest_Renew)(nil),
 		(*CallRequest_Release)(nil),
@@ -3244,7 +3296,7 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 		(*CallRequest_Delete)(nil),
 		(*CallRequest_Write)(nil),
 	}
-	file_leasekeeper_v1_leasekeeper_proto_msgTypes[24].OneofWrappers = []any{
+	file_leasekeeper_v1_leasekeeper_proto_msgTypes[25].OneofWrappers = []any{
 		(*CallResponse_Acquire)(nil),
 		(*CallResponse_Renew)(nil),
 		(*CallResponse_Release)(nil),
@@ -3258,7 +3310,7 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasekeeper_v1_leasekeeper_proto_rawDesc), len(file_leasekeeper_v1_leasekeeper_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
