@@ -165,15 +165,12 @@ func (cn *callsConn) drop(st *callsStream) {
 	st.cancel()
 }
 
-// close ends the stream and keeps new ones from opening.
+// close keeps new streams from opening. The open one ends with the
+// client's context, which Close cancels first.
 func (cn *callsConn) close() {
 	cn.mu.Lock()
 	cn.closed = true
-	st := cn.cur
 	cn.mu.Unlock()
-	if st != nil {
-		st.cancel()
-	}
 }
 
 func (st *callsStream) send(req *pb.CallRequest) error {

@@ -383,26 +383,26 @@ func (s *Server) watch(ctx context.Context, req *pb.WatchRequest, max int, send 
 		backlog = backlog[n:]
 	}
 	batch := make([]fsm.Event, 0, max)
+	var closed bool
+	take := func(ev fsm.Event, ok bool) {
+		closed = !ok
+		if ok && ev.Revision > last { // else sent in the backlog already
+			batch = append(batch, ev)
+		}
+	}
 	for {
-		var closed bool
 		select {
 		case <-ctx.Done():
 			return toStatus(ctx.Err(), nil)
 		case ev, ok := <-w.ch:
-			closed = !ok
-			if ok && ev.Revision > last { // else sent in the backlog already
-				batch = append(batch, ev)
-			}
+			take(ev, ok)
 		}
 		// Take what is queued behind it, without waiting.
 	more:
 		for !closed && len(batch) < max {
 			select {
 			case ev, ok := <-w.ch:
-				closed = !ok
-				if ok && ev.Revision > last {
-					batch = append(batch, ev)
-				}
+				take(ev, ok)
 			default:
 				break more
 			}

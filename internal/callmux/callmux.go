@@ -21,7 +21,7 @@ import (
 var maxCallsInFlight = 1024
 
 // Serve runs the calls that arrive on stream, each in its own goroutine
-// through unary (nil: none) and srv's handler for its method; answers go out
+// through unary and srv's handler for its method; answers go out
 // as calls finish. It returns when the client ends the stream (after the
 // calls in flight are answered), when the stream breaks, or when stop is
 // closed (codes.Unavailable, after answering the calls received so far).
@@ -226,14 +226,9 @@ func (cs *callStream) dispatch(ctx context.Context, req *pb.CallRequest) *pb.Cal
 // unary call.
 func call[Req, Resp any](ctx context.Context, unary grpc.UnaryServerInterceptor, method string, req Req, h func(context.Context, Req) (Resp, error)) (Resp, error) {
 	var zero Resp
-	handler := func(ctx context.Context, r any) (any, error) { return h(ctx, r.(Req)) }
-	var out any
-	var err error
-	if unary == nil {
-		out, err = handler(ctx, req)
-	} else {
-		out, err = unary(ctx, req, &grpc.UnaryServerInfo{FullMethod: method}, handler)
-	}
+	out, err := unary(ctx, req, &grpc.UnaryServerInfo{FullMethod: method}, func(ctx context.Context, r any) (any, error) {
+		return h(ctx, r.(Req))
+	})
 	if err != nil {
 		return zero, err
 	}

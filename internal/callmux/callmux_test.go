@@ -243,7 +243,7 @@ func TestStopAnswersThenEndsTheStream(t *testing.T) {
 	<-f.entered
 	close(f.stop)
 	// Serve waits for call 1 before it ends the stream.
-	go f.open("a")
+	f.open("a")
 	if r := recv(t, s); r.GetId() != 1 || code(r) != codes.OK {
 		t.Errorf("call 1: %v", r)
 	}
