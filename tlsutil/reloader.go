@@ -222,8 +222,10 @@ func (c *reloadingCreds) ServerHandshake(net.Conn) (net.Conn, credentials.AuthIn
 	return nil, nil, fmt.Errorf("%w: ClientCredentials are for clients; serve with credentials.NewTLS(ServerConfig)", ErrConfig)
 }
 
+// Info names the protocol only: the server name goes into each handshake's
+// config, so the channel's authority stays the dialled address.
 func (c *reloadingCreds) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.2", ServerName: c.serverName}
+	return credentials.ProtocolInfo{SecurityProtocol: "tls"}
 }
 
 func (c *reloadingCreds) Clone() credentials.TransportCredentials {
