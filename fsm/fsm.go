@@ -175,7 +175,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 			out[i] = &Result{Err: fmt.Errorf("%w: %v", ErrBadCommand, err)}
 			continue
 		}
-		out[i] = f.apply(&c, l.Index)
+		out[i] = f.apply(&c, l.Index, l.Term)
 	}
 	f.mu.Unlock()
 	if f.listener != nil && len(f.events) > 0 {
@@ -187,7 +187,8 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	return out
 }
 
-func (f *FSM) apply(c *fsmpb.Command, index uint64) *Result {
+// apply applies one command of the log entry at index, of Raft term term.
+func (f *FSM) apply(c *fsmpb.Command, index, term uint64) *Result {
 	now := c.NowUnixNano
 	switch op := c.Op.(type) {
 	case *fsmpb.Command_Acquire:
@@ -204,7 +205,7 @@ func (f *FSM) apply(c *fsmpb.Command, index uint64) *Result {
 	case *fsmpb.Command_Release:
 		return f.release(op.Release, index, now)
 	case *fsmpb.Command_Expire:
-		return f.expire(op.Expire, index, now)
+		return f.expire(op.Expire, index, term, now)
 	case *fsmpb.Command_Delete:
 		return f.delete(op.Delete, now)
 	case *fsmpb.Command_SetMember:
@@ -224,7 +225,7 @@ func (f *FSM) apply(c *fsmpb.Command, index uint64) *Result {
 				r.Batch[i] = &Result{Err: fmt.Errorf("%w: nested batch", ErrBadCommand)}
 				continue
 			}
-			r.Batch[i] = f.apply(sub, index)
+			r.Batch[i] = f.apply(sub, index, term)
 		}
 		return r
 	default:
@@ -393,8 +394,16 @@ func (f *FSM) release(r *fsmpb.Release, index uint64, now int64) *Result {
 	return &Result{Lease: l}
 }
 
-func (f *FSM) expire(e *fsmpb.Expire, index uint64, now int64) *Result {
+// expire ends the holdings named in e. An Expire counts only in a log
+// entry of the term its leader proposed it in: held up (in a queue, an
+// abandoned proposal) until a later term, it is stale, since the leader of
+// that term gave every holding a fresh duration and may have renewed it
+// without the log since (docs/design.md).
+func (f *FSM) expire(e *fsmpb.Expire, index, term uint64, now int64) *Result {
 	r := &Result{}
+	if e.Term != 0 && e.Term != term {
+		return r
+	}
 	for _, x := range e.Entries {
 		old := f.leases.get(x.Namespace, x.Name)
 		// Only the exact holding and renewal the leader saw lapse: a

@@ -19,6 +19,7 @@ type harness struct {
 	t      *testing.T
 	f      *FSM
 	index  uint64
+	term   uint64 // the Raft term of the entries apply makes
 	events []Event
 	resets int
 }
@@ -40,7 +41,7 @@ func (h *harness) apply(now int64, c *fsmpb.Command) *Result {
 		h.t.Fatal(err)
 	}
 	h.index++
-	r, ok := h.f.Apply(&raft.Log{Index: h.index, Type: raft.LogCommand, Data: data}).(*Result)
+	r, ok := h.f.Apply(&raft.Log{Index: h.index, Term: h.term, Type: raft.LogCommand, Data: data}).(*Result)
 	if !ok {
 		h.t.Fatalf("Apply returned %T, want *Result", r)
 	}
@@ -627,5 +628,50 @@ func TestWaitersAreServedFirstInFirstOut(t *testing.T) {
 	}
 	if ws := h2.f.Waiters(); len(ws) != 1 || ws[0].Holder != "e" {
 		t.Fatalf("restored waiters: %v", ws)
+	}
+}
+
+// TestExpireOnlyInItsTerm: an Expire counts only in a log entry of the
+// term it names; one that reached the log in a later term is stale, alone
+// or in a batch. An Expire without a term (older logs) is not checked.
+func TestExpireOnlyInItsTerm(t *testing.T) {
+	stamped := func(c *fsmpb.Command, term uint64) *fsmpb.Command {
+		c.GetExpire().Term = term
+		return c
+	}
+	for _, tc := range []struct {
+		name       string
+		stamp      uint64 // the term the Expire names
+		entry      uint64 // the term of the log entry it lands in
+		batched    bool
+		wantExpire int
+	}{
+		{"own term", 3, 3, false, 1},
+		{"later term", 3, 4, false, 0},
+		{"later term in a batch", 3, 4, true, 0},
+		{"own term in a batch", 4, 4, true, 1},
+		{"no term", 0, 7, false, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.term = tc.entry
+			l := h.apply(100, acquire("default", "db", "a", time.Second)).Lease
+			c := stamped(expire("default", "db", l.Token, l.RenewIndex), tc.stamp)
+			var got int
+			if tc.batched {
+				r := h.apply(200, &fsmpb.Command{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Commands: []*fsmpb.Command{c}}}})
+				got = r.Batch[0].Expired
+			} else {
+				got = h.apply(200, c).Expired
+			}
+			held := false
+			if cur, ok := h.f.Get("default", "db"); ok {
+				held = cur.Holder != ""
+			}
+			if got != tc.wantExpire || held != (tc.wantExpire == 0) {
+				t.Fatalf("Expire of term %d in an entry of term %d: expired %d, still held %v; want expired %d",
+					tc.stamp, tc.entry, got, held, tc.wantExpire)
+			}
+		})
 	}
 }

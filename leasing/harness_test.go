@@ -39,6 +39,7 @@ func testLogger(t testing.TB) hclog.Logger {
 // reply, after playing the FSM's part (calling Ended or Held) if it wants.
 type call struct {
 	ctx      context.Context
+	term     uint64
 	holdings []Holding
 	reply    chan error
 }
@@ -51,8 +52,8 @@ type fakeProposer struct {
 	ignoreCtx atomic.Bool
 }
 
-func (f *fakeProposer) ProposeExpire(ctx context.Context, hs []Holding) error {
-	c := &call{ctx: ctx, holdings: hs, reply: make(chan error, 1)}
+func (f *fakeProposer) ProposeExpire(ctx context.Context, term uint64, hs []Holding) error {
+	c := &call{ctx: ctx, term: term, holdings: hs, reply: make(chan error, 1)}
 	f.calls <- c // buffered: a test never leaves this many unread
 	if f.ignoreCtx.Load() {
 		return <-c.reply
@@ -165,8 +166,11 @@ func (h *harness) advance(d time.Duration) {
 
 func (h *harness) elapsed() time.Duration { return h.clk.Since(start) }
 
+// testTerm is the leadership term the harness promotes its manager for.
+const testTerm = 1
+
 func (h *harness) promote(hs ...Holding) {
-	h.m.Promote(func() []Holding { return hs })
+	h.m.Promote(testTerm, func() []Holding { return hs })
 }
 
 func (h *harness) wantRemaining(k Key, want time.Duration, wantOK bool) {

@@ -11,6 +11,20 @@ type entry struct {
 	// index is the entry's position in the heap, or -1 while Run has popped
 	// it into a proposal (the "proposing" state).
 	index int
+	// doubt: an Expire of this very holding and renewal was proposed in the
+	// current term and its outcome is unknown (failed or timed out), so it
+	// may still commit. Such a holding renews only through the log.
+	doubt bool
+}
+
+// renewed records an applied event of the entry's holding. Only an event
+// that moved the token or the renew index voids a pending Expire, and so
+// the doubt.
+func (e *entry) renewed(h Holding) {
+	if h.Token != e.h.Token || h.RenewIndex != e.h.RenewIndex {
+		e.doubt = false
+	}
+	e.h = h
 }
 
 // deadlineHeap is a min-heap of entries ordered by deadline. It is written out

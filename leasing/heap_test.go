@@ -112,7 +112,7 @@ func BenchmarkHeldUpdate(b *testing.B) {
 	for i := range hs {
 		hs[i] = Holding{Key: keyN(i), Token: uint64(i), RenewIndex: uint64(i), TTL: 10*time.Second + time.Duration(rng.IntN(int(time.Second)))}
 	}
-	m.Promote(func() []Holding { return hs })
+	m.Promote(testTerm, func() []Holding { return hs })
 	// Pre-drawn so that the loops measure the table, not the random source.
 	const mask = 1<<16 - 1
 	idx := make([]int, mask+1)
@@ -185,7 +185,7 @@ func BenchmarkPromote1M(b *testing.B) {
 			m.Track(func() []Holding { return hs })
 			b.ReportAllocs()
 			for b.Loop() {
-				m.Promote(bc.load)
+				m.Promote(testTerm, bc.load)
 				if m.Len() != n {
 					b.Fatalf("Len() = %d after Promote, want %d", m.Len(), n)
 				}

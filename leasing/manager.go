@@ -6,11 +6,19 @@
 // deadlines on the monotonic clock. When a deadline passes, Run proposes an
 // Expire through Raft. Expiry is never a local delete: the FSM applies the
 // Expire only if the lease is still in the holding and renewal the leader
-// saw, so a renewal that wins the race keeps the lease.
+// saw, and only in a log entry of the term the Manager was promoted for, so
+// a renewal that wins the race keeps the lease.
+//
+// An Expire that was appended to the log is not gone when its proposal
+// fails or times out: it may still commit, later in the same term. So a
+// holding whose Expire was given up on is "in doubt": Extend refuses it,
+// and its next renewal goes through the log, which moves its renew index
+// and makes the pending Expire a no-op. A logged renewal, the holding's end,
+// or Promote for a new term (whose Barrier settles every earlier entry)
+// clears the doubt. docs/design.md gives the whole argument.
 //
 // On losing leadership the node calls Demote, which stops all deciding at
-// once. A deposed leader's in-flight proposals are abandoned; they could not
-// commit in the old term anyway.
+// once; the results of proposals in flight are ignored.
 package leasing
 
 import (
@@ -49,11 +57,16 @@ type Holding struct {
 // Proposer proposes an Expire command for the given holdings through Raft and
 // returns once it is committed and applied (or failed). Implemented by the node.
 //
+// term is the one given to Promote. The proposer stamps it on the command,
+// and the FSM ignores an Expire that lands in a log entry of another term,
+// so a proposal that outlives this leadership can never end a holding that a
+// later leadership renewed without the log.
+//
 // The Manager cancels ctx when the proposal times out or the Manager is
 // demoted; Run waits for ProposeExpire to return, so it must honour ctx. The
 // holdings slice is the proposer's to keep.
 type Proposer interface {
-	ProposeExpire(ctx context.Context, holdings []Holding) error
+	ProposeExpire(ctx context.Context, term uint64, holdings []Holding) error
 }
 
 // never is the latest deadline: a TTL so long that now+TTL would overflow is
@@ -83,6 +96,7 @@ type Manager struct {
 	mu      sync.Mutex
 	active  bool
 	epoch   uint64 // bumped by Promote and Demote; stamps proposals
+	term    uint64 // the leadership term given to Promote
 	entries map[Key]*entry
 	heap    deadlineHeap
 	cancel  context.CancelFunc // of the proposal in flight; nil when none
@@ -141,10 +155,12 @@ func (m *Manager) signal() {
 	}
 }
 
-// Promote makes the manager decide expiry. It is called after the new leader's
-// Barrier. Every holding gets a full fresh TTL from now (a leader change can
-// lengthen a holding, never shorten it). Held/Ended calls that arrive while
-// Promote runs wait for it and are applied after.
+// Promote makes the manager decide expiry for the leadership term term. It
+// is called after that term's Barrier, so no Expire proposed in an earlier
+// term can commit any more: every holding gets a full fresh TTL from now (a
+// leader change can lengthen a holding, never shorten it), and none is in
+// doubt. Held/Ended calls that arrive while Promote runs wait for it and are
+// applied after.
 //
 // With load nil, the holdings are the ones Held and Ended tracked while the
 // manager was demoted (see Track): the table is already built, so a new
@@ -153,15 +169,16 @@ func (m *Manager) signal() {
 // from it. load is called under the manager's lock, so it must not wait for
 // anything that a caller of Held or Ended holds (such as an FSM lock held
 // while calling Held), or the two deadlock.
-func (m *Manager) Promote(load func() []Holding) {
+func (m *Manager) Promote(term uint64, load func() []Holding) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.promoteLocked(load)
+	m.promoteLocked(term, load)
 }
 
 // promoteLocked is Promote with m.mu held.
-func (m *Manager) promoteLocked(load func() []Holding) {
+func (m *Manager) promoteLocked(term uint64, load func() []Holding) {
 	m.newEpoch()
+	m.term = term
 	if load != nil {
 		m.rebuild(load())
 	}
@@ -169,6 +186,7 @@ func (m *Manager) promoteLocked(load func() []Holding) {
 	m.heap = make(deadlineHeap, 0, len(m.entries))
 	for _, e := range m.entries {
 		e.deadline = deadline(now, e.h.TTL)
+		e.doubt = false
 		m.heap = append(m.heap, e)
 	}
 	m.heap.heapify()
@@ -180,14 +198,21 @@ func (m *Manager) promoteLocked(load func() []Holding) {
 
 // Track replaces the tracked holdings of a demoted manager with the ones
 // load returns, for a node whose FSM was replaced wholesale (a snapshot
-// installed); a promoted manager is promoted again with them. From then on
-// Held and Ended keep the table, deadlines aside, so that Promote finds it
-// ready.
+// installed); a promoted manager is promoted again with them, in the same
+// term. From then on Held and Ended keep the table, deadlines aside, so that
+// Promote finds it ready.
+//
+// Mid-term, an Expire proposed before the table was replaced may still be on
+// its way into the log, and its result will be ignored; so every holding of
+// a promoted manager starts in doubt, and renews once through the log.
 func (m *Manager) Track(load func() []Holding) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.active {
-		m.promoteLocked(load)
+		m.promoteLocked(m.term, load)
+		for _, e := range m.entries {
+			e.doubt = true
+		}
 		return
 	}
 	m.rebuild(load())
@@ -258,10 +283,12 @@ func (m *Manager) Held(h Holding) {
 	case e.index < 0:
 		// Being proposed: this renewal makes that proposal stale (the FSM
 		// will reject it), so the holding goes back into the table.
-		e.h, e.deadline = h, d
+		e.renewed(h)
+		e.deadline = d
 		m.heap.push(e)
 	default:
-		e.h, e.deadline = h, d
+		e.renewed(h)
+		e.deadline = d
 		m.heap.fix(e.index)
 	}
 	if e.index == 0 {
@@ -276,9 +303,10 @@ func (m *Manager) Held(h Holding) {
 // without a log write. It reports false, changing nothing, when the caller
 // must renew through the log instead: not promoted, the holding is not the
 // one in the table (the table may lag the FSM by an event), its TTL
-// differs, or its Expire is being proposed (only a committed renewal can
-// win against that proposal). The caller must have confirmed its
-// leadership with a quorum after the renewal arrived; see DESIGN.md.
+// differs, its Expire is being proposed, or an Expire of it was given up on
+// and may still commit (in both cases only a committed renewal, which moves
+// the renew index, can win against it). The caller must have confirmed its
+// leadership with a quorum after the renewal arrived; see docs/design.md.
 func (m *Manager) Extend(h Holding) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -286,7 +314,7 @@ func (m *Manager) Extend(h Holding) bool {
 		return false
 	}
 	e, ok := m.entries[h.Key]
-	if !ok || e.index < 0 || e.h != h {
+	if !ok || e.index < 0 || e.doubt || e.h != h {
 		return false
 	}
 	e.deadline = deadline(m.now(), h.TTL)

@@ -272,7 +272,7 @@ func TestPromoteTracked(t *testing.T) {
 	h.m.Ended(b.Key)
 	h.m.Held(aRenewed)
 	h.advance(time.Hour) // deadlines are not kept while demoted
-	h.m.Promote(nil)
+	h.m.Promote(testTerm, nil)
 	h.wantLen(2)
 	h.wantRemaining(a.Key, 3*time.Second, true)
 	h.wantRemaining(b.Key, 0, false)
@@ -288,7 +288,7 @@ func TestPromoteTracked(t *testing.T) {
 	// A snapshot installed on a follower replaces what it tracked.
 	h.m.Track(func() []Holding { return []Holding{b} })
 	h.wantLen(1)
-	h.m.Promote(nil)
+	h.m.Promote(testTerm, nil)
 	h.wantRemaining(a.Key, 0, false)
 	h.wantRemaining(b.Key, time.Second, true)
 	// On a leader, Track is a promotion with the new holdings.
@@ -296,6 +296,12 @@ func TestPromoteTracked(t *testing.T) {
 	h.wantLen(2)
 	h.wantRemaining(b.Key, 0, false)
 	h.wantRemaining(a.Key, time.Second, true)
+	// An Expire proposed before that Track may still reach the log in
+	// this term, and its result is ignored: the first renewal of each
+	// holding goes through the log.
+	if h.m.Extend(a) {
+		t.Fatal("Extend after a mid-term Track = true, want false")
+	}
 }
 
 func TestDemoteStopsProposals(t *testing.T) {
@@ -404,7 +410,7 @@ func TestPromoteOrdersConcurrentEvents(t *testing.T) {
 	renewed := Holding{Key: key("a"), Token: 1, RenewIndex: 11, TTL: 3 * time.Second}
 	gone := Holding{Key: key("b"), Token: 2, RenewIndex: 12, TTL: time.Second}
 	done := make(chan struct{}, 2)
-	h.m.Promote(func() []Holding {
+	h.m.Promote(testTerm, func() []Holding {
 		go func() { h.m.Held(renewed); done <- struct{}{} }()
 		go func() { h.m.Ended(gone.Key); done <- struct{}{} }()
 		return []Holding{old, gone}
@@ -789,5 +795,76 @@ func TestExtend(t *testing.T) {
 	h.m.Demote()
 	if h.m.Extend(a) {
 		t.Fatal("Extend after Demote = true, want false")
+	}
+}
+
+// TestExtendAfterUnresolvedProposal: an Expire whose proposal failed or
+// timed out may still be in the Raft log and commit later, so until a
+// logged renewal moves the holding on, no renewal of that holding may be
+// acknowledged without the log (docs/design.md, "Entries whose proposer
+// gave up").
+func TestExtendAfterUnresolvedProposal(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(h *harness, c *call)
+	}{
+		{"failed", func(_ *harness, c *call) { c.reply <- errBoom }},
+		{"timed out", func(h *harness, c *call) {
+			<-h.clk.WaitForTimers(1, c.ctx.Done())
+			h.clk.Advance(h.m.cfg.ProposeTimeout)
+			<-c.ctx.Done()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, DefaultConfig())
+			a := Holding{Key: key("a"), Token: 4, RenewIndex: 8, TTL: time.Second}
+			h.promote(a)
+			h.advance(time.Second + time.Nanosecond)
+			tc.answer(h, h.expectCall())
+			h.expectQuiet()
+			if h.m.Extend(a) {
+				t.Fatal("Extend after an unresolved Expire = true, want false: that Expire may still commit")
+			}
+			// A queue change leaves the holding as it was: still in doubt.
+			h.m.Held(Holding{Key: a.Key, Token: a.Token, RenewIndex: a.RenewIndex, TTL: time.Second})
+			if h.m.Extend(a) {
+				t.Fatal("Extend after an event with the same renewal = true, want false")
+			}
+			// A renewal through the log moves the renew index, which makes
+			// the pending Expire a no-op: local renewals may resume.
+			renewed := Holding{Key: a.Key, Token: a.Token, RenewIndex: 20, TTL: time.Second}
+			h.m.Held(renewed)
+			if !h.m.Extend(renewed) {
+				t.Fatal("Extend after a logged renewal = false, want true")
+			}
+		})
+	}
+}
+
+// TestPromoteClearsDoubt: a new term's Barrier settles every entry of the
+// terms before it, so an Expire given up on in an earlier term can no
+// longer take effect, and local renewals resume.
+func TestPromoteClearsDoubt(t *testing.T) {
+	h := newHarness(t, DefaultConfig())
+	a := Holding{Key: key("a"), Token: 4, RenewIndex: 8, TTL: time.Second}
+	h.promote(a)
+	h.advance(time.Second + time.Nanosecond)
+	c := h.expectCall()
+	if c.term != testTerm {
+		t.Fatalf("Expire proposed for term %d, want the promoted term %d", c.term, testTerm)
+	}
+	c.reply <- errBoom
+	h.expectQuiet()
+	if h.m.Extend(a) {
+		t.Fatal("Extend after a failed Expire = true, want false")
+	}
+	h.m.Demote()
+	h.m.Promote(testTerm+1, nil)
+	if !h.m.Extend(a) {
+		t.Fatal("Extend in a new term = false, want true")
+	}
+	h.advance(time.Second + time.Nanosecond)
+	if c := h.expectCall(); c.term != testTerm+1 {
+		t.Fatalf("Expire proposed for term %d, want the new term %d", c.term, testTerm+1)
 	}
 }

@@ -12,6 +12,7 @@ import (
 // result) and the holdings as they were when popped (what the FSM checks).
 type batch struct {
 	epoch    uint64
+	term     uint64
 	entries  []*entry
 	holdings []Holding
 }
@@ -111,7 +112,7 @@ func (m *Manager) plan(now time.Duration) (n int, wait time.Duration) {
 // pop moves up to n due holdings into b, in deadline order, and returns the
 // proposal's context, which Demote and Promote cancel. Called with m.mu held.
 func (m *Manager) pop(ctx context.Context, now time.Duration, n int, b *batch) (context.Context, context.CancelFunc) {
-	b.epoch = m.epoch
+	b.epoch, b.term = m.epoch, m.term
 	b.entries = b.entries[:0]
 	// A fresh slice: the Proposer may keep it.
 	b.holdings = make([]Holding, 0, min(n, len(m.heap)))
@@ -138,7 +139,7 @@ func (m *Manager) propose(ctx context.Context, cancel context.CancelFunc, b *bat
 	t := m.clk.NewTimer(m.cfg.ProposeTimeout)
 	defer t.Stop()
 	done := make(chan error, 1)
-	go func() { done <- m.p.ProposeExpire(ctx, b.holdings) }()
+	go func() { done <- m.p.ProposeExpire(ctx, b.term, b.holdings) }()
 	var err error
 	select {
 	case err = <-done:
@@ -182,6 +183,10 @@ func (m *Manager) settle(b *batch, err error) {
 			delete(m.entries, e.h.Key)
 			continue
 		}
+		// The Expire may be in the log and still commit (an error does
+		// not prove that it was never appended): until a logged renewal
+		// voids it, no renewal of this holding is acknowledged locally.
+		e.doubt = true
 		e.deadline = retry
 		m.heap.push(e)
 	}

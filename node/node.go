@@ -305,7 +305,7 @@ func (n *Node) reconcile() {
 		if n.raft.State() != raft.Leader || n.raft.CurrentTerm() != term {
 			return
 		}
-		n.promote()
+		n.promote(term)
 		n.setReady(term)
 		n.log.Info("leading", "term", term, "holdings", n.mgr.Len())
 		n.registerSelf()
@@ -321,12 +321,12 @@ func (n *Node) reconcile() {
 // took most of a second. (Comparing the tracked count with the lease
 // table's here would race with entries being applied: the lease table
 // changes before the manager hears of it.)
-func (n *Node) promote() {
+func (n *Node) promote(term uint64) {
 	if n.cfg.Fault == FaultNoFreshDuration {
-		n.mgr.Promote(n.loadHoldings)
+		n.mgr.Promote(term, n.loadHoldings)
 		return
 	}
-	n.mgr.Promote(nil)
+	n.mgr.Promote(term, nil)
 }
 
 func (n *Node) loadHoldings() []leasing.Holding {

@@ -400,3 +400,85 @@ func TestFollowersTrackHoldings(t *testing.T) {
 		}
 	}
 }
+
+// TestGivenUpExpireCannotEndALocalRenewal: the leader proposes an Expire,
+// its disk stalls so the entry is taken but not committed, and the
+// proposal times out. The entry may still commit, so the holding's next
+// renewal must not be acknowledged without the log: a logged renewal moves
+// the renew index and so voids the Expire, or comes after it and fails. In
+// no order may a renewal be acknowledged and the holding then end.
+func TestGivenUpExpireCannotEndALocalRenewal(t *testing.T) {
+	for _, waiter := range []bool{false, true} {
+		t.Run(fmt.Sprintf("waiter=%v", waiter), func(t *testing.T) {
+			testGivenUpExpire(t, waiter)
+		})
+	}
+}
+
+func testGivenUpExpire(t *testing.T, waiter bool) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	const ttl = 2 * time.Second
+	l := acquire(t, leader, "db", "a", ttl)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if waiter {
+		res, err := leader.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: &fsmpb.Acquire{
+			Namespace: "default", Name: "db", Holder: "w", DurationNs: int64(time.Hour), Wait: true,
+		}}})
+		if err != nil || !res.Queued {
+			t.Fatalf("queueing w: %v %+v", err, res)
+		}
+	}
+	waitHolder(t, c, "db", "a")
+
+	// The deadline passes; the Expire reaches Raft and waits at the disk.
+	blocked, release := c.StallLog(c.Index(leader))
+	defer release()
+	clk.Advance(ttl + time.Nanosecond)
+	select {
+	case <-blocked:
+	case <-ctx.Done():
+		t.Fatal("no log write reached the stalled disk")
+	}
+	// The proposal times out on the manager's clock and is given up.
+	clk.Advance(node.DefaultConfig().Leasing.ProposeTimeout)
+	deadline := time.Now().Add(5 * time.Second)
+	for d, _ := leader.Remaining("default", "db"); d == 0; d, _ = leader.Remaining("default", "db") {
+		if time.Now().After(deadline) {
+			t.Fatal("the timed-out Expire was not put back in the table")
+		}
+		time.Sleep(time.Millisecond) // the manager settles on its own goroutine; nothing to await
+	}
+
+	renew := []*fsmpb.Renew{{Namespace: "default", Name: "db", Holder: "a", Token: l.Token}}
+	local := leader.RenewLocal(ctx, renew)[0]
+	// The fallback every caller of RenewLocal takes: the renewal through
+	// the log, which waits behind the stalled Expire.
+	logged := make(chan error, 1)
+	if local == nil {
+		go func() {
+			res, err := leader.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Renew{Renew: &fsmpb.RenewBatch{Renews: renew}}})
+			if err == nil {
+				err = res.Err
+			}
+			logged <- err
+		}()
+	}
+	release()
+	renewed := local != nil
+	if !renewed {
+		renewed = <-logged == nil
+	}
+	// The Expire is now committed (or was voided); apply everything
+	// proposed so far, then look at the holding.
+	acquire(t, leader, "barrier", "x", time.Hour)
+	got, _ := leader.FSM().Get("default", "db")
+	if renewed && got.Holder != "a" {
+		t.Fatalf("renewal acknowledged (without the log: %v), then the holding ended: holder now %q", local != nil, got.Holder)
+	}
+	if local != nil {
+		t.Fatal("renewed without the log while a given-up Expire of the holding could still commit")
+	}
+}

@@ -87,9 +87,14 @@ func mapRaftError(err error) error {
 	return err
 }
 
-// ProposeExpire implements leasing.Proposer.
-func (n *Node) ProposeExpire(ctx context.Context, hs []leasing.Holding) error {
-	e := &fsmpb.Expire{Entries: make([]*fsmpb.ExpireEntry, len(hs))}
+// ProposeExpire implements leasing.Proposer. The command names term, the
+// one the manager was promoted for, so the FSM ignores it if it reaches the
+// log in any other term.
+func (n *Node) ProposeExpire(ctx context.Context, term uint64, hs []leasing.Holding) error {
+	if n.raft.CurrentTerm() != term {
+		return ErrNotLeader
+	}
+	e := &fsmpb.Expire{Term: term, Entries: make([]*fsmpb.ExpireEntry, len(hs))}
 	for i, h := range hs {
 		e.Entries[i] = &fsmpb.ExpireEntry{
 			Namespace: h.Key.Namespace, Name: h.Key.Name, Token: h.Token, RenewIndex: h.RenewIndex,

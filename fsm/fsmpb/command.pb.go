@@ -804,8 +804,13 @@ func (x *ExpireEntry) GetRenewIndex() uint64 {
 }
 
 type Expire struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*ExpireEntry         `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*ExpireEntry         `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// The leadership term of the leader that proposed it. An Expire applies
+	// only in a log entry of that term: one that reached the log in a later
+	// term (held up across an election) does nothing. 0 (older logs) means
+	// unchecked.
+	Term          uint64 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -845,6 +850,13 @@ func (x *Expire) GetEntries() []*ExpireEntry {
 		return x.Entries
 	}
 	return nil
+}
+
+func (x *Expire) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
 }
 
 type Delete struct {
@@ -1518,9 +1530,10 @@ const file_command_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\x12\x1f\n" +
 	"\vrenew_index\x18\x04 \x01(\x04R\n" +
-	"renewIndex\"C\n" +
+	"renewIndex\"W\n" +
 	"\x06Expire\x129\n" +
-	"\aentries\x18\x01 \x03(\v2\x1f.leasekeeper.fsm.v1.ExpireEntryR\aentries\"e\n" +
+	"\aentries\x18\x01 \x03(\v2\x1f.leasekeeper.fsm.v1.ExpireEntryR\aentries\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\"e\n" +
 	"\x06Delete\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +

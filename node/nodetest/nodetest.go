@@ -27,6 +27,8 @@ type Cluster struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	logs []*stallStore
+
 	mu       sync.Mutex
 	isolated map[int]bool // cut off by Isolate until Heal
 }
@@ -83,15 +85,17 @@ func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
 		if opts.Config != nil {
 			opts.Config(i, &cfg)
 		}
+		logs := &stallStore{InmemStore: raft.NewInmemStore()}
+		c.logs = append(c.logs, logs)
 		deps := node.Deps{
 			Clock:      clk,
 			Logger:     Logger(t, cfg.ID),
 			Transport:  c.Trans[i],
-			Logs:       raft.NewInmemStore(),
+			Logs:       logs,
+			Stable:     logs.InmemStore,
 			Snapshots:  raft.NewInmemSnapshotStore(),
 			LeaderGone: opts.LeaderGone,
 		}
-		deps.Stable = deps.Logs.(*raft.InmemStore)
 		if opts.Listeners != nil {
 			deps.Listeners = opts.Listeners(i)
 		}
@@ -117,10 +121,23 @@ func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
 	return c
 }
 
-// Stop stops every node and waits for them.
+// Stop stops every node and waits for them. A stalled log is released
+// first, so that Raft can shut down.
 func (c *Cluster) Stop() {
+	for _, l := range c.logs {
+		l.release()
+	}
 	c.cancel()
 	c.wg.Wait()
+}
+
+// StallLog makes every write to node i's Raft log wait, as a stalled disk
+// would, until release is called (or the cluster stops). blocked receives
+// when a write starts waiting. Raft keeps running otherwise: a stalled
+// leader keeps its followers' heartbeats, and so its leadership, while no
+// entry it takes is appended or committed.
+func (c *Cluster) StallLog(i int) (blocked <-chan struct{}, release func()) {
+	return c.logs[i].stall(), c.logs[i].release
 }
 
 // Leader waits until exactly one node leads and has finished its
@@ -212,3 +229,57 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = tWriter{}
+
+// stallStore is a Raft log store whose writes can be held up.
+type stallStore struct {
+	*raft.InmemStore
+
+	mu      sync.Mutex
+	gate    chan struct{} // non-nil while stalled; closed on release
+	blocked chan struct{} // buffered 1: a write is waiting at the gate
+}
+
+func (s *stallStore) stall() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gate == nil {
+		s.gate = make(chan struct{})
+		s.blocked = make(chan struct{}, 1)
+	}
+	return s.blocked
+}
+
+func (s *stallStore) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gate != nil {
+		close(s.gate)
+		s.gate = nil
+	}
+}
+
+func (s *stallStore) wait() {
+	s.mu.Lock()
+	gate, blocked := s.gate, s.blocked
+	s.mu.Unlock()
+	if gate == nil {
+		return
+	}
+	select {
+	case blocked <- struct{}{}:
+	default:
+	}
+	<-gate
+}
+
+// StoreLog implements raft.LogStore.
+func (s *stallStore) StoreLog(l *raft.Log) error {
+	s.wait()
+	return s.InmemStore.StoreLog(l)
+}
+
+// StoreLogs implements raft.LogStore.
+func (s *stallStore) StoreLogs(logs []*raft.Log) error {
+	s.wait()
+	return s.InmemStore.StoreLogs(logs)
+}
