@@ -11,17 +11,26 @@ import (
 // gcEvery is how often tuneGC looks at the live heap.
 const gcEvery = 500 * time.Millisecond
 
+// maxGCPercent caps the GOGC that tuneGC sets. The runtime keeps GOGC in
+// 32 bits and reads a value that overflows them as "off", so an uncapped
+// percentage for a tiny live heap would switch the collector off for good.
+// At the cap, a live heap under floor/100 grows to 100 times its size
+// rather than to floor.
+const maxGCPercent = 10000
+
 // gcPercent is the GOGC that lets a heap of live bytes grow to the larger
-// of what base allows (live * (1 + base/100)) and floor.
+// of what base allows (live * (1 + base/100)) and floor, at most
+// maxGCPercent. A live heap of 0 means the runtime has not measured it yet
+// (no cycle has ended): base holds until the first cycle does.
 func gcPercent(live, floor uint64, base int) int {
 	if live == 0 {
-		live = 1
+		return base
 	}
 	goal := live + live*uint64(base)/100
 	if goal >= floor {
 		return base
 	}
-	return int((floor - live) * 100 / live)
+	return int(min((floor-live)*100/live, maxGCPercent))
 }
 
 // tuneGC keeps the collector from running on a small heap more often than

@@ -109,7 +109,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.sec.tokenFile, "auth-token-file", "", "bearer tokens, stored hashed (YAML), reloaded on SIGHUP")
 	fs.StringVar(&o.sec.nodeTokenFile, "node-token-file", "", "this node's own bearer token, for forwarding in token mode")
 	fs.BoolVar(&o.sec.insecure, "insecure", false, "accept serving plain text where the profile asks for TLS")
-	fs.StringVar(&o.gcFloor, "gc-heap-floor", "64MiB", "let the heap grow to this size before the collector runs, however little is live (0: GOGC alone decides; ignored when GOGC is set)")
+	fs.StringVar(&o.gcFloor, "gc-heap-floor", "0", "let the heap grow to this size before the collector runs, however little is live: less collector CPU for more memory (0: GOGC alone decides; ignored when GOGC is set)")
 	fs.StringVar(&o.memLimit, "memory-limit", "", "soft memory limit of the Go runtime, e.g. 900MiB; the collector works harder near it, so the heap's headroom shrinks instead of doubling a large table (default: GOMEMLIMIT, or none)")
 	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
 	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens, no-confirm)")
