@@ -23,7 +23,7 @@
 //
 // The server expires a holding only when more than duration+grace passed
 // since it applied the last renewal (after sent), and a new leader restarts
-// every holding's full duration (see DESIGN.md), so the client stops
+// every holding's full duration (see docs/design.md), so the client stops
 // believing first. MaxDrift (default 1%) bounds the difference in clock
 // rates; Margin (default 50ms) covers the latency between the deadline and
 // the holder's code noticing it. A holding reports its end through Done,

@@ -8,7 +8,7 @@ import (
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 )
 
-// LeaseJSON is a lease in the shape that DESIGN.md names and leasectl prints:
+// LeaseJSON is a lease in the shape that docs/design.md names and leasectl prints:
 // Kubernetes Lease field names, durations in (possibly fractional) seconds,
 // times in RFC 3339 with nanoseconds, omitted when unset. Encode it with
 // encoding/json, or with sigs.k8s.io/yaml for the same object as YAML.

@@ -63,7 +63,7 @@ type round struct {
 // confirm returns nil once a quorum of voters was, at some moment after
 // the call began, in term, the term this node leads. A vote for any other
 // leader moves a voter to a later term first, so no other leader was
-// elected before that moment (see DESIGN.md on leader-local renewals).
+// elected before that moment (docs/design.md, "Renewals").
 //
 // This is stricter than raft.VerifyLeader, which also counts answers to
 // heartbeats sent before it was called.

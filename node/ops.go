@@ -453,7 +453,7 @@ func (n *Node) Ready() (bool, string) {
 // entry means that renewal must go through the log: the holding is not
 // (or not yet) as asked, its Expire is being proposed, or the leadership
 // could not be confirmed. The FSM never sees these renewals; a later leader
-// gives every holding a full fresh duration, which covers them (DESIGN.md).
+// gives every holding a full fresh duration, which covers them (docs/design.md).
 func (n *Node) RenewLocal(ctx context.Context, rs []*fsmpb.Renew) []*fsm.Lease {
 	out := make([]*fsm.Lease, len(rs))
 	if n.cfg.RenewThroughLog || n.raft.State() != raft.Leader {
