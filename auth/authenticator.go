@@ -247,6 +247,33 @@ func (a *Authenticator) BindHolder(id Identity, holder string) error {
 	return err
 }
 
+// MayEndHoldingContext returns nil when auth is off or the identity in ctx
+// may replace or end the live holding of holder on namespace/name with a
+// whole-object write: it may act as that holder (its own release or
+// hand-over), or the policy grants it VerbDelete there (it could delete
+// the lease, holding and all, anyway). Otherwise an *Error wrapping
+// ErrPermissionDenied, counted and logged once.
+func (a *Authenticator) MayEndHoldingContext(ctx context.Context, namespace, name, holder string) error {
+	if !a.Enabled() {
+		return nil
+	}
+	id, err := a.contextIdentity(ctx, VerbDelete)
+	if err != nil {
+		return err
+	}
+	if namespace == "" {
+		namespace = DefaultNamespace
+	}
+	p := a.policy.Load()
+	if p.MayActAs(id, holder) || p.Authorize(id, VerbDelete, namespace, name) == nil {
+		return nil
+	}
+	err = denied(ReasonHolder, "%q may not replace or end the holding of %q on %s/%s (it needs to act as that holder, or the %q verb)",
+		id.Name, holder, namespace, name, VerbDelete)
+	a.deny(id, VerbDelete, err, "namespace", namespace, "name", name, "holder", holder)
+	return err
+}
+
 // AuthorizeContext is Authorize for the identity the interceptors put in
 // ctx. Call it where the server decides the verb: Acquire (AcquireVerb) and
 // each lease of a KeepAlive batch (VerbUpdate).

@@ -432,6 +432,8 @@ func (f *FSM) write(w *fsmpb.Write, index uint64, now int64) *Result {
 		return &Result{Err: ErrNotFound}
 	case old != nil && w.ResourceVersion != 0 && w.ResourceVersion != old.ResourceVersion:
 		return &Result{Err: ErrConflict, Lease: old}
+	case w.CheckHolding && holdingToken(old) != w.HoldingToken:
+		return &Result{Err: ErrConflict, Lease: old}
 	}
 	var l *Lease
 	if old == nil {
@@ -470,6 +472,15 @@ func (f *FSM) write(w *fsmpb.Write, index uint64, now int64) *Result {
 		f.store(l, t)
 	}
 	return &Result{Lease: l, Acquired: l.Holder != "" && l.Holder != prev}
+}
+
+// holdingToken is the fencing token of l's live holding, 0 when l is free
+// or nil.
+func holdingToken(l *Lease) uint64 {
+	if l == nil || l.Holder == "" {
+		return 0
+	}
+	return l.Token
 }
 
 func (f *FSM) delete(d *fsmpb.Delete, now int64) *Result {

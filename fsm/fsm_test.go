@@ -675,3 +675,32 @@ func TestExpireOnlyInItsTerm(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteAppliesOnlyToTheHoldingChecked: a whole-object write that
+// carries the holding it was authorized against is a conflict once
+// another holding (or none) is in place.
+func TestWriteAppliesOnlyToTheHoldingChecked(t *testing.T) {
+	checked := func(c *fsmpb.Command, token uint64) *fsmpb.Command {
+		c.GetWrite().CheckHolding, c.GetWrite().HoldingToken = true, token
+		return c
+	}
+	h := newHarness(t)
+	h.apply(1, write("ns", "el", true, 0, ""))
+	// Authorized while the lease was free; a has taken it since.
+	a := h.apply(2, acquire("ns", "el", "a", time.Minute)).Lease
+	if r := h.apply(3, checked(write("ns", "el", false, 0, "b"), 0)); !errors.Is(r.Err, ErrConflict) || r.Lease.Holder != "a" {
+		t.Fatalf("write checked against the free lease, applied to a's holding: %v %+v, want ErrConflict and a kept", r.Err, r.Lease)
+	}
+	// Authorized against a's holding: it applies.
+	r := h.apply(4, checked(write("ns", "el", false, 0, ""), a.Token))
+	if r.Err != nil || r.Lease.Held() {
+		t.Fatalf("write checked against a's holding: %v %+v, want the holding ended", r.Err, r.Lease)
+	}
+	// And once that holding is gone, the same check is a conflict.
+	if r := h.apply(5, checked(write("ns", "el", false, 0, "c"), a.Token)); !errors.Is(r.Err, ErrConflict) {
+		t.Fatalf("write checked against an ended holding: %v, want ErrConflict", r.Err)
+	}
+	if r := h.apply(6, checked(write("ns", "el", false, 0, "c"), 0)); r.Err != nil || r.Lease.Holder != "c" {
+		t.Fatalf("write checked against the free lease: %v %+v, want c holding", r.Err, r.Lease)
+	}
+}

@@ -13,7 +13,9 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/client"
 	"github.com/leasekeeper/leasekeeper/tlsutil"
 )
@@ -172,8 +174,26 @@ func TestMutualTLSAndRBAC(t *testing.T) {
 			_, err := reader.Get(ctxT(t, 5*time.Second), "team-a", "job", false)
 			return err
 		}, codes.OK},
+		{"bob writes himself in as the holder of alice's live lease", func() error {
+			_, err := bob.Leases().Write(ctxT(t, 5*time.Second), &pb.WriteRequest{Namespace: "team-a", Name: "job",
+				HolderIdentity: "bob", LeaseDuration: durationpb.New(time.Minute)})
+			return err
+		}, codes.PermissionDenied},
+		{"bob writes alice's live lease free", func() error {
+			_, err := bob.Leases().Write(ctxT(t, 5*time.Second), &pb.WriteRequest{Namespace: "team-a", Name: "job"})
+			return err
+		}, codes.PermissionDenied},
 		{"alice renews her own lease", func() error {
 			_, err := alice.Renew(ctxT(t, 5*time.Second), "team-a", "job", "alice", token)
+			return err
+		}, codes.OK},
+		{"alice shortens her own holding with a write", func() error {
+			_, err := alice.Leases().Write(ctxT(t, 5*time.Second), &pb.WriteRequest{Namespace: "team-a", Name: "job",
+				HolderIdentity: "alice", LeaseDuration: durationpb.New(30 * time.Second)})
+			return err
+		}, codes.OK},
+		{"admin (who may delete) ends alice's holding with a write", func() error {
+			_, err := admin.Leases().Write(ctxT(t, 5*time.Second), &pb.WriteRequest{Namespace: "team-a", Name: "job"})
 			return err
 		}, codes.OK},
 	}
@@ -204,7 +224,7 @@ func TestMutualTLSAndRBAC(t *testing.T) {
 	out, err := exec.Command(ctlBinary, "--endpoints", strings.Join(c.endpoints(), ","),
 		"--cacert", filepath.Join(pki, "ca.crt"), "--cert", filepath.Join(pki, "admin.crt"), "--key", filepath.Join(pki, "admin.key"),
 		"get", "leases", "-n", "team-a").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "alice") {
+	if err != nil || !strings.Contains(string(out), "job") {
 		t.Fatalf("leasectl with a client certificate: %v: %s", err, out)
 	}
 }

@@ -631,14 +631,40 @@ func (s *Server) Write(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResp
 	if err := s.cfg.Auth.AuthorizeContext(ctx, verb, ns, req.Name); err != nil {
 		return nil, err
 	}
-	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Write{Write: &fsmpb.Write{
+	w := &fsmpb.Write{
 		Namespace: ns, Name: req.Name, Create: req.Create, ResourceVersion: req.ResourceVersion,
 		Holder: req.HolderIdentity, DurationNs: int64(dur), Labels: req.Labels, Object: req.Object,
-	}}})
+	}
+	if err := s.authorizeHoldingChange(ctx, w); err != nil {
+		return nil, err
+	}
+	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Write{Write: w}})
 	if err != nil {
 		return nil, err
 	}
 	return &pb.WriteResponse{Lease: writtenPB(res.Lease)}, nil
+}
+
+// authorizeHoldingChange checks, with auth on, a whole-object write that
+// would replace or end someone's live holding, or change its duration:
+// only that holder, or a caller that may delete the lease, may do it
+// (docs/security.md, holder binding). The write then carries the holding
+// it was authorized against, and the FSM refuses it as a conflict if
+// another holding is in place by the time it applies.
+func (s *Server) authorizeHoldingChange(ctx context.Context, w *fsmpb.Write) error {
+	if !s.cfg.Auth.Enabled() {
+		return nil
+	}
+	w.CheckHolding = true
+	l, ok := s.node.FSM().Get(w.Namespace, w.Name)
+	if !ok || l.Holder == "" {
+		return nil // a free lease: taking it is an acquire, bound like one
+	}
+	w.HoldingToken = l.Token
+	if w.Holder == l.Holder && time.Duration(w.DurationNs) == l.Duration {
+		return nil // the holding stays as it is
+	}
+	return s.cfg.Auth.MayEndHoldingContext(ctx, w.Namespace, w.Name, l.Holder)
 }
 
 func (s *Server) leaveQueue(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {

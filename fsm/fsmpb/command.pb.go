@@ -260,7 +260,12 @@ type Write struct {
 	DurationNs      int64             `protobuf:"varint,6,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
 	Labels          map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// object is the writer's own representation, stored as given.
-	Object        []byte `protobuf:"bytes,8,opt,name=object,proto3" json:"object,omitempty"`
+	Object []byte `protobuf:"bytes,8,opt,name=object,proto3" json:"object,omitempty"`
+	// check_holding makes the write apply only to the holding the leader
+	// authorized it against: holding_token is that holding's fencing token,
+	// 0 for a lease that was free (or absent). Anything else is a conflict.
+	CheckHolding  bool   `protobuf:"varint,9,opt,name=check_holding,json=checkHolding,proto3" json:"check_holding,omitempty"`
+	HoldingToken  uint64 `protobuf:"varint,10,opt,name=holding_token,json=holdingToken,proto3" json:"holding_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -349,6 +354,20 @@ func (x *Write) GetObject() []byte {
 		return x.Object
 	}
 	return nil
+}
+
+func (x *Write) GetCheckHolding() bool {
+	if x != nil {
+		return x.CheckHolding
+	}
+	return false
+}
+
+func (x *Write) GetHoldingToken() uint64 {
+	if x != nil {
+		return x.HoldingToken
+	}
+	return 0
 }
 
 // Batch carries many commands in one log entry: the leader packs requests
@@ -1480,7 +1499,7 @@ const file_command_proto_rawDesc = "" +
 	"\x05write\x18\n" +
 	" \x01(\v2\x19.leasekeeper.fsm.v1.WriteH\x00R\x05write\x127\n" +
 	"\adequeue\x18\v \x01(\v2\x1b.leasekeeper.fsm.v1.DequeueH\x00R\adequeueB\x04\n" +
-	"\x02op\"\xc7\x02\n" +
+	"\x02op\"\x91\x03\n" +
 	"\x05Write\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1490,7 +1509,10 @@ const file_command_proto_rawDesc = "" +
 	"\vduration_ns\x18\x06 \x01(\x03R\n" +
 	"durationNs\x12=\n" +
 	"\x06labels\x18\a \x03(\v2%.leasekeeper.fsm.v1.Write.LabelsEntryR\x06labels\x12\x16\n" +
-	"\x06object\x18\b \x01(\fR\x06object\x1a9\n" +
+	"\x06object\x18\b \x01(\fR\x06object\x12#\n" +
+	"\rcheck_holding\x18\t \x01(\bR\fcheckHolding\x12#\n" +
+	"\rholding_token\x18\n" +
+	" \x01(\x04R\fholdingToken\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"@\n" +
