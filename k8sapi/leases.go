@@ -3,6 +3,7 @@ package k8sapi
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -312,6 +313,33 @@ func (h *handler) checkUID(r *http.Request, ns, name string, uid types.UID) *api
 	return nil
 }
 
+// Bounds on a JSON patch. Its copy and add operations can double the
+// document at every step, so a patch of a few KiB could build gigabytes
+// before the result is checked (the library's own limit is off by
+// default and global). A patch is applied one operation at a time, and no
+// intermediate document may grow past maxPatchedBytes: four times the
+// largest object a write may store, room enough for any real Lease.
+const (
+	maxJSONPatchOps = 100
+	maxPatchedBytes = 256 << 10
+)
+
+// applyBounded applies p to doc one operation at a time, failing as soon
+// as the document grows past maxPatchedBytes.
+func applyBounded(p jsonpatch.Patch, doc []byte) ([]byte, error) {
+	for i, op := range p {
+		next, err := jsonpatch.Patch{op}.Apply(doc)
+		if err != nil {
+			return nil, err
+		}
+		if len(next) > maxPatchedBytes {
+			return nil, fmt.Errorf("operation %d makes the object %d bytes, above the limit of %d", i, len(next), maxPatchedBytes)
+		}
+		doc = next
+	}
+	return doc, nil
+}
+
 // patch serves PATCH: the patch is applied to the current Lease and the
 // result written back guarded by the resourceVersion it was computed on;
 // if another writer came first, it is applied again to the newer Lease,
@@ -354,7 +382,12 @@ func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string)
 			h.writeError(w, r, badRequest("decoding the JSON patch: %v", err))
 			return
 		}
-		apply = func(cur []byte) ([]byte, error) { return p.Apply(cur) }
+		if len(p) > maxJSONPatchOps {
+			h.writeError(w, r, apierrors.NewRequestEntityTooLargeError(
+				fmt.Sprintf("a JSON patch may have at most %d operations, this one has %d", maxJSONPatchOps, len(p))))
+			return
+		}
+		apply = func(cur []byte) ([]byte, error) { return applyBounded(p, cur) }
 	}
 	for attempt := 0; ; attempt++ {
 		curLease, err := h.getLease(r, ns, name)

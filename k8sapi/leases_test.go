@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -223,6 +225,41 @@ func TestPatch(t *testing.T) {
 			}
 			prev = got
 		})
+	}
+}
+
+// TestJSONPatchIsBounded: copy operations that double the object at every
+// step are stopped once it outgrows any Lease, before they cost memory;
+// and a patch of too many operations is refused outright.
+func TestJSONPatchIsBounded(t *testing.T) {
+	e := setup(t)
+	path := leasesPath + "default/leases/amp"
+	e.do("POST", leasesPath+"default/leases", newLease("amp", "a", 10)).lease(t, http.StatusCreated)
+	ops := []string{fmt.Sprintf(`{"op":"add","path":"/metadata/annotations","value":{"pad":%q}}`, strings.Repeat("x", 1000))}
+	for i := range 18 { // 2^18 KiB if nothing stops it
+		ops = append(ops, fmt.Sprintf(`{"op":"copy","from":"/metadata/annotations","path":"/metadata/annotations/c%d"}`, i))
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	r := e.do("PATCH", path, "["+strings.Join(ops, ",")+"]", "Content-Type", "application/json-patch+json")
+	runtime.ReadMemStats(&after)
+	if r.code != http.StatusUnprocessableEntity || !strings.Contains(string(r.body), "above the limit") {
+		t.Fatalf("amplifying patch: %d %s, want 422 naming the limit", r.code, r.body)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 256<<20 {
+		t.Fatalf("the refused patch allocated %d MiB, want far less", alloc>>20)
+	}
+
+	many := make([]string, 101)
+	for i := range many {
+		many[i] = `{"op":"test","path":"/metadata/name","value":"amp"}`
+	}
+	r = e.do("PATCH", path, "["+strings.Join(many, ",")+"]", "Content-Type", "application/json-patch+json")
+	if r.code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("patch of 101 operations: %d %s, want 413", r.code, r.body)
+	}
+	if l := e.do("GET", path, nil).lease(t, http.StatusOK); len(l.Annotations) > 1 {
+		t.Fatalf("a refused patch changed the lease: %v", l.Annotations)
 	}
 }
 
