@@ -29,6 +29,8 @@ var (
 	// ErrNotHolder: the holder or the fencing token does not match the
 	// current holding (it was released, expired or taken over).
 	ErrNotHolder = errors.New("fsm: not the current holding (wrong holder or stale fencing token)")
+	// ErrQueueFull: a lease's wait queue is at its limit.
+	ErrQueueFull = errors.New("fsm: wait queue full")
 	// ErrConflict: the resource version given does not match the lease's.
 	ErrConflict = errors.New("fsm: resource version conflict")
 	// ErrBadCommand: the log entry could not be decoded. It is rejected
@@ -304,8 +306,15 @@ func (f *FSM) acquire(a *fsmpb.Acquire, index uint64, now int64) *Result {
 		if pos := old.waiting(a.Holder); pos > 0 {
 			return &Result{Lease: old, Queued: true, Position: pos}
 		}
+		if a.MaxWaiters > 0 && len(old.Waiters) >= int(a.MaxWaiters) {
+			return &Result{Lease: old, Err: fmt.Errorf("%w: %d waiters on %s/%s", ErrQueueFull, len(old.Waiters), a.Namespace, a.Name)}
+		}
 		l := old.clone()
-		l.Waiters = append(append(make([]Waiter, 0, len(old.Waiters)+1), old.Waiters...), Waiter{
+		// Appended in place when the array has room: every version of
+		// the lease then shares one array, so keeping them (watch
+		// history, events) costs memory linear in the queue, not
+		// quadratic. See Lease.Waiters for why that is safe.
+		l.Waiters = append(old.Waiters, Waiter{
 			Holder: a.Holder, Duration: time.Duration(a.DurationNs), Grace: time.Duration(a.GraceNs), Labels: a.Labels,
 		})
 		f.store(l, EventModified)
@@ -325,7 +334,7 @@ func (f *FSM) ended(l *Lease, t EventType, index uint64, now int64) *Lease {
 	}
 	next := l.clone()
 	w := next.Waiters[0]
-	next.Waiters = next.Waiters[1:len(next.Waiters):len(next.Waiters)]
+	next.Waiters = next.Waiters[1:]
 	next.Duration, next.Grace = w.Duration, w.Grace
 	if len(w.Labels) > 0 {
 		next.Labels = w.Labels

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"testing"
 	"time"
 
@@ -702,5 +703,72 @@ func TestWriteAppliesOnlyToTheHoldingChecked(t *testing.T) {
 	}
 	if r := h.apply(6, checked(write("ns", "el", false, 0, "c"), 0)); r.Err != nil || r.Lease.Holder != "c" {
 		t.Fatalf("write checked against the free lease: %v %+v, want c holding", r.Err, r.Lease)
+	}
+}
+
+// TestWaitQueueLimit: with max_waiters stamped, a wait that would make the
+// queue longer fails with ErrQueueFull and changes nothing; a holder
+// already queued keeps its place.
+func TestWaitQueueLimit(t *testing.T) {
+	h := newHarness(t)
+	h.apply(1, acquire("default", "m", "a", time.Minute))
+	limited := func(holder string) *fsmpb.Command {
+		c := acquireWait("default", "m", holder)
+		c.GetAcquire().MaxWaiters = 2
+		return c
+	}
+	for _, w := range []string{"b", "c"} {
+		if r := h.apply(2, limited(w)); r.Err != nil || !r.Queued {
+			t.Fatalf("queue %s under the limit: %+v", w, r)
+		}
+	}
+	rev := h.f.Revision()
+	if r := h.apply(3, limited("d")); !errors.Is(r.Err, ErrQueueFull) || r.Queued {
+		t.Fatalf("queue d past the limit: err %v queued %v, want ErrQueueFull", r.Err, r.Queued)
+	}
+	if h.f.Revision() != rev {
+		t.Fatal("a refused wait wrote the lease")
+	}
+	if r := h.apply(4, limited("b")); r.Err != nil || r.Position != 1 {
+		t.Fatalf("b asking again at the limit: %+v, want still queued at 1", r)
+	}
+}
+
+// TestWaitQueueVersionsShareMemory: every version of a lease stays
+// readable as it was (the watch history keeps them), while a queue of n
+// waiters costs memory linear in n, not quadratic.
+func TestWaitQueueVersionsShareMemory(t *testing.T) {
+	h := newHarness(t)
+	h.apply(1, acquire("default", "m", "a", time.Minute))
+	const n = 3000
+	versions := make([]*Lease, 0, n+n/2)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		versions = append(versions, h.apply(2, acquireWait("default", "m", fmt.Sprintf("w%d", i))).Lease)
+	}
+	runtime.ReadMemStats(&after)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+		t.Fatalf("queueing %d waiters allocated %d MiB, want linear in the queue", n, alloc>>20)
+	}
+	// Hand-offs (from the front) and more waiters (at the back) mix.
+	l := versions[len(versions)-1]
+	for i := range n / 2 {
+		l = h.apply(3, release("default", "m", l.Holder, l.Token)).Lease
+		versions = append(versions, l)
+		versions = append(versions, h.apply(4, acquireWait("default", "m", fmt.Sprintf("x%d", i))).Lease)
+		l = versions[len(versions)-1]
+	}
+	// Each version still reads as it was written.
+	for i, v := range versions[:n] {
+		if len(v.Waiters) != i+1 || v.Waiters[i].Holder != fmt.Sprintf("w%d", i) || v.Waiters[0].Holder != "w0" {
+			t.Fatalf("version %d: %d waiters, last %q; want %d ending with w%d", i, len(v.Waiters), v.Waiters[len(v.Waiters)-1].Holder, i+1, i)
+		}
+	}
+	if got := len(l.Waiters); got != n {
+		t.Fatalf("%d waiters at the end, want %d", got, n)
+	}
+	if first, last := l.Waiters[0].Holder, l.Waiters[n-1].Holder; first != fmt.Sprintf("w%d", n/2) || last != fmt.Sprintf("x%d", n/2-1) {
+		t.Fatalf("queue runs %s..%s, want w%d..x%d", first, last, n/2, n/2-1)
 	}
 }

@@ -43,6 +43,12 @@ type Lease struct {
 	Object []byte
 	// Waiters queue for the lease, first in line first. They are never
 	// empty while the lease is free: a holding that ends goes to the first.
+	//
+	// Versions of a lease share the queue's array: a new waiter is
+	// appended in place, and the first leaves by reslicing. That is safe
+	// because a new version is only ever made from the stored one, and a
+	// queue is shortened only at its front or by copying, so an append
+	// writes only past the end of every older version that readers hold.
 	Waiters []Waiter
 }
 

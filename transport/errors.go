@@ -35,6 +35,7 @@ var codeTable = []struct {
 	{fsm.ErrNotHolder, codes.FailedPrecondition},
 	{fsm.ErrConflict, codes.Aborted},
 	{fsm.ErrExists, codes.AlreadyExists},
+	{fsm.ErrQueueFull, codes.ResourceExhausted},
 	{fsm.ErrBadCommand, codes.Internal},
 	{node.ErrNotLeader, codes.Unavailable},
 	{node.ErrNotReady, codes.Unavailable},

@@ -60,6 +60,7 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 	cmd := &fsmpb.Acquire{
 		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity,
 		DurationNs: int64(dur), GraceNs: int64(grace), Labels: req.Labels, Wait: req.Wait,
+		MaxWaiters: uint32(s.cfg.MaxWaiters),
 	}
 	if req.Wait {
 		return s.acquireWait(ctx, cmd, dur)

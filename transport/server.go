@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"time"
@@ -64,6 +65,9 @@ type Config struct {
 	MaxKeepAliveBatch int
 	// MaxRecvMsgSize bounds every request, in bytes.
 	MaxRecvMsgSize int
+	// MaxWaiters is the longest a lease's wait queue may grow (0: no
+	// limit); a wait past it fails with ResourceExhausted.
+	MaxWaiters int
 	// WatchWindow is how many recent events a watch may resume from;
 	// WatchBuffer is each watcher's queue.
 	WatchWindow int
@@ -85,6 +89,7 @@ func DefaultConfig() Config {
 		MaxGracePeriod:    time.Hour,
 		MaxKeepAliveBatch: 10000,
 		MaxRecvMsgSize:    4 << 20,
+		MaxWaiters:        1000,
 		WatchWindow:       100000,
 		// Above one Expire batch (5000 by default), so a watcher is not
 		// dropped by a single expiry storm entry.
@@ -98,6 +103,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.MinLeaseDuration <= 0 || c.MaxLeaseDuration < c.MinLeaseDuration {
 		errs = append(errs, fmt.Errorf("transport: need 0 < MinLeaseDuration (%v) <= MaxLeaseDuration (%v)", c.MinLeaseDuration, c.MaxLeaseDuration))
+	}
+	if c.MaxWaiters < 0 || c.MaxWaiters > math.MaxUint32 {
+		errs = append(errs, fmt.Errorf("transport: MaxWaiters (%d) must be within [0, %d]", c.MaxWaiters, uint32(math.MaxUint32)))
 	}
 	if c.MaxGracePeriod < 0 {
 		errs = append(errs, errors.New("transport: MaxGracePeriod must not be negative"))

@@ -97,6 +97,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.server.MinLeaseDuration, "min-lease-duration", o.server.MinLeaseDuration, "shortest lease duration accepted")
 	fs.DurationVar(&o.server.MaxLeaseDuration, "max-lease-duration", o.server.MaxLeaseDuration, "longest lease duration accepted")
 	fs.DurationVar(&o.server.MaxGracePeriod, "max-grace-period", o.server.MaxGracePeriod, "longest grace period accepted")
+	fs.IntVar(&o.server.MaxWaiters, "max-waiters", o.server.MaxWaiters, "longest wait queue of one lease; a wait past it fails with ResourceExhausted (0: no limit)")
 	fs.IntVar(&o.node.Leasing.ExpiryBatchSize, "expiry-batch-size", o.node.Leasing.ExpiryBatchSize, "most leases expired by one Raft entry")
 	fs.Float64Var(&o.node.Leasing.MaxExpiryRate, "max-expiry-rate", o.node.Leasing.MaxExpiryRate, "most leases expired per second (0: no cap)")
 	fs.StringVar(&o.sec.cert, "tls-cert", "", "PEM certificate of this node (enables TLS on the gRPC API)")

@@ -427,7 +427,11 @@ type Acquire struct {
 	GraceNs    int64                  `protobuf:"varint,5,opt,name=grace_ns,json=graceNs,proto3" json:"grace_ns,omitempty"`
 	Labels     map[string]string      `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// wait queues the holder when another holds the lease.
-	Wait          bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	Wait bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	// max_waiters, when non-zero, is the longest the queue may grow: a wait
+	// that would make it longer fails with ErrQueueFull. The leader stamps
+	// its configured limit, so every node applies the same one.
+	MaxWaiters    uint32 `protobuf:"varint,8,opt,name=max_waiters,json=maxWaiters,proto3" json:"max_waiters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -509,6 +513,13 @@ func (x *Acquire) GetWait() bool {
 		return x.Wait
 	}
 	return false
+}
+
+func (x *Acquire) GetMaxWaiters() uint32 {
+	if x != nil {
+		return x.MaxWaiters
+	}
+	return 0
 }
 
 // Dequeue takes a waiter out of a lease's queue.
@@ -1517,7 +1528,7 @@ const file_command_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"@\n" +
 	"\x05Batch\x127\n" +
-	"\bcommands\x18\x01 \x03(\v2\x1b.leasekeeper.fsm.v1.CommandR\bcommands\"\x9f\x02\n" +
+	"\bcommands\x18\x01 \x03(\v2\x1b.leasekeeper.fsm.v1.CommandR\bcommands\"\xc0\x02\n" +
 	"\aAcquire\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1526,7 +1537,9 @@ const file_command_proto_rawDesc = "" +
 	"durationNs\x12\x19\n" +
 	"\bgrace_ns\x18\x05 \x01(\x03R\agraceNs\x12?\n" +
 	"\x06labels\x18\x06 \x03(\v2'.leasekeeper.fsm.v1.Acquire.LabelsEntryR\x06labels\x12\x12\n" +
-	"\x04wait\x18\a \x01(\bR\x04wait\x1a9\n" +
+	"\x04wait\x18\a \x01(\bR\x04wait\x12\x1f\n" +
+	"\vmax_waiters\x18\b \x01(\rR\n" +
+	"maxWaiters\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
