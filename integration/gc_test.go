@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -30,6 +31,12 @@ func TestCollectorRunsOnADefaultNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	idle := scrape(t, p)["process_resident_memory_bytes"]
+	// The profiler (heap and goroutine dumps) is off unless asked for.
+	if resp, err := http.Get("http://" + p.http + "/debug/pprof/"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ on a node without --enable-pprof: %v %v, want 404", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 
 	const renewals, workers = 50000, 8
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -48,6 +49,7 @@ type options struct {
 	node       node.Config
 	server     transport.Config
 	httpAddr   string
+	pprof      bool
 	peers      string
 	join       string
 	logLevel   string
@@ -77,6 +79,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.node.GRPCAddr, "grpc-addr", "127.0.0.1:7001", "client gRPC API address")
 	fs.StringVar(&o.node.RaftAddr, "raft-addr", "127.0.0.1:8001", "Raft address, reached by the other nodes")
 	fs.StringVar(&o.httpAddr, "http-addr", "", "address for /metrics, /healthz and /readyz (empty: off)")
+	fs.BoolVar(&o.pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof/ on --http-addr (heap and goroutine dumps: keep that address private)")
 	fs.StringVar(&o.k8sAPIAddr, "k8s-api-addr", "", "address for the Kubernetes Lease API (coordination.k8s.io/v1) over HTTP, for kubectl and client-go (empty: off)")
 	fs.BoolVar(&o.node.Bootstrap, "bootstrap", false, "start a new cluster of --peers if this node has no state")
 	fs.StringVar(&o.peers, "peers", "", "initial cluster for --bootstrap: id=raftaddr,id=raftaddr,...")
@@ -323,7 +326,10 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 	}()
 	var hs *http.Server
 	if o.httpAddr != "" {
-		if hs, err = startHTTP(o.httpAddr, n, reg, log); err != nil {
+		if o.pprof {
+			log.Warn("the Go profiler is served on the HTTP address: anyone who reaches it can read heap and goroutine dumps", "http", o.httpAddr)
+		}
+		if hs, err = startHTTP(o.httpAddr, o.pprof, n, reg, log); err != nil {
 			errc <- err
 		}
 	}
@@ -456,17 +462,35 @@ func joinOnce(ctx context.Context, target string, o *options) error {
 	return err
 }
 
-func startHTTP(addr string, n *node.Node, reg *prometheus.Registry, log hclog.Logger) (*http.Server, error) {
+// Limits of the HTTP servers (metrics and the Kubernetes API): how many
+// connections each keeps open at once, and how long an idle keep-alive
+// connection or a slow request header may hold one. A connection past the
+// limit waits in the kernel's accept queue until one is free.
+const (
+	httpMaxConns      = 256
+	k8sMaxConns       = 1024
+	httpHeaderTimeout = 5 * time.Second
+	httpIdleTimeout   = time.Minute
+	// metricsTimeout bounds reading a request and writing its answer on the
+	// metrics server, whose answers are all short but a profile's.
+	metricsTimeout = 2 * time.Minute
+	// maxProfileSeconds caps a CPU profile or trace asked for.
+	maxProfileSeconds = 60
+)
+
+func startHTTP(addr string, withPprof bool, n *node.Node, reg *prometheus.Registry, log hclog.Logger) (*http.Server, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("http listener: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", capSeconds(pprof.Profile))
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", capSeconds(pprof.Trace))
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
@@ -478,13 +502,30 @@ func startHTTP(addr string, n *node.Node, reg *prometheus.Registry, log hclog.Lo
 		}
 		_, _ = io.WriteString(w, "ok: "+why+"\n")
 	})
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: httpHeaderTimeout, ReadTimeout: metricsTimeout,
+		WriteTimeout: metricsTimeout, IdleTimeout: httpIdleTimeout}
+	serveHTTP(hs, netutil.LimitListener(lis, httpMaxConns), "http server", log)
+	return hs, nil
+}
+
+// capSeconds refuses a profile or trace longer than maxProfileSeconds.
+func capSeconds(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s, err := strconv.Atoi(r.FormValue("seconds")); err == nil && s > maxProfileSeconds {
+			http.Error(w, fmt.Sprintf("seconds=%d is above the limit of %d", s, maxProfileSeconds), http.StatusBadRequest)
+			return
+		}
+		h(w, r)
+	}
+}
+
+// serveHTTP serves hs on lis until hs is shut down.
+func serveHTTP(hs *http.Server, lis net.Listener, what string, log hclog.Logger) {
 	go func() {
 		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server", "error", err)
+			log.Error(what, "error", err)
 		}
 	}()
-	return hs, nil
 }
 
 // checkRestore refuses a restore that would overwrite state or read a bad
@@ -552,12 +593,10 @@ func startK8sAPI(addr, grpcAddr string, dial []grpc.DialOption, log hclog.Logger
 		cc.Close()
 		return nil, nil, fmt.Errorf("k8s api listener: %w", err)
 	}
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second} // no WriteTimeout: watches stream
-	go func() {
-		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("k8s api server", "error", err)
-		}
-	}()
+	// No ReadTimeout or WriteTimeout: watches stream for up to
+	// k8sapi's MaxWatchTimeout, and a read deadline would end them.
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: httpHeaderTimeout, IdleTimeout: httpIdleTimeout}
+	serveHTTP(hs, netutil.LimitListener(lis, k8sMaxConns), "k8s api server", log)
 	log.Info("serving the Kubernetes Lease API", "addr", addr)
 	return hs, cc, nil
 }
