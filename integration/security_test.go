@@ -11,11 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/auth"
 	"github.com/leasekeeper/leasekeeper/client"
 	"github.com/leasekeeper/leasekeeper/tlsutil"
 )
@@ -226,5 +229,59 @@ func TestMutualTLSAndRBAC(t *testing.T) {
 		"get", "leases", "-n", "team-a").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "job") {
 		t.Fatalf("leasectl with a client certificate: %v: %s", err, out)
+	}
+}
+
+// TestTokenModeWithRaftTLS: Raft over mutual TLS does not make the API
+// demand client certificates: a token-mode caller with no certificate is
+// served, and one without a token is refused.
+func TestTokenModeWithRaftTLS(t *testing.T) {
+	pki := t.TempDir()
+	if out, err := exec.Command(ctlBinary, "certs", "--dir", pki, "--node", "t1", "--client", "unused").CombinedOutput(); err != nil {
+		t.Fatalf("leasectl certs: %v: %s", err, out)
+	}
+	const token = "a-long-random-token-for-the-test-0123456789"
+	tokens := filepath.Join(pki, "tokens.yaml")
+	policy := filepath.Join(pki, "policy.yaml")
+	nodeToken := filepath.Join(pki, "node.token")
+	files := map[string]string{
+		tokens:    "tokens:\n- name: carol\n  sha256: " + auth.HashToken(token) + "\n- name: t1\n  groups: [\"leasekeeper:nodes\"]\n  sha256: " + auth.HashToken(token+"-node") + "\n",
+		policy:    "roles:\n- name: all\n  rules:\n  - {namespaces: [\"*\"], verbs: [\"*\"]}\nbindings:\n- role: all\n  subjects: [{kind: user, name: carol}, {kind: group, name: \"leasekeeper:nodes\"}]\n",
+		nodeToken: token + "-node\n",
+	}
+	for f, body := range files {
+		if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := startSingle(t, "--tls-cert", filepath.Join(pki, "t1.crt"), "--tls-key", filepath.Join(pki, "t1.key"),
+		"--tls-ca", filepath.Join(pki, "ca.crt"), "--raft-tls", "--auth-mode", "token",
+		"--auth-token-file", tokens, "--auth-policy-file", policy, "--node-token-file", nodeToken)
+	tlsCfg, _, err := tlsutil.ClientConfig("", "", filepath.Join(pki, "ca.crt"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(opts ...grpc.DialOption) pb.ClusterClient {
+		cc, err := grpc.NewClient(c.procs[0].grpc, append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return pb.NewClusterClient(cc)
+	}
+	withToken := dial(grpc.WithPerRPCCredentials(auth.BearerToken{Token: token}))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := withToken.Status(ctxT(t, 2*time.Second), &pb.StatusRequest{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a token-mode caller without a client certificate: %v, want served", err)
+		}
+		time.Sleep(100 * time.Millisecond) // the node is starting: polling another process
+	}
+	if _, err := dial().Status(ctxT(t, 5*time.Second), &pb.StatusRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("a caller without a token: %v, want Unauthenticated", err)
 	}
 }

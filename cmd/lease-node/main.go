@@ -265,6 +265,9 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 	if err != nil {
 		return err
 	}
+	for _, w := range o.sec.warnings(o.node.GRPCAddr, o.node.RaftAddr) {
+		log.Warn(w)
+	}
 	defer sec.close()
 	deps := node.Deps{Clock: clk, Logger: log, Registerer: reg}
 	if o.sec.raftTLS {

@@ -64,6 +64,9 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 		{"auth without TLS", []string{"--id", "a", "--auth-mode", "token", "--auth-token-file", "t", "--auth-policy-file", "p"}, "needs TLS"},
 		{"mtls without a CA", []string{"--id", "a", "--tls-cert", "c", "--tls-key", "k", "--auth-mode", "mtls", "--auth-policy-file", "p"}, "needs --tls-ca"},
 		{"cert without key", []string{"--id", "a", "--tls-cert", "c"}, "go together"},
+		{"raft TLS without a CA", []string{"--id", "a", "--tls-cert", "c", "--tls-key", "k", "--raft-tls"}, "--raft-tls needs --tls-ca"},
+		{"production with auth and Raft in plain text", []string{"--id", "a", "--profile", "production", "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "ca",
+			"--auth-mode", "token", "--auth-token-file", "t", "--auth-policy-file", "p"}, "refuses auth with Raft in plain text"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -100,5 +103,25 @@ func TestParseBytes(t *testing.T) {
 		if got, err := parseBytes(in); err == nil {
 			t.Errorf("parseBytes(%q) = %d, want an error", in, got)
 		}
+	}
+}
+
+// TestWarningsNameOpenSurfaces: a node started with surfaces open says so,
+// and a locked-down one says nothing.
+func TestWarningsNameOpenSurfaces(t *testing.T) {
+	open := (&securityFlags{authMode: "none"}).warnings("10.0.0.1:7001", "127.0.0.1:8001")
+	joined := strings.Join(open, "\n")
+	for _, want := range []string{"auth is off", "not a loopback address", "TLS is off", "Raft runs in plain text"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("warnings of an open node lack %q:\n%s", want, joined)
+		}
+	}
+	closed := (&securityFlags{authMode: "mtls", cert: "c", key: "k", ca: "ca", raftTLS: true}).warnings("10.0.0.1:7001", "10.0.0.1:8001")
+	if len(closed) != 0 {
+		t.Errorf("warnings of a locked-down node: %q, want none", closed)
+	}
+	authNoRaftTLS := (&securityFlags{authMode: "token", cert: "c", key: "k"}).warnings("127.0.0.1:7001", "127.0.0.1:8001")
+	if len(authNoRaftTLS) != 1 || !strings.Contains(authNoRaftTLS[0], "auth notwithstanding") {
+		t.Errorf("warnings with auth on and Raft in plain text: %q", authNoRaftTLS)
 	}
 }

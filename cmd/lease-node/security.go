@@ -68,7 +68,57 @@ func (f *securityFlags) check() error {
 	if f.requireSecured && !tlsOn && !f.insecure {
 		return errors.New("the production profile refuses to serve without TLS: give --tls-cert/--tls-key (and --tls-ca), or --insecure to accept plain text explicitly")
 	}
+	if f.raftTLS && f.ca == "" {
+		return errors.New("--raft-tls needs --tls-ca: peers are admitted by a certificate the cluster CA signed")
+	}
+	if f.requireSecured && ac.Enabled() && !f.raftTLS && !f.insecure {
+		return errors.New("the production profile refuses auth with Raft in plain text (anyone who reaches the Raft port could join the log and bypass auth): give --raft-tls, or --insecure to accept it explicitly")
+	}
 	return nil
+}
+
+// warnings lists what the settings leave open, for the log at start-up:
+// each is a way in for anyone who reaches the address.
+func (f *securityFlags) warnings(grpcAddr, raftAddr string) []string {
+	var out []string
+	tlsOn := f.cert != ""
+	ac := auth.DefaultConfig()
+	ac.Mode = f.authMode
+	if !ac.Enabled() {
+		msg := "auth is off: anyone who reaches the gRPC address may take, release or delete any lease, take snapshots, transfer leadership and add members"
+		if !isLoopback(grpcAddr) {
+			msg += " (and it is not a loopback address)"
+		}
+		out = append(out, msg)
+	}
+	if !tlsOn {
+		out = append(out, "TLS is off: requests, answers and tokens travel in plain text")
+	}
+	if !f.raftTLS {
+		msg := "Raft runs in plain text and admits any peer: anyone who reaches the Raft address can read the log and disturb the cluster"
+		if ac.Enabled() {
+			msg += ", auth notwithstanding"
+		}
+		if !isLoopback(raftAddr) {
+			msg += " (and it is not a loopback address)"
+		}
+		out = append(out, msg)
+	}
+	return out
+}
+
+// isLoopback reports whether addr's host is a loopback address or
+// localhost.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // build makes the credentials and the authenticator.
@@ -91,9 +141,10 @@ func (f *securityFlags) build(log hclog.Logger, reg prometheus.Registerer) (*sec
 	}
 	s.reloader = r
 	// Client certificates are verified whenever a CA is given (mutual TLS
-	// is then available to every caller), and required in mtls mode and
-	// for Raft.
-	srv, err := r.ServerConfig(ac.RequireClientCert() || f.raftTLS)
+	// is then available to every caller, nodes forwarding included), and
+	// required on the API in mtls mode only: Raft's own listener requires
+	// them (raftTransport), so token-mode callers can keep Raft over TLS.
+	srv, err := r.ServerConfig(ac.RequireClientCert())
 	if err != nil {
 		return nil, err
 	}
