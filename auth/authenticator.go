@@ -40,6 +40,9 @@ type Authenticator struct {
 	mu     sync.Mutex // serializes Reload
 	policy atomic.Pointer[Policy]
 	tokens atomic.Pointer[Tokens]
+
+	streamsMu sync.Mutex
+	streams   map[*openStream]struct{} // open authenticated streams, checked again by Reload
 }
 
 // New checks cfg, reads its files and registers leasekeeper_auth_denied_total
@@ -100,6 +103,7 @@ func (a *Authenticator) Reload() error {
 	a.tokens.Store(toks)
 	a.policy.Store(pol)
 	a.log.Info("auth configuration loaded", "mode", a.cfg.Mode, "policy", pol.String(), "tokens", toks.Len())
+	a.recheckStreams()
 	return nil
 }
 

@@ -422,3 +422,71 @@ func TestCallsAreAuthorizedPerCall(t *testing.T) {
 	}
 	wantCode(t, err, codes.Unauthenticated, "no bearer token")
 }
+
+// TestReloadEndsRevokedStreams: open streams are checked again on Reload.
+// A watch whose caller lost the watch verb ends with PermissionDenied; a
+// KeepAlive stream whose caller's token was removed ends with
+// Unauthenticated; streams that still pass stay open.
+func TestReloadEndsRevokedStreams(t *testing.T) {
+	e := newEnv(t)
+	srvCert, srvKey := e.cert(e.ca, "server", true)
+	srvTLS, _, err := tlsutil.ServerConfig(srvCert, srvKey, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := "tokens:\n" +
+		"- {name: bob, sha256: " + HashToken("bob-token") + "}\n" +
+		"- {name: deployer, sha256: " + HashToken("deployer-token") + "}\n"
+	e.write(e.tokenFile, tokens)
+	a := e.authenticator(ModeToken, nil)
+	addr := serve(t, a, srvTLS, &fakeLeases{holdWatch: true})
+	conn := func(tok string) pb.LeasesClient {
+		return pb.NewLeasesClient(dial(t, addr, e.tlsClient(e.ca, "", ""), grpc.WithPerRPCCredentials(BearerToken{Token: tok})))
+	}
+	watch := func(c pb.LeasesClient) pb.Leases_WatchClient {
+		w, err := c.Watch(ctxT(t), &pb.WatchRequest{Namespace: "team-a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Recv(); err != nil {
+			t.Fatalf("first event: %v", err)
+		}
+		return w
+	}
+	bobWatch, deployerWatch := watch(conn("bob-token")), watch(conn("deployer-token"))
+	ka, err := conn("deployer-token").KeepAlive(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keepAlive := func() error {
+		if err := ka.Send(&pb.KeepAliveRequest{Id: 1, Leases: []*pb.LeaseRef{{Namespace: "team-a", Name: "x", HolderIdentity: "deployer"}}}); err != nil {
+			return err
+		}
+		_, err := ka.Recv()
+		return err
+	}
+	if err := keepAlive(); err != nil {
+		t.Fatalf("keepalive before any reload: %v", err)
+	}
+
+	// bob loses writer-a (and with it the watch verb); deployer keeps it.
+	e.write(e.policyFile, strings.Replace(testPolicy, "  - {kind: user, name: bob}\n", "", 1))
+	if err := a.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = bobWatch.Recv()
+	wantCode(t, err, codes.PermissionDenied, `"bob"`)
+	if err := keepAlive(); err != nil {
+		t.Fatalf("keepalive of a caller who kept its rights, after a reload: %v", err)
+	}
+
+	// deployer's token is removed: its streams end.
+	e.write(e.tokenFile, "tokens:\n- {name: bob, sha256: "+HashToken("bob-token")+"}\n")
+	if err := a.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = deployerWatch.Recv()
+	wantCode(t, err, codes.Unauthenticated, "unknown bearer token")
+	// The KeepAlive handler waits for the next batch; that batch is refused.
+	wantCode(t, keepAlive(), codes.Unauthenticated, "unknown bearer token")
+}

@@ -135,6 +135,9 @@ type fakeLeases struct {
 	a        *Authenticator
 	existing map[string]bool // "namespace/name" of leases that exist
 	seen     chan Identity   // the identity of each call, when not nil
+	// holdWatch keeps a Watch open after its first event, until the
+	// stream's context ends.
+	holdWatch bool
 }
 
 func (f *fakeLeases) saw(ctx context.Context) {
@@ -174,7 +177,11 @@ func (f *fakeLeases) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.Renew
 
 func (f *fakeLeases) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error {
 	f.saw(stream.Context())
-	return stream.Send(&pb.WatchEvent{Revision: 1})
+	if err := stream.Send(&pb.WatchEvent{Revision: 1}); err != nil || !f.holdWatch {
+		return err
+	}
+	<-stream.Context().Done()
+	return stream.Context().Err()
 }
 
 func (f *fakeLeases) KeepAlive(stream pb.Leases_KeepAliveServer) error {

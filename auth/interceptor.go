@@ -2,8 +2,10 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc"
 
@@ -115,14 +117,102 @@ func UnaryServerInterceptor(a *Authenticator) grpc.UnaryServerInterceptor {
 // StreamServerInterceptor is UnaryServerInterceptor for streams; a
 // namespaced rule is checked on every message the server receives (the one
 // request of Watch), before the handler sees it.
+//
+// An authenticated stream stays registered while it is open, so that
+// Reload can end it, with Unauthenticated or PermissionDenied, once its
+// caller's token is gone or the policy no longer grants what it asked: a
+// handler that waits on the stream's context ends at once, and one that
+// waits for the caller's next message gets the error in its place.
 func StreamServerInterceptor(a *Authenticator) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		ctx, rule, err := a.begin(ss.Context(), info.FullMethod)
 		if err != nil {
 			return err
 		}
-		return handler(srv, &authStream{ServerStream: ss, ctx: ctx, a: a, rule: rule})
+		if !a.Enabled() || a.public(info.FullMethod) {
+			return handler(srv, &authStream{ServerStream: ss, ctx: ctx, a: a, rule: rule})
+		}
+		ctx, cancel := context.WithCancelCause(ctx)
+		open := &openStream{incoming: ss.Context(), rule: rule, cancel: cancel}
+		a.track(open)
+		defer func() {
+			a.untrack(open)
+			cancel(nil)
+		}()
+		err = handler(srv, &authStream{ServerStream: ss, ctx: ctx, a: a, rule: rule, open: open})
+		var revoked *Error
+		if cause := context.Cause(ctx); errors.As(cause, &revoked) {
+			return revoked
+		}
+		return err
 	}
+}
+
+// openStream is a stream the interceptor let through, as Reload checks it
+// again: how its caller authenticated, and the last request it checked.
+type openStream struct {
+	incoming context.Context // the stream's own context: its peer and metadata
+	rule     MethodRule
+	cancel   context.CancelCauseFunc
+
+	mu  sync.Mutex
+	req any // the last request checkRequest passed; nil before the first
+}
+
+func (a *Authenticator) track(s *openStream) {
+	a.streamsMu.Lock()
+	defer a.streamsMu.Unlock()
+	if a.streams == nil {
+		a.streams = make(map[*openStream]struct{})
+	}
+	a.streams[s] = struct{}{}
+}
+
+func (a *Authenticator) untrack(s *openStream) {
+	a.streamsMu.Lock()
+	defer a.streamsMu.Unlock()
+	delete(a.streams, s)
+}
+
+// recheckStreams authenticates and authorizes every open stream again
+// against the tokens and policy just loaded, and ends those that no
+// longer pass, with the error that a new stream would get.
+func (a *Authenticator) recheckStreams() {
+	a.streamsMu.Lock()
+	open := make([]*openStream, 0, len(a.streams))
+	for s := range a.streams {
+		open = append(open, s)
+	}
+	a.streamsMu.Unlock()
+	ended := 0
+	for _, s := range open {
+		if err := a.recheck(s); err != nil {
+			s.cancel(err)
+			ended++
+		}
+	}
+	if ended > 0 {
+		a.log.Info("ended open streams whose callers lost their rights", "ended", ended, "open", len(open))
+	}
+}
+
+func (a *Authenticator) recheck(s *openStream) error {
+	id, err := a.Authenticate(s.incoming)
+	if err != nil {
+		return err
+	}
+	if s.rule.Verb != "" && !s.rule.Namespaced {
+		if err := a.Authorize(id, s.rule.Verb, "", ""); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	req := s.req
+	s.mu.Unlock()
+	if req == nil {
+		return nil
+	}
+	return a.checkRequest(NewContext(s.incoming, id), s.rule, req)
 }
 
 // begin authenticates a call and applies the parts of its rule that need no
@@ -206,6 +296,7 @@ type authStream struct {
 	ctx  context.Context
 	a    *Authenticator
 	rule MethodRule
+	open *openStream // nil when auth is off or the method is public
 }
 
 func (s *authStream) Context() context.Context { return s.ctx }
@@ -214,5 +305,19 @@ func (s *authStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	return s.a.checkRequest(s.ctx, s.rule, m)
+	// A handler waiting for the caller's next message does not see the
+	// stream's context end; the message after a revocation is refused.
+	var revoked *Error
+	if s.open != nil && s.ctx.Err() != nil && errors.As(context.Cause(s.ctx), &revoked) {
+		return revoked
+	}
+	if err := s.a.checkRequest(s.ctx, s.rule, m); err != nil {
+		return err
+	}
+	if s.open != nil {
+		s.open.mu.Lock()
+		s.open.req = m
+		s.open.mu.Unlock()
+	}
+	return nil
 }
