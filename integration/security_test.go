@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -254,9 +255,11 @@ func TestTokenModeWithRaftTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	k8sAddr := freePorts(t, 1)[0]
 	c := startSingle(t, "--tls-cert", filepath.Join(pki, "t1.crt"), "--tls-key", filepath.Join(pki, "t1.key"),
 		"--tls-ca", filepath.Join(pki, "ca.crt"), "--raft-tls", "--auth-mode", "token",
-		"--auth-token-file", tokens, "--auth-policy-file", policy, "--node-token-file", nodeToken)
+		"--auth-token-file", tokens, "--auth-policy-file", policy, "--node-token-file", nodeToken,
+		"--k8s-api-addr", k8sAddr)
 	tlsCfg, _, err := tlsutil.ClientConfig("", "", filepath.Join(pki, "ca.crt"), "")
 	if err != nil {
 		t.Fatal(err)
@@ -283,5 +286,36 @@ func TestTokenModeWithRaftTLS(t *testing.T) {
 	}
 	if _, err := dial().Status(ctxT(t, 5*time.Second), &pb.StatusRequest{}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("a caller without a token: %v, want Unauthenticated", err)
+	}
+
+	// The Kubernetes API serves TLS with the node's certificate, and the
+	// token passes through to the service.
+	leases := "/apis/coordination.k8s.io/v1/namespaces/default/leases"
+	httpsGet := func(tok string) int {
+		req, err := http.NewRequestWithContext(ctxT(t, 5*time.Second), "GET", "https://"+k8sAddr+leases, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}).Do(req)
+		if err != nil {
+			t.Fatalf("Kubernetes API over TLS: %v", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := httpsGet(token); code != http.StatusOK {
+		t.Fatalf("Kubernetes API with a token: %d, want 200", code)
+	}
+	if code := httpsGet(""); code != http.StatusUnauthorized {
+		t.Fatalf("Kubernetes API without a token: %d, want 401", code)
+	}
+	if resp, err := http.Get("http://" + k8sAddr + leases); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Fatal("the Kubernetes API answered plain HTTP on a TLS node")
+		}
 	}
 }

@@ -91,10 +91,60 @@ func TestCredentialsPassThrough(t *testing.T) {
 	}
 	req := httptestRequest(t, "GET", leasesPath+"default/leases/x", "")
 	req.Header.Set("Authorization", "Bearer s3cret")
+	req.RemoteAddr = "127.0.0.1:40000"
 	if code := serve(h, req).Code; code != http.StatusNotFound {
 		t.Fatalf("code %d", code)
 	}
 	if got := (<-rec.md).Get("authorization"); len(got) != 1 || got[0] != "Bearer s3cret" {
 		t.Fatalf("authorization metadata %v", got)
 	}
+	// From another host over plain HTTP the token is refused, and never
+	// passed on.
+	req = httptestRequest(t, "GET", leasesPath+"default/leases/x", "")
+	req.Header.Set("Authorization", "Bearer s3cret")
+	req.RemoteAddr = "192.0.2.7:40000"
+	if code := serve(h, req).Code; code != http.StatusBadRequest {
+		t.Fatalf("a token over plain HTTP from another host: code %d, want 400", code)
+	}
+	select {
+	case md := <-rec.md:
+		t.Fatalf("the refused token reached the service: %v", md)
+	default:
+	}
+}
+
+// TestImpossibleNamespaceWatchAuthenticates: a watch of a namespace that
+// cannot exist is held open only for a caller the service accepts.
+func TestImpossibleNamespaceWatchAuthenticates(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer codes.Code
+		want   int
+	}{
+		{"refused caller", codes.Unauthenticated, http.StatusUnauthorized},
+		{"accepted caller", codes.InvalidArgument, http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := k8sapi.DefaultConfig()
+			cfg.Client = answering{code: tc.answer}
+			h, err := k8sapi.NewHandler(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := httptestRequest(t, "GET", leasesPath+"Not_A_Namespace/leases?watch=true&timeoutSeconds=1", "")
+			if code := serve(h, req).Code; code != tc.want {
+				t.Fatalf("code %d, want %d", code, tc.want)
+			}
+		})
+	}
+}
+
+// answering answers every Get with code.
+type answering struct {
+	pb.LeasesClient
+	code codes.Code
+}
+
+func (a answering) Get(context.Context, *pb.GetRequest, ...grpc.CallOption) (*pb.GetResponse, error) {
+	return nil, status.Error(a.code, "answer")
 }

@@ -22,12 +22,14 @@ package k8sapi
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -74,6 +76,16 @@ type Config struct {
 	// MaxWatchTimeout bounds a watch's life (a client's timeoutSeconds
 	// may shorten it); clients start a new watch from where they were.
 	MaxWatchTimeout time.Duration
+}
+
+// fromLoopback reports whether r came from a loopback address.
+func fromLoopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // DefaultConfig returns the defaults; Client must still be set.
@@ -168,6 +180,12 @@ func NewHandler(cfg Config) (http.Handler, error) {
 // ServeHTTP routes by path; each route checks its own methods so that
 // every refusal is a Status object.
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil && r.Header.Get("Authorization") != "" && !fromLoopback(r) {
+		// The token has crossed the network in the clear already; refusing
+		// it at least keeps such a set-up from working by accident.
+		h.writeError(w, r, apierrors.NewBadRequest("bearer tokens are refused over plain HTTP from another host: serve the API with TLS (the node's --tls-cert)"))
+		return
+	}
 	path := strings.TrimSuffix(r.URL.Path, "/")
 	switch path {
 	case "/version":

@@ -76,6 +76,13 @@ func (h *handler) watch(w http.ResponseWriter, r *http.Request, ns string) {
 
 	if ns != "" && len(validation.IsDNS1123Label(ns)) > 0 {
 		// A namespace that cannot exist: nothing will ever happen in it.
+		// The service still authenticates and authorizes the caller
+		// (refusing the name itself only to one that may read there)
+		// before the watch is held open.
+		if _, err := h.cfg.Client.Get(ctx, &pb.GetRequest{Namespace: ns, Name: "watch"}); err != nil && !isCode(err, codes.InvalidArgument) {
+			h.writeError(w, r, fromGRPC(err, ""))
+			return
+		}
 		h.newWatchEncoder(w, r, f).flush()
 		<-ctx.Done()
 		return

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -343,7 +344,7 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 		// requests are forwarded, authorized and validated like any other.
 		// It uses the node's TLS credentials but never the node's token:
 		// HTTP callers must not act as the node.
-		if ks, kconn, err = startK8sAPI(o.k8sAPIAddr, o.node.GRPCAddr, sec.k8sDial(o.sec.tlsServerName), log); err != nil {
+		if ks, kconn, err = startK8sAPI(o.k8sAPIAddr, o.node.GRPCAddr, sec.k8sDial(o.sec.tlsServerName), sec.serverTLS, log); err != nil {
 			errc <- err
 		}
 	}
@@ -578,7 +579,9 @@ func restore(ctx context.Context, path string, n *node.Node, log hclog.Logger) e
 	return nil
 }
 
-func startK8sAPI(addr, grpcAddr string, dial []grpc.DialOption, log hclog.Logger) (*http.Server, *grpc.ClientConn, error) {
+// startK8sAPI serves the Kubernetes Lease API on addr, over TLS with the
+// node's certificate when tlsCfg is not nil.
+func startK8sAPI(addr, grpcAddr string, dial []grpc.DialOption, tlsCfg *tls.Config, log hclog.Logger) (*http.Server, *grpc.ClientConn, error) {
 	cc, err := grpc.NewClient(grpcAddr, dial...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("k8s api: %w", err)
@@ -599,7 +602,11 @@ func startK8sAPI(addr, grpcAddr string, dial []grpc.DialOption, log hclog.Logger
 	// No ReadTimeout or WriteTimeout: watches stream for up to
 	// k8sapi's MaxWatchTimeout, and a read deadline would end them.
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: httpHeaderTimeout, IdleTimeout: httpIdleTimeout}
-	serveHTTP(hs, netutil.LimitListener(lis, k8sMaxConns), "k8s api server", log)
-	log.Info("serving the Kubernetes Lease API", "addr", addr)
+	lis = netutil.LimitListener(lis, k8sMaxConns)
+	if tlsCfg != nil {
+		lis = tls.NewListener(lis, tlsCfg)
+	}
+	serveHTTP(hs, lis, "k8s api server", log)
+	log.Info("serving the Kubernetes Lease API", "addr", addr, "tls", tlsCfg != nil)
 	return hs, cc, nil
 }
