@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -317,5 +318,49 @@ func TestTokenModeWithRaftTLS(t *testing.T) {
 		if resp.StatusCode == http.StatusOK {
 			t.Fatal("the Kubernetes API answered plain HTTP on a TLS node")
 		}
+	}
+}
+
+// TestJoinSecureCluster: a node joins a cluster with mutual TLS and RBAC
+// as a node, with its own certificate.
+func TestJoinSecureCluster(t *testing.T) {
+	pki := t.TempDir()
+	c := startSecureCluster(t, pki)
+	admin := c.as(pki, pki, "admin")
+	if out, err := exec.Command(ctlBinary, "certs", "--dir", pki, "--node", "n4").CombinedOutput(); err != nil {
+		t.Fatalf("leasectl certs for n4: %v: %s", err, out)
+	}
+	ports := freePorts(t, 2)
+	dir := t.TempDir()
+	p := &proc{id: "n4", grpc: ports[0], raft: ports[1], dataDir: filepath.Join(dir, "n4"), logPath: filepath.Join(dir, "n4.log")}
+	secure := c.procs[0].args[slices.Index(c.procs[0].args, "--profile"):]
+	p.args = append([]string{"--id", "n4", "--data-dir", p.dataDir, "--grpc-addr", p.grpc, "--raft-addr", p.raft,
+		"--join", strings.Join(c.endpoints(), ",")}, secure...)
+	for i, a := range p.args {
+		if strings.HasSuffix(a, "n1.crt") || strings.HasSuffix(a, "n1.key") {
+			p.args[i] = strings.Replace(a, "n1.", "n4.", 1)
+		}
+	}
+	c.procs = append(c.procs, p)
+	c.start(p)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := admin.Status(ctxT(t, 2*time.Second))
+		voters := 0
+		if err == nil {
+			for _, m := range st.Members {
+				if m.Suffrage == "voter" && m.GrpcAddr != "" {
+					voters++
+				}
+			}
+		}
+		if voters == 4 {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(p.logPath)
+			t.Fatalf("n4 did not join the secure cluster: %d voters, %v\n%s", voters, err, tail(string(b), 20))
+		}
+		time.Sleep(200 * time.Millisecond) // polling other processes
 	}
 }

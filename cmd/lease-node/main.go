@@ -29,7 +29,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/auth"
@@ -363,7 +362,7 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := join(ctx, o, n, log); err != nil && ctx.Err() == nil {
+			if err := join(ctx, o, n, sec.dial, log); err != nil && ctx.Err() == nil {
 				errc <- err
 			}
 		}()
@@ -425,7 +424,9 @@ func stopGRPC(g *grpc.Server, d time.Duration) {
 }
 
 // join asks a running cluster to add this node, until it is a member.
-func join(ctx context.Context, o *options, n *node.Node, log hclog.Logger) error {
+// dial are the node's own dial options (its TLS credentials and token), so
+// a node joins a secured cluster as a node.
+func join(ctx context.Context, o *options, n *node.Node, dial []grpc.DialOption, log hclog.Logger) error {
 	if st, err := n.Status(); err == nil {
 		for _, m := range st.Members {
 			if m.ID == o.node.ID && m.GRPCAddr == o.node.GRPCAddr {
@@ -437,7 +438,7 @@ func join(ctx context.Context, o *options, n *node.Node, log hclog.Logger) error
 	backoff := 100 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		target := strings.TrimSpace(targets[attempt%len(targets)])
-		err := joinOnce(ctx, target, o)
+		err := joinOnce(ctx, target, o, dial)
 		if err == nil {
 			log.Info("joined the cluster", "via", target)
 			return nil
@@ -452,8 +453,8 @@ func join(ctx context.Context, o *options, n *node.Node, log hclog.Logger) error
 	}
 }
 
-func joinOnce(ctx context.Context, target string, o *options) error {
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func joinOnce(ctx context.Context, target string, o *options, dial []grpc.DialOption) error {
+	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {
 		return err
 	}
