@@ -324,6 +324,16 @@ const (
 	maxPatchedBytes = 256 << 10
 )
 
+// excerpt is the start of a request body, for an error message (which the
+// API answers with and logs): enough to recognise it, never all of it.
+func excerpt(body []byte) string {
+	const n = 200
+	if len(body) <= n {
+		return string(body)
+	}
+	return string(body[:n]) + "..."
+}
+
 // applyBounded applies p to doc one operation at a time, failing as soon
 // as the document grows past maxPatchedBytes.
 func applyBounded(p jsonpatch.Patch, doc []byte) ([]byte, error) {
@@ -403,7 +413,7 @@ func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string)
 		}
 		patched, err := apply(curJSON)
 		if err != nil {
-			h.writeError(w, r, apierrors.NewInvalid(leaseKind, name, field.ErrorList{field.Invalid(field.NewPath(""), string(body), err.Error())}))
+			h.writeError(w, r, apierrors.NewInvalid(leaseKind, name, field.ErrorList{field.Invalid(field.NewPath(""), excerpt(body), err.Error())}))
 			return
 		}
 		obj := &coordinationv1.Lease{}

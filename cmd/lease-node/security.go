@@ -152,6 +152,9 @@ func (f *securityFlags) build(log hclog.Logger, reg prometheus.Registerer) (*sec
 	s.creds = credentials.NewTLS(srv)
 	s.dial = []grpc.DialOption{grpc.WithTransportCredentials(r.ClientCredentials(f.tlsServerName))}
 	if f.nodeTokenFile != "" {
+		if fi, err := os.Stat(f.nodeTokenFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			log.Warn("the node token file is readable by other users: chmod 600 it", "file", f.nodeTokenFile, "mode", fi.Mode().Perm().String())
+		}
 		tok, err := os.ReadFile(f.nodeTokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("--node-token-file: %w", err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/auth"
 	"github.com/leasekeeper/leasekeeper/client/clienttest"
 )
 
@@ -566,5 +568,29 @@ func TestHumanDuration(t *testing.T) {
 		if got := humanDuration(tt.d); got != tt.want {
 			t.Errorf("humanDuration(%v) = %q, want %q", tt.d, got, tt.want)
 		}
+	}
+}
+
+// TestHashTokenFromStdin: the token can come from standard input, so it
+// need not appear on a command line.
+func TestHashTokenFromStdin(t *testing.T) {
+	for _, args := range [][]string{nil, {"-"}} {
+		var out bytes.Buffer
+		cmd := (&app{stdout: &out}).hashTokenCmd()
+		cmd.SetIn(strings.NewReader("s3cret-token\n"))
+		cmd.SetArgs(args)
+		if err := cmd.Execute(); err != nil {
+			t.Fatalf("hash-token %v: %v", args, err)
+		}
+		if got, want := out.String(), auth.HashToken("s3cret-token")+"\n"; got != want {
+			t.Fatalf("hash-token %v from stdin printed %q, want %q", args, got, want)
+		}
+	}
+	cmd := (&app{stdout: io.Discard}).hashTokenCmd()
+	cmd.SetIn(strings.NewReader("\n"))
+	cmd.SetArgs(nil)
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "empty token") {
+		t.Fatalf("hash-token of an empty line: %v, want an error", err)
 	}
 }

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -100,11 +103,33 @@ For development and tests: keep a production CA's key offline.`,
 
 func (a *app) hashTokenCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "hash-token TOKEN",
+		Use:   "hash-token [TOKEN]",
 		Short: "Print the sha256 of a bearer token, for the server's token file",
-		Args:  exactArgs(1, "the token"),
+		Long: `hash-token prints the sha256 of a bearer token, for the server's token file.
+It reads the token from standard input (first line) when no argument is given,
+or when the argument is "-": a token on the command line is visible to other
+users of the machine (ps) and stays in the shell's history.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				return fmt.Errorf("hash-token takes at most one argument, the token (or none to read it from standard input)")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			fmt.Fprintln(a.stdout, auth.HashToken(args[0]))
+			tok := ""
+			if len(args) == 1 && args[0] != "-" {
+				tok = args[0]
+			} else {
+				line, err := bufio.NewReader(io.LimitReader(cmd.InOrStdin(), 1<<16)).ReadString('\n')
+				if err != nil && !errors.Is(err, io.EOF) {
+					return fmt.Errorf("hash-token: reading the token: %w", err)
+				}
+				tok = strings.TrimSpace(line)
+			}
+			if tok == "" {
+				return errors.New("hash-token: empty token")
+			}
+			fmt.Fprintln(a.stdout, auth.HashToken(tok))
 			return nil
 		},
 	}
