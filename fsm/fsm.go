@@ -109,12 +109,15 @@ type Result struct {
 
 // FSM implements raft.FSM and raft.BatchingFSM.
 type FSM struct {
-	mu        sync.RWMutex
-	leases    *table
-	members   map[string]string // raft server ID -> gRPC address
-	revision  uint64            // rises with every write to the table
-	lastToken uint64            // the highest fencing token ever issued
-	applied   uint64            // the last applied Raft index
+	mu      sync.RWMutex
+	leases  *table
+	members map[string]string // raft server ID -> gRPC address
+	// memberVersions: raft server ID -> the command version its binary
+	// registered; absent for a member that registered none (version 1).
+	memberVersions map[string]uint32
+	revision       uint64 // rises with every write to the table
+	lastToken      uint64 // the highest fencing token ever issued
+	applied        uint64 // the last applied Raft index
 
 	listener Listener
 	opts     Options
@@ -142,10 +145,12 @@ func New(listener Listener) *FSM {
 // NewWithOptions returns an empty FSM with options.
 func NewWithOptions(listener Listener, opts Options) *FSM {
 	return &FSM{
-		leases:   newTable(),
-		members:  make(map[string]string),
-		listener: listener,
-		opts:     opts,
+		leases:  newTable(),
+		members: make(map[string]string),
+
+		memberVersions: make(map[string]uint32),
+		listener:       listener,
+		opts:           opts,
 	}
 }
 
@@ -164,22 +169,7 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	out := make([]interface{}, len(logs))
 	f.events = f.events[:0]
-	f.mu.Lock()
-	for i, l := range logs {
-		if l.Index > f.applied {
-			f.applied = l.Index
-		}
-		if l.Type != raft.LogCommand {
-			continue
-		}
-		var c fsmpb.Command
-		if err := proto.Unmarshal(l.Data, &c); err != nil {
-			out[i] = &Result{Err: fmt.Errorf("%w: %v", ErrBadCommand, err)}
-			continue
-		}
-		out[i] = f.apply(&c, l.Index, l.Term)
-	}
-	f.mu.Unlock()
+	f.applyLocked(logs, out)
 	if f.listener != nil && len(f.events) > 0 {
 		f.listener.Applied(f.events)
 	}
@@ -189,8 +179,30 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	return out
 }
 
+// applyLocked applies logs under the table's lock, which it releases even
+// when a command stops the FSM (checkVersion).
+func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			f.applied = max(f.applied, l.Index)
+			continue
+		}
+		var c fsmpb.Command
+		if err := proto.Unmarshal(l.Data, &c); err != nil {
+			out[i] = &Result{Err: fmt.Errorf("%w: %v", ErrBadCommand, err)}
+			f.applied = max(f.applied, l.Index)
+			continue
+		}
+		out[i] = f.apply(&c, l.Index, l.Term)
+		f.applied = max(f.applied, l.Index)
+	}
+}
+
 // apply applies one command of the log entry at index, of Raft term term.
 func (f *FSM) apply(c *fsmpb.Command, index, term uint64) *Result {
+	checkVersion(c, index)
 	now := c.NowUnixNano
 	switch op := c.Op.(type) {
 	case *fsmpb.Command_Acquire:
@@ -212,9 +224,13 @@ func (f *FSM) apply(c *fsmpb.Command, index, term uint64) *Result {
 		return f.delete(op.Delete, now)
 	case *fsmpb.Command_SetMember:
 		f.members[op.SetMember.Id] = op.SetMember.GrpcAddr
+		if op.SetMember.CommandVersion != 0 {
+			f.memberVersions[op.SetMember.Id] = op.SetMember.CommandVersion
+		}
 		return &Result{}
 	case *fsmpb.Command_RemoveMember:
 		delete(f.members, op.RemoveMember.Id)
+		delete(f.memberVersions, op.RemoveMember.Id)
 		return &Result{}
 	case *fsmpb.Command_Write:
 		return f.write(op.Write, index, now)
@@ -608,6 +624,14 @@ func (f *FSM) Members() map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// MemberVersion returns the command version the member id registered,
+// 1 when it registered none.
+func (f *FSM) MemberVersion(id string) uint32 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return max(f.memberVersions[id], 1)
 }
 
 // MemberAddr returns the gRPC address registered for a Raft server ID.

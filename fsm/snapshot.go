@@ -58,7 +58,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		done:   f.snapshotDone,
 	}
 	for id, addr := range f.members {
-		s.header.Members = append(s.header.Members, &fsmpb.MemberRecord{Id: id, GrpcAddr: addr})
+		s.header.Members = append(s.header.Members, &fsmpb.MemberRecord{Id: id, GrpcAddr: addr, CommandVersion: f.memberVersions[id]})
 	}
 	for l := range f.leases.all() {
 		s.leases = append(s.leases, l)
@@ -146,6 +146,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	f.leases = st.leases
 	f.members = st.members
+	f.memberVersions = st.memberVersions
 	f.revision = st.revision
 	f.lastToken = st.lastToken
 	f.mu.Unlock()
@@ -157,10 +158,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 
 // State is a decoded snapshot.
 type State struct {
-	leases    *table
-	members   map[string]string
-	revision  uint64
-	lastToken uint64
+	leases         *table
+	members        map[string]string
+	memberVersions map[string]uint32
+	revision       uint64
+	lastToken      uint64
 }
 
 // Leases returns the number of leases in the snapshot.
@@ -185,13 +187,18 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		return nil, fmt.Errorf("%w: unknown format %d", ErrCorruptSnapshot, h.Format)
 	}
 	st := &State{
-		leases:    newTable(),
-		members:   make(map[string]string, len(h.Members)),
-		revision:  h.Revision,
-		lastToken: h.LastToken,
+		leases:   newTable(),
+		members:  make(map[string]string, len(h.Members)),
+		revision: h.Revision,
+
+		memberVersions: make(map[string]uint32),
+		lastToken:      h.LastToken,
 	}
 	for _, m := range h.Members {
 		st.members[m.Id] = m.GrpcAddr
+		if m.CommandVersion != 0 {
+			st.memberVersions[m.Id] = m.CommandVersion
+		}
 	}
 	for i := uint64(0); i < h.LeaseCount; i++ {
 		var rec fsmpb.LeaseRecord

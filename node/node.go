@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -78,6 +79,10 @@ type Node struct {
 	// outlives a request (confirmation rounds).
 	quitCtx context.Context
 	quit    context.CancelFunc
+
+	// cmdVersion is, on a leader, the command version every member of the
+	// configuration applies (fsm.Fit); 0 until known.
+	cmdVersion atomic.Uint32
 
 	mu         sync.Mutex
 	readyTerm  uint64        // the term in which this node finished its promotion; 0 when not leading
@@ -305,6 +310,7 @@ func (n *Node) reconcile() {
 		if n.raft.State() != raft.Leader || n.raft.CurrentTerm() != term {
 			return
 		}
+		n.refreshVersion()
 		n.promote(term)
 		n.setReady(term)
 		n.log.Info("leading", "term", term, "holdings", n.mgr.Len())
@@ -312,7 +318,44 @@ func (n *Node) reconcile() {
 	case !leading && ready != 0:
 		n.mgr.Demote()
 		n.setReady(0)
+		n.cmdVersion.Store(0)
 		n.log.Info("stopped leading", "term", term)
+	case leading:
+		n.refreshVersion() // members register and upgrade while it leads
+	}
+}
+
+// CommandVersion returns, on a leader, the command version every member
+// of the configuration applies: the newest that it proposes. 0 on a node
+// that does not lead.
+func (n *Node) CommandVersion() uint32 { return n.cmdVersion.Load() }
+
+// refreshVersion sets cmdVersion to the lowest command version among the
+// members of the configuration, voters or not (all apply the log), as
+// they registered it. A member that registered none counts as 1.
+func (n *Node) refreshVersion() {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	v := fsm.CommandVersion
+	for _, srv := range f.Configuration().Servers {
+		v = min(v, n.fsm.MemberVersion(string(srv.ID)))
+	}
+	if old := n.cmdVersion.Swap(v); old != v {
+		n.log.Info("cluster command version", "version", v, "was", old)
+	}
+}
+
+// lowerVersion makes cmdVersion at most v at once: a member that applies
+// only v is about to join.
+func (n *Node) lowerVersion(v uint32) {
+	v = max(v, 1)
+	for {
+		old := n.cmdVersion.Load()
+		if old <= v || n.cmdVersion.CompareAndSwap(old, v) {
+			return
+		}
 	}
 }
 
@@ -360,13 +403,13 @@ func (n *Node) registerSelf() {
 	if n.cfg.GRPCAddr == "" {
 		return
 	}
-	if a, ok := n.fsm.MemberAddr(n.cfg.ID); ok && a == n.cfg.GRPCAddr {
+	if a, ok := n.fsm.MemberAddr(n.cfg.ID); ok && a == n.cfg.GRPCAddr && n.fsm.MemberVersion(n.cfg.ID) == fsm.CommandVersion {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
 	defer cancel()
 	if _, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_SetMember{SetMember: &fsmpb.SetMember{
-		Id: n.cfg.ID, GrpcAddr: n.cfg.GRPCAddr,
+		Id: n.cfg.ID, GrpcAddr: n.cfg.GRPCAddr, CommandVersion: fsm.CommandVersion,
 	}}}); err != nil {
 		n.log.Warn("registering own address failed", "error", err)
 	}

@@ -482,3 +482,61 @@ func testGivenUpExpire(t *testing.T, waiter bool) {
 		t.Fatal("renewed without the log while a given-up Expire of the holding could still commit")
 	}
 }
+
+// TestCommandVersionFollowsTheMembers: the leader proposes version-2
+// fields only once every member of the configuration registered a binary
+// that applies them, and stops at once when one that does not joins.
+func TestCommandVersionFollowsTheMembers(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	waitVersion := func(want uint32) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for leader.CommandVersion() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("command version %d, want %d", leader.CommandVersion(), want)
+			}
+			time.Sleep(5 * time.Millisecond) // the leader refreshes it on its own loop
+		}
+	}
+	// The followers of an in-memory cluster register nothing: version 1.
+	waitVersion(1)
+	a := acquire(t, leader, "db", "a", time.Hour)
+	checked := func(holder string, token uint64) *fsm.Result {
+		t.Helper()
+		res, err := leader.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Write{Write: &fsmpb.Write{
+			Namespace: "default", Name: "db", Holder: holder, DurationNs: int64(time.Hour), CheckHolding: true, HoldingToken: token,
+		}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	// At version 1 the check is left out (a version-1 member would ignore
+	// it): the write applies against any holding.
+	if res := checked("b", a.Token+100); res.Err != nil {
+		t.Fatalf("checked write at version 1: %v, want it applied unchecked", res.Err)
+	}
+	for _, n := range c.Nodes {
+		if _, err := leader.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_SetMember{SetMember: &fsmpb.SetMember{
+			Id: n.ID(), GrpcAddr: n.ID() + ":7000", CommandVersion: fsm.CommandVersion,
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitVersion(fsm.CommandVersion)
+	if res := checked("c", 12345); !errors.Is(res.Err, fsm.ErrConflict) {
+		t.Fatalf("checked write at version 2 against another holding: %v, want ErrConflict", res.Err)
+	}
+	// A member that does not say its version joins: version 1 before it
+	// is in the configuration.
+	if err := leader.Join(ctx, "old", "inmem-old", "", true, 0); err != nil {
+		t.Fatal(err)
+	}
+	if v := leader.CommandVersion(); v != 1 {
+		t.Fatalf("command version %d right after an old member joined, want 1", v)
+	}
+}

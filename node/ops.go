@@ -55,6 +55,9 @@ func (n *Node) Propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, erro
 		return nil, err
 	}
 	c.NowUnixNano = n.clk.Now().UnixNano()
+	// Only what every member applies alike: fields of newer command
+	// versions wait until every member's binary knows them.
+	fsm.Fit(c, n.cmdVersion.Load())
 	return n.batch.propose(ctx, c)
 }
 
@@ -250,9 +253,11 @@ func (n *Node) Members() ([]Member, error) {
 }
 
 // Join adds a server to the cluster (a voter unless nonvoter) and records
-// its gRPC address. Joining again with the same addresses only refreshes
+// its gRPC address and version, the newest command version its binary
+// applies (0: not said, taken as 1); the leader stops proposing newer
+// commands before the server is added. Joining again with the same addresses only refreshes
 // the address, so a retried join does no harm. Leader only.
-func (n *Node) Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter bool) error {
+func (n *Node) Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter bool, version uint32) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
@@ -273,6 +278,7 @@ func (n *Node) Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter
 		}
 	}
 	if !present {
+		n.lowerVersion(version)
 		var af raft.IndexFuture
 		if nonvoter {
 			af = n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, n.cfg.ApplyTimeout)
@@ -287,7 +293,7 @@ func (n *Node) Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter
 	if grpcAddr == "" {
 		return nil
 	}
-	res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_SetMember{SetMember: &fsmpb.SetMember{Id: id, GrpcAddr: grpcAddr}}})
+	res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_SetMember{SetMember: &fsmpb.SetMember{Id: id, GrpcAddr: grpcAddr, CommandVersion: version}}})
 	if err != nil {
 		return err
 	}

@@ -61,7 +61,7 @@ func (s *Server) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespons
 			return c.Join(ctx, req)
 		})
 	}
-	if err := s.node.Join(ctx, req.Id, req.RaftAddr, req.GrpcAddr, req.Nonvoter); err != nil {
+	if err := s.node.Join(ctx, req.Id, req.RaftAddr, req.GrpcAddr, req.Nonvoter, req.CommandVersion); err != nil {
 		return nil, toStatus(err, nil)
 	}
 	ms, err := s.members()

@@ -46,7 +46,7 @@ type Node interface {
 	SawWaiter(namespace, name, holder string)
 	FSM() *fsm.FSM
 	Status() (node.Status, error)
-	Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter bool) error
+	Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter bool, version uint32) error
 	RemoveMember(ctx context.Context, id string) error
 	TransferLeadership(to string) error
 }
@@ -371,7 +371,7 @@ func (s *Server) register(ctx context.Context) {
 	if grpcAddr == "" || s.node.IsLeader() {
 		return
 	}
-	if a, ok := s.node.FSM().MemberAddr(s.node.ID()); ok && a == grpcAddr {
+	if a, ok := s.node.FSM().MemberAddr(s.node.ID()); ok && a == grpcAddr && s.node.FSM().MemberVersion(s.node.ID()) == fsm.CommandVersion {
 		return
 	}
 	if _, addr := s.node.Leader(); addr == "" {
@@ -380,7 +380,7 @@ func (s *Server) register(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	_, err := forwardCluster(ctx, s, func(ctx context.Context, c pb.ClusterClient) (*pb.JoinResponse, error) {
-		return c.Join(ctx, &pb.JoinRequest{Id: s.node.ID(), RaftAddr: raftAddr, GrpcAddr: grpcAddr})
+		return c.Join(ctx, &pb.JoinRequest{Id: s.node.ID(), RaftAddr: raftAddr, GrpcAddr: grpcAddr, CommandVersion: fsm.CommandVersion})
 	})
 	if err != nil {
 		s.log.Debug("registering address with the leader", "error", err)

@@ -462,7 +462,7 @@ func joinOnce(ctx context.Context, target string, o *options, dial []grpc.DialOp
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err = pb.NewClusterClient(conn).Join(ctx, &pb.JoinRequest{
-		Id: o.node.ID, RaftAddr: o.node.RaftAddr, GrpcAddr: o.node.GRPCAddr,
+		Id: o.node.ID, RaftAddr: o.node.RaftAddr, GrpcAddr: o.node.GRPCAddr, CommandVersion: fsm.CommandVersion,
 	})
 	return err
 }

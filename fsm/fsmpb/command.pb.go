@@ -29,6 +29,10 @@ const (
 type Command struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	NowUnixNano int64                  `protobuf:"varint,1,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	// required_version is the command version (fsm.CommandVersion) that an
+	// FSM needs to apply this command as meant; one that supports less
+	// stops rather than misapply it. 0 or 1: the original format.
+	RequiredVersion uint32 `protobuf:"varint,12,opt,name=required_version,json=requiredVersion,proto3" json:"required_version,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_Acquire
@@ -79,6 +83,13 @@ func (*Command) Descriptor() ([]byte, []int) {
 func (x *Command) GetNowUnixNano() int64 {
 	if x != nil {
 		return x.NowUnixNano
+	}
+	return 0
+}
+
+func (x *Command) GetRequiredVersion() uint32 {
+	if x != nil {
+		return x.RequiredVersion
 	}
 	return 0
 }
@@ -950,11 +961,14 @@ func (x *Delete) GetResourceVersion() uint64 {
 }
 
 type SetMember struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	GrpcAddr      string                 `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	GrpcAddr string                 `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	// command_version is the newest command version the member's binary
+	// applies; 0 (a binary that does not say) leaves the recorded one.
+	CommandVersion uint32 `protobuf:"varint,3,opt,name=command_version,json=commandVersion,proto3" json:"command_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SetMember) Reset() {
@@ -999,6 +1013,13 @@ func (x *SetMember) GetGrpcAddr() string {
 		return x.GrpcAddr
 	}
 	return ""
+}
+
+func (x *SetMember) GetCommandVersion() uint32 {
+	if x != nil {
+		return x.CommandVersion
+	}
+	return 0
 }
 
 type RemoveMember struct {
@@ -1363,11 +1384,12 @@ func (x *WaiterRecord) GetLabels() map[string]string {
 }
 
 type MemberRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	GrpcAddr      string                 `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	GrpcAddr       string                 `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	CommandVersion uint32                 `protobuf:"varint,3,opt,name=command_version,json=commandVersion,proto3" json:"command_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *MemberRecord) Reset() {
@@ -1412,6 +1434,13 @@ func (x *MemberRecord) GetGrpcAddr() string {
 		return x.GrpcAddr
 	}
 	return ""
+}
+
+func (x *MemberRecord) GetCommandVersion() uint32 {
+	if x != nil {
+		return x.CommandVersion
+	}
+	return 0
 }
 
 // SnapshotHeader opens a snapshot; lease_count LeaseRecords follow it.
@@ -1495,9 +1524,10 @@ var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\x12leasekeeper.fsm.v1\"\xf1\x04\n" +
+	"\rcommand.proto\x12\x12leasekeeper.fsm.v1\"\x9c\x05\n" +
 	"\aCommand\x12\"\n" +
-	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x127\n" +
+	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x12)\n" +
+	"\x10required_version\x18\f \x01(\rR\x0frequiredVersion\x127\n" +
 	"\aacquire\x18\x02 \x01(\v2\x1b.leasekeeper.fsm.v1.AcquireH\x00R\aacquire\x126\n" +
 	"\x05renew\x18\x03 \x01(\v2\x1e.leasekeeper.fsm.v1.RenewBatchH\x00R\x05renew\x127\n" +
 	"\arelease\x18\x04 \x01(\v2\x1b.leasekeeper.fsm.v1.ReleaseH\x00R\arelease\x124\n" +
@@ -1572,10 +1602,11 @@ const file_command_proto_rawDesc = "" +
 	"\x06Delete\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
-	"\x10resource_version\x18\x03 \x01(\x04R\x0fresourceVersion\"8\n" +
+	"\x10resource_version\x18\x03 \x01(\x04R\x0fresourceVersion\"a\n" +
 	"\tSetMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
-	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\"\x1e\n" +
+	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12'\n" +
+	"\x0fcommand_version\x18\x03 \x01(\rR\x0ecommandVersion\"\x1e\n" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\xa8\x01\n" +
 	"\rHoldingRecord\x12\x16\n" +
@@ -1617,10 +1648,11 @@ const file_command_proto_rawDesc = "" +
 	"\x06labels\x18\x04 \x03(\v2,.leasekeeper.fsm.v1.WaiterRecord.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\";\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"d\n" +
 	"\fMemberRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
-	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\"\xc0\x01\n" +
+	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12'\n" +
+	"\x0fcommand_version\x18\x03 \x01(\rR\x0ecommandVersion\"\xc0\x01\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x1d\n" +

@@ -2408,13 +2408,17 @@ func (x *StatusResponse) GetLeases() int64 {
 }
 
 type JoinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	RaftAddr      string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
-	GrpcAddr      string                 `protobuf:"bytes,3,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
-	Nonvoter      bool                   `protobuf:"varint,4,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	RaftAddr string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	GrpcAddr string                 `protobuf:"bytes,3,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	Nonvoter bool                   `protobuf:"varint,4,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
+	// command_version is the newest Raft command version the joining node's
+	// binary applies (0: it does not say, taken as 1). The leader proposes
+	// newer commands only once every member applies them.
+	CommandVersion uint32 `protobuf:"varint,5,opt,name=command_version,json=commandVersion,proto3" json:"command_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
@@ -2473,6 +2477,13 @@ func (x *JoinRequest) GetNonvoter() bool {
 		return x.Nonvoter
 	}
 	return false
+}
+
+func (x *JoinRequest) GetCommandVersion() uint32 {
+	if x != nil {
+		return x.CommandVersion
+	}
+	return 0
 }
 
 type JoinResponse struct {
@@ -3087,12 +3098,13 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x05state\x18\b \x01(\tR\x05state\x12\x1a\n" +
 	"\brevision\x18\t \x01(\x04R\brevision\x12\x16\n" +
 	"\x06leases\x18\n" +
-	" \x01(\x03R\x06leases\"s\n" +
+	" \x01(\x03R\x06leases\"\x9c\x01\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1b\n" +
 	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\x12\x1a\n" +
-	"\bnonvoter\x18\x04 \x01(\bR\bnonvoter\"@\n" +
+	"\bnonvoter\x18\x04 \x01(\bR\bnonvoter\x12'\n" +
+	"\x0fcommand_version\x18\x05 \x01(\rR\x0ecommandVersion\"@\n" +
 	"\fJoinResponse\x120\n" +
 	"\amembers\x18\x01 \x03(\v2\x16.leasekeeper.v1.MemberR\amembers\"%\n" +
 	"\x13RemoveMemberRequest\x12\x0e\n" +

@@ -1,0 +1,83 @@
+package fsm
+
+import (
+	"fmt"
+
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+)
+
+// CommandVersion is the newest command format this FSM applies.
+//
+//  1. The original commands.
+//  2. Expire.term (an Expire counts only in an entry of its term),
+//     Write.check_holding and holding_token (a write applies only to the
+//     holding it was authorized against), Acquire.max_waiters (the queue
+//     limit), Command.required_version and member command versions.
+//
+// Every node of a cluster must apply a command alike, or their tables
+// diverge: an FSM of version 1 ignores the fields of version 2 and would
+// apply such a command differently. So the leader proposes version-2
+// fields only once every voter has registered a binary that applies them
+// (Fit), and an FSM that meets a command above its version stops instead of
+// misapplying it.
+const CommandVersion uint32 = 2
+
+// ErrTooNew: a log entry needs a newer binary than this one.
+var ErrTooNew = fmt.Errorf("fsm: command needs a newer leasekeeper (this one applies command version %d)", CommandVersion)
+
+// Fit makes c one that every FSM of version cluster or newer applies alike:
+// it clears the fields of newer versions (the command then means what it
+// meant before them) and sets c.RequiredVersion to the version that the
+// fields left need. cluster 0 counts as 1. It returns c.
+func Fit(c *fsmpb.Command, cluster uint32) *fsmpb.Command {
+	c.RequiredVersion = fit(c, max(cluster, 1))
+	return c
+}
+
+// fit clears the fields above v in c and returns the version c needs.
+func fit(c *fsmpb.Command, v uint32) uint32 {
+	need := uint32(0)
+	uses := func(set bool) {
+		if set {
+			need = 2
+		}
+	}
+	switch op := c.Op.(type) {
+	case *fsmpb.Command_Expire:
+		if v < 2 {
+			op.Expire.Term = 0
+		}
+		uses(op.Expire.Term != 0)
+	case *fsmpb.Command_Write:
+		if v < 2 {
+			op.Write.CheckHolding, op.Write.HoldingToken = false, 0
+		}
+		uses(op.Write.CheckHolding)
+	case *fsmpb.Command_Acquire:
+		if v < 2 {
+			op.Acquire.MaxWaiters = 0
+		}
+		uses(op.Acquire.MaxWaiters != 0)
+	case *fsmpb.Command_SetMember:
+		// Kept at any version: a version-1 FSM ignores it and records the
+		// address alike (nothing it decides reads member versions), and
+		// without it no cluster could ever learn that its members were
+		// upgraded.
+	case *fsmpb.Command_Batch:
+		for _, sub := range op.Batch.Commands {
+			sub.RequiredVersion = fit(sub, v)
+			need = max(need, sub.RequiredVersion)
+		}
+	}
+	return need
+}
+
+// checkVersion stops the FSM at a command it cannot apply as meant.
+// Applying it differently from the nodes that can would make the tables
+// diverge, and skipping it would too; stopping the node keeps its state
+// as the entries before it left it, and says what to do.
+func checkVersion(c *fsmpb.Command, index uint64) {
+	if c.RequiredVersion > CommandVersion {
+		panic(fmt.Sprintf("%v: the log entry at index %d needs command version %d; upgrade this node", ErrTooNew, index, c.RequiredVersion))
+	}
+}

@@ -1,0 +1,104 @@
+package fsm
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
+)
+
+// TestFitKeepsOldClustersAlike: for a cluster with a version-1 voter, the
+// fields a version-1 FSM would ignore are cleared, so every node applies
+// the command alike; for a version-2 cluster they stay, and the command
+// says it needs version 2.
+func TestFitKeepsOldClustersAlike(t *testing.T) {
+	v2 := func() *fsmpb.Command {
+		exp := expire("default", "db", 4, 8)
+		exp.GetExpire().Term = 3
+		w := write("default", "db", false, 0, "b")
+		w.GetWrite().CheckHolding, w.GetWrite().HoldingToken = true, 4
+		acq := acquireWait("default", "db", "c")
+		acq.GetAcquire().MaxWaiters = 10
+		return &fsmpb.Command{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Commands: []*fsmpb.Command{exp, w, acq, renew("default", "x", "a", 1)}}}}
+	}
+	old := Fit(v2(), 1)
+	subs := old.GetBatch().Commands
+	if old.RequiredVersion != 0 || subs[0].GetExpire().Term != 0 || subs[1].GetWrite().CheckHolding || subs[1].GetWrite().HoldingToken != 0 || subs[2].GetAcquire().MaxWaiters != 0 {
+		t.Fatalf("fit for version 1: %v", old)
+	}
+	for _, cluster := range []uint32{0, 1} {
+		if c := Fit(v2(), cluster); !proto.Equal(c, old) {
+			t.Fatalf("fit for %d differs from fit for 1", cluster)
+		}
+	}
+	cur := Fit(v2(), 2)
+	subs = cur.GetBatch().Commands
+	if cur.RequiredVersion != 2 || subs[0].RequiredVersion != 2 || subs[3].RequiredVersion != 0 || subs[0].GetExpire().Term != 3 || !subs[1].GetWrite().CheckHolding {
+		t.Fatalf("fit for version 2: %v", cur)
+	}
+}
+
+// TestTooNewCommandStops: an FSM does not apply a command above its
+// version; it stops, naming the entry and what to do, with its state as
+// the entries before left it.
+func TestTooNewCommandStops(t *testing.T) {
+	h := newHarness(t)
+	h.apply(1, acquire("default", "db", "a", time.Minute))
+	rev := h.f.Revision()
+	c := release("default", "db", "a", 1)
+	c.RequiredVersion = CommandVersion + 1
+	data, err := proto.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		msg := fmt.Sprint(recover())
+		if !strings.Contains(msg, "upgrade this node") || !strings.Contains(msg, "index 2") {
+			t.Fatalf("stopped with %q, want the entry and what to do", msg)
+		}
+		if l, _ := h.f.Get("default", "db"); l.Holder != "a" || h.f.Revision() != rev {
+			t.Fatalf("state changed by the refused command: %+v", l)
+		}
+	}()
+	h.f.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: data})
+	t.Fatal("a command above this FSM's version was applied")
+}
+
+// TestMemberVersions: members register the command version of their
+// binary; a registration without one keeps it; snapshots carry it.
+func TestMemberVersions(t *testing.T) {
+	h := newHarness(t)
+	set := func(id string, v uint32) {
+		h.apply(1, &fsmpb.Command{Op: &fsmpb.Command_SetMember{SetMember: &fsmpb.SetMember{Id: id, GrpcAddr: id + ":7000", CommandVersion: v}}})
+	}
+	set("n1", 2)
+	set("n2", 0)
+	if got := h.f.MemberVersion("n1"); got != 2 {
+		t.Fatalf("n1 registered 2, reads %d", got)
+	}
+	if got := h.f.MemberVersion("n2"); got != 1 {
+		t.Fatalf("n2 registered none, reads %d, want 1", got)
+	}
+	set("n1", 0) // an address refresh by a tool that does not know versions
+	if got := h.f.MemberVersion("n1"); got != 2 {
+		t.Fatalf("a refresh without a version changed n1's to %d", got)
+	}
+	var buf bytes.Buffer
+	if err := h.f.WriteSnapshot(&buf); err != nil {
+		t.Fatal(err)
+	}
+	g := New(nil)
+	if err := g.Restore(io.NopCloser(&buf)); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.MemberVersion("n1"); got != 2 {
+		t.Fatalf("after a snapshot, n1 reads %d, want 2", got)
+	}
+}
