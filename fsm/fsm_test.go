@@ -329,6 +329,42 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 }
 
+// Raft does not tell Restore the index it restores at, so the snapshot
+// carries it: after a restart or a snapshot install, AppliedIndex is the
+// snapshot's at once, not what the FSM had before.
+func TestRestoreSetsTheAppliedIndex(t *testing.T) {
+	src := newHarness(t)
+	for i := range 5 {
+		src.apply(int64(i), acquire("default", fmt.Sprintf("l%d", i), "h", time.Second))
+	}
+	data := snapshotBytes(t, src.f)
+	want := src.f.AppliedIndex()
+	tests := []struct {
+		name    string
+		applied int // entries the restoring FSM applied before
+	}{
+		{"restart: an empty FSM", 0},
+		{"install: a follower behind the snapshot", 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			for i := range tc.applied {
+				h.apply(int64(i), acquire("other", fmt.Sprintf("o%d", i), "h", time.Second))
+			}
+			if err := h.f.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+				t.Fatalf("restore: %v", err)
+			}
+			if got := h.f.AppliedIndex(); got != want {
+				t.Errorf("AppliedIndex after restore: got %d, want %d", got, want)
+			}
+			if got := h.f.Stats().AppliedIndex; got != want {
+				t.Errorf("Stats().AppliedIndex after restore: got %d, want %d", got, want)
+			}
+		})
+	}
+}
+
 func TestSnapshotBytesDoNotDependOnMapOrder(t *testing.T) {
 	h := newHarness(t)
 	c := acquire("default", "a", "h", time.Second)

@@ -47,23 +47,30 @@ type snapshot struct {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	s := newSnapshot(f.leases, f.members, f.memberVersions, f.revision, f.lastToken, f.applied)
+	s.done = f.snapshotDone
+	return s, nil
+}
+
+// newSnapshot captures a state to encode.
+func newSnapshot(leases *table, members map[string]string, memberVersions map[string]uint32, revision, lastToken, applied uint64) *snapshot {
 	s := &snapshot{
 		header: &fsmpb.SnapshotHeader{
-			Format:     snapshotFormat,
-			Revision:   f.revision,
-			LastToken:  f.lastToken,
-			LeaseCount: uint64(f.leases.count),
+			Format:       snapshotFormat,
+			Revision:     revision,
+			LastToken:    lastToken,
+			LeaseCount:   uint64(leases.count),
+			AppliedIndex: applied,
 		},
-		leases: make([]*Lease, 0, f.leases.count),
-		done:   f.snapshotDone,
+		leases: make([]*Lease, 0, leases.count),
 	}
-	for id, addr := range f.members {
-		s.header.Members = append(s.header.Members, &fsmpb.MemberRecord{Id: id, GrpcAddr: addr, CommandVersion: f.memberVersions[id]})
+	for id, addr := range members {
+		s.header.Members = append(s.header.Members, &fsmpb.MemberRecord{Id: id, GrpcAddr: addr, CommandVersion: memberVersions[id]})
 	}
-	for l := range f.leases.all() {
+	for l := range leases.all() {
 		s.leases = append(s.leases, l)
 	}
-	return s, nil
+	return s
 }
 
 // WriteSnapshot writes a consistent snapshot of the current state to w, in
@@ -149,6 +156,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.memberVersions = st.memberVersions
 	f.revision = st.revision
 	f.lastToken = st.lastToken
+	// The state is now the snapshot's, so the applied index is too;
+	// keeping the old one would report a stale index after a snapshot
+	// install, and 0 after a restart, until the next entry.
+	f.applied = st.applied
 	f.mu.Unlock()
 	if f.listener != nil {
 		f.listener.Restored()
@@ -163,6 +174,7 @@ type State struct {
 	memberVersions map[string]uint32
 	revision       uint64
 	lastToken      uint64
+	applied        uint64
 }
 
 // Leases returns the number of leases in the snapshot.
@@ -170,6 +182,34 @@ func (s *State) Leases() int { return s.leases.count }
 
 // Revision returns the store revision of the snapshot.
 func (s *State) Revision() uint64 { return s.revision }
+
+// AppliedIndex returns the last Raft index the FSM had applied when the
+// snapshot was taken.
+func (s *State) AppliedIndex() uint64 { return s.applied }
+
+// SetAppliedIndex sets the Raft index that the state will be restored at.
+// A backup's own index counts another cluster's log; restoring it as is
+// would leave AppliedIndex wrong until the new cluster's log passed it.
+func (s *State) SetAppliedIndex(index uint64) { s.applied = index }
+
+// WriteTo encodes the state as a snapshot, in the format ReadSnapshot
+// reads. Equal states give equal bytes.
+func (s *State) WriteTo(w io.Writer) (int64, error) {
+	cw := &countWriter{w: w}
+	err := newSnapshot(s.leases, s.members, s.memberVersions, s.revision, s.lastToken, s.applied).encode(cw)
+	return cw.n, err
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
 
 // ReadSnapshot decodes and checks a snapshot without applying it.
 func ReadSnapshot(r io.Reader) (*State, error) {
@@ -187,12 +227,12 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		return nil, fmt.Errorf("%w: unknown format %d", ErrCorruptSnapshot, h.Format)
 	}
 	st := &State{
-		leases:   newTable(),
-		members:  make(map[string]string, len(h.Members)),
-		revision: h.Revision,
-
+		leases:         newTable(),
+		members:        make(map[string]string, len(h.Members)),
 		memberVersions: make(map[string]uint32),
+		revision:       h.Revision,
 		lastToken:      h.LastToken,
+		applied:        h.AppliedIndex,
 	}
 	for _, m := range h.Members {
 		st.members[m.Id] = m.GrpcAddr

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -398,21 +399,36 @@ func suffrageName(s raft.ServerSuffrage) string {
 	return "unknown"
 }
 
-// Restore replaces the whole cluster state with a backup read from r (size
-// bytes). Leader only; meant for seeding a new cluster from a backup. The
-// backup is checked (format and checksum) before anything changes.
-func (n *Node) Restore(r io.ReadSeeker, size int64, timeout time.Duration) error {
+// Restore replaces the whole cluster state with a backup read from r.
+// Leader only; meant for seeding a new cluster from a backup. The backup is
+// checked (format and checksum) before anything changes.
+func (n *Node) Restore(r io.Reader, timeout time.Duration) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
-	if _, err := fsm.ReadSnapshot(r); err != nil {
+	st, err := fsm.ReadSnapshot(r)
+	if err != nil {
 		return err
 	}
-	if _, err := r.Seek(0, io.SeekStart); err != nil {
+	// Raft restores at the index after its last; an entry appended
+	// meanwhile moves it on, and AppliedIndex then trails until the next
+	// entry.
+	st.SetAppliedIndex(n.raft.LastIndex() + 1)
+	size, err := st.WriteTo(io.Discard)
+	if err != nil {
 		return err
 	}
+	pr, pw := io.Pipe()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_, err := st.WriteTo(pw)
+		pw.CloseWithError(err)
+	})
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size}
-	if err := n.raft.Restore(meta, r, timeout); err != nil {
+	err = n.raft.Restore(meta, pr, timeout)
+	pr.Close() // ends the writer if Raft stopped reading early
+	wg.Wait()
+	if err != nil {
 		return fmt.Errorf("node: restore: %w", err)
 	}
 	n.log.Info("restored the cluster state from a backup", "bytes", size, "leases", n.fsm.Stats().Leases)

@@ -560,10 +560,6 @@ func restore(ctx context.Context, path string, n *node.Node, log hclog.Logger) e
 		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for !n.IsLeader() || !n.Manager().Active() {
@@ -573,7 +569,7 @@ func restore(ctx context.Context, path string, n *node.Node, log hclog.Logger) e
 		case <-tick.C:
 		}
 	}
-	if err := n.Restore(f, fi.Size(), time.Minute); err != nil {
+	if err := n.Restore(f, time.Minute); err != nil {
 		return err
 	}
 	log.Info("backup restored", "file", path)

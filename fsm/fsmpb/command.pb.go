@@ -1445,12 +1445,16 @@ func (x *MemberRecord) GetCommandVersion() uint32 {
 
 // SnapshotHeader opens a snapshot; lease_count LeaseRecords follow it.
 type SnapshotHeader struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Format        uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
-	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	LastToken     uint64                 `protobuf:"varint,3,opt,name=last_token,json=lastToken,proto3" json:"last_token,omitempty"`
-	LeaseCount    uint64                 `protobuf:"varint,4,opt,name=lease_count,json=leaseCount,proto3" json:"lease_count,omitempty"`
-	Members       []*MemberRecord        `protobuf:"bytes,5,rep,name=members,proto3" json:"members,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Format     uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
+	Revision   uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	LastToken  uint64                 `protobuf:"varint,3,opt,name=last_token,json=lastToken,proto3" json:"last_token,omitempty"`
+	LeaseCount uint64                 `protobuf:"varint,4,opt,name=lease_count,json=leaseCount,proto3" json:"lease_count,omitempty"`
+	Members    []*MemberRecord        `protobuf:"bytes,5,rep,name=members,proto3" json:"members,omitempty"`
+	// applied_index is the last Raft index the FSM had applied when the
+	// snapshot was taken: Raft does not tell FSM.Restore the index it
+	// restores at.
+	AppliedIndex  uint64 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1518,6 +1522,13 @@ func (x *SnapshotHeader) GetMembers() []*MemberRecord {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *SnapshotHeader) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
 }
 
 var File_command_proto protoreflect.FileDescriptor
@@ -1652,7 +1663,7 @@ const file_command_proto_rawDesc = "" +
 	"\fMemberRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12'\n" +
-	"\x0fcommand_version\x18\x03 \x01(\rR\x0ecommandVersion\"\xc0\x01\n" +
+	"\x0fcommand_version\x18\x03 \x01(\rR\x0ecommandVersion\"\xe5\x01\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x1d\n" +
@@ -1660,7 +1671,8 @@ const file_command_proto_rawDesc = "" +
 	"last_token\x18\x03 \x01(\x04R\tlastToken\x12\x1f\n" +
 	"\vlease_count\x18\x04 \x01(\x04R\n" +
 	"leaseCount\x12:\n" +
-	"\amembers\x18\x05 \x03(\v2 .leasekeeper.fsm.v1.MemberRecordR\amembersB.Z,github.com/leasekeeper/leasekeeper/fsm/fsmpbb\x06proto3"
+	"\amembers\x18\x05 \x03(\v2 .leasekeeper.fsm.v1.MemberRecordR\amembers\x12#\n" +
+	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndexB.Z,github.com/leasekeeper/leasekeeper/fsm/fsmpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
