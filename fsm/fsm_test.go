@@ -365,6 +365,54 @@ func TestRestoreSetsTheAppliedIndex(t *testing.T) {
 	}
 }
 
+// A backup prepared for a restore issues its next token past the gap, or
+// past the operator's floor when that is higher, in the FSM that
+// restores it.
+func TestRaiseTokenCounter(t *testing.T) {
+	tests := []struct {
+		name           string
+		counter, floor uint64
+		want           uint64
+		wantErr        error
+	}{
+		{"no floor: the gap", 7, 0, 7 + RestoreTokenGap, nil},
+		{"floor under the gap", 7, 1000, 7 + RestoreTokenGap, nil},
+		{"floor over the gap", 7, RestoreTokenGap << 4, RestoreTokenGap << 4, nil},
+		{"floor at the limit", 7, maxRestoredCounter, maxRestoredCounter, nil},
+		{"floor past the limit", 7, maxRestoredCounter + 1, 0, ErrTokenFloor},
+		{"counter past the limit", maxRestoredCounter + 1, 0, 0, ErrTokenFloor},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := &State{leases: newTable(), members: map[string]string{}, lastToken: tc.counter}
+			got, err := st.RaiseTokenCounter(tc.floor)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("error: got %v, want %v", err, tc.wantErr)
+			}
+			if err != nil {
+				if st.LastToken() != tc.counter {
+					t.Errorf("counter after a refused raise: got %d, want %d unchanged", st.LastToken(), tc.counter)
+				}
+				return
+			}
+			if got != tc.want || st.LastToken() != tc.want {
+				t.Fatalf("counter: got %d (state %d), want %d", got, st.LastToken(), tc.want)
+			}
+			var b bytes.Buffer
+			if _, err := st.WriteTo(&b); err != nil {
+				t.Fatal(err)
+			}
+			h := newHarness(t)
+			if err := h.f.Restore(io.NopCloser(&b)); err != nil {
+				t.Fatalf("restore: %v", err)
+			}
+			if tok := h.apply(1, acquire("default", "x", "a", time.Second)).Lease.Token; tok != tc.want+1 {
+				t.Errorf("first token after the restore: got %d, want %d", tok, tc.want+1)
+			}
+		})
+	}
+}
+
 func TestSnapshotBytesDoNotDependOnMapOrder(t *testing.T) {
 	h := newHarness(t)
 	c := acquire("default", "a", "h", time.Second)

@@ -8,6 +8,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"math"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -26,8 +27,28 @@ const snapshotMagic = "LKSNAP1\n"
 // snapshotFormat is SnapshotHeader.format for this layout.
 const snapshotFormat = 1
 
-// ErrCorruptSnapshot: a snapshot could not be read back.
-var ErrCorruptSnapshot = errors.New("fsm: corrupt snapshot")
+// Errors of snapshots and restores.
+var (
+	// ErrCorruptSnapshot: a snapshot could not be read back.
+	ErrCorruptSnapshot = errors.New("fsm: corrupt snapshot")
+	// ErrTokenFloor: a restore would raise the fencing-token counter so
+	// high that too few tokens are left to issue.
+	ErrTokenFloor = errors.New("fsm: token floor leaves too few fencing tokens to issue")
+)
+
+// RestoreTokenGap is how far above a backup's fencing-token counter a
+// cluster restored from it starts issuing tokens. The backup's cluster may
+// have issued tokens after the backup was taken, and nothing the restore
+// can read says how many: a token issued again would name two holdings,
+// and a fenced resource that saw it first would turn the new holder away.
+// 2^40 tokens take a cluster that begins 10,000 holdings a second three
+// and a half years to issue, and tokens stay below 2^53, exact in JSON
+// numbers, for 8,191 restores. An operator who knows of a higher token
+// gives it as the floor of RaiseTokenCounter.
+const RestoreTokenGap uint64 = 1 << 40
+
+// maxRestoredCounter leaves a restored cluster a gap's worth of tokens.
+const maxRestoredCounter = math.MaxUint64 - RestoreTokenGap
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -191,6 +212,23 @@ func (s *State) AppliedIndex() uint64 { return s.applied }
 // A backup's own index counts another cluster's log; restoring it as is
 // would leave AppliedIndex wrong until the new cluster's log passed it.
 func (s *State) SetAppliedIndex(index uint64) { s.applied = index }
+
+// LastToken returns the fencing-token counter: the highest token issued.
+func (s *State) LastToken() uint64 { return s.lastToken }
+
+// RaiseTokenCounter raises the fencing-token counter of a backup about to
+// seed a new cluster to RestoreTokenGap above its own value, or to floor
+// if that is higher, so that the new cluster's tokens are above every
+// token the backup's cluster may have issued. It returns the new counter.
+// The counter travels in the restored snapshot, so every member applies
+// the same value and a restart keeps it.
+func (s *State) RaiseTokenCounter(floor uint64) (uint64, error) {
+	if s.lastToken > maxRestoredCounter || floor > maxRestoredCounter {
+		return 0, fmt.Errorf("%w: counter %d, floor %d, limit %d", ErrTokenFloor, s.lastToken, floor, uint64(maxRestoredCounter))
+	}
+	s.lastToken = max(s.lastToken+RestoreTokenGap, floor)
+	return s.lastToken, nil
+}
 
 // WriteTo encodes the state as a snapshot, in the format ReadSnapshot
 // reads. Equal states give equal bytes.

@@ -3,15 +3,19 @@ package integration
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/client"
 )
 
 // startSingle starts a one-node cluster with extra flags.
@@ -26,6 +30,31 @@ func startSingle(t *testing.T, extra ...string) *cluster {
 	c.start(p)
 	t.Cleanup(func() { c.stop(p, 9) })
 	return c
+}
+
+// saveBackup saves a backup through cl into a file and returns its path.
+func saveBackup(t *testing.T, cl *client.Client) string {
+	t.Helper()
+	stream, err := cl.Cluster().Snapshot(ctxT(t, 10*time.Second), &pb.SnapshotRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var backup bytes.Buffer
+	for {
+		chunk, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("snapshot stream: %v", err)
+		}
+		backup.Write(chunk.Data)
+	}
+	file := filepath.Join(t.TempDir(), "backup.snap")
+	if err := os.WriteFile(file, backup.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }
 
 func TestBackupAndRestore(t *testing.T) {
@@ -46,28 +75,14 @@ func TestBackupAndRestore(t *testing.T) {
 	want["gamma"].HolderIdentity = ""
 
 	// Save a backup through a follower (it relays the leader's stream).
-	stream, err := cl.Cluster().Snapshot(ctxT(t, 10*time.Second), &pb.SnapshotRequest{})
+	file := saveBackup(t, cl)
+	backup, err := os.ReadFile(file)
 	if err != nil {
-		t.Fatal(err)
-	}
-	var backup bytes.Buffer
-	for {
-		chunk, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("snapshot stream: %v", err)
-		}
-		backup.Write(chunk.Data)
-	}
-	file := filepath.Join(t.TempDir(), "backup.snap")
-	if err := os.WriteFile(file, backup.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
 	// A corrupt backup is refused with a clear error before the node starts.
-	bad := append([]byte(nil), backup.Bytes()...)
+	bad := append([]byte(nil), backup...)
 	bad[len(bad)/2] ^= 0x01
 	badFile := filepath.Join(t.TempDir(), "bad.snap")
 	if err := os.WriteFile(badFile, bad, 0o600); err != nil {
@@ -107,4 +122,74 @@ func TestBackupAndRestore(t *testing.T) {
 	if err != nil || !a.Acquired || a.Lease.FencingToken <= want["gamma"].FencingToken {
 		t.Fatalf("acquire after restore: %v %+v", err, a.GetLease())
 	}
+}
+
+// A backup cannot know the tokens its cluster issued after it was taken,
+// and a fenced resource may have seen them. The restored cluster must
+// issue none of them again, nor after a restart.
+func TestRestoreNeverReissuesTokens(t *testing.T) {
+	src := startSingle(t)
+	cl := src.client()
+	a, err := cl.Acquire(ctxT(t, 10*time.Second), "team-a", "db", "a", time.Hour, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backedUp := a.Lease.FencingToken
+	file := saveBackup(t, cl)
+	// After the backup, db changes hands a few times.
+	holder, token := "a", backedUp
+	var after []uint64
+	for i := range 5 {
+		if _, err := cl.Release(ctxT(t, 10*time.Second), "team-a", "db", holder, token); err != nil {
+			t.Fatal(err)
+		}
+		holder = fmt.Sprintf("b%d", i)
+		r, err := cl.Acquire(ctxT(t, 10*time.Second), "team-a", "db", holder, time.Hour, 0, nil)
+		if err != nil || !r.Acquired {
+			t.Fatalf("acquire by %s after the backup: %v %+v", holder, err, r.GetLease())
+		}
+		token = r.Lease.FencingToken
+		after = append(after, token)
+	}
+	highest := slices.Max(after)
+
+	dst := startSingle(t, "--restore", file)
+	dcl := dst.client()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		g, err := dcl.Get(ctxT(t, 2*time.Second), "team-a", "db", false)
+		if err == nil && g.Lease.HolderIdentity == "a" && g.Lease.FencingToken == backedUp {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restored node did not serve the backup: %v %v", err, g)
+		}
+		time.Sleep(100 * time.Millisecond) // polling another process
+	}
+	// The backup's holder gives db up and a new one takes it, as after a
+	// disaster; then fresh leases.
+	if _, err := dcl.Release(ctxT(t, 10*time.Second), "team-a", "db", "a", backedUp); err != nil {
+		t.Fatal(err)
+	}
+	newHoldings := func(when string, names ...string) {
+		t.Helper()
+		for _, name := range names {
+			r, err := dcl.Acquire(ctxT(t, 20*time.Second), "team-a", name, "c", time.Hour, 0, nil)
+			if err != nil || !r.Acquired {
+				t.Fatalf("acquire %s %s: %v %+v", name, when, err, r.GetLease())
+			}
+			if got := r.Lease.FencingToken; got <= highest {
+				t.Errorf("%s: token of %s is %d, not above %d, the highest issued after the backup (%v)", when, name, got, highest, after)
+			}
+		}
+	}
+	newHoldings("after the restore", "db", "x1", "x2")
+
+	// Restarted (without --restore: its data dir holds the new cluster),
+	// the node keeps the raised counter.
+	p := dst.procs[0]
+	dst.stop(p, syscall.SIGTERM)
+	p.args = slices.DeleteFunc(p.args, func(a string) bool { return a == "--restore" || a == file })
+	dst.start(p)
+	newHoldings("after a restart", "y1", "y2")
 }

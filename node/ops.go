@@ -402,11 +402,21 @@ func suffrageName(s raft.ServerSuffrage) string {
 // Restore replaces the whole cluster state with a backup read from r.
 // Leader only; meant for seeding a new cluster from a backup. The backup is
 // checked (format and checksum) before anything changes.
-func (n *Node) Restore(r io.Reader, timeout time.Duration) error {
+//
+// New fencing tokens start fsm.RestoreTokenGap above the backup's counter,
+// or above tokenFloor if that is higher (0: no floor): the backup's cluster
+// may have issued tokens after the backup, and they must not be issued
+// again.
+func (n *Node) Restore(r io.Reader, tokenFloor uint64, timeout time.Duration) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
 	st, err := fsm.ReadSnapshot(r)
+	if err != nil {
+		return err
+	}
+	backupToken := st.LastToken()
+	counter, err := st.RaiseTokenCounter(tokenFloor)
 	if err != nil {
 		return err
 	}
@@ -431,7 +441,8 @@ func (n *Node) Restore(r io.Reader, timeout time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("node: restore: %w", err)
 	}
-	n.log.Info("restored the cluster state from a backup", "bytes", size, "leases", n.fsm.Stats().Leases)
+	n.log.Info("restored the cluster state from a backup", "bytes", size, "leases", n.fsm.Stats().Leases,
+		"backup_last_token", backupToken, "last_token", counter)
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/node"
 	"github.com/leasekeeper/leasekeeper/node/nodetest"
 )
@@ -56,7 +57,7 @@ func TestRestoreSetsTheAppliedIndex(t *testing.T) {
 	c := nodetest.New(t, 1, clk, nodetest.Options{})
 	leader := c.Leader(5 * time.Second)
 	waitRegistered(t, leader)
-	if err := leader.Restore(bytes.NewReader(data), 5*time.Second); err != nil {
+	if err := leader.Restore(bytes.NewReader(data), 0, 5*time.Second); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	// Raft's own AppliedIndex is one more: Restore ends with a no-op entry,
@@ -67,5 +68,33 @@ func TestRestoreSetsTheAppliedIndex(t *testing.T) {
 	}
 	if got := leader.FSM().AppliedIndex(); got != want {
 		t.Errorf("FSM applied index after the restore: got %d, want the restored snapshot's %d", got, want)
+	}
+}
+
+// New tokens start past the gap above the backup's counter, or past the
+// operator's floor when that is higher.
+func TestRestoreRaisesTheTokenCounter(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	data := backup(t, clk, 3) // tokens 1 to 3
+	tests := []struct {
+		name  string
+		floor uint64
+		want  uint64 // the first token after the restore
+	}{
+		{"no floor", 0, 3 + fsm.RestoreTokenGap + 1},
+		{"floor under the gap", 1000, 3 + fsm.RestoreTokenGap + 1},
+		{"floor over the gap", 1 << 50, 1<<50 + 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := nodetest.New(t, 1, clk, nodetest.Options{})
+			leader := c.Leader(5 * time.Second)
+			if err := leader.Restore(bytes.NewReader(data), tc.floor, 5*time.Second); err != nil {
+				t.Fatalf("restore: %v", err)
+			}
+			if got := acquire(t, leader, "new", "h", time.Hour).Token; got != tc.want {
+				t.Errorf("first token after the restore: got %d, want %d", got, tc.want)
+			}
+		})
 	}
 }

@@ -61,6 +61,8 @@ type options struct {
 	gcBytes    int64 // parsed gcFloor
 	fault      string
 	restore    string
+	// restoreTokenFloor: with restore, new fencing tokens start above it.
+	restoreTokenFloor uint64
 }
 
 // envPrefix: every flag may also be set as LEASE_NODE_<FLAG> (upper case,
@@ -85,6 +87,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.peers, "peers", "", "initial cluster for --bootstrap: id=raftaddr,id=raftaddr,...")
 	fs.StringVar(&o.join, "join", "", "gRPC address(es) of a running cluster to join, comma separated")
 	fs.StringVar(&o.restore, "restore", "", "seed a new single-node cluster (with --bootstrap, empty data dir) from a backup file made by 'leasectl snapshot save'")
+	fs.Uint64Var(&o.restoreTokenFloor, "restore-token-floor", 0, "with --restore: issue new fencing tokens above this one, e.g. the highest token a fenced resource has seen (they start 2^40 above the backup's in any case)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
 	fs.DurationVar(&o.node.HeartbeatTimeout, "heartbeat-timeout", o.node.HeartbeatTimeout, "Raft heartbeat timeout")
@@ -189,6 +192,8 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 		if err := checkRestore(o); err != nil {
 			return nil, err
 		}
+	} else if o.restoreTokenFloor != 0 {
+		return nil, errors.New("--restore-token-floor needs --restore")
 	}
 	if err := o.node.Validate(); err != nil {
 		return nil, err
@@ -353,7 +358,7 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := restore(ctx, o.restore, n, log); err != nil && ctx.Err() == nil {
+			if err := restore(ctx, o.restore, o.restoreTokenFloor, n, log); err != nil && ctx.Err() == nil {
 				errc <- err
 			}
 		}()
@@ -547,14 +552,19 @@ func checkRestore(o *options) error {
 		return fmt.Errorf("--restore: %w", err)
 	}
 	defer f.Close()
-	if _, err := fsm.ReadSnapshot(f); err != nil {
+	st, err := fsm.ReadSnapshot(f)
+	if err != nil {
 		return fmt.Errorf("--restore %s: %w", o.restore, err)
+	}
+	if _, err := st.RaiseTokenCounter(o.restoreTokenFloor); err != nil {
+		return fmt.Errorf("--restore-token-floor: %w", err)
 	}
 	return nil
 }
 
-// restore waits for this node to lead its new cluster, then loads the backup.
-func restore(ctx context.Context, path string, n *node.Node, log hclog.Logger) error {
+// restore waits for this node to lead its new cluster, then loads the
+// backup, with new fencing tokens above tokenFloor.
+func restore(ctx context.Context, path string, tokenFloor uint64, n *node.Node, log hclog.Logger) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -569,7 +579,7 @@ func restore(ctx context.Context, path string, n *node.Node, log hclog.Logger) e
 		case <-tick.C:
 		}
 	}
-	if err := n.Restore(f, time.Minute); err != nil {
+	if err := n.Restore(f, tokenFloor, time.Minute); err != nil {
 		return err
 	}
 	log.Info("backup restored", "file", path)

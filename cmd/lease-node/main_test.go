@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/leasekeeper/leasekeeper/fsm"
 )
 
 func TestConfigPrecedence(t *testing.T) {
@@ -45,12 +47,23 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("no-such-setting: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	backup := filepath.Join(t.TempDir(), "backup.snap")
+	var b bytes.Buffer
+	if err := fsm.New(nil).WriteSnapshot(&b); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(backup, b.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restore := []string{"--id", "a", "--data-dir", t.TempDir(), "--bootstrap", "--restore", backup}
 	tests := []struct {
 		name string
 		args []string
 		want string
 	}{
 		{"no id", nil, "--id is required"},
+		{"token floor without restore", []string{"--id", "a", "--restore-token-floor", "9"}, "needs --restore"},
+		{"token floor leaving no tokens", append(restore, "--restore-token-floor", "18446744073709551615"), "--restore-token-floor"},
 		{"unknown profile", []string{"--id", "a", "--profile", "fast"}, "want production, test or development"},
 		{"unknown file key", []string{"--id", "a", "--config", bad}, `unknown setting "no-such-setting"`},
 		{"bad peers", []string{"--id", "a", "--bootstrap", "--peers", "a"}, "not id=raftaddr"},
