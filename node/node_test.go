@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"go.uber.org/goleak"
 
 	"github.com/leasekeeper/leasekeeper/clock"
@@ -341,6 +343,168 @@ func TestReadBarrierAsksTheMembers(t *testing.T) {
 	}
 	if !leader.IsLeader() {
 		t.Fatal("the leader stepped down: the check above proved nothing about the barrier")
+	}
+}
+
+// unregistered answers as the gRPC server does for members that have not
+// registered their address: it cannot ask them.
+type unregistered struct{}
+
+func (unregistered) Term(_ context.Context, id, grpcAddr string, _ uint64) (uint64, error) {
+	return 0, fmt.Errorf("member %s has not registered its address (%q)", id, grpcAddr)
+}
+
+// lateHeartbeats is a leader's link that, once cut, keeps the leader in
+// the dark: its heartbeats no longer reach the other members, and each
+// comes back with the answer the member gave to its last heartbeat before
+// the cut, as an answer held up in the network would; Raft cannot tell it
+// from a fresh one. Entries still go through, so a round that the leader
+// starts through the log reaches the members and learns of their term; its
+// other messages (the commit-index refreshes it sends when there is
+// nothing new) do not, so that nothing else tells it of the new term.
+type lateHeartbeats struct {
+	*raft.InmemTransport
+	peers int // the members whose answers ready waits for
+
+	mu      sync.Mutex
+	cut     bool
+	answers map[raft.ServerAddress]raft.AppendEntriesResponse
+	ready   chan struct{} // closed once every peer answered a heartbeat
+}
+
+func newLateHeartbeats(tr *raft.InmemTransport, peers int) *lateHeartbeats {
+	return &lateHeartbeats{InmemTransport: tr, peers: peers,
+		answers: make(map[raft.ServerAddress]raft.AppendEntriesResponse), ready: make(chan struct{})}
+}
+
+func (l *lateHeartbeats) isCut() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cut
+}
+
+func (l *lateHeartbeats) cutOff() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cut = true
+}
+
+func (l *lateHeartbeats) AppendEntries(id raft.ServerID, target raft.ServerAddress, req *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	// Raft's heartbeats carry no entries and no log position.
+	heartbeat := len(req.Entries) == 0 && req.PrevLogEntry == 0 && req.LeaderCommitIndex == 0
+	switch {
+	case !l.isCut():
+	case heartbeat:
+		l.mu.Lock()
+		a, ok := l.answers[target]
+		l.mu.Unlock()
+		if !ok {
+			return fmt.Errorf("no answer of %s to deliver late", id)
+		}
+		*resp = a
+		return nil
+	case len(req.Entries) == 0:
+		return fmt.Errorf("cut off from %s", id)
+	}
+	if err := l.InmemTransport.AppendEntries(id, target, req, resp); err != nil || !heartbeat {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.cut && resp.Success {
+		_, seen := l.answers[target]
+		l.answers[target] = *resp
+		if !seen && len(l.answers) == l.peers {
+			close(l.ready)
+		}
+	}
+	return nil
+}
+
+func (l *lateHeartbeats) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+	p, err := l.InmemTransport.AppendEntriesPipeline(id, target)
+	if err != nil {
+		return nil, err
+	}
+	return latePipeline{AppendPipeline: p, l: l}, nil
+}
+
+// latePipeline drops what a cut lateHeartbeats does not deliver.
+type latePipeline struct {
+	raft.AppendPipeline
+	l *lateHeartbeats
+}
+
+func (p latePipeline) AppendEntries(req *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) (raft.AppendFuture, error) {
+	if len(req.Entries) == 0 && p.l.isCut() {
+		return droppedAppend{req: req, resp: resp}, nil // never answered
+	}
+	return p.AppendPipeline.AppendEntries(req, resp)
+}
+
+type droppedAppend struct {
+	req  *raft.AppendEntriesRequest
+	resp *raft.AppendEntriesResponse
+}
+
+func (droppedAppend) Error() error                            { return nil }
+func (droppedAppend) Start() time.Time                        { return time.Time{} }
+func (d droppedAppend) Request() *raft.AppendEntriesRequest   { return d.req }
+func (d droppedAppend) Response() *raft.AppendEntriesResponse { return d.resp }
+
+// While voters have not registered their addresses (a new cluster's first
+// moments), the leader cannot ask them for their term, and a linearizable
+// read must still not be served by a leader deposed before the read began.
+// Raft's VerifyLeader would serve it: it counts answers to heartbeats sent
+// before it was called.
+func TestReadBarrierBeforeMembersRegister(t *testing.T) {
+	late := make([]*lateHeartbeats, 3)
+	c := nodetest.New(t, 3, clock.NewFake(time.Unix(1000, 0)), nodetest.Options{
+		GRPCAddr: func(int) string { return "" }, // nobody registers
+		Transport: func(i int, tr *raft.InmemTransport) raft.Transport {
+			late[i] = newLateHeartbeats(tr, 2)
+			return late[i]
+		},
+	})
+	for _, n := range c.Nodes {
+		n.SetPeers(unregistered{})
+	}
+	old := c.Leader(5 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := old.ReadBarrier(ctx); err != nil {
+		t.Fatalf("read barrier on a healthy leader: %v", err)
+	}
+	oi := c.Index(old)
+	select {
+	case <-late[oi].ready:
+	case <-ctx.Done():
+		t.Fatal("the members never answered the leader's heartbeats")
+	}
+
+	// The old leader's heartbeats stop reaching the others, and nothing of
+	// theirs reaches it: they elect a new leader, which acknowledges a write.
+	late[oi].cutOff()
+	for i, tr := range c.Trans {
+		if i != oi {
+			tr.Disconnect(c.Trans[oi].LocalAddr())
+		}
+	}
+	nl := otherLeader(c, old, 10*time.Second)
+	if nl == nil {
+		t.Fatal("the others elected no leader")
+	}
+	acquire(t, nl, "db", "a", time.Hour)
+	if !old.IsLeader() {
+		t.Fatal("the old leader stepped down: the read below would prove nothing")
+	}
+
+	err := old.ReadBarrier(ctx)
+	if _, found := old.FSM().Get("default", "db"); err == nil && !found {
+		t.Fatal("a deposed leader served a linearizable read that misses a write acknowledged before it")
+	}
+	if !errors.Is(err, node.ErrNotLeader) {
+		t.Fatalf("read barrier on a deposed leader: %v, want ErrNotLeader", err)
 	}
 }
 

@@ -149,10 +149,13 @@ func (n *Node) ReadBarrier(ctx context.Context) error {
 }
 
 // confirmRead confirms the leadership for a read with the same rounds as
-// local renewals: a quorum was in term after the call began. Raft's
-// VerifyLeader also counts answers to heartbeats sent before the call, so
-// it serves only where the rounds cannot: a node without Peers, and voters
-// that have not registered the address to be asked at.
+// local renewals: a quorum was in term after the call began. Where the
+// rounds cannot serve (a node without Peers, or voters that have not
+// registered the address to be asked at), a Barrier does: its entry
+// commits only once a quorum took it in this term, which happens after
+// the call began. Raft's VerifyLeader would not do: it also counts
+// answers to heartbeats sent before it was called, so a leader deposed
+// meanwhile could serve a stale read.
 func (n *Node) confirmRead(ctx context.Context, term uint64) error {
 	n.conf.mu.Lock()
 	peers := n.conf.peers
@@ -170,7 +173,7 @@ func (n *Node) confirmRead(ctx context.Context, term uint64) error {
 			return fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
 	}
-	if err := n.raft.VerifyLeader().Error(); err != nil {
+	if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
 		return mapRaftError(err)
 	}
 	return nil

@@ -44,6 +44,10 @@ type Options struct {
 	// LeaderGone, if set, is every node's crash probe (the in-memory
 	// transport has none by default).
 	LeaderGone node.LeaderGoneFunc
+	// Transport, if set, returns the transport node i's Raft uses in
+	// place of t, its in-memory one (which Isolate and Heal still cut and
+	// mend): a wrapper that delays or alters RPCs.
+	Transport func(i int, t *raft.InmemTransport) raft.Transport
 }
 
 // New starts n nodes bootstrapped as one cluster, their expiry managers on
@@ -87,10 +91,14 @@ func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
 		}
 		logs := &stallStore{InmemStore: raft.NewInmemStore()}
 		c.logs = append(c.logs, logs)
+		var tr raft.Transport = c.Trans[i]
+		if opts.Transport != nil {
+			tr = opts.Transport(i, c.Trans[i])
+		}
 		deps := node.Deps{
 			Clock:      clk,
 			Logger:     Logger(t, cfg.ID),
-			Transport:  c.Trans[i],
+			Transport:  tr,
 			Logs:       logs,
 			Stable:     logs.InmemStore,
 			Snapshots:  raft.NewInmemSnapshotStore(),
