@@ -8,6 +8,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"maps"
 	"math"
 	"time"
 
@@ -212,6 +213,13 @@ func (s *State) AppliedIndex() uint64 { return s.applied }
 // A backup's own index counts another cluster's log; restoring it as is
 // would leave AppliedIndex wrong until the new cluster's log passed it.
 func (s *State) SetAppliedIndex(index uint64) { s.applied = index }
+
+// SetMembers replaces the member directory (Raft server ID to gRPC
+// address) of the state.
+func (s *State) SetMembers(members map[string]string) {
+	s.members = make(map[string]string, len(members))
+	maps.Copy(s.members, members)
+}
 
 // LastToken returns the fencing-token counter: the highest token issued.
 func (s *State) LastToken() uint64 { return s.lastToken }

@@ -418,6 +418,11 @@ func (n *Node) Restore(r io.Reader, tokenFloor uint64, timeout time.Duration) er
 	if err != nil {
 		return err
 	}
+	// The backup's member directory says where another cluster's members
+	// answered; kept, it would send forwarded requests and leadership
+	// checks there (this node's own ID may well be in it). Like Raft,
+	// which keeps its configuration over a restore, keep this cluster's.
+	st.SetMembers(n.fsm.Members())
 	backupToken := st.LastToken()
 	counter, err := st.RaiseTokenCounter(tokenFloor)
 	if err != nil {

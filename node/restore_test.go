@@ -3,6 +3,7 @@ package node_test
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"strconv"
 	"testing"
 	"time"
@@ -13,12 +14,16 @@ import (
 	"github.com/leasekeeper/leasekeeper/node/nodetest"
 )
 
-// backup returns a backup of a one-node cluster in which holdings leases
-// were acquired.
+// oldGRPC is the gRPC address of the node that backup backs up.
+const oldGRPC = "old-cluster:7001"
+
+// backup returns a backup of a one-node cluster, its node registered at
+// oldGRPC, in which holdings leases were acquired.
 func backup(t *testing.T, clk clock.Clock, holdings int) []byte {
 	t.Helper()
-	src := nodetest.New(t, 1, clk, nodetest.Options{})
+	src := nodetest.New(t, 1, clk, nodetest.Options{GRPCAddr: func(int) string { return oldGRPC }})
 	leader := src.Leader(5 * time.Second)
+	waitRegistered(t, leader)
 	for i := range holdings {
 		acquire(t, leader, fmt.Sprintf("l%02d", i), "h", time.Hour)
 	}
@@ -96,5 +101,26 @@ func TestRestoreRaisesTheTokenCounter(t *testing.T) {
 				t.Errorf("first token after the restore: got %d, want %d", got, tc.want)
 			}
 		})
+	}
+}
+
+// The member directory says where this cluster's members answer; a
+// backup's says where another cluster's did. After a restore the leader is
+// still found at its own address, and no member at an old one.
+func TestRestoreKeepsTheMemberDirectory(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	data := backup(t, clk, 1)
+	c := nodetest.New(t, 1, clk, nodetest.Options{}) // the same member ID, a new address
+	leader := c.Leader(5 * time.Second)
+	waitRegistered(t, leader)
+	want := leader.FSM().Members()
+	if err := leader.Restore(bytes.NewReader(data), 0, 5*time.Second); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if got := leader.FSM().Members(); !maps.Equal(got, want) {
+		t.Errorf("member directory after the restore: got %v, want %v (the backup's was at %s)", got, want, oldGRPC)
+	}
+	if id, addr := leader.Leader(); addr == "" || addr == oldGRPC {
+		t.Errorf("leader %s found at %q after the restore, want its own address", id, addr)
 	}
 }
