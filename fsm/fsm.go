@@ -11,6 +11,7 @@ package fsm
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -624,6 +625,14 @@ func (f *FSM) Members() map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// MemberVersions returns the command version each member registered, by
+// Raft ID (members that registered none are absent).
+func (f *FSM) MemberVersions() map[string]uint32 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return maps.Clone(f.memberVersions)
 }
 
 // MemberVersion returns the command version the member id registered,

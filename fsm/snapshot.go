@@ -214,11 +214,17 @@ func (s *State) AppliedIndex() uint64 { return s.applied }
 // would leave AppliedIndex wrong until the new cluster's log passed it.
 func (s *State) SetAppliedIndex(index uint64) { s.applied = index }
 
-// SetMembers replaces the member directory (Raft server ID to gRPC
-// address) of the state.
-func (s *State) SetMembers(members map[string]string) {
-	s.members = make(map[string]string, len(members))
-	maps.Copy(s.members, members)
+// SetMembers replaces the member directory of the state: Raft server ID to
+// gRPC address, and to the command version the member registered.
+func (s *State) SetMembers(members map[string]string, versions map[string]uint32) {
+	s.members = maps.Clone(members)
+	s.memberVersions = maps.Clone(versions)
+	if s.members == nil {
+		s.members = make(map[string]string)
+	}
+	if s.memberVersions == nil {
+		s.memberVersions = make(map[string]uint32)
+	}
 }
 
 // LastToken returns the fencing-token counter: the highest token issued.

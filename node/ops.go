@@ -422,7 +422,7 @@ func (n *Node) Restore(r io.Reader, tokenFloor uint64, timeout time.Duration) er
 	// answered; kept, it would send forwarded requests and leadership
 	// checks there (this node's own ID may well be in it). Like Raft,
 	// which keeps its configuration over a restore, keep this cluster's.
-	st.SetMembers(n.fsm.Members())
+	st.SetMembers(n.fsm.Members(), n.fsm.MemberVersions())
 	backupToken := st.LastToken()
 	counter, err := st.RaiseTokenCounter(tokenFloor)
 	if err != nil {
