@@ -24,6 +24,14 @@ type Config struct {
 	// ProposeTimeout bounds each proposal, so one stuck proposal cannot stall
 	// every later expiry.
 	ProposeTimeout time.Duration
+
+	// UnsafeIgnoreDoubt breaks a safety rule on purpose: Extend renews a
+	// holding without the log even while an Expire of it that was given up
+	// on may still commit, so that Expire can end a holding whose renewal
+	// was just acknowledged. Only the chaos suite's negative control sets
+	// it (lease-node --unsafe-test-fault ignore-expire-doubt); never in
+	// production.
+	UnsafeIgnoreDoubt bool
 }
 
 // DefaultConfig returns the settings leasekeeper runs with.

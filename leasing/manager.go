@@ -307,6 +307,7 @@ func (m *Manager) Held(h Holding) {
 // and may still commit (in both cases only a committed renewal, which moves
 // the renew index, can win against it). The caller must have confirmed its
 // leadership with a quorum after the renewal arrived; see docs/design.md.
+// Config.UnsafeIgnoreDoubt drops the last check (negative control only).
 func (m *Manager) Extend(h Holding) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -314,8 +315,14 @@ func (m *Manager) Extend(h Holding) bool {
 		return false
 	}
 	e, ok := m.entries[h.Key]
-	if !ok || e.index < 0 || e.doubt || e.h != h {
+	if !ok || e.index < 0 || e.h != h {
 		return false
+	}
+	if e.doubt {
+		m.met.doubtful.Inc()
+		if !m.cfg.UnsafeIgnoreDoubt {
+			return false
+		}
 	}
 	e.deadline = deadline(m.now(), h.TTL)
 	m.heap.fix(e.index)

@@ -825,6 +825,9 @@ func TestExtendAfterUnresolvedProposal(t *testing.T) {
 			if h.m.Extend(a) {
 				t.Fatal("Extend after an unresolved Expire = true, want false: that Expire may still commit")
 			}
+			if got := metric(t, h.reg, "leasekeeper_renewals_in_doubt_total", ""); got != 1 {
+				t.Fatalf("renewals in doubt = %v, want 1", got)
+			}
 			// A queue change leaves the holding as it was: still in doubt.
 			h.m.Held(Holding{Key: a.Key, Token: a.Token, RenewIndex: a.RenewIndex, TTL: time.Second})
 			if h.m.Extend(a) {
@@ -867,4 +870,25 @@ func TestPromoteClearsDoubt(t *testing.T) {
 	if c := h.expectCall(); c.term != testTerm+1 {
 		t.Fatalf("Expire proposed for term %d, want the new term %d", c.term, testTerm+1)
 	}
+}
+
+// TestUnsafeIgnoreDoubt: the negative control's switch really breaks the
+// rule. With it, a holding whose Expire was given up on renews without the
+// log, and that Expire, should it commit, ends the renewed holding.
+func TestUnsafeIgnoreDoubt(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.UnsafeIgnoreDoubt = true
+	h := newHarness(t, cfg)
+	a := Holding{Key: key("a"), Token: 4, RenewIndex: 8, TTL: time.Second}
+	h.promote(a)
+	h.advance(time.Second + time.Nanosecond)
+	h.expectCall().reply <- errBoom
+	h.expectQuiet()
+	if !h.m.Extend(a) {
+		t.Fatal("Extend with UnsafeIgnoreDoubt after a failed Expire = false, want true")
+	}
+	if got := metric(t, h.reg, "leasekeeper_renewals_in_doubt_total", ""); got != 1 {
+		t.Fatalf("renewals in doubt = %v, want 1 (counted even when ignored)", got)
+	}
+	h.wantRemaining(a.Key, time.Second, true)
 }

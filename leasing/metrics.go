@@ -10,6 +10,7 @@ type metrics struct {
 	size     prometheus.Gauge
 	ok       prometheus.Counter
 	failed   prometheus.Counter
+	doubtful prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -32,6 +33,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "leasekeeper_deadline_table_size",
 			Help: "Holdings in the leader's deadline table, including those being expired.",
 		}),
+		doubtful: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "leasekeeper_renewals_in_doubt_total",
+			Help: "Renewals the leader could not acknowledge without a log write because an Expire of their holding was given up on and may still commit: they go through the log.",
+		}),
 		// Resolved once so that a proposal does not look up labels.
 		ok:     proposals.WithLabelValues("ok"),
 		failed: proposals.WithLabelValues("error"),
@@ -39,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.proposed, m.lateness, m.size, proposals} {
+	for _, c := range []prometheus.Collector{m.proposed, m.lateness, m.size, m.doubtful, proposals} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

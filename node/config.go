@@ -86,15 +86,20 @@ const (
 	// without confirming its leadership, so a deposed leader that has not
 	// noticed yet keeps acknowledging renewals.
 	FaultNoConfirm Fault = "no-confirm"
+	// FaultIgnoreExpireDoubt: the leader renews a holding without a log
+	// write even while an Expire of it that timed out may still commit,
+	// so that Expire can end a holding whose renewal was acknowledged
+	// (leasing.Config.UnsafeIgnoreDoubt).
+	FaultIgnoreExpireDoubt Fault = "ignore-expire-doubt"
 )
 
 // ParseFault checks a fault name.
 func ParseFault(s string) (Fault, error) {
 	switch f := Fault(s); f {
-	case FaultNone, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens, FaultNoConfirm:
+	case FaultNone, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens, FaultNoConfirm, FaultIgnoreExpireDoubt:
 		return f, nil
 	}
-	return "", fmt.Errorf("node: unknown fault %q (want %s, %s, %s or %s)", s, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens, FaultNoConfirm)
+	return "", fmt.Errorf("node: unknown fault %q (want %s, %s, %s, %s or %s)", s, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens, FaultNoConfirm, FaultIgnoreExpireDoubt)
 }
 
 // DefaultConfig returns the defaults for a node on a LAN.

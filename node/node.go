@@ -111,7 +111,11 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		waiters: waiters{seen: make(map[waiterKey]time.Time)},
 	}
 	n.quitCtx, n.quit = context.WithCancel(context.Background())
-	mgr, err := leasing.New(cfg.Leasing, deps.Clock, n, deps.Logger.Named("leasing"), deps.Registerer)
+	lcfg := cfg.Leasing
+	if cfg.Fault == FaultIgnoreExpireDoubt {
+		lcfg.UnsafeIgnoreDoubt = true
+	}
+	mgr, err := leasing.New(lcfg, deps.Clock, n, deps.Logger.Named("leasing"), deps.Registerer)
 	if err != nil {
 		return nil, err
 	}

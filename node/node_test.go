@@ -574,14 +574,26 @@ func TestFollowersTrackHoldings(t *testing.T) {
 func TestGivenUpExpireCannotEndALocalRenewal(t *testing.T) {
 	for _, waiter := range []bool{false, true} {
 		t.Run(fmt.Sprintf("waiter=%v", waiter), func(t *testing.T) {
-			testGivenUpExpire(t, waiter)
+			testGivenUpExpire(t, waiter, node.FaultNone)
 		})
 	}
 }
 
-func testGivenUpExpire(t *testing.T, waiter bool) {
+// TestIgnoreExpireDoubtFault: the chaos suite's negative control breaks
+// the rule above for real. With --unsafe-test-fault ignore-expire-doubt
+// the leader renews the holding without the log, and the given-up Expire
+// then ends it (handing it to a queued waiter, if there is one).
+func TestIgnoreExpireDoubtFault(t *testing.T) {
+	for _, waiter := range []bool{false, true} {
+		t.Run(fmt.Sprintf("waiter=%v", waiter), func(t *testing.T) {
+			testGivenUpExpire(t, waiter, node.FaultIgnoreExpireDoubt)
+		})
+	}
+}
+
+func testGivenUpExpire(t *testing.T, waiter bool, fault node.Fault) {
 	clk := clock.NewFake(time.Unix(1000, 0))
-	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	c := nodetest.New(t, 3, clk, nodetest.Options{Config: func(_ int, cfg *node.Config) { cfg.Fault = fault }})
 	leader := c.Leader(5 * time.Second)
 	const ttl = 2 * time.Second
 	l := acquire(t, leader, "db", "a", ttl)
@@ -639,6 +651,12 @@ func testGivenUpExpire(t *testing.T, waiter bool) {
 	// proposed so far, then look at the holding.
 	acquire(t, leader, "barrier", "x", time.Hour)
 	got, _ := leader.FSM().Get("default", "db")
+	if fault == node.FaultIgnoreExpireDoubt {
+		if local == nil || got.Holder == "a" {
+			t.Fatalf("with %s: renewed without the log %v, holder now %q; want a local renewal that the Expire then ends", fault, local != nil, got.Holder)
+		}
+		return
+	}
 	if renewed && got.Holder != "a" {
 		t.Fatalf("renewal acknowledged (without the log: %v), then the holding ended: holder now %q", local != nil, got.Holder)
 	}
