@@ -106,6 +106,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.server.MaxWaiters, "max-waiters", o.server.MaxWaiters, "longest wait queue of one lease; a wait past it fails with ResourceExhausted (0: no limit)")
 	fs.IntVar(&o.node.Leasing.ExpiryBatchSize, "expiry-batch-size", o.node.Leasing.ExpiryBatchSize, "most leases expired by one Raft entry")
 	fs.Float64Var(&o.node.Leasing.MaxExpiryRate, "max-expiry-rate", o.node.Leasing.MaxExpiryRate, "most leases expired per second (0: no cap)")
+	fs.DurationVar(&o.node.Leasing.ProposeTimeout, "expiry-propose-timeout", o.node.Leasing.ProposeTimeout, "how long the leader waits for one Expire proposal before it retries; a holding whose Expire timed out renews through the Raft log until a logged renewal voids that Expire")
 	fs.StringVar(&o.sec.cert, "tls-cert", "", "PEM certificate of this node (enables TLS on the gRPC API)")
 	fs.StringVar(&o.sec.key, "tls-key", "", "PEM key of --tls-cert")
 	fs.StringVar(&o.sec.ca, "tls-ca", "", "PEM CA bundle that verifies client and peer certificates")
@@ -119,7 +120,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.gcFloor, "gc-heap-floor", "0", "let the heap grow to this size before the collector runs, however little is live: less collector CPU for more memory (0: GOGC alone decides; ignored when GOGC is set)")
 	fs.StringVar(&o.memLimit, "memory-limit", "", "soft memory limit of the Go runtime, e.g. 900MiB; the collector works harder near it, so the heap's headroom shrinks instead of doubling a large table (default: GOMEMLIMIT, or none)")
 	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
-	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens, no-confirm)")
+	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens, no-confirm, ignore-expire-doubt)")
 	var configPath, profile string
 	var print bool
 	fs.StringVar(&configPath, "config", "", "YAML config file; keys are flag names (flags > LEASE_NODE_* env > file > profile > defaults)")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/node"
 )
 
 func TestConfigPrecedence(t *testing.T) {
@@ -42,6 +43,22 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 }
 
+// TestLeasingFlags: the expiry loop's settings and the negative control's
+// fault reach the node's configuration.
+func TestLeasingFlags(t *testing.T) {
+	var out bytes.Buffer
+	o, err := parse([]string{"--id", "a", "--expiry-propose-timeout", "300ms", "--unsafe-test-fault", "ignore-expire-doubt"}, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := o.node.Leasing.ProposeTimeout; got != 300*time.Millisecond {
+		t.Errorf("ProposeTimeout = %v, want 300ms", got)
+	}
+	if got := o.node.Fault; got != node.FaultIgnoreExpireDoubt {
+		t.Errorf("Fault = %q, want %q", got, node.FaultIgnoreExpireDoubt)
+	}
+}
+
 func TestConfigErrorsNameTheProblem(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	if err := os.WriteFile(bad, []byte("no-such-setting: 1\n"), 0o600); err != nil {
@@ -70,6 +87,7 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 		{"lease timeout above heartbeat", []string{"--id", "a", "--leader-lease-timeout", "2s"}, "LeaderLeaseTimeout"},
 		{"join and bootstrap", []string{"--id", "a", "--bootstrap", "--join", "x:1"}, "exclude each other"},
 		{"unknown fault", []string{"--id", "a", "--unsafe-test-fault", "nope"}, "unknown fault"},
+		{"expiry propose timeout not positive", []string{"--id", "a", "--expiry-propose-timeout", "0s"}, "ProposeTimeout must be > 0"},
 		{"memory limit without a unit we know", []string{"--id", "a", "--memory-limit", "9 parsecs"}, "--memory-limit"},
 		{"negative memory limit", []string{"--id", "a", "--memory-limit", "-1MiB"}, "--memory-limit"},
 		{"default duration out of range", []string{"--id", "a", "--default-lease-duration", "48h"}, "DefaultLeaseDuration"},
