@@ -1,13 +1,15 @@
 // Package harness runs a cluster of real lease-node processes for the chaos
 // suite and does to it what the nemesis asks: cut the network between
-// nodes, kill -9 and restart, SIGSTOP and SIGCONT, restart with a skewed
-// clock, move leadership, remove and re-add members.
+// nodes, delay the Raft entries one node sends, kill -9 and restart,
+// SIGSTOP and SIGCONT, restart with a skewed clock, move leadership,
+// remove and re-add members.
 //
 // Two network modes exist. netns (root with iproute2 and iptables): each
 // node in its own network namespace on a bridge, partitions by iptables
-// DROP rules inside the namespaces. loopback (the fallback): nodes on
-// 127.0.0.1, partitions by a fault-injecting TCP proxy in front of each
-// node's Raft port. Cluster.Mode says which one ran.
+// DROP rules inside the namespaces, Raft stalls by an iptables NFQUEUE
+// rule whose queue the harness serves late. loopback (the fallback): nodes
+// on 127.0.0.1, partitions and stalls by a fault-injecting TCP proxy in
+// front of each node's Raft port. Cluster.Mode says which one ran.
 //
 // Only one Cluster may exist per machine at a time: New takes a lock file
 // and, in netns mode, removes what a crashed earlier run left behind (every
@@ -59,6 +61,11 @@ type Config struct {
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
 	LeaderLeaseTimeout time.Duration
+	// ExpiryProposeTimeout is the nodes' --expiry-propose-timeout (0:
+	// lease-node's default of 5s). The suite's default is shorter than a
+	// lease, so that a stall-raft fault, which must outlast it, fits
+	// within a 2s lease and a short run.
+	ExpiryProposeTimeout time.Duration
 	// LogLevel is the nodes' --log-level.
 	LogLevel string
 	// ExtraArgs are added to every node's flags (for example
@@ -79,8 +86,11 @@ func DefaultConfig() Config {
 		HeartbeatTimeout:   500 * time.Millisecond,
 		ElectionTimeout:    500 * time.Millisecond,
 		LeaderLeaseTimeout: 250 * time.Millisecond,
-		LogLevel:           "info",
-		LockFile:           filepath.Join(os.TempDir(), "leasekeeper-jepsen.lock"),
+		// Well above an Expire's commit time on a healthy cluster, well
+		// below a 2s lease.
+		ExpiryProposeTimeout: 250 * time.Millisecond,
+		LogLevel:             "info",
+		LockFile:             filepath.Join(os.TempDir(), "leasekeeper-jepsen.lock"),
 	}
 }
 
@@ -116,6 +126,11 @@ type network interface {
 	// heals every other pair.
 	partition(cut [][2]int) error
 	heal() error
+	// stall delays the Raft traffic that carries log entries from node i
+	// to the others by delay (see Cluster.StallRaft); unstall ends it and
+	// says how many packets or reads it delayed.
+	stall(i int, delay time.Duration) error
+	unstall() (int64, error)
 	teardown() error
 }
 
@@ -329,6 +344,9 @@ func (c *Cluster) args(n *Node) []string {
 		"--leader-lease-timeout", c.cfg.LeaderLeaseTimeout.String(),
 		"--clock-rate", strconv.FormatFloat(n.clockRate, 'f', -1, 64),
 		"--log-level", c.cfg.LogLevel,
+	}
+	if c.cfg.ExpiryProposeTimeout > 0 {
+		args = append(args, "--expiry-propose-timeout", c.cfg.ExpiryProposeTimeout.String())
 	}
 	args = append(args, c.cfg.ExtraArgs...)
 	if n.joined {

@@ -9,6 +9,11 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -81,7 +86,66 @@ func TestClusterSmoke(t *testing.T) {
 	if err := c.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	stallSmoke(t, c)
 	if cr := c.Crashes(); len(cr) > 0 {
 		t.Fatalf("unexpected exits: %v", cr)
+	}
+}
+
+// stallSmoke delays the leader's Raft entries: the leader must keep its
+// leadership in the same term, and a write must take about the delay.
+func stallSmoke(t *testing.T, c *Cluster) {
+	ctx := context.Background()
+	leader, err := c.WaitLeader(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := c.Status(ctx, leader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(c.Node(leader).GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	leases := pb.NewLeasesClient(cc)
+	acquire := func(name string) time.Duration {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		start := time.Now()
+		if _, err := leases.Acquire(ctx, &pb.AcquireRequest{Name: name, HolderIdentity: "smoke", LeaseDuration: durationpb.New(time.Minute)}); err != nil {
+			t.Fatalf("acquire %s: %v", name, err)
+		}
+		return time.Since(start)
+	}
+	acquire("warm-up")
+	const delay = time.Second
+	if err := c.StallRaft(leader, delay); err != nil {
+		t.Fatal(err)
+	}
+	took := acquire("stalled")
+	time.Sleep(2 * time.Second) // heartbeats alone keep the leader for this long
+	held, err := c.UnstallRaft()
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := c.Status(ctx, leader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stalled %s: a write took %v, %d packets or reads delayed, term %d -> %d, leader %s", leader, took, held, before.GetTerm(), after.GetTerm(), after.GetLeader())
+	if took < delay {
+		t.Errorf("a write took %v during a stall of %v", took, delay)
+	}
+	if held == 0 {
+		t.Error("the stall delayed nothing")
+	}
+	if after.GetTerm() != before.GetTerm() || after.GetLeader() != leader {
+		t.Errorf("the stalled leader %s (term %d) lost its leadership: now %s in term %d", leader, before.GetTerm(), after.GetLeader(), after.GetTerm())
+	}
+	if took := acquire("after"); took > delay {
+		t.Errorf("a write took %v after the stall ended", took)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // loopbackNet is the fallback when network namespaces are not available
@@ -37,6 +39,13 @@ type loopbackNet struct {
 
 	mu  sync.Mutex
 	cut map[[2]int]bool
+	// The Raft stall in force: reads from node stallFrom are held for
+	// stallDelay (none when stallDelay is 0); stallEnd is closed when it
+	// ends, which lets go what is held.
+	stallFrom  int
+	stallDelay time.Duration
+	stallEnd   chan struct{}
+	stalled    atomic.Int64 // reads held by the stall in force
 }
 
 func (m *loopbackNet) mode() Mode { return ModeLoopback }
@@ -107,7 +116,42 @@ func (m *loopbackNet) partition(cut [][2]int) error {
 
 func (m *loopbackNet) heal() error { return m.partition(nil) }
 
+func (m *loopbackNet) stall(i int, delay time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stallDelay > 0 {
+		return fmt.Errorf("harness: Raft traffic from node %d is already stalled", m.stallFrom+1)
+	}
+	m.stallFrom, m.stallDelay, m.stallEnd = i, delay, make(chan struct{})
+	m.stalled.Store(0)
+	return nil
+}
+
+func (m *loopbackNet) unstall() (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stallDelay == 0 {
+		return 0, nil
+	}
+	m.stallDelay = 0
+	close(m.stallEnd)
+	return m.stalled.Load(), nil
+}
+
+// stalledFor returns how long to hold a read that node from sent to node
+// to's Raft port, and the channel that ends the hold early; 0 when the
+// stall does not cover the pair.
+func (m *loopbackNet) stalledFor(from, to int) (time.Duration, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stallDelay == 0 || from != m.stallFrom || to == from {
+		return 0, nil
+	}
+	return m.stallDelay, m.stallEnd
+}
+
 func (m *loopbackNet) teardown() error {
+	_, _ = m.unstall()
 	for _, p := range m.proxies {
 		p.close()
 	}
@@ -180,12 +224,63 @@ func (p *proxy) handle(pc *proxyConn) {
 		return
 	}
 	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(s, pc.client); done <- struct{}{} }()
+	go func() { p.forward(pc, s); done <- struct{}{} }()
 	go func() { _, _ = io.Copy(pc.client, s); done <- struct{}{} }()
 	<-done
 	pc.client.Close()
 	s.Close()
 	<-done
+}
+
+// forward copies what the dialling node sends on to the node behind the
+// proxy. While a Raft stall covers the pair, a read of at least
+// stallMinPayload bytes (log entries; a heartbeat is smaller) is passed on
+// delay after it arrived, and every read after it waits its turn, as the
+// bytes of one TCP connection do.
+func (p *proxy) forward(pc *proxyConn, dst net.Conn) {
+	type chunk struct {
+		b   []byte
+		due time.Time
+		end <-chan struct{} // closed when the stall ends
+	}
+	q := make(chan chunk, 1024)
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		for c := range q {
+			if wait := time.Until(c.due); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-t.C:
+				case <-c.end:
+				}
+				t.Stop()
+			}
+			if _, err := dst.Write(c.b); err != nil {
+				pc.close() // ends the reads below
+				for range q {
+				}
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := pc.client.Read(buf)
+		if n > 0 {
+			c := chunk{b: append([]byte(nil), buf[:n]...)}
+			if d, end := p.net.stalledFor(pc.from, p.owner); d > 0 && n >= stallMinPayload {
+				c.due, c.end = time.Now().Add(d), end
+				p.net.stalled.Add(1)
+			}
+			q <- c
+		}
+		if err != nil {
+			break
+		}
+	}
+	close(q)
+	<-wrote
 }
 
 // enforce closes connections that the current partition cuts, and

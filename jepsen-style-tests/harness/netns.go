@@ -3,10 +3,13 @@ package harness
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -36,6 +39,12 @@ type netnsNet struct {
 	// bridge in the root namespace (FORWARD policy DROP, e.g. on Docker
 	// hosts); cleanStale removes that rule.
 	forwardRule bool
+
+	// The Raft stall in force, if any: the queue that delays the stalled
+	// node's entries, and that node.
+	stallMu   sync.Mutex
+	stallQ    *nfqueue
+	stallNode int
 }
 
 func nsName(i int) string   { return fmt.Sprintf("%sn%d", prefix, i+1) }
@@ -145,7 +154,70 @@ func (m *netnsNet) heal() error {
 	return first
 }
 
+// stallRule is the iptables rule (without its -A or -D) in node i's
+// namespace that queues i's outgoing segments to the Raft port that may
+// carry log entries: IP length at least the 40 bytes of bare IP and TCP
+// headers plus stallMinPayload. --queue-bypass lets packets pass should no
+// program listen on the queue.
+func stallRule(i int) []string {
+	return []string{"OUTPUT", "-o", "eth0", "-p", "tcp", "--dport", strconv.Itoa(raftPort),
+		"-m", "length", "--length", fmt.Sprintf("%d:65535", 40+stallMinPayload),
+		"-j", "NFQUEUE", "--queue-num", strconv.Itoa(stallQueue), "--queue-bypass"}
+}
+
+func iptablesIn(i int, op string, rule []string) error {
+	return run("ip", append([]string{"netns", "exec", nsName(i), "iptables", "-w", op}, rule...)...)
+}
+
+// nsPath is where `ip netns add` mounted namespace ns.
+func nsPath(ns string) string {
+	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
+		if p := dir + "/" + ns; fileExists(p) {
+			return p
+		}
+	}
+	return "/run/netns/" + ns
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func (m *netnsNet) stall(i int, delay time.Duration) error {
+	m.stallMu.Lock()
+	defer m.stallMu.Unlock()
+	if m.stallQ != nil {
+		return fmt.Errorf("harness: Raft traffic from %s is already stalled", nsName(m.stallNode))
+	}
+	q, err := openNfqueue(nsPath(nsName(i)), stallQueue, delay)
+	if err != nil {
+		return fmt.Errorf("harness: stall: %w", err)
+	}
+	if err := iptablesIn(i, "-A", stallRule(i)); err != nil {
+		q.close()
+		return err
+	}
+	m.stallQ, m.stallNode = q, i
+	return nil
+}
+
+func (m *netnsNet) unstall() (int64, error) {
+	m.stallMu.Lock()
+	defer m.stallMu.Unlock()
+	if m.stallQ == nil {
+		return 0, nil
+	}
+	// The rule goes first, so that nothing is queued after the queue
+	// has let everything go.
+	err := iptablesIn(m.stallNode, "-D", stallRule(m.stallNode))
+	n, qerr := m.stallQ.close()
+	m.stallQ = nil
+	return n, errors.Join(err, qerr)
+}
+
 func (m *netnsNet) teardown() error {
+	_, _ = m.unstall()
 	m.forwardRule = false
 	cleanStale(m.logf)
 	return nil
