@@ -6,7 +6,8 @@
 // restart, SIGSTOP/SIGCONT of a node (longer than the election timeout, or
 // longer than a lease), pausing a client, restarting a node with its clock
 // running fast or slow within the drift bound (and, as a negative control,
-// far beyond it), and removing and re-adding a member.
+// far beyond it), removing and re-adding a member, and delaying the
+// leader's Raft entries while its heartbeats and gRPC pass.
 package nemesis
 
 import (
@@ -36,6 +37,11 @@ const (
 	PauseClient             = "pause-client"
 	ClockSkew               = "clock-skew"
 	Membership              = "membership"
+	// StallRaft delays the log entries the leader sends its followers by
+	// more than the nodes' expiry ProposeTimeout, while heartbeats and
+	// gRPC pass on time: the leader keeps its leadership and confirms it,
+	// but its Expire proposals time out and may still commit.
+	StallRaft = "stall-raft"
 	// ClockSkewExtreme is the negative control: the leader's clock runs
 	// far beyond the drift bound, so it expires holdings early.
 	ClockSkewExtreme = "clock-skew-extreme"
@@ -44,12 +50,12 @@ const (
 // Kinds lists every fault within the documented bounds.
 var Kinds = []string{
 	PartitionHalves, PartitionIsolateLeader, PartitionLeaderMinority, PartitionBridge, PartitionRing,
-	KillNode, KillLeader, PauseNode, PauseLeader, PauseClient, ClockSkew, Membership,
+	KillNode, KillLeader, PauseNode, PauseLeader, PauseClient, ClockSkew, Membership, StallRaft,
 }
 
 // ShortKinds is the mix of the short run.
 var ShortKinds = []string{
-	PartitionIsolateLeader, PartitionHalves, KillLeader, PauseNode, PauseLeader, PauseClient, ClockSkew,
+	PartitionIsolateLeader, PartitionHalves, KillLeader, PauseNode, PauseLeader, PauseClient, ClockSkew, StallRaft,
 }
 
 // Known reports whether kind names a fault.
@@ -78,6 +84,13 @@ type Config struct {
 	// within it and ExtremeRate is far beyond it.
 	MaxDrift    float64
 	ExtremeRate float64
+	// ProposeTimeout is the nodes' --expiry-propose-timeout. StallDelay
+	// is how late stall-raft delivers the leader's entries; it must
+	// exceed ProposeTimeout, and 0 means 3 × ProposeTimeout. Shorter than
+	// a lease, an Expire that timed out commits within the lifetime of a
+	// renewal acknowledged meanwhile, where the checkers can see it.
+	ProposeTimeout time.Duration
+	StallDelay     time.Duration
 	// RecoverTimeout bounds the wait for the cluster after a heal.
 	RecoverTimeout time.Duration
 	Seed           uint64
@@ -96,8 +109,17 @@ func DefaultConfig() Config {
 		ElectionTimeout: 500 * time.Millisecond,
 		MaxDrift:        0.01,
 		ExtremeRate:     3,
+		ProposeTimeout:  250 * time.Millisecond,
 		RecoverTimeout:  30 * time.Second,
 	}
+}
+
+// stallDelay is how late stall-raft delivers the leader's entries.
+func (c Config) stallDelay() time.Duration {
+	if c.StallDelay > 0 {
+		return c.StallDelay
+	}
+	return 2 * c.ProposeTimeout
 }
 
 // Nemesis injects faults.
@@ -120,6 +142,9 @@ func New(cfg Config, c *harness.Cluster, rec *history.Recorder, clients Clients)
 	}
 	if len(cfg.Kinds) == 0 {
 		return nil, errors.New("nemesis: Config.Kinds is empty")
+	}
+	if slices.Contains(cfg.Kinds, StallRaft) && (cfg.ProposeTimeout <= 0 || cfg.stallDelay() <= cfg.ProposeTimeout) {
+		return nil, fmt.Errorf("nemesis: %s needs StallDelay (%v) above the nodes' ProposeTimeout (%v)", StallRaft, cfg.stallDelay(), cfg.ProposeTimeout)
 	}
 	seed := cfg.Seed
 	if seed == 0 {
@@ -430,6 +455,9 @@ func (n *Nemesis) start(ctx context.Context, f *fault) error {
 		}
 		return nil
 
+	case StallRaft:
+		return n.stallRaft(ctx, f)
+
 	case Membership:
 		id, err := n.follower(ctx)
 		if err != nil {
@@ -442,6 +470,51 @@ func (n *Nemesis) start(ctx context.Context, f *fault) error {
 		return n.c.RemoveMember(ctx, id)
 	}
 	return fmt.Errorf("nemesis: unknown fault kind %q", f.Kind)
+}
+
+// stallRaft delays the leader's log entries to its followers for the
+// fault's hold. At heal the detail gets what the stall did: how many
+// packets it delayed, whether the leader kept its leadership, and from the
+// leader's metrics how many Expire proposals failed, how many renewals met
+// a holding in doubt, and how many renewals it confirmed without the log.
+func (n *Nemesis) stallRaft(ctx context.Context, f *fault) error {
+	l, err := n.leader(ctx)
+	if err != nil {
+		return err
+	}
+	d := n.cfg.stallDelay()
+	st, err := n.c.Status(ctx, l)
+	if err != nil {
+		return err
+	}
+	before, err := n.c.Metrics(ctx, l)
+	if err != nil {
+		return err
+	}
+	f.Nodes = []string{l}
+	f.hold = n.between(n.cfg.FaultMin, n.cfg.FaultMax)
+	f.Detail = fmt.Sprintf("entries from leader %s (term %d) delayed %v, expiry propose timeout %v; heartbeats and gRPC on time", l, st.GetTerm(), d, n.cfg.ProposeTimeout)
+	f.heal = func(ctx context.Context) error {
+		after, merr := n.c.Metrics(ctx, l)
+		held, err := n.c.UnstallRaft()
+		detail := f.Detail
+		f.Detail += fmt.Sprintf(": %d packets delayed", held)
+		if now, serr := n.c.Status(ctx, l); serr == nil && now.GetTerm() == st.GetTerm() && now.GetLeader() == l {
+			f.Detail += "; leader kept"
+		} else {
+			f.Detail += "; leadership lost"
+		}
+		if merr == nil {
+			delta := func(name string) float64 { return after[name] - before[name] }
+			f.Detail += fmt.Sprintf("; at %s: %.0f expire proposals failed, %.0f renewals in doubt, %.0f local renewals",
+				l, delta(`leasekeeper_expiry_proposals_total{result="error"}`),
+				delta("leasekeeper_renewals_in_doubt_total"),
+				delta(`leasekeeper_local_renewals_total{result="ok"}`))
+		}
+		n.logf("nemesis: %s ends:%s", StallRaft, strings.TrimPrefix(f.Detail, detail))
+		return err
+	}
+	return n.c.StallRaft(l, d)
 }
 
 // transfer moves leadership to id, retrying for a few seconds.

@@ -1,6 +1,7 @@
 package nemesis
 
 import (
+	"slices"
 	"testing"
 )
 
@@ -54,5 +55,25 @@ func TestMajorityConnected(t *testing.T) {
 				t.Errorf("majorityConnected = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestStallRaftNeedsDelayAboveProposeTimeout: a stall that the nodes'
+// Expire proposals outlast would not attack the rule it is there for.
+func TestStallRaftNeedsDelayAboveProposeTimeout(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Kinds = []string{StallRaft}
+	if got := cfg.stallDelay(); got != 2*cfg.ProposeTimeout || got >= cfg.LeaseDuration {
+		t.Errorf("default stall delay %v: want 2 × ProposeTimeout (%v), below a lease (%v)", got, cfg.ProposeTimeout, cfg.LeaseDuration)
+	}
+	if _, err := New(cfg, nil, nil, nil); err != nil {
+		t.Fatalf("New with the defaults: %v", err)
+	}
+	cfg.StallDelay = cfg.ProposeTimeout
+	if _, err := New(cfg, nil, nil, nil); err == nil {
+		t.Fatal("New accepted a stall no longer than the propose timeout")
+	}
+	if !Known(StallRaft) || !slices.Contains(ShortKinds, StallRaft) {
+		t.Error("stall-raft is not in every run and the short run")
 	}
 }

@@ -226,6 +226,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		ncfg.QuietMin, ncfg.QuietMax, ncfg.FaultMin, ncfg.FaultMax = cfg.QuietMin, cfg.QuietMax, cfg.FaultMin, cfg.FaultMax
 		ncfg.LeaseDuration, ncfg.MaxDrift = cfg.LeaseDuration, cfg.MaxDrift
 		ncfg.ElectionTimeout = harness.DefaultConfig().ElectionTimeout
+		ncfg.ProposeTimeout = harness.DefaultConfig().ExpiryProposeTimeout
 		ncfg.Seed, ncfg.Logf = cfg.Seed, logf
 		if nem, err = nemesis.New(ncfg, cluster, rec, wl); err != nil {
 			return nil, err
