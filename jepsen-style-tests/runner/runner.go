@@ -291,6 +291,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if cfg.CorruptHistory != "" {
 		res.Negative = append(res.Negative, "corrupted history: "+cfg.CorruptHistory)
 	}
+	if cfg.Fault != "" {
+		res.Negative = append(res.Negative, "nodes run with --unsafe-test-fault "+cfg.Fault)
+	}
 
 	copts := checker.Options{LinearizabilityTimeout: cfg.LinearizabilityTimeout, OutDir: runDir, MinAvailability: cfg.MinAvailability}
 	logf("checking %d operations", len(h.Ops))
