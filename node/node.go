@@ -33,6 +33,9 @@ var (
 	ErrNotReady = errors.New("node: leader is still applying its log")
 	// ErrUnknownMember: no member has that ID.
 	ErrUnknownMember = errors.New("node: unknown member")
+	// ErrLeaderChanged: the node saw another leader, or lost the one it
+	// had; the cause of a LeaderWatch context.
+	ErrLeaderChanged = errors.New("node: the leader changed")
 )
 
 // Deps are the node's collaborators. Zero fields take the production
@@ -84,6 +87,8 @@ type Node struct {
 	// configuration applies (fsm.Fit); 0 until known.
 	cmdVersion atomic.Uint32
 
+	lw leaderWatch
+
 	mu         sync.Mutex
 	readyTerm  uint64        // the term in which this node finished its promotion; 0 when not leading
 	readyCh    chan struct{} // closed when readyTerm becomes non-zero
@@ -111,6 +116,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		waiters: waiters{seen: make(map[waiterKey]time.Time)},
 	}
 	n.quitCtx, n.quit = context.WithCancel(context.Background())
+	n.lw.ctx, n.lw.cancel = context.WithCancelCause(n.quitCtx)
 	lcfg := cfg.Leasing
 	if cfg.Fault == FaultIgnoreExpireDoubt {
 		lcfg.UnsafeIgnoreDoubt = true
@@ -278,6 +284,9 @@ func (n *Node) followLeadership(ctx context.Context) {
 	reap := time.NewTicker(reapInterval)
 	defer reap.Stop()
 	for {
+		// Before reconcile, which waits for a Barrier when this node has
+		// just won: calls forwarded to the old leader end at once.
+		n.noteLeader()
 		n.reconcile()
 		select {
 		case <-ctx.Done():
@@ -290,6 +299,54 @@ func (n *Node) followLeadership(ctx context.Context) {
 			n.reapWaiters(ctx)
 		}
 	}
+}
+
+// leaderWatch is the leader as the node last saw it, and a context that
+// ends when it sees another (see LeaderWatch).
+type leaderWatch struct {
+	mu     sync.Mutex
+	id     string
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+// LeaderWatch returns the leader as this node sees it (its ID and
+// registered gRPC address, empty when unknown) and a context that is
+// cancelled, with cause ErrLeaderChanged, as soon as the node sees a
+// different leader or none; or when the node shuts down. A node that
+// forwards a call to the leader ends the call with that context, so that
+// a leader which went silent without closing its connections does not
+// hold the caller until its deadline.
+//
+// The ID and the context are taken together: a change after the call is
+// always signalled, and a context is never cancelled for a change that
+// came before it was handed out.
+func (n *Node) LeaderWatch() (id, grpcAddr string, changed context.Context) {
+	id, changed = n.noteLeader()
+	if id != "" {
+		grpcAddr, _ = n.fsm.MemberAddr(id)
+	}
+	return id, grpcAddr, changed
+}
+
+// noteLeader compares Raft's leader with the one last seen and, when it
+// differs, cancels the watchers' context and starts a new one. Raft's
+// leader observations make followLeadership call it at once; LeaderWatch
+// calls it too, so it never hands out a leader older than Raft's.
+func (n *Node) noteLeader() (string, context.Context) {
+	w := &n.lw
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	// Read under the lock: two callers that read Raft apart must not
+	// record its leaders out of order.
+	_, lid := n.raft.LeaderWithID()
+	if id := string(lid); id != w.id {
+		w.cancel(ErrLeaderChanged)
+		w.id = id
+		// From quitCtx, so that a shutdown ends every watch.
+		w.ctx, w.cancel = context.WithCancelCause(n.quitCtx)
+	}
+	return w.id, w.ctx
 }
 
 // reconcile brings the expiry manager in line with Raft's state. A new

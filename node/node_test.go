@@ -722,3 +722,53 @@ func TestCommandVersionFollowsTheMembers(t *testing.T) {
 		t.Fatalf("command version %d right after an old member joined, want 1", v)
 	}
 }
+
+// TestLeaderWatch: a follower's watch ends as soon as it loses its leader,
+// with ErrLeaderChanged, and the next watch names the new leader with a
+// context that is live. A node that shuts down ends its watch.
+func TestLeaderWatch(t *testing.T) {
+	c := nodetest.New(t, 3, clock.New(), nodetest.Options{})
+	old := c.Leader(5 * time.Second)
+	f := c.Nodes[(c.Index(old)+1)%3]
+	var id string
+	var changed context.Context
+	deadline := time.Now().Add(5 * time.Second)
+	for id != old.ID() && time.Now().Before(deadline) {
+		id, _, changed = f.LeaderWatch()
+		time.Sleep(5 * time.Millisecond) // the follower learns of the leader from Raft
+	}
+	if id != old.ID() {
+		t.Fatalf("follower's watch names %q, want the leader %s", id, old.ID())
+	}
+	if changed.Err() != nil {
+		t.Fatalf("watch of a current leader ended: %v", context.Cause(changed))
+	}
+	c.Isolate(c.Index(old))
+	defer c.Heal()
+	select {
+	case <-changed.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch did not end after the leader was cut off")
+	}
+	if cause := context.Cause(changed); !errors.Is(cause, node.ErrLeaderChanged) {
+		t.Fatalf("cause %v, want ErrLeaderChanged", cause)
+	}
+	nl := c.Leader(10 * time.Second)
+	for nl == old {
+		nl = c.Leader(10 * time.Second)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for id != nl.ID() && time.Now().Before(deadline) {
+		id, _, changed = f.LeaderWatch()
+		time.Sleep(5 * time.Millisecond)
+	}
+	if id != nl.ID() || changed.Err() != nil {
+		t.Fatalf("watch after the election: leader %q (err %v), want %s and a live context", id, changed.Err(), nl.ID())
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, changed = f.LeaderWatch(); changed.Err() == nil {
+		t.Fatal("watch still live after the node shut down")
+	}
+}
