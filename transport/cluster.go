@@ -57,7 +57,7 @@ func (s *Server) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespons
 		return nil, invalid("join needs id and raft_addr")
 	}
 	if !s.node.IsLeader() {
-		return forwardCluster(ctx, s, func(ctx context.Context, c pb.ClusterClient) (*pb.JoinResponse, error) {
+		return forwardCluster(ctx, s, fwd{noBound: true}, func(ctx context.Context, c pb.ClusterClient) (*pb.JoinResponse, error) {
 			return c.Join(ctx, req)
 		})
 	}
@@ -74,7 +74,10 @@ func (s *Server) RemoveMember(ctx context.Context, req *pb.RemoveMemberRequest) 
 		return nil, invalid("remove needs an id")
 	}
 	if !s.node.IsLeader() {
-		return forwardCluster(ctx, s, func(ctx context.Context, c pb.ClusterClient) (*pb.RemoveMemberResponse, error) {
+		// Removing the leader changes the leader: that change must not
+		// end the call.
+		lid, _ := s.node.Leader()
+		return forwardCluster(ctx, s, fwd{noBound: true, noWatch: req.Id == lid}, func(ctx context.Context, c pb.ClusterClient) (*pb.RemoveMemberResponse, error) {
 			return c.RemoveMember(ctx, req)
 		})
 	}
@@ -88,7 +91,7 @@ func (s *Server) RemoveMember(ctx context.Context, req *pb.RemoveMemberRequest) 
 // TransferLeadership hands leadership to another member.
 func (s *Server) TransferLeadership(ctx context.Context, req *pb.TransferLeadershipRequest) (*pb.TransferLeadershipResponse, error) {
 	if !s.node.IsLeader() {
-		return forwardCluster(ctx, s, func(ctx context.Context, c pb.ClusterClient) (*pb.TransferLeadershipResponse, error) {
+		return forwardCluster(ctx, s, fwd{noBound: true, noWatch: true}, func(ctx context.Context, c pb.ClusterClient) (*pb.TransferLeadershipResponse, error) {
 			return c.TransferLeadership(ctx, req)
 		})
 	}
@@ -133,9 +136,14 @@ const snapshotChunk = 1 << 20
 func (s *Server) Snapshot(req *pb.SnapshotRequest, stream pb.Cluster_SnapshotServer) error {
 	ctx := stream.Context()
 	if !s.node.IsLeader() {
-		c, err := s.leaderConn(ctx)
+		ld, err := s.leader(ctx)
 		if err != nil {
 			return err
+		}
+		s.hint(ctx, ld.addr)
+		c, err := s.conn(ld.addr)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "leader %s at %s: %v", ld.id, ld.addr, err)
 		}
 		up, err := pb.NewClusterClient(c).Snapshot(s.forwardCtx(ctx), req)
 		if err != nil {

@@ -23,6 +23,9 @@ var (
 	ErrNoLeader = errors.New("transport: no leader known")
 	// ErrClosed: the server is closed and reaches no other node.
 	ErrClosed = errors.New("transport: server closed")
+	// ErrLeaderSilent: the leader did not answer a forwarded call within
+	// the forward bound.
+	ErrLeaderSilent = errors.New("transport: the leader did not answer in time")
 )
 
 // codeTable maps every sentinel to its gRPC code: the one place where
@@ -43,6 +46,8 @@ var codeTable = []struct {
 	{ErrClosed, codes.Unavailable},
 	{node.ErrUnknownMember, codes.NotFound},
 	{ErrNoLeader, codes.Unavailable},
+	{ErrLeaderSilent, codes.Unavailable},
+	{node.ErrLeaderChanged, codes.Unavailable},
 	{ErrCompacted, codes.OutOfRange},
 	{ErrWatchOverflow, codes.ResourceExhausted},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},

@@ -45,7 +45,13 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 		return nil, invalidErr(err)
 	}
 	if !s.node.IsLeader() {
-		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.AcquireResponse, error) {
+		// An acquire by the holder is a renewal, and a waiter already
+		// queued keeps its place: safe to send twice.
+		o := fwd{retry: true}
+		if req.Wait {
+			o.wait = dur / 3 // the leader's long poll
+		}
+		return forward(ctx, s, o, func(ctx context.Context, c pb.LeasesClient) (*pb.AcquireResponse, error) {
 			return c.Acquire(ctx, req)
 		})
 	}
@@ -172,7 +178,7 @@ func (s *Server) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResp
 		return nil, invalidErr(err)
 	}
 	if !s.node.IsLeader() {
-		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.RenewResponse, error) {
+		return forward(ctx, s, fwd{retry: true}, func(ctx context.Context, c pb.LeasesClient) (*pb.RenewResponse, error) {
 			return c.Renew(ctx, req)
 		})
 	}
@@ -210,7 +216,7 @@ func (s *Server) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.Relea
 		return nil, invalidErr(err)
 	}
 	if !s.node.IsLeader() {
-		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.ReleaseResponse, error) {
+		return forward(ctx, s, fwd{retry: true}, func(ctx context.Context, c pb.LeasesClient) (*pb.ReleaseResponse, error) {
 			return c.Release(ctx, req)
 		})
 	}
@@ -235,7 +241,9 @@ func (s *Server) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteR
 		return nil, invalidErr(err)
 	}
 	if !s.node.IsLeader() {
-		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.DeleteResponse, error) {
+		// Not retried: a second delete could remove a lease created
+		// again in between.
+		return forward(ctx, s, fwd{}, func(ctx context.Context, c pb.LeasesClient) (*pb.DeleteResponse, error) {
 			return c.Delete(ctx, req)
 		})
 	}
@@ -275,7 +283,7 @@ func (s *Server) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, 
 		return nil, err
 	}
 	if !local {
-		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.GetResponse, error) {
+		return forward(ctx, s, fwd{retry: true}, func(ctx context.Context, c pb.LeasesClient) (*pb.GetResponse, error) {
 			return c.Get(ctx, req)
 		})
 	}
@@ -323,7 +331,7 @@ func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespons
 		return nil, err
 	}
 	if !local {
-		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.ListResponse, error) {
+		return forward(ctx, s, fwd{retry: true}, func(ctx context.Context, c pb.LeasesClient) (*pb.ListResponse, error) {
 			return c.List(ctx, req)
 		})
 	}
@@ -518,66 +526,6 @@ func (s *Server) keepAliveOnce(ctx context.Context, req *pb.KeepAliveRequest) (*
 	return out, nil
 }
 
-// relayKeepAlive pipes a follower's KeepAlive stream to the leader. A
-// leader change breaks the upstream; the client learns of it at its next
-// message (or by its own response timeout) and opens a new stream.
-func (s *Server) relayKeepAlive(stream pb.Leases_KeepAliveServer) error {
-	ctx, cancel := context.WithCancel(stream.Context())
-	c, err := s.leaderConn(ctx)
-	if err != nil {
-		cancel()
-		return err
-	}
-	up, err := pb.NewLeasesClient(c).KeepAlive(s.forwardCtx(ctx))
-	if err != nil {
-		cancel()
-		return err
-	}
-	var upErr error // set by the copier before done closes
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			resp, err := up.Recv()
-			if err == nil {
-				err = stream.Send(resp)
-			}
-			if err != nil {
-				upErr = err
-				return
-			}
-		}
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			// The client is done sending: let the leader answer what is
-			// in flight, then end.
-			_ = up.CloseSend()
-			<-done
-			if errors.Is(upErr, io.EOF) {
-				return nil
-			}
-			return upErr
-		}
-		if err != nil {
-			return err
-		}
-		if err := up.Send(req); err != nil {
-			cancel()
-			<-done
-			if upErr != nil && !errors.Is(upErr, io.EOF) {
-				return upErr
-			}
-			return status.Errorf(codes.Unavailable, "relay to leader: %v", err)
-		}
-	}
-}
-
 // renewResult is the metric label of a renewal's outcome.
 func renewResult(err error) string {
 	switch {
@@ -621,7 +569,9 @@ func (s *Server) Write(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResp
 		return nil, invalid("object of %d bytes is above the limit of %d", len(req.Object), maxObject)
 	}
 	if !s.node.IsLeader() {
-		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.WriteResponse, error) {
+		// Not retried: a second write could undo one made in between, or
+		// fail on the version or existence the first one changed.
+		return forward(ctx, s, fwd{}, func(ctx context.Context, c pb.LeasesClient) (*pb.WriteResponse, error) {
 			return c.Write(ctx, req)
 		})
 	}
@@ -677,7 +627,7 @@ func (s *Server) leaveQueue(ctx context.Context, req *pb.ReleaseRequest) (*pb.Re
 		return nil, invalidErr(err)
 	}
 	if !s.node.IsLeader() {
-		return forward(ctx, s, func(ctx context.Context, c pb.LeasesClient) (*pb.ReleaseResponse, error) {
+		return forward(ctx, s, fwd{retry: true}, func(ctx context.Context, c pb.LeasesClient) (*pb.ReleaseResponse, error) {
 			return c.Release(ctx, req)
 		})
 	}

@@ -22,6 +22,9 @@ type Metrics struct {
 	renewDur prometheus.Histogram
 	acquires *prometheus.CounterVec
 	releases *prometheus.CounterVec
+	// forwardCut counts forwarded calls and KeepAlive messages that got
+	// no answer from the leader.
+	forwardCut *prometheus.CounterVec
 }
 
 // NewMetrics builds the server's metrics and registers them on reg (nil:
@@ -54,6 +57,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "leasekeeper_lease_releases_total",
 			Help: "Release requests decided by this node as leader, by result.",
 		}, []string{"result"}),
+		forwardCut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "leasekeeper_forward_interrupted_total",
+			Help: "Calls and KeepAlive messages this node forwarded that got no answer from the leader, by reason (leader_changed, leader_silent, failed) and action (retried on the next leader, gave_up).",
+		}, []string{"reason", "action"}),
 	}
 	// Every result exists from the start, so rate() and the alert rules
 	// see a zero rather than no series.
@@ -64,8 +71,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	for _, r := range []string{"acquired", "renewed", "held", "error"} {
 		m.acquires.WithLabelValues(r)
 	}
+	for _, r := range []string{"leader_changed", "leader_silent", "failed"} {
+		for _, a := range []string{"retried", "gave_up"} {
+			m.forwardCut.WithLabelValues(r, a)
+		}
+	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.renewals, m.renewDur, m.acquires, m.releases} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.renewals, m.renewDur, m.acquires, m.releases, m.forwardCut} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

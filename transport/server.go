@@ -15,13 +15,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/auth"
@@ -38,6 +35,7 @@ type Node interface {
 	Ready() (bool, string)
 	IsLeader() bool
 	Leader() (id, grpcAddr string)
+	LeaderWatch() (id, grpcAddr string, changed context.Context)
 	Propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, error)
 	ReadBarrier(ctx context.Context) error
 	RenewLocal(ctx context.Context, rs []*fsmpb.Renew) []*fsm.Lease
@@ -79,6 +77,12 @@ type Config struct {
 	Creds credentials.TransportCredentials
 	// Auth authenticates and authorizes callers; nil runs with auth off.
 	Auth *auth.Authenticator
+	// HeartbeatTimeout and ElectionTimeout are the node's Raft timings
+	// (node.Config). They size how long a follower waits for the leader
+	// on a forwarded call, HeartbeatTimeout + ElectionTimeout (see
+	// forward.go).
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
 }
 
 // DefaultConfig returns the server's defaults.
@@ -93,8 +97,10 @@ func DefaultConfig() Config {
 		WatchWindow:       100000,
 		// Above one Expire batch (5000 by default), so a watcher is not
 		// dropped by a single expiry storm entry.
-		WatchBuffer: 16384,
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		WatchBuffer:      16384,
+		DialOptions:      []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		HeartbeatTimeout: node.DefaultConfig().HeartbeatTimeout,
+		ElectionTimeout:  node.DefaultConfig().ElectionTimeout,
 	}
 }
 
@@ -119,6 +125,9 @@ func (c Config) Validate() error {
 	if c.MaxKeepAliveBatch <= 0 || c.MaxRecvMsgSize <= 0 || c.WatchWindow <= 0 || c.WatchBuffer <= 0 {
 		errs = append(errs, errors.New("transport: MaxKeepAliveBatch, MaxRecvMsgSize, WatchWindow and WatchBuffer must be > 0"))
 	}
+	if c.HeartbeatTimeout <= 0 || c.ElectionTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("transport: HeartbeatTimeout (%v) and ElectionTimeout (%v) must be > 0", c.HeartbeatTimeout, c.ElectionTimeout))
+	}
 	return errors.Join(errs...)
 }
 
@@ -134,6 +143,9 @@ type Server struct {
 	met  *Metrics
 
 	health *health.Server
+
+	// bound limits one forwarded attempt (see forward.go).
+	bound time.Duration
 
 	// unary is the interceptor chain of unary calls, also run for each
 	// call on a Calls stream.
@@ -171,6 +183,7 @@ func New(cfg Config, n Node, hub *Hub, log hclog.Logger, met *Metrics) (*Server,
 	s := &Server{
 		cfg: cfg, node: n, hub: hub, log: log.Named("grpc"), met: met,
 		health:   health.NewServer(),
+		bound:    cfg.HeartbeatTimeout + cfg.ElectionTimeout,
 		draining: make(chan struct{}),
 		conns:    make(map[string]*grpc.ClientConn),
 	}
@@ -259,28 +272,6 @@ const forwardedKey = auth.MDForwardedBy
 // client can send its next requests there directly.
 const leaderHeader = "x-leasekeeper-leader"
 
-// leaderConn returns a connection to the leader for forwarding.
-func (s *Server) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
-	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(forwardedKey)) > 0 {
-		return nil, status.Errorf(codes.Unavailable, "node %s is not the leader (request forwarded by %s)", s.node.ID(), md.Get(forwardedKey)[0])
-	}
-	id, addr := s.node.Leader()
-	if addr == "" {
-		if id != "" {
-			return nil, status.Errorf(codes.Unavailable, "%v: leader %s has not registered its address yet", ErrNoLeader, id)
-		}
-		return nil, status.Errorf(codes.Unavailable, "%v: node %s knows no leader", ErrNoLeader, s.node.ID())
-	}
-	if !callmux.SetLeader(ctx, addr) {
-		_ = grpc.SetHeader(ctx, metadata.Pairs(leaderHeader, addr)) // fails harmlessly on streams already answered
-	}
-	c, err := s.conn(addr)
-	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "leader %s at %s: %v", id, addr, err)
-	}
-	return c, nil
-}
-
 // conn returns the connection kept to another node's gRPC API at addr.
 func (s *Server) conn(addr string) (*grpc.ClientConn, error) {
 	s.mu.Lock()
@@ -303,25 +294,6 @@ func (s *Server) conn(addr string) (*grpc.ClientConn, error) {
 // caller's identity, which the leader trusts only from a node.
 func (s *Server) forwardCtx(ctx context.Context) context.Context {
 	return auth.ForwardContext(ctx, s.node.ID())
-}
-
-// forward runs call against the leader's Leases service.
-func forward[T any](ctx context.Context, s *Server, call func(context.Context, pb.LeasesClient) (T, error)) (T, error) {
-	var zero T
-	c, err := s.leaderConn(ctx)
-	if err != nil {
-		return zero, err
-	}
-	return call(s.forwardCtx(ctx), pb.NewLeasesClient(c))
-}
-
-func forwardCluster[T any](ctx context.Context, s *Server, call func(context.Context, pb.ClusterClient) (T, error)) (T, error) {
-	var zero T
-	c, err := s.leaderConn(ctx)
-	if err != nil {
-		return zero, err
-	}
-	return call(s.forwardCtx(ctx), pb.NewClusterClient(c))
 }
 
 // commit is propose with the command's own failure (the FSM's Result.Err)
@@ -379,7 +351,7 @@ func (s *Server) register(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err := forwardCluster(ctx, s, func(ctx context.Context, c pb.ClusterClient) (*pb.JoinResponse, error) {
+	_, err := forwardCluster(ctx, s, fwd{noBound: true}, func(ctx context.Context, c pb.ClusterClient) (*pb.JoinResponse, error) {
 		return c.Join(ctx, &pb.JoinRequest{Id: s.node.ID(), RaftAddr: raftAddr, GrpcAddr: grpcAddr, CommandVersion: fsm.CommandVersion})
 	})
 	if err != nil {
