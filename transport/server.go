@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -79,8 +80,8 @@ type Config struct {
 	Auth *auth.Authenticator
 	// HeartbeatTimeout and ElectionTimeout are the node's Raft timings
 	// (node.Config). They size how long a follower waits for the leader
-	// on a forwarded call, HeartbeatTimeout + ElectionTimeout (see
-	// forward.go).
+	// on a forwarded call, HeartbeatTimeout + ElectionTimeout, and the
+	// gRPC keepalive (see forward.go and keepalive.go).
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
 }
@@ -231,7 +232,7 @@ func (s *Server) updateHealth() {
 }
 
 // ServerOptions are the gRPC options the services expect: the request size
-// limit and a panic guard.
+// limit, a panic guard and keepalive.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
@@ -243,6 +244,7 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 		grpc.UnaryInterceptor(s.unary),
 		grpc.ChainStreamInterceptor(s.met.stream(), recoverStream(s.log), auth.StreamServerInterceptor(s.cfg.Auth)),
 	}
+	opts = append(opts, s.serverKeepalive()...)
 	if s.cfg.Creds != nil {
 		opts = append(opts, grpc.Creds(s.cfg.Creds))
 	}
@@ -282,7 +284,7 @@ func (s *Server) conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := s.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, s.cfg.DialOptions...)
+	c, err := grpc.NewClient(addr, append(slices.Clip(s.cfg.DialOptions), s.clientKeepalive())...)
 	if err != nil {
 		return nil, err
 	}

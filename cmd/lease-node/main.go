@@ -199,7 +199,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	if err := o.node.Validate(); err != nil {
 		return nil, err
 	}
-	// Forwarded calls are bounded from the Raft timings.
+	// Forwarded calls and keepalive are sized from the Raft timings.
 	o.server.HeartbeatTimeout, o.server.ElectionTimeout = o.node.HeartbeatTimeout, o.node.ElectionTimeout
 	return o, o.server.Validate()
 }
