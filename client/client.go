@@ -92,6 +92,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -320,6 +321,10 @@ func New(cfg Config) (*Client, error) {
 			},
 			MinConnectTimeout: cfg.DialTimeout,
 		}),
+		// A node that went silent without closing the connection is
+		// dropped after 10 s of quiet and 3 s of unanswered ping. 10 s is
+		// gRPC's floor, and the nodes admit pings every 5 s, idle or not.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 3 * time.Second, PermitWithoutStream: true}),
 	}
 	opts = append(opts, cfg.DialOptions...)
 	for _, ep := range c.endpoints {
