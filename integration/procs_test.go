@@ -43,6 +43,7 @@ func TestMain(m *testing.M) {
 type proc struct {
 	id, grpc, raft, http, k8s, dataDir, logPath string
 	args                                        []string
+	uid                                         uint32 // run as this user when not 0
 	cmd                                         *exec.Cmd
 	done                                        chan struct{}
 }
@@ -73,6 +74,13 @@ func freePorts(t *testing.T, n int) []string {
 // startCluster starts n real lease-node processes on loopback.
 func startCluster(t *testing.T, n int) *cluster {
 	t.Helper()
+	return startClusterWith(t, n, nil)
+}
+
+// startClusterWith is startCluster with setup run on each process before
+// it starts.
+func startClusterWith(t *testing.T, n int, setup func(p *proc)) *cluster {
+	t.Helper()
 	ports := freePorts(t, 4*n)
 	c := &cluster{t: t}
 	var peers []string
@@ -94,6 +102,9 @@ func startCluster(t *testing.T, n int) *cluster {
 			"--http-addr", p.http, "--k8s-api-addr", p.k8s, "--bootstrap", "--peers", strings.Join(peers, ","),
 			"--heartbeat-timeout", "500ms", "--election-timeout", "500ms", "--leader-lease-timeout", "250ms"}
 		c.procs = append(c.procs, p)
+		if setup != nil {
+			setup(p)
+		}
 		c.start(p)
 	}
 	t.Cleanup(func() {
@@ -127,6 +138,9 @@ func (c *cluster) start(p *proc) {
 	}
 	p.cmd = exec.Command(binary, p.args...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if p.uid != 0 {
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: p.uid, Gid: p.uid}}
+	}
 	if err := p.cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}
