@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -145,13 +146,27 @@ func checkRenewals(t *testing.T, c *cluster, rs []renewal, token string, faultAt
 
 // TestRenewThroughFollowersWhileTheLeaderIsPaused: the leader is
 // SIGSTOPped for 8 s; its connections stay open and its kernel still
-// accepts, but nothing answers.
+// accepts, but nothing answers. A read through a follower's Kubernetes
+// Lease API, which calls the follower's own gRPC API, answers too.
 func TestRenewThroughFollowersWhileTheLeaderIsPaused(t *testing.T) {
 	c := startCluster(t, 3)
 	leader := c.leader(15 * time.Second)
 	followers, token := holdThroughFollowers(t, c, leader)
+	var follower *proc
+	for _, p := range c.procs {
+		if p != leader {
+			follower = p
+		}
+	}
+	k8s := k8sAPI(t, follower) + "/apis/coordination.k8s.io/v1/namespaces/default/leases/db"
 	pid := leader.cmd.Process.Pid
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	var (
+		wg      sync.WaitGroup
+		k8sCode int
+		k8sErr  error
+		k8sTook time.Duration
+	)
 	const faultAt, healAt = time.Second, 9 * time.Second
 	rs := renewWhile(followers, token, healAt+2*time.Second, faultAt, healAt, func(on bool) {
 		sig := syscall.SIGCONT
@@ -161,8 +176,26 @@ func TestRenewThroughFollowersWhileTheLeaderIsPaused(t *testing.T) {
 		if err := syscall.Kill(pid, sig); err != nil {
 			t.Errorf("signal %v to the leader: %v", sig, err)
 		}
+		if on {
+			wg.Go(func() {
+				time.Sleep(200 * time.Millisecond) // into the pause
+				start := time.Now()
+				hc := http.Client{Timeout: 10 * time.Second}
+				resp, err := hc.Get(k8s)
+				k8sTook, k8sErr = time.Since(start), err
+				if err == nil {
+					k8sCode = resp.StatusCode
+					resp.Body.Close()
+				}
+			})
+		}
 	})
+	wg.Wait()
 	checkRenewals(t, c, rs, token, faultAt, healAt)
+	t.Logf("GET of the lease through %s's Kubernetes API during the pause: %d %v, took %v", follower.id, k8sCode, k8sErr, k8sTook.Round(time.Millisecond))
+	if k8sErr != nil || k8sCode != http.StatusOK || k8sTook > 5*time.Second {
+		t.Errorf("GET through the Kubernetes API during the pause: status %d, error %v, took %v; want 200 within 5 s", k8sCode, k8sErr, k8sTook)
+	}
 }
 
 // TestRenewThroughFollowersWhileTheLeaderIsCutOff: for 10 s a firewall
