@@ -50,6 +50,7 @@ var codeTable = []struct {
 	{node.ErrLeaderChanged, codes.Unavailable},
 	{ErrCompacted, codes.OutOfRange},
 	{ErrWatchOverflow, codes.ResourceExhausted},
+	{ErrTooManyWatches, codes.ResourceExhausted},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{context.Canceled, codes.Canceled},
 }

@@ -1,10 +1,18 @@
 package transport
 
 import (
+	"errors"
+	"fmt"
 	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/leasekeeper/leasekeeper/fsm"
 )
+
+// ErrTooManyWatches: the node holds as many watches as it allows, in all or
+// for the caller.
+var ErrTooManyWatches = errors.New("transport: too many watches")
 
 // Hub keeps the latest events in a window and fans them out to watchers.
 // It is an fsm.Listener, so every node serves watches from its own applied
@@ -16,18 +24,50 @@ type Hub struct {
 	floor   uint64      // every revision <= floor is older than the window
 	subs    map[*watcher]struct{}
 	bufSize int
+
+	// Limits on open watchers: in all, and per owner (the caller's
+	// identity; "" for callers that are not told apart). 0: no limit.
+	maxWatchers, maxPerOwner int
+	owners                   map[string]int
+	open                     prometheus.Gauge // the number of watchers; nil: not counted
 }
 
+// watcher is one subscription. Its queue grows as events arrive, up to the
+// hub's bufSize, so an idle watcher costs a few words, not a full buffer.
 type watcher struct {
 	match func(*fsm.Lease) bool
-	ch    chan fsm.Event
-	err   error // why ch was closed: ErrWatchOverflow or ErrCompacted
+	owner string
+	buf   int           // the most events queued before it is dropped
+	ready chan struct{} // buffered 1: events were queued, or it was closed
+
+	mu    sync.Mutex  // guards what follows
+	queue []fsm.Event // queue[head:] are the events not yet taken
+	head  int
+	done  bool  // closed: no more events after the queue
+	err   error // why it was closed: ErrWatchOverflow, ErrCompacted, or nil
 }
 
-// NewHub returns a hub that keeps the last window events and gives every
-// watcher a buffer of bufSize events.
+// NewHub returns a hub that keeps the last window events and lets every
+// watcher queue up to bufSize events.
 func NewHub(window, bufSize int) *Hub {
-	return &Hub{window: window, bufSize: bufSize, subs: make(map[*watcher]struct{})}
+	return &Hub{window: window, bufSize: bufSize, subs: make(map[*watcher]struct{}), owners: make(map[string]int)}
+}
+
+// setLimits bounds the open watchers: total in all (0: no limit) and
+// perOwner for each owner but "" (0: no limit). open, when not nil,
+// follows their number.
+func (h *Hub) setLimits(total, perOwner int, open prometheus.Gauge) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.maxWatchers, h.maxPerOwner, h.open = total, perOwner, open
+	h.count()
+}
+
+// count sets the gauge of open watchers. h.mu is held.
+func (h *Hub) count() {
+	if h.open != nil {
+		h.open.Set(float64(len(h.subs)))
+	}
 }
 
 // Applied implements fsm.Listener.
@@ -43,9 +83,7 @@ func (h *Hub) Applied(evs []fsm.Event) {
 			if w.match != nil && !w.match(ev.Lease) {
 				continue
 			}
-			select {
-			case w.ch <- ev:
-			default:
+			if !w.push(ev) {
 				// A watcher that cannot keep up is dropped rather than
 				// allowed to slow the apply loop; it may resume from its
 				// last revision.
@@ -71,25 +109,42 @@ func (h *Hub) Restored() {
 	}
 }
 
+// drop ends w with err. h.mu is held.
 func (h *Hub) drop(w *watcher, err error) {
+	h.forget(w)
+	w.close(err)
+}
+
+// forget removes w from the hub's books. h.mu is held.
+func (h *Hub) forget(w *watcher) {
 	delete(h.subs, w)
-	w.err = err
-	close(w.ch)
+	h.count()
+	if w.owner != "" {
+		if h.owners[w.owner]--; h.owners[w.owner] <= 0 {
+			delete(h.owners, w.owner)
+		}
+	}
 }
 
-// subscribe registers a watcher and returns the events after start that
-// match (none when start is 0). current is the FSM's revision when the
-// call began; it tells a compacted start from a new one when the window is
-// still empty.
-func (h *Hub) subscribe(start, current uint64, replay bool, match func(*fsm.Lease) bool) (*watcher, []fsm.Event, error) {
-	return h.subscribeBuf(start, current, replay, match, h.bufSize)
+// subscribe registers a watcher for owner and returns the events after
+// start that match (none when start is 0). current is the FSM's revision
+// when the call began; it tells a compacted start from a new one when the
+// window is still empty.
+func (h *Hub) subscribe(owner string, start, current uint64, replay bool, match func(*fsm.Lease) bool) (*watcher, []fsm.Event, error) {
+	return h.subscribeBuf(owner, start, current, replay, match, h.bufSize)
 }
 
-// subscribeBuf is subscribe with a queue of buf events instead of the
-// hub's default, for watchers of one lease that need only a few.
-func (h *Hub) subscribeBuf(start, current uint64, replay bool, match func(*fsm.Lease) bool, buf int) (*watcher, []fsm.Event, error) {
+// subscribeBuf is subscribe with a queue of at most buf events instead of
+// the hub's default, for watchers of one lease that need only a few.
+func (h *Hub) subscribeBuf(owner string, start, current uint64, replay bool, match func(*fsm.Lease) bool, buf int) (*watcher, []fsm.Event, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	switch {
+	case h.maxWatchers > 0 && len(h.subs) >= h.maxWatchers:
+		return nil, nil, fmt.Errorf("%w: the node holds %d, its limit", ErrTooManyWatches, len(h.subs))
+	case owner != "" && h.maxPerOwner > 0 && h.owners[owner] >= h.maxPerOwner:
+		return nil, nil, fmt.Errorf("%w: %q holds %d, the limit for one caller", ErrTooManyWatches, owner, h.owners[owner])
+	}
 	var backlog []fsm.Event
 	if start > 0 || replay {
 		switch {
@@ -104,8 +159,12 @@ func (h *Hub) subscribeBuf(start, current uint64, replay bool, match func(*fsm.L
 			}
 		}
 	}
-	w := &watcher{match: match, ch: make(chan fsm.Event, buf)}
+	w := &watcher{match: match, owner: owner, buf: buf, ready: make(chan struct{}, 1)}
 	h.subs[w] = struct{}{}
+	h.count()
+	if owner != "" {
+		h.owners[owner]++
+	}
 	return w, backlog, nil
 }
 
@@ -113,14 +172,70 @@ func (h *Hub) unsubscribe(w *watcher) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.subs[w]; ok {
-		delete(h.subs, w)
-		close(w.ch)
+		h.forget(w)
+		w.close(nil)
 	}
 }
 
-// watcherErr reads w.err after w.ch was closed.
-func (h *Hub) watcherErr(w *watcher) error {
+// watchers reports how many watchers are open, for tests and metrics.
+func (h *Hub) watchers() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return w.err
+	return len(h.subs)
 }
+
+// push queues ev, and reports false when the queue is full.
+func (w *watcher) push(ev fsm.Event) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.queue)-w.head >= w.buf {
+		return false
+	}
+	if w.head > 0 && w.head == len(w.queue) {
+		// Everything was taken: start over at the front of the array.
+		clear(w.queue)
+		w.queue, w.head = w.queue[:0], 0
+	}
+	w.queue = append(w.queue, ev)
+	w.signal()
+	return true
+}
+
+func (w *watcher) close(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done, w.err = true, err
+	w.signal()
+}
+
+// signal wakes the taker. w.mu is held.
+func (w *watcher) signal() {
+	select {
+	case w.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take appends up to max queued events to dst. closed is true once the
+// queue is empty and the watcher was closed, with err saying why (nil when
+// unsubscribed). A taker waits on w.ready between takes.
+func (w *watcher) take(dst []fsm.Event, max int) (out []fsm.Event, closed bool, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := min(max, len(w.queue)-w.head)
+	dst = append(dst, w.queue[w.head:w.head+n]...)
+	clear(w.queue[w.head : w.head+n]) // let taken leases be collected
+	w.head += n
+	if w.head == len(w.queue) {
+		w.queue, w.head = w.queue[:0], 0
+		if cap(w.queue) > 4*w.minCap() {
+			w.queue = nil // a burst is over: give its array back
+		}
+	} else {
+		w.signal() // more left for the next take
+	}
+	return dst, w.done && w.head == len(w.queue), w.err
+}
+
+// minCap is the queue capacity a watcher keeps between bursts.
+func (w *watcher) minCap() int { return min(w.buf, 64) }

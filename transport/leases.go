@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -69,6 +70,9 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 		MaxWaiters: uint32(s.cfg.MaxWaiters),
 	}
 	if req.Wait {
+		if err := s.queueFull(ns, req.Name, req.HolderIdentity); err != nil {
+			return nil, err
+		}
 		return s.acquireWait(ctx, cmd, dur)
 	}
 	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: cmd}})
@@ -77,6 +81,18 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 		return nil, err
 	}
 	return s.acquireResponse(res), nil
+}
+
+// queueFull refuses, without a log write, a wait that the FSM would refuse
+// for the queue limit as the leader's table stands: a flood of waits past
+// the limit must not become a flood of Raft entries. (The FSM's check,
+// stamped in the command, still decides the race.)
+func (s *Server) queueFull(ns, name, holder string) error {
+	l, ok := s.node.FSM().Get(ns, name)
+	if s.cfg.MaxWaiters == 0 || !ok || len(l.Waiters) < s.cfg.MaxWaiters || l.Holder == "" || l.Holder == holder || l.WaitingPosition(holder) > 0 {
+		return nil
+	}
+	return toStatus(fmt.Errorf("%w: %d waiters on %s/%s", fsm.ErrQueueFull, len(l.Waiters), ns, name), l)
 }
 
 func (s *Server) acquireResponse(res *fsm.Result) *pb.AcquireResponse {
@@ -113,7 +129,7 @@ func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.D
 	// Watch the lease before queueing, so the hand-off cannot slip by.
 	// One lease makes few events while a call waits; a queue that fills
 	// anyway drops the watcher, and the call answers "still queued".
-	w, _, err := s.hub.subscribeBuf(0, 0, false, func(l *fsm.Lease) bool { return l.Namespace == cmd.Namespace && l.Name == cmd.Name }, waitBuffer)
+	w, _, err := s.hub.subscribeBuf(s.watchOwner(ctx), 0, 0, false, func(l *fsm.Lease) bool { return l.Namespace == cmd.Namespace && l.Name == cmd.Name }, waitBuffer)
 	if err != nil {
 		return nil, toStatus(err, nil)
 	}
@@ -136,21 +152,26 @@ func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.D
 	poll := time.NewTimer(wait)
 	defer poll.Stop()
 	last := res
+	var evs []fsm.Event
 	for {
 		select {
-		case ev, ok := <-w.ch:
-			if !ok {
+		case <-w.ready:
+			var closed bool
+			evs, closed, _ = w.take(evs[:0], waitBuffer)
+			for _, ev := range evs {
+				if ev.Lease.Holder == cmd.Holder && ev.Type == fsm.EventAcquired {
+					s.met.acquires.WithLabelValues("acquired").Inc()
+					return &pb.AcquireResponse{Acquired: true, Lease: writtenPB(ev.Lease), Remaining: durationpb.New(ev.Lease.TTL())}, nil
+				}
+				if ev.Type == fsm.EventDeleted {
+					return nil, status.Errorf(codes.NotFound, "%v: %s/%s was deleted while waiting", fsm.ErrNotFound, cmd.Namespace, cmd.Name)
+				}
+				if pos := ev.Lease.WaitingPosition(cmd.Holder); pos > 0 {
+					last = &fsm.Result{Lease: ev.Lease, Queued: true, Position: pos}
+				}
+			}
+			if closed {
 				return s.acquireResponse(last), nil
-			}
-			if ev.Lease.Holder == cmd.Holder && ev.Type == fsm.EventAcquired {
-				s.met.acquires.WithLabelValues("acquired").Inc()
-				return &pb.AcquireResponse{Acquired: true, Lease: writtenPB(ev.Lease), Remaining: durationpb.New(ev.Lease.TTL())}, nil
-			}
-			if ev.Type == fsm.EventDeleted {
-				return nil, status.Errorf(codes.NotFound, "%v: %s/%s was deleted while waiting", fsm.ErrNotFound, cmd.Namespace, cmd.Name)
-			}
-			if pos := ev.Lease.WaitingPosition(cmd.Holder); pos > 0 {
-				last = &fsm.Result{Lease: ev.Lease, Queued: true, Position: pos}
 			}
 		case <-poll.C:
 			return s.acquireResponse(last), nil
@@ -377,7 +398,7 @@ func (s *Server) watch(ctx context.Context, req *pb.WatchRequest, max int, send 
 	if err != nil {
 		return invalidErr(err)
 	}
-	w, backlog, err := s.hub.subscribe(req.StartRevision, s.node.FSM().Revision(), req.Replay, match)
+	w, backlog, err := s.hub.subscribe(s.watchOwner(ctx), req.StartRevision, s.node.FSM().Revision(), req.Replay, match)
 	if err != nil {
 		return toStatus(err, nil)
 	}
@@ -391,29 +412,21 @@ func (s *Server) watch(ctx context.Context, req *pb.WatchRequest, max int, send 
 		last = backlog[n-1].Revision
 		backlog = backlog[n:]
 	}
-	batch := make([]fsm.Event, 0, max)
-	var closed bool
-	take := func(ev fsm.Event, ok bool) {
-		closed = !ok
-		if ok && ev.Revision > last { // else sent in the backlog already
-			batch = append(batch, ev)
-		}
-	}
+	var taken, batch []fsm.Event
 	for {
 		select {
 		case <-ctx.Done():
 			return toStatus(ctx.Err(), nil)
-		case ev, ok := <-w.ch:
-			take(ev, ok)
+		case <-w.ready:
 		}
-		// Take what is queued behind it, without waiting.
-	more:
-		for !closed && len(batch) < max {
-			select {
-			case ev, ok := <-w.ch:
-				take(ev, ok)
-			default:
-				break more
+		// Everything queued, up to max: the events ready together.
+		var closed bool
+		var werr error
+		taken, closed, werr = w.take(taken[:0], max)
+		batch = batch[:0]
+		for _, ev := range taken {
+			if ev.Revision > last { // else sent in the backlog already
+				batch = append(batch, ev)
 			}
 		}
 		if len(batch) > 0 {
@@ -421,13 +434,23 @@ func (s *Server) watch(ctx context.Context, req *pb.WatchRequest, max int, send 
 				return err
 			}
 			last = batch[len(batch)-1].Revision
-			batch = batch[:0]
 		}
+		clear(taken)
+		clear(batch)
 		if closed {
-			err := s.hub.watcherErr(w)
-			return status.Errorf(status.Code(toStatus(err, nil)), "%v; resume from revision %d", err, last)
+			return status.Errorf(status.Code(toStatus(werr, nil)), "%v; resume from revision %d", werr, last)
 		}
 	}
+}
+
+// watchOwner is the owner of the caller's watches, for the per-caller
+// limit: its identity with auth on; "" (not told apart) with auth off.
+func (s *Server) watchOwner(ctx context.Context) string {
+	if !s.cfg.Auth.Enabled() {
+		return ""
+	}
+	id, _ := auth.FromContext(ctx)
+	return id.String()
 }
 
 // KeepAlive renews many holdings per message. Each message becomes one

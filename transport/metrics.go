@@ -25,6 +25,8 @@ type Metrics struct {
 	// forwardCut counts forwarded calls and KeepAlive messages that got
 	// no answer from the leader.
 	forwardCut *prometheus.CounterVec
+	// watches is the number of watches the node holds open.
+	watches prometheus.Gauge
 }
 
 // NewMetrics builds the server's metrics and registers them on reg (nil:
@@ -61,6 +63,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "leasekeeper_forward_interrupted_total",
 			Help: "Calls and KeepAlive messages this node forwarded that got no answer from the leader, by reason (leader_changed, leader_silent, failed) and action (retried on the next leader, gave_up).",
 		}, []string{"reason", "action"}),
+		watches: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "leasekeeper_watches_open",
+			Help: "Watches this node holds open (Watch, WatchBatches and the watches of waiting Acquires).",
+		}),
 	}
 	// Every result exists from the start, so rate() and the alert rules
 	// see a zero rather than no series.
@@ -77,7 +83,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.renewals, m.renewDur, m.acquires, m.releases, m.forwardCut} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.renewals, m.renewDur, m.acquires, m.releases, m.forwardCut, m.watches} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -67,6 +67,13 @@ type Config struct {
 	// MaxWaiters is the longest a lease's wait queue may grow (0: no
 	// limit); a wait past it fails with ResourceExhausted.
 	MaxWaiters int
+	// MaxWatches bounds the watches (Watch, WatchBatches and the watch of a
+	// waiting Acquire) the node holds open, and MaxWatchesPerIdentity those
+	// of one authenticated caller (with auth off callers are not told
+	// apart, and only MaxWatches applies). 0: no limit. One more is
+	// refused with ResourceExhausted.
+	MaxWatches            int
+	MaxWatchesPerIdentity int
 	// WatchWindow is how many recent events a watch may resume from;
 	// WatchBuffer is each watcher's queue.
 	WatchWindow int
@@ -86,16 +93,23 @@ type Config struct {
 	ElectionTimeout  time.Duration
 }
 
+// maxStreamsPerConn bounds the streams one connection holds open at once;
+// above the Kubernetes API's connection limit, whose watches share one
+// connection to the node.
+const maxStreamsPerConn = 2048
+
 // DefaultConfig returns the server's defaults.
 func DefaultConfig() Config {
 	return Config{
-		MinLeaseDuration:  10 * time.Millisecond,
-		MaxLeaseDuration:  24 * time.Hour,
-		MaxGracePeriod:    time.Hour,
-		MaxKeepAliveBatch: 10000,
-		MaxRecvMsgSize:    4 << 20,
-		MaxWaiters:        1000,
-		WatchWindow:       100000,
+		MinLeaseDuration:      10 * time.Millisecond,
+		MaxLeaseDuration:      24 * time.Hour,
+		MaxGracePeriod:        time.Hour,
+		MaxKeepAliveBatch:     10000,
+		MaxRecvMsgSize:        4 << 20,
+		MaxWaiters:            1000,
+		MaxWatches:            10000,
+		MaxWatchesPerIdentity: 1000,
+		WatchWindow:           100000,
 		// Above one Expire batch (5000 by default), so a watcher is not
 		// dropped by a single expiry storm entry.
 		WatchBuffer:      16384,
@@ -113,6 +127,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxWaiters < 0 || c.MaxWaiters > math.MaxUint32 {
 		errs = append(errs, fmt.Errorf("transport: MaxWaiters (%d) must be within [0, %d]", c.MaxWaiters, uint32(math.MaxUint32)))
+	}
+	if c.MaxWatches < 0 || c.MaxWatchesPerIdentity < 0 {
+		errs = append(errs, errors.New("transport: MaxWatches and MaxWatchesPerIdentity must not be negative"))
 	}
 	if c.MaxGracePeriod < 0 {
 		errs = append(errs, errors.New("transport: MaxGracePeriod must not be negative"))
@@ -189,6 +206,9 @@ func New(cfg Config, n Node, hub *Hub, log hclog.Logger, met *Metrics) (*Server,
 		conns:    make(map[string]*grpc.ClientConn),
 	}
 	s.unary = callmux.Chain(met.unary(), recoverUnary(s.log), auth.UnaryServerInterceptor(cfg.Auth))
+	if hub != nil {
+		hub.setLimits(cfg.MaxWatches, cfg.MaxWatchesPerIdentity, met.watches)
+	}
 	return s, nil
 }
 
@@ -236,6 +256,9 @@ func (s *Server) updateHealth() {
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
+		// Streams (watches, keepalives, long polls) a connection may hold
+		// open at once; more wait for one to end.
+		grpc.MaxConcurrentStreams(maxStreamsPerConn),
 		// Handlers run on a pool of goroutines whose stacks have already
 		// grown, instead of a new goroutine per call (stack growth was a
 		// tenth of the leader's CPU under unary load). Busy workers fall

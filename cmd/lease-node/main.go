@@ -98,6 +98,8 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.node.RenewThroughLog, "renew-through-log", false, "commit every renewal through the Raft log (default: the leader confirms a renewal without a log write after a quorum confirms its leadership)")
 	fs.BoolVar(&o.node.NoCrashProbe, "no-crash-probe", false, "wait out the whole heartbeat timeout even when the silent leader's Raft port refuses connections (default: stand for election at once)")
 	fs.BoolVar(&o.node.NoSync, "unsafe-no-fsync", false, "do not fsync the Raft log (loses acknowledged writes on power loss; benchmarks only)")
+	fs.IntVar(&o.server.MaxWatches, "max-watches", o.server.MaxWatches, "most watches the node holds open (0: no limit); one more is refused with ResourceExhausted")
+	fs.IntVar(&o.server.MaxWatchesPerIdentity, "max-watches-per-identity", o.server.MaxWatchesPerIdentity, "most watches one authenticated caller holds open on the node (0: no limit)")
 	fs.DurationVar(&o.server.DefaultLeaseDuration, "default-lease-duration", o.server.DefaultLeaseDuration, "duration of an acquire that names none (0: required)")
 	fs.DurationVar(&o.server.DefaultGracePeriod, "default-grace-period", o.server.DefaultGracePeriod, "grace period of an acquire that names none")
 	fs.DurationVar(&o.server.MinLeaseDuration, "min-lease-duration", o.server.MinLeaseDuration, "shortest lease duration accepted")
