@@ -119,6 +119,9 @@ type FSM struct {
 	revision       uint64 // rises with every write to the table
 	lastToken      uint64 // the highest fencing token ever issued
 	applied        uint64 // the last applied Raft index
+	// halted is set at the first entry this FSM cannot apply as meant (a
+	// newer command version); from then on it applies nothing.
+	halted error
 
 	listener Listener
 	opts     Options
@@ -180,12 +183,15 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	return out
 }
 
-// applyLocked applies logs under the table's lock, which it releases even
-// when a command stops the FSM (checkVersion).
+// applyLocked applies logs under the table's lock.
 func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i, l := range logs {
+		if f.halted != nil {
+			out[i] = &Result{Err: f.halted}
+			continue
+		}
 		if l.Type != raft.LogCommand {
 			f.applied = max(f.applied, l.Index)
 			continue
@@ -196,6 +202,11 @@ func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) {
 			f.applied = max(f.applied, l.Index)
 			continue
 		}
+		if v := requiredVersion(&c); v > CommandVersion {
+			f.halted = fmt.Errorf("%w: the log entry at index %d needs command version %d; upgrade this node", ErrTooNew, l.Index, v)
+			out[i] = &Result{Err: f.halted}
+			continue
+		}
 		out[i] = f.apply(&c, l.Index, l.Term)
 		f.applied = max(f.applied, l.Index)
 	}
@@ -203,7 +214,6 @@ func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) {
 
 // apply applies one command of the log entry at index, of Raft term term.
 func (f *FSM) apply(c *fsmpb.Command, index, term uint64) *Result {
-	checkVersion(c, index)
 	now := c.NowUnixNano
 	switch op := c.Op.(type) {
 	case *fsmpb.Command_Acquire:
@@ -625,6 +635,14 @@ func (f *FSM) Members() map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// Halted returns why the FSM stopped applying entries (ErrTooNew), or nil.
+// A halted node must not serve: its table no longer follows the log.
+func (f *FSM) Halted() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.halted
 }
 
 // MemberVersions returns the command version each member registered, by

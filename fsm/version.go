@@ -18,8 +18,9 @@ import (
 // diverge: an FSM of version 1 ignores the fields of version 2 and would
 // apply such a command differently. So the leader proposes version-2
 // fields only once every voter has registered a binary that applies them
-// (Fit), and an FSM that meets a command above its version stops instead of
-// misapplying it.
+// (Fit), and an FSM that meets a command above its version halts (Halted)
+// instead of misapplying it: it applies nothing from there on, so its
+// table stays the one the entries before left.
 const CommandVersion uint32 = 2
 
 // ErrTooNew: a log entry needs a newer binary than this one.
@@ -72,12 +73,12 @@ func fit(c *fsmpb.Command, v uint32) uint32 {
 	return need
 }
 
-// checkVersion stops the FSM at a command it cannot apply as meant.
-// Applying it differently from the nodes that can would make the tables
-// diverge, and skipping it would too; stopping the node keeps its state
-// as the entries before it left it, and says what to do.
-func checkVersion(c *fsmpb.Command, index uint64) {
-	if c.RequiredVersion > CommandVersion {
-		panic(fmt.Sprintf("%v: the log entry at index %d needs command version %d; upgrade this node", ErrTooNew, index, c.RequiredVersion))
+// requiredVersion is the version c needs: its own mark, or the highest
+// of a batch's commands.
+func requiredVersion(c *fsmpb.Command) uint32 {
+	v := c.RequiredVersion
+	for _, sub := range c.GetBatch().GetCommands() {
+		v = max(v, sub.RequiredVersion)
 	}
+	return v
 }

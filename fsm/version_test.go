@@ -2,13 +2,13 @@ package fsm
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
@@ -45,30 +45,38 @@ func TestFitKeepsOldClustersAlike(t *testing.T) {
 	}
 }
 
-// TestTooNewCommandStops: an FSM does not apply a command above its
-// version; it stops, naming the entry and what to do, with its state as
-// the entries before left it.
-func TestTooNewCommandStops(t *testing.T) {
-	h := newHarness(t)
-	h.apply(1, acquire("default", "db", "a", time.Minute))
-	rev := h.f.Revision()
-	c := release("default", "db", "a", 1)
-	c.RequiredVersion = CommandVersion + 1
-	data, err := proto.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
+// TestTooNewCommandHalts: an FSM does not apply a command above its
+// version, alone or in a batch; it halts, naming the entry and what to
+// do, with its state as the entries before left it, and applies nothing
+// after.
+func TestTooNewCommandHalts(t *testing.T) {
+	for _, batched := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batched=%v", batched), func(t *testing.T) {
+			h := newHarness(t)
+			h.apply(1, acquire("default", "db", "a", time.Minute))
+			rev := h.f.Revision()
+			c := release("default", "db", "a", 1)
+			c.RequiredVersion = CommandVersion + 1
+			if batched {
+				c = &fsmpb.Command{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Commands: []*fsmpb.Command{
+					acquire("default", "other", "b", time.Minute), c,
+				}}}}
+			}
+			r := h.apply(2, c)
+			if !errors.Is(r.Err, ErrTooNew) || !strings.Contains(r.Err.Error(), "index 2") || !strings.Contains(r.Err.Error(), "upgrade this node") {
+				t.Fatalf("result %v, want ErrTooNew naming the entry and what to do", r.Err)
+			}
+			if !errors.Is(h.f.Halted(), ErrTooNew) {
+				t.Fatalf("Halted() = %v, want ErrTooNew", h.f.Halted())
+			}
+			if r := h.apply(3, acquire("default", "later", "c", time.Minute)); !errors.Is(r.Err, ErrTooNew) {
+				t.Fatalf("an entry after the halt: %v, want ErrTooNew", r.Err)
+			}
+			if l, _ := h.f.Get("default", "db"); l.Holder != "a" || h.f.Revision() != rev || h.f.AppliedIndex() != 1 {
+				t.Fatalf("state changed by the refused entries: %+v, revision %d, applied %d", l, h.f.Revision(), h.f.AppliedIndex())
+			}
+		})
 	}
-	defer func() {
-		msg := fmt.Sprint(recover())
-		if !strings.Contains(msg, "upgrade this node") || !strings.Contains(msg, "index 2") {
-			t.Fatalf("stopped with %q, want the entry and what to do", msg)
-		}
-		if l, _ := h.f.Get("default", "db"); l.Holder != "a" || h.f.Revision() != rev {
-			t.Fatalf("state changed by the refused command: %+v", l)
-		}
-	}()
-	h.f.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: data})
-	t.Fatal("a command above this FSM's version was applied")
 }
 
 // TestMemberVersions: members register the command version of their

@@ -261,22 +261,29 @@ func (n *Node) closeStores() {
 
 // Run runs the expiry manager and follows leadership until ctx is done,
 // then shuts Raft down. It returns after everything it started has stopped.
+//
+// It returns an error when the FSM halts (a log entry needs a newer
+// binary, fsm.ErrTooNew): the node then stops rather than serve a table
+// that no longer follows the log.
 func (n *Node) Run(ctx context.Context) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = n.mgr.Run(ctx) })
 	if n.leaderGone != nil {
 		wg.Go(func() { n.watchLeaderCrash(ctx) })
 	}
-	n.followLeadership(ctx)
+	err := n.followLeadership(ctx)
+	stop()
 	wg.Wait()
 	n.shutdown()
-	return nil
+	return err
 }
 
 // pollInterval is the backstop for dropped leadership observations.
 const pollInterval = 100 * time.Millisecond
 
-func (n *Node) followLeadership(ctx context.Context) {
+func (n *Node) followLeadership(ctx context.Context) error {
 	// The backstop ticker only paces re-checks; it decides nothing, so it
 	// runs on real time even when the node's clock is a fake.
 	tick := time.NewTicker(pollInterval)
@@ -284,6 +291,12 @@ func (n *Node) followLeadership(ctx context.Context) {
 	reap := time.NewTicker(reapInterval)
 	defer reap.Stop()
 	for {
+		if err := n.fsm.Halted(); err != nil {
+			n.log.Error("stopping: the log holds an entry this binary cannot apply", "error", err)
+			n.mgr.Demote()
+			n.setReady(0)
+			return err
+		}
 		// Before reconcile, which waits for a Barrier when this node has
 		// just won: calls forwarded to the old leader end at once.
 		n.noteLeader()
@@ -292,7 +305,7 @@ func (n *Node) followLeadership(ctx context.Context) {
 		case <-ctx.Done():
 			n.mgr.Demote()
 			n.setReady(0)
-			return
+			return nil
 		case <-n.obsCh:
 		case <-tick.C:
 		case <-reap.C:

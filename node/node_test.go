@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/leasekeeper/leasekeeper/clock"
 	"github.com/leasekeeper/leasekeeper/fsm"
@@ -770,5 +772,39 @@ func TestLeaderWatch(t *testing.T) {
 	}
 	if _, _, changed = f.LeaderWatch(); changed.Err() == nil {
 		t.Fatal("watch still live after the node shut down")
+	}
+}
+
+// TestNodeStopsAtATooNewEntry: an entry that needs a newer binary halts
+// every node that meets it; none reports ready with a table that no longer
+// follows the log.
+func TestNodeStopsAtATooNewEntry(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	data, err := proto.Marshal(&fsmpb.Command{RequiredVersion: fsm.CommandVersion + 1, Op: &fsmpb.Command_Acquire{Acquire: &fsmpb.Acquire{
+		Namespace: "default", Name: "db", Holder: "a", DurationNs: int64(time.Minute),
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := leader.Raft().Apply(data, 5*time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, n := range c.Nodes {
+		for {
+			ok, why := n.Ready()
+			if !ok && strings.Contains(why, "upgrade this node") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: ready=%v (%s), want not ready, naming the upgrade", n.ID(), ok, why)
+			}
+			time.Sleep(5 * time.Millisecond) // followers apply on their own
+		}
+		if _, ok := n.FSM().Get("default", "db"); ok {
+			t.Fatalf("%s applied the entry it cannot read", n.ID())
+		}
 	}
 }

@@ -467,6 +467,9 @@ const (
 // leader recently; a leader must have finished its promotion. The reason
 // says what is missing.
 func (n *Node) Ready() (bool, string) {
+	if err := n.fsm.Halted(); err != nil {
+		return false, err.Error()
+	}
 	id, _ := n.Leader()
 	if id == "" {
 		return false, "no leader known"
