@@ -11,7 +11,7 @@ OTHER_PKGS  := ./cmd/... ./internal/... ./fence/... ./examples/... ./jepsen-styl
 # touch the service's dependencies); `make tools` fetches and builds them.
 STATICCHECK := $(BIN)/staticcheck
 
-.PHONY: all tools build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls lint proto clean
+.PHONY: all attack tools build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls lint proto clean
 
 all: build
 
@@ -73,6 +73,11 @@ fuzz:
 
 test-integration:
 	$(GO) test -count=1 -p 1 ./integration/...
+
+# The attack suite alone (part of test-integration): bounded floods against
+# one node on loopback, checked for memory and for answers to others.
+attack:
+	$(GO) test -count=1 -v -run 'TestAttack' ./integration/
 
 # promtool comes with Debian's prometheus package; CI installs it.
 check-deploy:

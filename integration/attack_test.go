@@ -10,11 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/auth"
+	"github.com/leasekeeper/leasekeeper/tlsutil"
 )
 
 // The floods of the attack suite: each is bounded in count and time, sent
@@ -34,7 +38,6 @@ func startProbed(t *testing.T, extra ...string) (*cluster, *proc) {
 	c := &cluster{t: t, procs: []*proc{p}}
 	c.start(p)
 	t.Cleanup(func() { c.stop(p, 9) })
-	c.leader(15 * time.Second)
 	return c, p
 }
 
@@ -58,6 +61,7 @@ func bounded(t *testing.T, c *cluster, p *proc, before float64, limit float64, w
 // amplifying JSON patch, one after another on one node.
 func TestAttackFloods(t *testing.T) {
 	c, p := startProbed(t)
+	c.leader(15 * time.Second)
 	cl := c.client()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -142,4 +146,67 @@ func TestAttackFloods(t *testing.T) {
 		}
 		bounded(t, c, p, idle, 256<<20, "amplifying patch")
 	})
+}
+
+// TestAttackUnauthenticatedFlood: 30,000 calls without a token to a node
+// with auth on are all refused, cost the node no lasting memory, and do
+// not slow an authenticated caller.
+func TestAttackUnauthenticatedFlood(t *testing.T) {
+	pki, token, flags := tokenNode(t)
+	_, p := startProbed(t, flags...)
+	tlsCfg, _, err := tlsutil.ClientConfig("", "", filepath.Join(pki, "ca.crt"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(opts ...grpc.DialOption) pb.LeasesClient {
+		cc, err := grpc.NewClient(p.grpc, append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return pb.NewLeasesClient(cc)
+	}
+	carol, stranger := dial(grpc.WithPerRPCCredentials(auth.BearerToken{Token: token})), dial()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := carol.Get(ctxT(t, 2*time.Second), &pb.GetRequest{Name: "probe", Serializable: true})
+		if status.Code(err) == codes.NotFound {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the node does not answer carol: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // the node is starting: polling another process
+	}
+	before := scrape(t, p)["process_resident_memory_bytes"]
+	const calls, workers = 30000, 8
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[codes.Code]int{}
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range calls / workers {
+				_, err := stranger.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Name: "probe"})
+				mu.Lock()
+				seen[status.Code(err)]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if seen[codes.Unauthenticated] != calls {
+		t.Fatalf("answers to %d calls without a token: %v, want every one Unauthenticated", calls, seen)
+	}
+	rss := scrape(t, p)["process_resident_memory_bytes"]
+	t.Logf("%d refused calls: RSS %.0f MiB -> %.0f MiB", calls, before/(1<<20), rss/(1<<20))
+	if rss > 2*before {
+		t.Errorf("RSS %.0f MiB after the flood, want at most twice the %.0f MiB before", rss/(1<<20), before/(1<<20))
+	}
+	start := time.Now()
+	if _, err := carol.Get(ctxT(t, time.Second), &pb.GetRequest{Name: "probe", Serializable: true}); status.Code(err) != codes.NotFound {
+		t.Fatalf("carol after the flood: %v", err)
+	}
+	t.Logf("carol's Get answered in %v", time.Since(start).Round(time.Millisecond))
 }

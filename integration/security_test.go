@@ -234,15 +234,16 @@ func TestMutualTLSAndRBAC(t *testing.T) {
 	}
 }
 
-// TestTokenModeWithRaftTLS: Raft over mutual TLS does not make the API
-// demand client certificates: a token-mode caller with no certificate is
-// served, and one without a token is refused.
-func TestTokenModeWithRaftTLS(t *testing.T) {
-	pki := t.TempDir()
+// tokenNode writes a PKI, a token file and a policy for one node "t1" in
+// token mode with Raft over TLS, and returns the directory, the token of
+// carol (who may do anything) and the node's flags.
+func tokenNode(t *testing.T) (pki, token string, flags []string) {
+	t.Helper()
+	pki = t.TempDir()
 	if out, err := exec.Command(ctlBinary, "certs", "--dir", pki, "--node", "t1", "--client", "unused").CombinedOutput(); err != nil {
 		t.Fatalf("leasectl certs: %v: %s", err, out)
 	}
-	const token = "a-long-random-token-for-the-test-0123456789"
+	token = "a-long-random-token-for-the-test-0123456789"
 	tokens := filepath.Join(pki, "tokens.yaml")
 	policy := filepath.Join(pki, "policy.yaml")
 	nodeToken := filepath.Join(pki, "node.token")
@@ -256,11 +257,18 @@ func TestTokenModeWithRaftTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	k8sAddr := freePorts(t, 1)[0]
-	c := startSingle(t, "--tls-cert", filepath.Join(pki, "t1.crt"), "--tls-key", filepath.Join(pki, "t1.key"),
+	return pki, token, []string{"--tls-cert", filepath.Join(pki, "t1.crt"), "--tls-key", filepath.Join(pki, "t1.key"),
 		"--tls-ca", filepath.Join(pki, "ca.crt"), "--raft-tls", "--auth-mode", "token",
-		"--auth-token-file", tokens, "--auth-policy-file", policy, "--node-token-file", nodeToken,
-		"--k8s-api-addr", k8sAddr)
+		"--auth-token-file", tokens, "--auth-policy-file", policy, "--node-token-file", nodeToken}
+}
+
+// TestTokenModeWithRaftTLS: Raft over mutual TLS does not make the API
+// demand client certificates: a token-mode caller with no certificate is
+// served, and one without a token is refused.
+func TestTokenModeWithRaftTLS(t *testing.T) {
+	pki, token, flags := tokenNode(t)
+	k8sAddr := freePorts(t, 1)[0]
+	c := startSingle(t, append(flags, "--k8s-api-addr", k8sAddr)...)
 	tlsCfg, _, err := tlsutil.ClientConfig("", "", filepath.Join(pki, "ca.crt"), "")
 	if err != nil {
 		t.Fatal(err)
