@@ -331,8 +331,20 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 		defer wg.Done()
 		srv.Run(ctx)
 	}()
+	// A node restoring a backup serves no client until the backup is in
+	// place: a write answered before would be replaced by it.
+	restored := make(chan struct{})
+	if o.restore == "" {
+		close(restored)
+	}
 	go func() {
 		defer wg.Done()
+		select {
+		case <-restored:
+		case <-ctx.Done():
+			_ = lis.Close()
+			return
+		}
 		if err := g.Serve(lis); err != nil {
 			errc <- fmt.Errorf("grpc: %w", err)
 		}
@@ -363,9 +375,13 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := restore(ctx, o.restore, o.restoreTokenFloor, n, log); err != nil && ctx.Err() == nil {
-				errc <- err
+			if err := restore(ctx, o.restore, o.restoreTokenFloor, n, log); err != nil {
+				if ctx.Err() == nil {
+					errc <- err
+				}
+				return
 			}
+			close(restored)
 		}()
 	}
 	if o.join != "" {
