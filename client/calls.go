@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/clock"
 )
 
 // maxCallSize is the largest request sent on a Calls stream. A node
@@ -29,8 +30,9 @@ var errNoCalls = errors.New("client: endpoint does not serve Calls")
 
 // callsConn multiplexes calls to one endpoint.
 type callsConn struct {
-	c  *Client
-	cc *grpc.ClientConn
+	c        *Client
+	cc       *grpc.ClientConn
+	endpoint string
 
 	mu          sync.Mutex
 	cur         *callsStream // nil, or the stream calls go to
@@ -40,15 +42,35 @@ type callsConn struct {
 }
 
 // callsStream is one open Calls stream and the calls waiting on it.
+//
+// A watchdog goroutine per stream enforces the calls' time limits with one
+// timer, armed at the earliest limit while calls wait, so a call costs no
+// timer or goroutine of its own. A call past its limit fails over. When
+// the stream also answered nothing since that call was sent, and its limit
+// was long enough to tell (silentAfter), the node is silent: the stream is
+// given up, and every call on it fails over with it. A short limit (the
+// caller's deadline was near) proves nothing about the node.
 type callsStream struct {
 	stream pb.Leases_CallsClient
+	ctx    context.Context // ends with the stream
 	cancel context.CancelFunc
 
 	sendMu sync.Mutex // gRPC allows one sender at a time
 
 	mu      sync.Mutex
-	pending map[uint64]chan callResult
-	err     error // set when the stream broke; no call waits then
+	pending map[uint64]pendingCall
+	recvs   uint64 // answers received
+	err     error  // set when the stream broke; no call waits then
+	timer   clock.Timer
+	armed   time.Time // when timer fires; zero while it is stopped
+}
+
+// pendingCall is a call waiting for its answer.
+type pendingCall struct {
+	ch      chan callResult
+	due     time.Time // its limit on the client's clock; zero: none
+	timeout time.Duration
+	recvs   uint64 // the stream's recvs when the call was sent
 }
 
 type callResult struct {
@@ -57,23 +79,19 @@ type callResult struct {
 }
 
 // do runs req on this endpoint's stream and returns the answer, or a
-// status error: Unavailable when the stream broke, the context's error
-// when ctx ended first. It returns errNoCalls when the call must take the
-// unary path.
-func (cn *callsConn) do(ctx context.Context, req *pb.CallRequest) (*pb.CallResponse, error) {
-	st, id, ch, err := cn.register()
+// status error: Unavailable when the stream broke or no answer came
+// within timeout (0: no limit), the context's error when ctx ended first.
+// It returns errNoCalls when the call must take the unary path.
+func (cn *callsConn) do(ctx context.Context, req *pb.CallRequest, timeout time.Duration) (*pb.CallResponse, error) {
+	st, id, ch, err := cn.register(timeout)
 	if err != nil {
 		return nil, err
 	}
 	req.Id = id
 	req.Timeout = nil
-	if dl, ok := ctx.Deadline(); ok {
-		d := time.Until(dl)
-		if d <= 0 {
-			st.forget(id)
-			return nil, grpcstatus.FromContextError(context.DeadlineExceeded).Err()
-		}
-		req.Timeout = durationpb.New(d)
+	if timeout > 0 {
+		// The node stops the call (or answers a long poll) at the limit.
+		req.Timeout = cn.c.timeoutPB(timeout)
 	}
 	if err := st.send(req); err != nil {
 		st.broke(err)
@@ -83,7 +101,7 @@ func (cn *callsConn) do(ctx context.Context, req *pb.CallRequest) (*pb.CallRespo
 	case r := <-ch:
 		return r.resp, r.err
 	case <-ctx.Done():
-		if st.forget(id) {
+		if st.withdraw(id) {
 			// Best effort: the node stops work it would answer to no one.
 			_ = st.send(&pb.CallRequest{Id: id, Cancel: true})
 		}
@@ -91,8 +109,9 @@ func (cn *callsConn) do(ctx context.Context, req *pb.CallRequest) (*pb.CallRespo
 	}
 }
 
-// register opens the stream if none is open and enters a new call on it.
-func (cn *callsConn) register() (*callsStream, uint64, chan callResult, error) {
+// register opens the stream if none is open and enters a new call on it,
+// with timeout as its limit (0: none).
+func (cn *callsConn) register(timeout time.Duration) (*callsStream, uint64, chan callResult, error) {
 	cn.mu.Lock()
 	defer cn.mu.Unlock()
 	switch {
@@ -112,9 +131,11 @@ func (cn *callsConn) register() (*callsStream, uint64, chan callResult, error) {
 			cancel()
 			return nil, 0, nil, err
 		}
-		st := &callsStream{stream: stream, cancel: cancel, pending: make(map[uint64]chan callResult)}
+		st := &callsStream{stream: stream, ctx: ctx, cancel: cancel, pending: make(map[uint64]pendingCall), timer: cn.c.clock.NewTimer(time.Hour)}
+		st.timer.Stop()
 		cn.cur = st
 		cn.c.wg.Go(func() { cn.receive(st) })
+		cn.c.wg.Go(func() { cn.watchdog(st) })
 	}
 	cn.nextID++
 	ch := make(chan callResult, 1)
@@ -124,7 +145,16 @@ func (cn *callsConn) register() (*callsStream, uint64, chan callResult, error) {
 	if st.err != nil {
 		return nil, 0, nil, st.err
 	}
-	st.pending[cn.nextID] = ch
+	p := pendingCall{ch: ch, timeout: timeout, recvs: st.recvs}
+	if timeout > 0 {
+		now := cn.c.clock.Now()
+		p.due = now.Add(timeout)
+		if st.armed.IsZero() || p.due.Before(st.armed) {
+			st.timer.Reset(timeout)
+			st.armed = p.due
+		}
+	}
+	st.pending[cn.nextID] = p
 	return st, cn.nextID, ch, nil
 }
 
@@ -146,12 +176,74 @@ func (cn *callsConn) receive(st *callsStream) {
 			return
 		}
 		st.mu.Lock()
-		ch, ok := st.pending[resp.GetId()]
-		delete(st.pending, resp.GetId())
+		st.recvs++
+		p, ok := st.pending[resp.GetId()]
+		if ok {
+			st.remove(resp.GetId())
+		}
 		st.mu.Unlock()
 		if ok {
-			ch <- callResult{resp: resp}
+			p.ch <- callResult{resp: resp}
 		}
+	}
+}
+
+// watchdog fails the calls that outlive their limits, until the stream
+// ends.
+func (cn *callsConn) watchdog(st *callsStream) {
+	for {
+		select {
+		case <-st.timer.C():
+		case <-st.ctx.Done():
+			st.timer.Stop()
+			return
+		}
+		if late, ok := st.expire(cn.c.clock.Now(), cn.endpoint, cn.c.silentAfter); !ok {
+			st.broke(&timeoutError{endpoint: cn.endpoint, after: late.timeout, why: "Calls stream silent, given up"})
+			cn.drop(st)
+			return
+		}
+	}
+}
+
+// expire fails the calls past their limit at now, and re-arms the timer
+// for the next limit. It returns false, and the call, when a call whose
+// limit was at least silentAfter heard nothing since it was sent.
+func (st *callsStream) expire(now time.Time, endpoint string, silentAfter time.Duration) (pendingCall, bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.armed = time.Time{}
+	var next time.Time
+	for id, p := range st.pending {
+		switch {
+		case p.due.IsZero():
+		case now.Before(p.due):
+			if next.IsZero() || p.due.Before(next) {
+				next = p.due
+			}
+		case p.recvs == st.recvs && p.timeout >= silentAfter:
+			return p, false
+		default:
+			// Slow, or too short a wait to tell. The node ends the call
+			// at the same limit.
+			delete(st.pending, id)
+			p.ch <- callResult{err: &timeoutError{endpoint: endpoint, after: p.timeout}}
+		}
+	}
+	if !next.IsZero() {
+		st.timer.Reset(next.Sub(now))
+		st.armed = next
+	}
+	return pendingCall{}, true
+}
+
+// remove deletes a call that no longer waits, and stops the timer when
+// none waits. st.mu is held.
+func (st *callsStream) remove(id uint64) {
+	delete(st.pending, id)
+	if len(st.pending) == 0 && !st.armed.IsZero() {
+		st.timer.Stop()
+		st.armed = time.Time{}
 	}
 }
 
@@ -179,21 +271,28 @@ func (st *callsStream) send(req *pb.CallRequest) error {
 	return st.stream.Send(req)
 }
 
-// forget removes a call that no longer waits; it reports whether the call
-// was still pending.
-func (st *callsStream) forget(id uint64) bool {
+// withdraw is called when a call's caller has left. It reports whether
+// the node should be told to drop the call: when the call is still pending
+// and the node may be listening. A call with a limit on a stream that
+// answered nothing since it was sent stays pending: the node ends it at
+// the limit without being told, a send to a silent node could wait
+// forever (flow control), and the watchdog judges the stream by it.
+func (st *callsStream) withdraw(id uint64) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	_, ok := st.pending[id]
-	delete(st.pending, id)
-	return ok
+	p, ok := st.pending[id]
+	if !ok || !p.due.IsZero() && p.recvs == st.recvs {
+		return false
+	}
+	st.remove(id)
+	return true
 }
 
 // broke fails every waiting call. Their answers are lost, so they fail as
 // a unary call whose connection broke does: Unavailable, retried on the
 // next endpoint (errNoCalls: on the unary path).
 func (st *callsStream) broke(err error) {
-	if !errors.Is(err, errNoCalls) {
+	if !errors.Is(err, errNoCalls) && !isTimeout(err) {
 		err = grpcstatus.Errorf(codes.Unavailable, "calls stream broke: %v", err)
 	}
 	st.mu.Lock()
@@ -201,10 +300,12 @@ func (st *callsStream) broke(err error) {
 	if st.err == nil {
 		st.err = err
 	}
-	for id, ch := range st.pending {
-		ch <- callResult{err: st.err}
+	for id, p := range st.pending {
+		p.ch <- callResult{err: st.err}
 		delete(st.pending, id)
 	}
+	st.timer.Stop()
+	st.armed = time.Time{}
 }
 
 // viaCalls runs one call of the Leases API on the Calls streams, failing
@@ -212,17 +313,19 @@ func (st *callsStream) broke(err error) {
 // unary path through cc; it serves the calls that the streams cannot
 // carry.
 func viaCalls[T comparable](ctx context.Context, c *Client, method string, req *pb.CallRequest, opts []grpc.CallOption,
-	answer func(*pb.CallResponse) T, unary func(cc grpc.ClientConnInterface, opts ...grpc.CallOption) (T, error),
+	answer func(*pb.CallResponse) T, unary func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (T, error),
 ) (T, error) {
 	if c.cfg.UnaryCalls || len(opts) > 0 || hasOutgoingMD(ctx) || proto.Size(req) > maxCallSize {
-		return unary(failoverConn{c}, opts...)
+		return unary(ctx, failoverConn{c}, opts...)
 	}
 	var out, zero T
-	err := c.retry(ctx, method, func(i uint32) error {
-		resp, err := c.calls[i].do(ctx, req)
+	err := c.retry(ctx, method, true, func(a attempt) error {
+		resp, err := c.calls[a.endpoint].do(ctx, req, a.timeout)
 		if errors.Is(err, errNoCalls) {
+			actx, cancel := withAttemptTimeout(ctx, a.timeout)
+			defer cancel()
 			var hdr metadata.MD
-			out, err = unary(c.conns[i], grpc.Header(&hdr))
+			out, err = unary(actx, c.conns[a.endpoint], grpc.Header(&hdr))
 			c.followLeader(hdr.Get(LeaderHeader)...)
 			return err
 		}
@@ -244,6 +347,15 @@ func viaCalls[T comparable](ctx context.Context, c *Client, method string, req *
 	return out, nil
 }
 
+// timeoutPB returns d as a message, shared for the usual limit: a message
+// is only read once built, and Send encodes it before it returns.
+func (c *Client) timeoutPB(d time.Duration) *durationpb.Duration {
+	if d == c.cfg.AttemptTimeout && c.attemptPB != nil {
+		return c.attemptPB
+	}
+	return durationpb.New(d)
+}
+
 func hasOutgoingMD(ctx context.Context) bool {
 	md, ok := metadata.FromOutgoingContext(ctx)
 	return ok && md.Len() > 0
@@ -260,7 +372,7 @@ type leasesClient struct {
 func (l leasesClient) Acquire(ctx context.Context, in *pb.AcquireRequest, opts ...grpc.CallOption) (*pb.AcquireResponse, error) {
 	return viaCalls(ctx, l.c, pb.Leases_Acquire_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Acquire{Acquire: in}}, opts,
 		(*pb.CallResponse).GetAcquire,
-		func(cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.AcquireResponse, error) {
+		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.AcquireResponse, error) {
 			return pb.NewLeasesClient(cc).Acquire(ctx, in, o...)
 		})
 }
@@ -268,7 +380,7 @@ func (l leasesClient) Acquire(ctx context.Context, in *pb.AcquireRequest, opts .
 func (l leasesClient) Renew(ctx context.Context, in *pb.RenewRequest, opts ...grpc.CallOption) (*pb.RenewResponse, error) {
 	return viaCalls(ctx, l.c, pb.Leases_Renew_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Renew{Renew: in}}, opts,
 		(*pb.CallResponse).GetRenew,
-		func(cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.RenewResponse, error) {
+		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.RenewResponse, error) {
 			return pb.NewLeasesClient(cc).Renew(ctx, in, o...)
 		})
 }
@@ -276,7 +388,7 @@ func (l leasesClient) Renew(ctx context.Context, in *pb.RenewRequest, opts ...gr
 func (l leasesClient) Release(ctx context.Context, in *pb.ReleaseRequest, opts ...grpc.CallOption) (*pb.ReleaseResponse, error) {
 	return viaCalls(ctx, l.c, pb.Leases_Release_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Release{Release: in}}, opts,
 		(*pb.CallResponse).GetRelease,
-		func(cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.ReleaseResponse, error) {
+		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.ReleaseResponse, error) {
 			return pb.NewLeasesClient(cc).Release(ctx, in, o...)
 		})
 }
@@ -284,7 +396,7 @@ func (l leasesClient) Release(ctx context.Context, in *pb.ReleaseRequest, opts .
 func (l leasesClient) Get(ctx context.Context, in *pb.GetRequest, opts ...grpc.CallOption) (*pb.GetResponse, error) {
 	return viaCalls(ctx, l.c, pb.Leases_Get_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Get{Get: in}}, opts,
 		(*pb.CallResponse).GetGet,
-		func(cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.GetResponse, error) {
+		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.GetResponse, error) {
 			return pb.NewLeasesClient(cc).Get(ctx, in, o...)
 		})
 }
@@ -292,7 +404,7 @@ func (l leasesClient) Get(ctx context.Context, in *pb.GetRequest, opts ...grpc.C
 func (l leasesClient) Delete(ctx context.Context, in *pb.DeleteRequest, opts ...grpc.CallOption) (*pb.DeleteResponse, error) {
 	return viaCalls(ctx, l.c, pb.Leases_Delete_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Delete{Delete: in}}, opts,
 		(*pb.CallResponse).GetDelete,
-		func(cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.DeleteResponse, error) {
+		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.DeleteResponse, error) {
 			return pb.NewLeasesClient(cc).Delete(ctx, in, o...)
 		})
 }
@@ -300,7 +412,7 @@ func (l leasesClient) Delete(ctx context.Context, in *pb.DeleteRequest, opts ...
 func (l leasesClient) Write(ctx context.Context, in *pb.WriteRequest, opts ...grpc.CallOption) (*pb.WriteResponse, error) {
 	return viaCalls(ctx, l.c, pb.Leases_Write_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Write{Write: in}}, opts,
 		(*pb.CallResponse).GetWrite,
-		func(cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.WriteResponse, error) {
+		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.WriteResponse, error) {
 			return pb.NewLeasesClient(cc).Write(ctx, in, o...)
 		})
 }

@@ -168,8 +168,10 @@ func TestCallContextReachesTheNode(t *testing.T) {
 	c := newClient(t, a.Addr)
 	warm(t, c)
 
-	// Cancelled: no deadline travels, so only the cancel message can end
-	// the node's side of the call.
+	// Cancelled: the attempt's limit travels, but the cancel message ends
+	// the node's side of the call at once. It is sent on a stream that
+	// answered something since the call went out (the Get): a stream that
+	// did not may be silent, and the node ends the call at its limit.
 	ctx, cancel := context.WithCancel(context.Background())
 	res := make(chan error, 1)
 	go func() {
@@ -177,6 +179,7 @@ func TestCallContextReachesTheNode(t *testing.T) {
 		res <- err
 	}()
 	waitUntil(t, 10*time.Second, "the acquire reaches a", func() bool { return a.ViaCalls("Acquire") == 1 })
+	warm(t, c)
 	cancel()
 	if err := <-res; !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled acquire: %v, want context.Canceled", err)

@@ -9,6 +9,30 @@
 // lease operation is idempotent for the same holder and token on the server
 // side, so a retry after a lost reply does no harm.
 //
+// # Silent nodes
+//
+// A node can stop answering without closing its connections (a process
+// stopped by SIGSTOP, a host that froze): nothing fails, nothing answers.
+// So every attempt of a call of the lease API (and of Status) has a time
+// limit of its own, Config.AttemptTimeout, cut to a third of the time left
+// to the call's deadline when other endpoints could still be tried (never
+// below 100ms), as the renewal engine bounds a KeepAlive message. An
+// attempt that gets no answer in time fails like an unreachable node
+// (codes.Unavailable), and the call moves on to the next endpoint at once,
+// never first to the one that just went silent. The node learns the limit
+// with the call and stops its own work then. A long poll (Mutex.Lock's
+// wait in the queue) is one attempt like any other: the node answers
+// "still queued" just before the limit, and the Mutex polls again. Cluster
+// membership changes (Join, RemoveMember, TransferLeadership) are not
+// idempotent and keep the whole deadline on one endpoint.
+//
+// Watches have no answer to wait for, so the client asks the node for a
+// progress message after every Config.WatchProgressInterval without events
+// (WatchRequest.progress_interval), and gives up a watch that has been
+// silent for three intervals: Watch's Recv fails with codes.Unavailable,
+// and the Mutex, LeaderElector, Semaphore, Observe and Monitor watches
+// resume on the next endpoint from the last revision they saw.
+//
 // Errors answered by the server come back as the sentinels below, so callers
 // test them with errors.Is, while status.Code still reports the gRPC code and
 // the message keeps the server's text.
@@ -81,6 +105,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -206,6 +231,16 @@ type Config struct {
 	// nodes behind a proxy that inspects unary calls, or interceptors that
 	// must see every call.
 	UnaryCalls bool
+	// AttemptTimeout bounds how long one attempt of a call waits for its
+	// node's answer before the call moves to the next endpoint (see
+	// "Silent nodes"); with a deadline on the call, an attempt also gets
+	// at most a third of the time left while other endpoints remain. 0
+	// lets an attempt use the call's whole deadline, as on a single node.
+	AttemptTimeout time.Duration
+	// WatchProgressInterval is how often a node sends an idle watch a
+	// progress message; a watch silent for three intervals is given up and
+	// resumed elsewhere. 0 asks for none and never gives a watch up.
+	WatchProgressInterval time.Duration
 }
 
 // Defaults of the holding-related Config fields.
@@ -213,6 +248,22 @@ const (
 	DefaultMaxDrift      = 0.01
 	DefaultMargin        = 50 * time.Millisecond
 	DefaultRenewFraction = 1.0 / 3
+)
+
+// Defaults of the silent-node limits. A healthy node answers in
+// milliseconds, and a node without a leader answers Unavailable at once;
+// 2s also covers a commit held up by an election (about a second with
+// Raft's default timeouts). It is below what the renewal engine allows a
+// KeepAlive message of a default holding (a third of the time left at the
+// renewal, about 3.3s of a 15s lease), so a call never waits on a silent
+// node longer than the engine does. Progress every second gives a watch
+// up after 3s of silence, the time a call to that node would have taken
+// to fail over, for one small message a second per idle watch.
+const (
+	DefaultAttemptTimeout        = 2 * time.Second
+	DefaultWatchProgressInterval = time.Second
+	// MinWatchProgressInterval is the shortest interval a node honours.
+	MinWatchProgressInterval = 50 * time.Millisecond
 )
 
 // DefaultConfig returns a Config for a local three-node cluster.
@@ -227,6 +278,9 @@ func DefaultConfig() Config {
 		MaxDrift:      DefaultMaxDrift,
 		Margin:        DefaultMargin,
 		RenewFraction: DefaultRenewFraction,
+
+		AttemptTimeout:        DefaultAttemptTimeout,
+		WatchProgressInterval: DefaultWatchProgressInterval,
 	}
 }
 
@@ -256,6 +310,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("client: Config.Margin must not be negative, got %v", c.Margin)
 	case !(c.RenewFraction > 0 && c.RenewFraction < 1-c.MaxDrift):
 		return fmt.Errorf("client: Config.RenewFraction must be in (0, 1-MaxDrift), got %v", c.RenewFraction)
+	case c.AttemptTimeout < 0:
+		return fmt.Errorf("client: Config.AttemptTimeout must not be negative, got %v", c.AttemptTimeout)
+	case c.WatchProgressInterval != 0 && c.WatchProgressInterval < MinWatchProgressInterval:
+		return fmt.Errorf("client: Config.WatchProgressInterval must be 0 or at least %v, got %v", MinWatchProgressInterval, c.WatchProgressInterval)
 	}
 	return nil
 }
@@ -284,6 +342,11 @@ type Client struct {
 	cluster        pb.ClusterClient
 	met            *metrics
 	keeper         *keeper
+	// attemptPB is Config.AttemptTimeout as sent with a call.
+	attemptPB *durationpb.Duration
+	// silentAfter is the least wait without any answer that makes a
+	// Calls stream silent (see callsStream).
+	silentAfter time.Duration
 }
 
 // New returns a Client for cfg. It does not wait for any connection: each
@@ -305,6 +368,12 @@ func New(cfg Config) (*Client, error) {
 		c.clock = clock.New()
 	}
 	c.met = newMetrics(cfg.Registerer)
+	if cfg.AttemptTimeout > 0 {
+		c.attemptPB = durationpb.New(cfg.AttemptTimeout)
+	}
+	// Half the usual limit: a healthy node answers far sooner, and a long
+	// poll answers before its limit.
+	c.silentAfter = max(cfg.AttemptTimeout/2, minAttemptTimeout)
 	c.keeper = newKeeper(c)
 	creds := insecure.NewCredentials()
 	if cfg.TLS != nil {
@@ -334,7 +403,7 @@ func New(cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("client: endpoint %q: %w", ep, err)
 		}
 		c.conns = append(c.conns, cc)
-		c.calls = append(c.calls, &callsConn{c: c, cc: cc})
+		c.calls = append(c.calls, &callsConn{c: c, cc: cc, endpoint: ep})
 	}
 	c.ctx, c.stop = context.WithCancel(context.Background())
 	conn := failoverConn{c}
@@ -451,49 +520,173 @@ func (c *Client) Status(ctx context.Context) (*pb.StatusResponse, error) {
 	return c.cluster.Status(ctx, &pb.StatusRequest{})
 }
 
+// minAttemptTimeout is the least time an attempt gets when the call's
+// deadline is cut into shares for several endpoints: less would fail a
+// healthy node's round trip and work.
+const minAttemptTimeout = 100 * time.Millisecond
+
+// attempt is one try of a call: the endpoint it goes to and how long it may
+// wait for the answer (0: no limit of its own).
+type attempt struct {
+	endpoint uint32
+	timeout  time.Duration
+}
+
+// attemptTimeout returns how long the next attempt of a call bounded by
+// ctx may wait, and false when ctx's deadline has passed.
+func (c *Client) attemptTimeout(ctx context.Context) (time.Duration, bool) {
+	d := c.cfg.AttemptTimeout
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return d, true
+	}
+	left := time.Until(dl)
+	if left <= 0 {
+		return 0, false
+	}
+	if d == 0 {
+		return left, true
+	}
+	if len(c.conns) > 1 {
+		// Leave time for the other endpoints, as the renewal engine does.
+		d = min(d, max(left/3, minAttemptTimeout))
+	}
+	return min(d, left), true
+}
+
 // retry runs call against one endpoint after another until it succeeds,
 // fails with an error that a retry cannot help, or ctx is done. Without a
-// deadline on ctx it gives up after cfg.MaxRetries retries.
-func (c *Client) retry(ctx context.Context, method string, call func(endpoint uint32) error) error {
+// deadline on ctx it gives up after cfg.MaxRetries retries. With bounded
+// set, each attempt gets a time limit (attemptTimeout) and an attempt that
+// ran out of it fails over at once, as a silent node's does.
+func (c *Client) retry(ctx context.Context, method string, bounded bool, call func(a attempt) error) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
 	_, hasDeadline := ctx.Deadline()
-	for attempt := 0; ; attempt++ {
-		i := c.cur.Load()
-		err := call(i)
+	n := uint32(len(c.conns))
+	var tried []uint32 // the endpoints that failed, in order
+	var err error
+	for try := 0; ; try++ {
+		a := attempt{endpoint: c.cur.Load()}
+		if len(tried) > 0 && a.endpoint == tried[len(tried)-1] {
+			// Another call moved back to the endpoint that just failed
+			// this one: never start over there.
+			a.endpoint = (a.endpoint + 1) % n
+		}
+		if bounded {
+			var ok bool
+			if a.timeout, ok = c.attemptTimeout(ctx); !ok {
+				return c.gaveUp(context.DeadlineExceeded, try, tried, err)
+			}
+		}
+		prev := err
+		err = call(a)
 		if c.closed.Load() {
 			return ErrClosed
 		}
-		if status.Code(err) != codes.Unavailable {
+		code := status.Code(err)
+		if cerr := ctx.Err(); cerr != nil && (code == codes.DeadlineExceeded || code == codes.Canceled) {
+			// The caller's context ended the attempt: report the nodes
+			// tried, and what the one before said.
+			if prev == nil {
+				prev = err
+			}
+			return c.gaveUp(cerr, try+1, append(tried, a.endpoint), prev)
+		}
+		silent := isTimeout(err)
+		if bounded && code == codes.DeadlineExceeded && ctx.Err() == nil {
+			// The attempt's own limit, not the caller's, ended it.
+			err = &timeoutError{endpoint: c.endpoints[a.endpoint], after: a.timeout}
+			code, silent = codes.Unavailable, true
+		}
+		if code != codes.Unavailable {
 			return mapError(err)
 		}
+		tried = append(tried, a.endpoint)
 		if cerr := ctx.Err(); cerr != nil {
 			// The deadline passed during the attempt: the caller's limit
 			// ended the call, whatever the last endpoint said.
-			return deadlineError(cerr, attempt, err)
+			return c.gaveUp(cerr, try+1, tried, err)
 		}
 		// Move on from the failed endpoint, unless a concurrent call has
 		// moved on already.
-		c.cur.CompareAndSwap(i, (i+1)%uint32(len(c.conns)))
-		if !hasDeadline && attempt >= c.cfg.MaxRetries {
-			return mapError(err)
+		c.cur.CompareAndSwap(a.endpoint, (a.endpoint+1)%n)
+		if !hasDeadline && try >= c.cfg.MaxRetries {
+			return c.gaveUp(nil, try+1, tried, err)
 		}
-		wait := c.backoff(attempt)
-		c.log.Debug("retrying", "method", method, "endpoint", c.endpoints[i], "attempt", attempt+1, "wait", wait, "error", err)
+		if silent {
+			// The attempt waited its limit already; the next endpoint
+			// may answer at once.
+			c.log.Debug("no answer, trying the next endpoint", "method", method, "endpoint", c.endpoints[a.endpoint], "attempt", try+1, "error", err)
+			continue
+		}
+		wait := c.backoff(try)
+		c.log.Debug("retrying", "method", method, "endpoint", c.endpoints[a.endpoint], "attempt", try+1, "wait", wait, "error", err)
 		if werr := c.sleep(ctx, wait); werr != nil {
-			return deadlineError(werr, attempt, err)
+			return c.gaveUp(werr, try+1, tried, err)
 		}
 	}
 }
 
-// deadlineError reports a call ended by its context after attempt+1
-// attempts, naming the last error.
-func deadlineError(ctxErr error, attempt int, last error) error {
-	return &statusError{
-		kind: ctxErr,
-		st:   status.New(status.FromContextError(ctxErr).Code(), fmt.Sprintf("after %d attempts, last error: %v", attempt+1, mapError(last))),
+// gaveUp reports a call that ended after attempts attempts, naming the
+// endpoints that failed it and the last error: with ctxErr set, the
+// caller's context ended it (its code, matching ctxErr); otherwise the
+// retries ran out (the last error's code and kind).
+func (c *Client) gaveUp(ctxErr error, attempts int, tried []uint32, last error) error {
+	if attempts == 0 {
+		return &statusError{kind: ctxErr, st: status.FromContextError(ctxErr)}
 	}
+	msg := fmt.Sprintf("after %d attempts", attempts)
+	if len(tried) > 0 {
+		seen := make(map[uint32]bool, len(tried))
+		var names []string
+		for _, i := range tried {
+			if !seen[i] {
+				seen[i] = true
+				names = append(names, c.endpoints[i])
+			}
+		}
+		msg += " on " + strings.Join(names, ", ")
+	}
+	if last != nil {
+		msg += fmt.Sprintf(", last error: %v", mapError(last))
+	}
+	if ctxErr != nil {
+		return &statusError{kind: ctxErr, st: status.New(status.FromContextError(ctxErr).Code(), msg)}
+	}
+	st := status.Convert(last)
+	p := st.Proto()
+	p.Message = msg
+	return mapError(status.ErrorProto(p))
+}
+
+// timeoutError is an attempt that got no answer within its limit. Its code
+// is Unavailable, so the failover treats the node as unreachable.
+type timeoutError struct {
+	endpoint string
+	after    time.Duration
+	// why, when set, says what was silent (a Calls stream given up).
+	why string
+}
+
+func (e *timeoutError) Error() string {
+	msg := "no answer from " + e.endpoint
+	if e.after > 0 {
+		msg += fmt.Sprintf(" within %v", e.after)
+	}
+	if e.why != "" {
+		msg += " (" + e.why + ")"
+	}
+	return msg
+}
+
+// GRPCStatus makes status.Code report Unavailable.
+func (e *timeoutError) GRPCStatus() *status.Status { return status.New(codes.Unavailable, e.Error()) }
+
+func isTimeout(err error) bool {
+	var t *timeoutError
+	return errors.As(err, &t)
 }
 
 // backoff returns the jittered wait before retry number attempt+1.
@@ -522,12 +715,32 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 type failoverConn struct{ c *Client }
 
 func (f failoverConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	return f.c.retry(ctx, method, func(i uint32) error {
+	return f.c.retry(ctx, method, attemptBounded(method), func(a attempt) error {
+		actx, cancel := withAttemptTimeout(ctx, a.timeout)
+		defer cancel()
 		var hdr metadata.MD
-		err := f.c.conns[i].Invoke(ctx, method, args, reply, append(opts, grpc.Header(&hdr))...)
+		err := f.c.conns[a.endpoint].Invoke(actx, method, args, reply, append(opts, grpc.Header(&hdr))...)
 		f.c.followLeader(hdr.Get(LeaderHeader)...)
 		return err
 	})
+}
+
+// attemptBounded reports whether each attempt of method gets its own time
+// limit: the lease API's calls and Status, which are safe to repeat on
+// another node. Membership changes are not, and may take an election.
+func attemptBounded(method string) bool {
+	return strings.HasPrefix(method, "/"+pb.Leases_ServiceDesc.ServiceName+"/") || method == pb.Cluster_Status_FullMethodName
+}
+
+// withAttemptTimeout bounds ctx by an attempt's limit; gRPC carries the
+// deadline to the node, which stops its work (or answers a long poll)
+// then. A unary attempt is the slow path: the timer it costs does not
+// matter next to the call.
+func withAttemptTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // LeaderHeader is the response header in which a node that forwarded a
@@ -551,9 +764,9 @@ func (c *Client) followLeader(leader ...string) {
 
 func (f failoverConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	var s grpc.ClientStream
-	err := f.c.retry(ctx, method, func(i uint32) error {
+	err := f.c.retry(ctx, method, false, func(a attempt) error {
 		var err error
-		s, err = f.c.conns[i].NewStream(ctx, desc, method, opts...)
+		s, err = f.c.conns[a.endpoint].NewStream(ctx, desc, method, opts...)
 		return err
 	})
 	if err != nil {
