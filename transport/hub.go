@@ -22,6 +22,7 @@ type Hub struct {
 	window  int
 	events  []fsm.Event // contiguous revisions, oldest first
 	floor   uint64      // every revision <= floor is older than the window
+	last    uint64      // the revision of the last event fanned out; 0: none yet
 	subs    map[*watcher]struct{}
 	bufSize int
 
@@ -79,6 +80,7 @@ func (h *Hub) Applied(evs []fsm.Event) {
 			h.floor = ev.Revision - 1
 		}
 		h.events = append(h.events, ev)
+		h.last = ev.Revision
 		for w := range h.subs {
 			if w.match != nil && !w.match(ev.Lease) {
 				continue
@@ -104,6 +106,7 @@ func (h *Hub) Restored() {
 	defer h.mu.Unlock()
 	h.events = nil
 	h.floor = 0
+	h.last = 0
 	for w := range h.subs {
 		h.drop(w, ErrCompacted)
 	}
@@ -166,6 +169,15 @@ func (h *Hub) subscribeBuf(owner string, start, current uint64, replay bool, mat
 		h.owners[owner]++
 	}
 	return w, backlog, nil
+}
+
+// revision returns the revision of the last event fanned out (0 when none
+// since the hub started or was restored): every event up to it that a
+// watcher matches is in the watcher's queue already, or was taken from it.
+func (h *Hub) revision() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.last
 }
 
 func (h *Hub) unsubscribe(w *watcher) {

@@ -369,6 +369,8 @@ func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespons
 func (s *Server) Watch(req *pb.WatchRequest, stream pb.Leases_WatchServer) error {
 	return s.watch(stream.Context(), req, 1, func(evs []fsm.Event) error {
 		return stream.Send(watchEvent(evs[0]))
+	}, func(rev uint64) error {
+		return stream.Send(progressEvent(rev))
 	})
 }
 
@@ -384,6 +386,8 @@ func (s *Server) WatchBatches(req *pb.WatchRequest, stream pb.Leases_WatchBatche
 			out.Events[i] = watchEvent(ev)
 		}
 		return stream.Send(out)
+	}, func(rev uint64) error {
+		return stream.Send(&pb.WatchEventBatch{Events: []*pb.WatchEvent{progressEvent(rev)}})
 	})
 }
 
@@ -391,12 +395,32 @@ func watchEvent(ev fsm.Event) *pb.WatchEvent {
 	return &pb.WatchEvent{Type: eventTypes[ev.Type], Lease: toPB(ev.Lease), Revision: ev.Revision}
 }
 
+func progressEvent(rev uint64) *pb.WatchEvent {
+	return &pb.WatchEvent{Type: pb.WatchEvent_PROGRESS, Revision: rev}
+}
+
+// MinWatchProgressInterval is the shortest progress interval a watch
+// gets, whatever it asks for.
+const MinWatchProgressInterval = 50 * time.Millisecond
+
 // watch sends the events that req selects, up to max at a time: the
 // backlog first, then each event as it comes, with those queued behind it.
-func (s *Server) watch(ctx context.Context, req *pb.WatchRequest, max int, send func([]fsm.Event) error) error {
+// When req asks for progress, a watch sent nothing for its interval gets
+// progress(rev), rev being a revision up to which it has every event it
+// selects.
+func (s *Server) watch(ctx context.Context, req *pb.WatchRequest, max int, send func([]fsm.Event) error, progress func(rev uint64) error) error {
 	match, err := s.matcher(req.Namespace, req.AllNamespaces, req.Name, req.LabelSelector)
 	if err != nil {
 		return invalidErr(err)
+	}
+	var every time.Duration
+	if p := req.GetProgressInterval(); p != nil {
+		if err := p.CheckValid(); err != nil || p.AsDuration() < 0 {
+			return invalid("progress_interval must be a positive duration")
+		}
+		if every = p.AsDuration(); every > 0 && every < MinWatchProgressInterval {
+			every = MinWatchProgressInterval
+		}
 	}
 	w, backlog, err := s.hub.subscribe(s.watchOwner(ctx), req.StartRevision, s.node.FSM().Revision(), req.Replay, match)
 	if err != nil {
@@ -412,12 +436,30 @@ func (s *Server) watch(ctx context.Context, req *pb.WatchRequest, max int, send 
 		last = backlog[n-1].Revision
 		backlog = backlog[n:]
 	}
+	// The progress timer runs only for watches that asked; a nil channel
+	// never fires.
+	var tick <-chan time.Time
+	var timer *time.Timer
+	if every > 0 {
+		timer = time.NewTimer(every)
+		defer timer.Stop()
+		tick = timer.C
+	}
 	var taken, batch []fsm.Event
 	for {
+		idle := false
 		select {
 		case <-ctx.Done():
 			return toStatus(ctx.Err(), nil)
 		case <-w.ready:
+		case <-tick:
+			idle = true
+		}
+		// Every event up to rev is queued for w already: once the queue
+		// is drained below, the watch has all it selects up to rev.
+		var rev uint64
+		if idle {
+			rev = s.hub.revision()
 		}
 		// Everything queued, up to max: the events ready together.
 		var closed bool
@@ -429,7 +471,11 @@ func (s *Server) watch(ctx context.Context, req *pb.WatchRequest, max int, send 
 				batch = append(batch, ev)
 			}
 		}
-		if len(batch) > 0 {
+		if idle && len(batch) == 0 && rev > last {
+			last = rev // nothing it selects came up to rev
+		}
+		sent := len(batch) > 0
+		if sent {
 			if err := send(batch); err != nil {
 				return err
 			}
@@ -439,6 +485,14 @@ func (s *Server) watch(ctx context.Context, req *pb.WatchRequest, max int, send 
 		clear(batch)
 		if closed {
 			return status.Errorf(status.Code(toStatus(werr, nil)), "%v; resume from revision %d", werr, last)
+		}
+		if idle && !sent {
+			if err := progress(last); err != nil {
+				return err
+			}
+		}
+		if timer != nil && (idle || sent) {
+			timer.Reset(every)
 		}
 	}
 }

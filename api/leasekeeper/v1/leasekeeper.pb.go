@@ -40,6 +40,10 @@ const (
 	// MODIFIED: a whole-object write (the Kubernetes API) that began, renewed
 	// or ended no holding.
 	WatchEvent_MODIFIED WatchEvent_Type = 7
+	// PROGRESS carries no lease: revision is a store revision up to which
+	// every event that the watch selects has been sent, so a watch may
+	// resume from it. Sent only to watches that set progress_interval.
+	WatchEvent_PROGRESS WatchEvent_Type = 8
 )
 
 // Enum value maps for WatchEvent_Type.
@@ -53,6 +57,7 @@ var (
 		5: "EXPIRED",
 		6: "DELETED",
 		7: "MODIFIED",
+		8: "PROGRESS",
 	}
 	WatchEvent_Type_value = map[string]int32{
 		"TYPE_UNSPECIFIED": 0,
@@ -63,6 +68,7 @@ var (
 		"EXPIRED":          5,
 		"DELETED":          6,
 		"MODIFIED":         7,
+		"PROGRESS":         8,
 	}
 )
 
@@ -1317,9 +1323,15 @@ type WatchRequest struct {
 	// replay makes start_revision exact even when it is 0: every event after
 	// it is sent. A watcher that read the store at revision R (possibly 0)
 	// and watches from R with replay misses nothing.
-	Replay        bool `protobuf:"varint,6,opt,name=replay,proto3" json:"replay,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Replay bool `protobuf:"varint,6,opt,name=replay,proto3" json:"replay,omitempty"`
+	// progress_interval, when set, asks for a PROGRESS event after every
+	// progress_interval in which the watch was sent nothing, as etcd's
+	// progress notifications do: a client can then tell an idle watch from a
+	// node that stopped answering, and resume from a recent revision. The
+	// node raises an interval below 50ms to 50ms.
+	ProgressInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=progress_interval,json=progressInterval,proto3" json:"progress_interval,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
@@ -1392,6 +1404,13 @@ func (x *WatchRequest) GetReplay() bool {
 		return x.Replay
 	}
 	return false
+}
+
+func (x *WatchRequest) GetProgressInterval() *durationpb.Duration {
+	if x != nil {
+		return x.ProgressInterval
+	}
+	return nil
 }
 
 type WatchEvent struct {
@@ -3008,19 +3027,20 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
 	"\rWriteResponse\x12+\n" +
-	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\xcd\x01\n" +
+	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\x95\x02\n" +
 	"\fWatchRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12%\n" +
 	"\x0eall_namespaces\x18\x02 \x01(\bR\rallNamespaces\x12%\n" +
 	"\x0elabel_selector\x18\x03 \x01(\tR\rlabelSelector\x12%\n" +
 	"\x0estart_revision\x18\x04 \x01(\x04R\rstartRevision\x12\x12\n" +
 	"\x04name\x18\x05 \x01(\tR\x04name\x12\x16\n" +
-	"\x06replay\x18\x06 \x01(\bR\x06replay\"\x84\x02\n" +
+	"\x06replay\x18\x06 \x01(\bR\x06replay\x12F\n" +
+	"\x11progress_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x10progressInterval\"\x93\x02\n" +
 	"\n" +
 	"WatchEvent\x123\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1f.leasekeeper.v1.WatchEvent.TypeR\x04type\x12+\n" +
 	"\x05lease\x18\x02 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"x\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\x86\x01\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05ADDED\x10\x01\x12\f\n" +
@@ -3029,7 +3049,8 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\bRELEASED\x10\x04\x12\v\n" +
 	"\aEXPIRED\x10\x05\x12\v\n" +
 	"\aDELETED\x10\x06\x12\f\n" +
-	"\bMODIFIED\x10\a\"E\n" +
+	"\bMODIFIED\x10\a\x12\f\n" +
+	"\bPROGRESS\x10\b\"E\n" +
 	"\x0fWatchEventBatch\x122\n" +
 	"\x06events\x18\x01 \x03(\v2\x1a.leasekeeper.v1.WatchEventR\x06events\"\xa2\x01\n" +
 	"\bLeaseRef\x12\x1c\n" +
@@ -3230,69 +3251,70 @@ var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
 	43, // 20: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
 	42, // 21: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
 	1,  // 22: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
-	0,  // 23: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
-	1,  // 24: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
-	18, // 25: leasekeeper.v1.WatchEventBatch.events:type_name -> leasekeeper.v1.WatchEvent
-	20, // 26: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
-	43, // 27: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
-	22, // 28: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
-	43, // 29: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
-	3,  // 30: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
-	5,  // 31: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
-	7,  // 32: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
-	9,  // 33: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
-	13, // 34: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
-	15, // 35: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
-	45, // 36: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
-	25, // 37: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
-	4,  // 38: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
-	6,  // 39: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
-	8,  // 40: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
-	10, // 41: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
-	14, // 42: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
-	16, // 43: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
-	27, // 44: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
-	27, // 45: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
-	27, // 46: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
-	3,  // 47: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
-	5,  // 48: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
-	7,  // 49: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
-	9,  // 50: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
-	11, // 51: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
-	13, // 52: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
-	15, // 53: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
-	17, // 54: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
-	17, // 55: leasekeeper.v1.Leases.WatchBatches:input_type -> leasekeeper.v1.WatchRequest
-	21, // 56: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
-	24, // 57: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
-	28, // 58: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
-	38, // 59: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
-	30, // 60: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
-	32, // 61: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
-	34, // 62: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
-	36, // 63: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
-	4,  // 64: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
-	6,  // 65: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
-	8,  // 66: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
-	10, // 67: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
-	12, // 68: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
-	14, // 69: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
-	16, // 70: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
-	18, // 71: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
-	19, // 72: leasekeeper.v1.Leases.WatchBatches:output_type -> leasekeeper.v1.WatchEventBatch
-	23, // 73: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
-	26, // 74: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
-	29, // 75: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
-	39, // 76: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
-	31, // 77: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
-	33, // 78: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
-	35, // 79: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
-	37, // 80: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
-	64, // [64:81] is the sub-list for method output_type
-	47, // [47:64] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	43, // 23: leasekeeper.v1.WatchRequest.progress_interval:type_name -> google.protobuf.Duration
+	0,  // 24: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
+	1,  // 25: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
+	18, // 26: leasekeeper.v1.WatchEventBatch.events:type_name -> leasekeeper.v1.WatchEvent
+	20, // 27: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
+	43, // 28: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
+	22, // 29: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
+	43, // 30: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
+	3,  // 31: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
+	5,  // 32: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
+	7,  // 33: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
+	9,  // 34: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
+	13, // 35: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
+	15, // 36: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
+	45, // 37: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
+	25, // 38: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
+	4,  // 39: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
+	6,  // 40: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
+	8,  // 41: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
+	10, // 42: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
+	14, // 43: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
+	16, // 44: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
+	27, // 45: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
+	27, // 46: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
+	27, // 47: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
+	3,  // 48: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
+	5,  // 49: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
+	7,  // 50: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
+	9,  // 51: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
+	11, // 52: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
+	13, // 53: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
+	15, // 54: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
+	17, // 55: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
+	17, // 56: leasekeeper.v1.Leases.WatchBatches:input_type -> leasekeeper.v1.WatchRequest
+	21, // 57: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
+	24, // 58: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
+	28, // 59: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
+	38, // 60: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
+	30, // 61: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
+	32, // 62: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
+	34, // 63: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
+	36, // 64: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
+	4,  // 65: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
+	6,  // 66: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
+	8,  // 67: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
+	10, // 68: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
+	12, // 69: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
+	14, // 70: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
+	16, // 71: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
+	18, // 72: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
+	19, // 73: leasekeeper.v1.Leases.WatchBatches:output_type -> leasekeeper.v1.WatchEventBatch
+	23, // 74: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
+	26, // 75: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
+	29, // 76: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
+	39, // 77: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
+	31, // 78: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
+	33, // 79: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
+	35, // 80: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
+	37, // 81: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
+	65, // [65:82] is the sub-list for method output_type
+	48, // [48:65] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_leasekeeper_v1_leasekeeper_proto_init() }
