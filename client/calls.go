@@ -311,15 +311,19 @@ func (st *callsStream) broke(err error) {
 // viaCalls runs one call of the Leases API on the Calls streams, failing
 // over between endpoints as unary calls do. unary makes the call on the
 // unary path through cc; it serves the calls that the streams cannot
-// carry.
-func viaCalls[T comparable](ctx context.Context, c *Client, method string, req *pb.CallRequest, opts []grpc.CallOption,
+// carry. sent, when set, receives the client's clock reading taken before
+// each attempt is sent.
+func viaCalls[T comparable](ctx context.Context, c *Client, method string, req *pb.CallRequest, opts []grpc.CallOption, sent *time.Time,
 	answer func(*pb.CallResponse) T, unary func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (T, error),
 ) (T, error) {
 	if c.cfg.UnaryCalls || len(opts) > 0 || hasOutgoingMD(ctx) || proto.Size(req) > maxCallSize {
-		return unary(ctx, failoverConn{c}, opts...)
+		return unary(ctx, failoverConn{c: c, sent: sent}, opts...)
 	}
 	var out, zero T
 	err := c.retry(ctx, method, true, func(a attempt) error {
+		if sent != nil {
+			*sent = c.clock.Now()
+		}
 		resp, err := c.calls[a.endpoint].do(ctx, req, a.timeout)
 		if errors.Is(err, errNoCalls) {
 			actx, cancel := withAttemptTimeout(ctx, a.timeout)
@@ -370,7 +374,12 @@ type leasesClient struct {
 }
 
 func (l leasesClient) Acquire(ctx context.Context, in *pb.AcquireRequest, opts ...grpc.CallOption) (*pb.AcquireResponse, error) {
-	return viaCalls(ctx, l.c, pb.Leases_Acquire_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Acquire{Acquire: in}}, opts,
+	return l.c.acquire(ctx, in, nil, opts...)
+}
+
+// acquire is Acquire, with sent set as for viaCalls.
+func (c *Client) acquire(ctx context.Context, in *pb.AcquireRequest, sent *time.Time, opts ...grpc.CallOption) (*pb.AcquireResponse, error) {
+	return viaCalls(ctx, c, pb.Leases_Acquire_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Acquire{Acquire: in}}, opts, sent,
 		(*pb.CallResponse).GetAcquire,
 		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.AcquireResponse, error) {
 			return pb.NewLeasesClient(cc).Acquire(ctx, in, o...)
@@ -378,7 +387,7 @@ func (l leasesClient) Acquire(ctx context.Context, in *pb.AcquireRequest, opts .
 }
 
 func (l leasesClient) Renew(ctx context.Context, in *pb.RenewRequest, opts ...grpc.CallOption) (*pb.RenewResponse, error) {
-	return viaCalls(ctx, l.c, pb.Leases_Renew_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Renew{Renew: in}}, opts,
+	return viaCalls(ctx, l.c, pb.Leases_Renew_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Renew{Renew: in}}, opts, nil,
 		(*pb.CallResponse).GetRenew,
 		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.RenewResponse, error) {
 			return pb.NewLeasesClient(cc).Renew(ctx, in, o...)
@@ -386,7 +395,7 @@ func (l leasesClient) Renew(ctx context.Context, in *pb.RenewRequest, opts ...gr
 }
 
 func (l leasesClient) Release(ctx context.Context, in *pb.ReleaseRequest, opts ...grpc.CallOption) (*pb.ReleaseResponse, error) {
-	return viaCalls(ctx, l.c, pb.Leases_Release_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Release{Release: in}}, opts,
+	return viaCalls(ctx, l.c, pb.Leases_Release_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Release{Release: in}}, opts, nil,
 		(*pb.CallResponse).GetRelease,
 		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.ReleaseResponse, error) {
 			return pb.NewLeasesClient(cc).Release(ctx, in, o...)
@@ -394,7 +403,7 @@ func (l leasesClient) Release(ctx context.Context, in *pb.ReleaseRequest, opts .
 }
 
 func (l leasesClient) Get(ctx context.Context, in *pb.GetRequest, opts ...grpc.CallOption) (*pb.GetResponse, error) {
-	return viaCalls(ctx, l.c, pb.Leases_Get_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Get{Get: in}}, opts,
+	return viaCalls(ctx, l.c, pb.Leases_Get_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Get{Get: in}}, opts, nil,
 		(*pb.CallResponse).GetGet,
 		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.GetResponse, error) {
 			return pb.NewLeasesClient(cc).Get(ctx, in, o...)
@@ -402,7 +411,7 @@ func (l leasesClient) Get(ctx context.Context, in *pb.GetRequest, opts ...grpc.C
 }
 
 func (l leasesClient) Delete(ctx context.Context, in *pb.DeleteRequest, opts ...grpc.CallOption) (*pb.DeleteResponse, error) {
-	return viaCalls(ctx, l.c, pb.Leases_Delete_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Delete{Delete: in}}, opts,
+	return viaCalls(ctx, l.c, pb.Leases_Delete_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Delete{Delete: in}}, opts, nil,
 		(*pb.CallResponse).GetDelete,
 		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.DeleteResponse, error) {
 			return pb.NewLeasesClient(cc).Delete(ctx, in, o...)
@@ -410,7 +419,7 @@ func (l leasesClient) Delete(ctx context.Context, in *pb.DeleteRequest, opts ...
 }
 
 func (l leasesClient) Write(ctx context.Context, in *pb.WriteRequest, opts ...grpc.CallOption) (*pb.WriteResponse, error) {
-	return viaCalls(ctx, l.c, pb.Leases_Write_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Write{Write: in}}, opts,
+	return viaCalls(ctx, l.c, pb.Leases_Write_FullMethodName, &pb.CallRequest{Request: &pb.CallRequest_Write{Write: in}}, opts, nil,
 		(*pb.CallResponse).GetWrite,
 		func(ctx context.Context, cc grpc.ClientConnInterface, o ...grpc.CallOption) (*pb.WriteResponse, error) {
 			return pb.NewLeasesClient(cc).Write(ctx, in, o...)

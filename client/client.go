@@ -406,7 +406,7 @@ func New(cfg Config) (*Client, error) {
 		c.calls = append(c.calls, &callsConn{c: c, cc: cc, endpoint: ep})
 	}
 	c.ctx, c.stop = context.WithCancel(context.Background())
-	conn := failoverConn{c}
+	conn := failoverConn{c: c}
 	c.leases = leasesClient{LeasesClient: pb.NewLeasesClient(conn), c: c}
 	c.cluster = pb.NewClusterClient(conn)
 	return c, nil
@@ -712,10 +712,18 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 }
 
 // failoverConn is the grpc.ClientConnInterface behind Leases and Cluster.
-type failoverConn struct{ c *Client }
+type failoverConn struct {
+	c *Client
+	// sent, when set, receives the client's clock reading taken before
+	// each attempt is sent: the last is the answered one's.
+	sent *time.Time
+}
 
 func (f failoverConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	return f.c.retry(ctx, method, attemptBounded(method), func(a attempt) error {
+		if f.sent != nil {
+			*f.sent = f.c.clock.Now()
+		}
 		actx, cancel := withAttemptTimeout(ctx, a.timeout)
 		defer cancel()
 		var hdr metadata.MD

@@ -226,7 +226,6 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 	if c.keeper.has(key) {
 		return nil, fmt.Errorf("%w: %s/%s as %q", ErrAlreadyHeld, o.namespace, name, o.identity)
 	}
-	sent := c.clock.Now()
 	req := &pb.AcquireRequest{
 		Namespace: o.namespace, Name: name, HolderIdentity: o.identity,
 		LeaseDuration: durationpb.New(o.duration), Labels: o.labels, Wait: o.wait,
@@ -234,7 +233,11 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 	if o.grace > 0 {
 		req.GracePeriod = durationpb.New(o.grace)
 	}
-	resp, err := c.Leases().Acquire(ctx, req)
+	// sent is read before each attempt: the answered one was sent last,
+	// and the node applied it (as a renewal, if an earlier attempt had
+	// begun the holding) after that.
+	var sent time.Time
+	resp, err := c.acquire(ctx, req, &sent)
 	if err != nil {
 		c.met.acquires.WithLabelValues("error").Inc()
 		return nil, err

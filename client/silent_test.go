@@ -175,3 +175,31 @@ func TestSilentNodesNamed(t *testing.T) {
 		}
 	}
 }
+
+// A Lock whose first attempt meets a silent node takes the lease on the
+// next one; its local deadline counts from the attempt that was answered,
+// so a duration shorter than the attempt's limit still leaves a holding.
+func TestLockAfterSilentNodeKeepsItsDeadline(t *testing.T) {
+	a, b, c, fake := silentPair(t)
+	a.Inject("Acquire", clienttest.Hang)
+	m := client.NewMutex(c, "free", client.WithTTL(time.Second), client.WithGrace(0))
+	res := make(chan error, 1)
+	go func() {
+		_, err := m.Lock(context.Background())
+		res <- err
+	}()
+	waitUntil(t, 5*time.Second, "the Acquire reaches a", func() bool { return a.Calls("Acquire") == 1 })
+	closedWithin(t, fake.WaitForTimers(1, nil), 5*time.Second, "the Calls stream's timer")
+	fake.Advance(client.DefaultAttemptTimeout)
+	if err := recvWithin(t, res, 5*time.Second, "the Lock on b"); err != nil {
+		t.Fatalf("Lock: %v", err)
+	}
+	h := m.Holding()
+	if b.Calls("Acquire") != 1 || !h.Valid() {
+		t.Fatalf("acquires on b %d, holding valid %v; want 1, true", b.Calls("Acquire"), h.Valid())
+	}
+	if want := fake.Now().Add(time.Second * 99 / 100).Add(-client.DefaultMargin); !h.Deadline().Equal(want) {
+		t.Errorf("deadline %v, want %v: from the answered attempt's send", h.Deadline(), want)
+	}
+	h.Abandon()
+}
