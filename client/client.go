@@ -560,6 +560,12 @@ func (c *Client) attemptTimeout(ctx context.Context) (time.Duration, bool) {
 // set, each attempt gets a time limit (attemptTimeout) and an attempt that
 // ran out of it fails over at once, as a silent node's does.
 func (c *Client) retry(ctx context.Context, method string, bounded bool, call func(a attempt) error) error {
+	return c.retryFrom(ctx, method, bounded, -1, call)
+}
+
+// retryFrom is retry for a call that replaces one that failed on endpoint
+// avoid (-1: none): the first attempt does not go there either.
+func (c *Client) retryFrom(ctx context.Context, method string, bounded bool, avoid int, call func(a attempt) error) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
@@ -569,7 +575,10 @@ func (c *Client) retry(ctx context.Context, method string, bounded bool, call fu
 	var err error
 	for try := 0; ; try++ {
 		a := attempt{endpoint: c.cur.Load()}
-		if len(tried) > 0 && a.endpoint == tried[len(tried)-1] {
+		if len(tried) > 0 {
+			avoid = int(tried[len(tried)-1])
+		}
+		if n > 1 && int(a.endpoint) == avoid {
 			// Another call moved back to the endpoint that just failed
 			// this one: never start over there.
 			a.endpoint = (a.endpoint + 1) % n

@@ -39,6 +39,7 @@ func newClient(t *testing.T, endpoints ...string) *client.Client {
 	cfg.BackoffBase = time.Millisecond
 	cfg.BackoffMax = 10 * time.Millisecond
 	cfg.MaxRetries = 5
+	cfg.WatchProgressInterval = 100 * time.Millisecond
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "client", Level: hclog.Debug, Output: testWriter{t}})
 	c, err := client.New(cfg)
 	if err != nil {

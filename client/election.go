@@ -397,5 +397,5 @@ func (e *Election) observe(ctx context.Context, emit func(holder string)) error 
 		func() uint64 {
 			rev, _ := read()
 			return rev
-		})
+		}, nil)
 }

@@ -290,14 +290,28 @@ func WithMemberEvents(ch chan<- MemberEvent) MonitorOption {
 // therefore lags the server by the watch's delivery delay, and a member's
 // NotReady/Unknown states come from silence, before the server expires the
 // lease.
+//
+// Silence counts only as far as the watch vouches for it: a live watch
+// brings an event or a progress message at least every
+// Config.WatchProgressInterval, and the members are classified as of the
+// last message, so a NotReady or Unknown state is reported up to one
+// interval late. When the node the Monitor watches stops answering, the
+// states hold until the watch resumes on another node (after three silent
+// intervals) and replays what it missed, so a frozen node never makes a
+// renewing member NotReady. With WatchProgressInterval 0 the Monitor
+// classifies on its clock alone.
 type Monitor struct {
 	c         *Client
 	namespace string
 	clk       clock.Clock
 	events    chan<- MemberEvent
+	// vouched: the watch brings progress, so silence counts only up to
+	// its last message.
+	vouched bool
 
 	mu      sync.Mutex
 	members map[string]*member
+	heard   time.Time // the last message or read, on clk
 	synced  chan struct{}
 	poke    chan struct{}
 }
@@ -317,7 +331,25 @@ func NewMonitor(c *Client, namespace string, opts ...MonitorOption) *Monitor {
 	for _, f := range opts {
 		f(m)
 	}
+	m.vouched = c.cfg.WatchProgressInterval > 0
 	return m
+}
+
+// asOf returns the time the Monitor classifies at, for now: the last
+// message of the watch, up to which it knows every renewal. m.mu is held.
+func (m *Monitor) asOf(now time.Time) time.Time {
+	if !m.vouched || m.heard.IsZero() || now.Before(m.heard) {
+		return now
+	}
+	return m.heard
+}
+
+// hear records a message of the watch: silence up to now is real.
+func (m *Monitor) hear() {
+	m.mu.Lock()
+	m.heard = m.clk.Now()
+	m.mu.Unlock()
+	m.wake()
 }
 
 // Synced is closed once Run has read the namespace for the first time.
@@ -327,7 +359,7 @@ func (m *Monitor) Synced() <-chan struct{} { return m.synced }
 func (m *Monitor) Members() []Member {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.clk.Now()
+	now := m.asOf(m.clk.Now())
 	out := make([]Member, 0, len(m.members))
 	for _, mb := range m.members {
 		if !mb.deleted {
@@ -368,7 +400,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 						return 0
 					}
 				}
-			})
+			}, m.hear)
 	}()
 
 	var timer clock.Timer
@@ -425,6 +457,7 @@ func (m *Monitor) resync(ctx context.Context) (uint64, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.heard = m.clk.Now()
 	for name, old := range m.members {
 		nw, ok := ms[name]
 		if !ok {
@@ -477,9 +510,12 @@ func (m *Monitor) wake() {
 	}
 }
 
-// evaluate classifies every member at now, returns the transitions since
-// the last evaluation and when the next one is due.
+// evaluate classifies every member at now (as of the watch's last
+// message, asOf), returns the transitions since the last evaluation and
+// when the next one is due (none while the watch vouches: its next message
+// moves the classification).
 func (m *Monitor) evaluate(now time.Time) ([]MemberEvent, time.Time, bool) {
+	now = m.asOf(now)
 	var evs []MemberEvent
 	var next time.Time
 	has := false
@@ -503,7 +539,7 @@ func (m *Monitor) evaluate(now time.Time) ([]MemberEvent, time.Time, bool) {
 			evs = append(evs, MemberEvent{Member: snap, From: mb.reported})
 			mb.reported, mb.seen = snap.State, true
 		}
-		if t, ok := nextChange(snap.Holder, mb.last, snap.Duration, snap.Grace, now); ok && (!has || t.Before(next)) {
+		if t, ok := nextChange(snap.Holder, mb.last, snap.Duration, snap.Grace, now); ok && (!has || t.Before(next)) && !m.vouched {
 			next, has = t, true
 		}
 	}

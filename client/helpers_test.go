@@ -133,6 +133,9 @@ func testConfig(t *testing.T, endpoints []string) client.Config {
 	cfg.BackoffBase = 5 * time.Millisecond
 	cfg.BackoffMax = 100 * time.Millisecond
 	cfg.MaxRetries = 20
+	// Idle watches hear from their node ten times a second, so a silent
+	// one is given up within 300ms.
+	cfg.WatchProgressInterval = 100 * time.Millisecond
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "client", Level: hclog.Info, Output: testWriter{t}})
 	return cfg
 }

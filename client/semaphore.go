@@ -122,7 +122,7 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
 							poke()
 						}
 					},
-					func() uint64 { poke(); return 0 })
+					func() uint64 { poke(); return 0 }, nil)
 			}()
 		}
 		t := s.c.clock.NewTimer(s.o.retryPeriod)

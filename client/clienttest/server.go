@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -72,6 +73,9 @@ type Server struct {
 	// viaCalls counts, by method, the calls that came on a Calls stream.
 	viaCalls map[string]int
 	status   *pb.StatusResponse
+	// watching is closed while watches may send; PauseWatches replaces
+	// it with an open channel.
+	watching chan struct{}
 }
 
 // Start starts a Server on a free port and stops it when tb ends.
@@ -90,7 +94,9 @@ func Start(tb testing.TB) *Server {
 		faults:   make(map[string]Fault),
 		calls:    make(map[string]int),
 		viaCalls: make(map[string]int),
+		watching: make(chan struct{}),
 	}
+	close(s.watching)
 	s.unary = func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		if m, _ := grpc.Method(ctx); m == pb.Leases_Calls_FullMethodName {
 			s.mu.Lock()
@@ -149,6 +155,29 @@ func (s *Server) Inject(method string, f Fault) {
 		return
 	}
 	s.faults[method] = f
+}
+
+// PauseWatches makes every watch, open or new, send nothing (no event,
+// no progress) until ResumeWatches, as a node that stopped answering.
+func (s *Server) PauseWatches() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.watching:
+		s.watching = make(chan struct{})
+	default:
+	}
+}
+
+// ResumeWatches lets the watches send again.
+func (s *Server) ResumeWatches() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.watching:
+	default:
+		close(s.watching)
+	}
 }
 
 // DisableWatchBatches makes the server answer WatchBatches with
@@ -457,17 +486,45 @@ func (x leases) WatchBatches(req *pb.WatchRequest, stream pb.Leases_WatchBatches
 	})
 }
 
+// watch sends the events after req's start that it selects and, when
+// req asks for progress, a PROGRESS event with the fake's revision after
+// every interval in which it sent nothing, as the real node does.
 func (x leases) watch(ctx context.Context, req *pb.WatchRequest, send func([]*pb.WatchEvent) error) error {
 	sel, err := parseSelector(req.LabelSelector)
 	if err != nil {
 		return err
 	}
+	var tick <-chan time.Time
+	var timer *time.Timer
+	every := req.GetProgressInterval().AsDuration()
+	if every > 0 {
+		timer = time.NewTimer(every)
+		defer timer.Stop()
+		tick = timer.C
+	}
 	s := x.s
+	// send waits while the watches are paused.
+	send = func(send func([]*pb.WatchEvent) error) func([]*pb.WatchEvent) error {
+		return func(evs []*pb.WatchEvent) error {
+			s.mu.Lock()
+			watching := s.watching
+			s.mu.Unlock()
+			select {
+			case <-watching:
+			case <-ctx.Done():
+				return status.FromContextError(ctx.Err()).Err()
+			case <-s.done:
+				return status.Error(codes.Unavailable, "server stopped")
+			}
+			return send(evs)
+		}
+	}(send)
 	next := 0
 	for {
 		s.mu.Lock()
 		events := s.events[next:]
 		next = len(s.events)
+		rev := s.rev
 		changed := s.changed
 		s.mu.Unlock()
 		var out []*pb.WatchEvent
@@ -485,9 +542,17 @@ func (x leases) watch(ctx context.Context, req *pb.WatchRequest, send func([]*pb
 			if err := send(out); err != nil {
 				return err
 			}
+			if timer != nil {
+				timer.Reset(every)
+			}
 		}
 		select {
 		case <-changed:
+		case <-tick:
+			if err := send([]*pb.WatchEvent{{Type: pb.WatchEvent_PROGRESS, Revision: max(rev, req.StartRevision)}}); err != nil {
+				return err
+			}
+			timer.Reset(every)
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case <-s.done:
