@@ -571,12 +571,11 @@ func (c *Client) retryFrom(ctx context.Context, method string, bounded bool, avo
 	}
 	_, hasDeadline := ctx.Deadline()
 	n := uint32(len(c.conns))
-	var tried []uint32 // the endpoints that failed, in order
-	var err error
+	var tried []failure // the attempts that failed, in order
 	for try := 0; ; try++ {
 		a := attempt{endpoint: c.cur.Load()}
 		if len(tried) > 0 {
-			avoid = int(tried[len(tried)-1])
+			avoid = int(tried[len(tried)-1].endpoint)
 		}
 		if n > 1 && int(a.endpoint) == avoid {
 			// Another call moved back to the endpoint that just failed
@@ -586,22 +585,18 @@ func (c *Client) retryFrom(ctx context.Context, method string, bounded bool, avo
 		if bounded {
 			var ok bool
 			if a.timeout, ok = c.attemptTimeout(ctx); !ok {
-				return c.gaveUp(context.DeadlineExceeded, try, tried, err)
+				return c.gaveUp(context.DeadlineExceeded, try, tried)
 			}
 		}
-		prev := err
-		err = call(a)
+		err := call(a)
 		if c.closed.Load() {
 			return ErrClosed
 		}
 		code := status.Code(err)
 		if cerr := ctx.Err(); cerr != nil && (code == codes.DeadlineExceeded || code == codes.Canceled) {
 			// The caller's context ended the attempt: report the nodes
-			// tried, and what the one before said.
-			if prev == nil {
-				prev = err
-			}
-			return c.gaveUp(cerr, try+1, append(tried, a.endpoint), prev)
+			// tried.
+			return c.gaveUp(cerr, try+1, append(tried, failure{a.endpoint, err}))
 		}
 		silent := isTimeout(err)
 		if bounded && code == codes.DeadlineExceeded && ctx.Err() == nil {
@@ -612,17 +607,17 @@ func (c *Client) retryFrom(ctx context.Context, method string, bounded bool, avo
 		if code != codes.Unavailable {
 			return mapError(err)
 		}
-		tried = append(tried, a.endpoint)
+		tried = append(tried, failure{a.endpoint, err})
 		if cerr := ctx.Err(); cerr != nil {
 			// The deadline passed during the attempt: the caller's limit
 			// ended the call, whatever the last endpoint said.
-			return c.gaveUp(cerr, try+1, tried, err)
+			return c.gaveUp(cerr, try+1, tried)
 		}
 		// Move on from the failed endpoint, unless a concurrent call has
 		// moved on already.
 		c.cur.CompareAndSwap(a.endpoint, (a.endpoint+1)%n)
 		if !hasDeadline && try >= c.cfg.MaxRetries {
-			return c.gaveUp(nil, try+1, tried, err)
+			return c.gaveUp(nil, try+1, tried)
 		}
 		if silent {
 			// The attempt waited its limit already; the next endpoint
@@ -633,41 +628,66 @@ func (c *Client) retryFrom(ctx context.Context, method string, bounded bool, avo
 		wait := c.backoff(try)
 		c.log.Debug("retrying", "method", method, "endpoint", c.endpoints[a.endpoint], "attempt", try+1, "wait", wait, "error", err)
 		if werr := c.sleep(ctx, wait); werr != nil {
-			return c.gaveUp(werr, try+1, tried, err)
+			return c.gaveUp(werr, try+1, tried)
 		}
 	}
 }
 
-// gaveUp reports a call that ended after attempts attempts, naming the
-// endpoints that failed it and the last error: with ctxErr set, the
-// caller's context ended it (its code, matching ctxErr); otherwise the
-// retries ran out (the last error's code and kind).
-func (c *Client) gaveUp(ctxErr error, attempts int, tried []uint32, last error) error {
-	if attempts == 0 {
+// failure is an attempt that failed with err on endpoint.
+type failure struct {
+	endpoint uint32
+	err      error
+}
+
+// gaveUp reports a call that ended after attempts attempts, naming each
+// endpoint tried with what it last said: with ctxErr set, the caller's
+// context ended it (its code, matching ctxErr); otherwise the retries ran
+// out (the last error's code and kind).
+func (c *Client) gaveUp(ctxErr error, attempts int, tried []failure) error {
+	if len(tried) == 0 {
 		return &statusError{kind: ctxErr, st: status.FromContextError(ctxErr)}
 	}
-	msg := fmt.Sprintf("after %d attempts", attempts)
-	if len(tried) > 0 {
-		seen := make(map[uint32]bool, len(tried))
-		var names []string
-		for _, i := range tried {
-			if !seen[i] {
-				seen[i] = true
-				names = append(names, c.endpoints[i])
-			}
+	var order []uint32
+	last := make(map[uint32]error, len(tried))
+	for _, f := range tried {
+		if _, ok := last[f.endpoint]; !ok {
+			order = append(order, f.endpoint)
 		}
-		msg += " on " + strings.Join(names, ", ")
+		last[f.endpoint] = f.err
 	}
-	if last != nil {
-		msg += fmt.Sprintf(", last error: %v", mapError(last))
+	nodes := make([]string, len(order))
+	for i, ep := range order {
+		nodes[i] = fmt.Sprintf("%s (%s)", c.endpoints[ep], describe(last[ep]))
 	}
+	msg := fmt.Sprintf("after %d attempts on nodes %s", attempts, strings.Join(nodes, ", "))
 	if ctxErr != nil {
 		return &statusError{kind: ctxErr, st: status.New(status.FromContextError(ctxErr).Code(), msg)}
 	}
-	st := status.Convert(last)
-	p := st.Proto()
+	p := status.Convert(tried[len(tried)-1].err).Proto()
 	p.Message = msg
 	return mapError(status.ErrorProto(p))
+}
+
+// describe says briefly what an attempt's error was, for gaveUp.
+func describe(err error) string {
+	var t *timeoutError
+	switch st := status.Convert(err); {
+	case errors.As(err, &t):
+		d := "no answer"
+		if t.after > 0 {
+			d += fmt.Sprintf(" within %v", t.after)
+		}
+		if t.why != "" {
+			d += ": " + t.why
+		}
+		return d
+	case st.Code() == codes.DeadlineExceeded:
+		return "no answer before the call's deadline"
+	case st.Code() == codes.Canceled:
+		return "cancelled"
+	default:
+		return st.Code().String() + ": " + st.Message()
+	}
 }
 
 // timeoutError is an attempt that got no answer within its limit. Its code

@@ -594,3 +594,45 @@ func TestHashTokenFromStdin(t *testing.T) {
 		t.Fatalf("hash-token of an empty line: %v, want an error", err)
 	}
 }
+
+// One-shot commands fail over within --timeout from a node that answers
+// nothing (its connection open, its calls held: a frozen node) or that
+// refuses, and name the nodes they tried when they give up.
+func TestOneShotCommandsFailOver(t *testing.T) {
+	silent, refusing, up := clienttest.Start(t), clienttest.Start(t), clienttest.Start(t)
+	silent.Inject("", clienttest.Hang)
+	refusing.Inject("", clienttest.Unavailable)
+	seed(up)
+	for _, args := range [][]string{
+		{"get", "lease", "db"}, // a call on the Calls stream, or unary before it is open
+		{"get", "leases"},      // a unary call
+		{"cluster", "status"},  // the cluster API
+		{"renew", "db", "--holder", "alice", "--token", "7"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			start := time.Now()
+			var out, errOut bytes.Buffer
+			eps := strings.Join([]string{silent.Addr, refusing.Addr, up.Addr}, ",")
+			code := run(append([]string{"--endpoints", eps, "--timeout", "6s"}, args...), &out, &errOut)
+			if code != 0 {
+				t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
+			}
+			if took := time.Since(start); took > 4*time.Second {
+				t.Errorf("took %v with a --timeout of 6s", took)
+			}
+		})
+	}
+
+	var out, errOut bytes.Buffer
+	eps := strings.Join([]string{silent.Addr, refusing.Addr}, ",")
+	code := run([]string{"--endpoints", eps, "--timeout", "1s", "get", "lease", "db"}, &out, &errOut)
+	if code != 1 {
+		t.Fatalf("exit %d with no node answering, want 1\nstderr: %s", code, errOut.String())
+	}
+	for _, want := range []string{silent.Addr + " (no answer", refusing.Addr + " (Unavailable: no leader known)"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("stderr %q does not say %q", errOut.String(), want)
+		}
+	}
+	t.Logf("leasectl gave up with: %s", strings.TrimSpace(errOut.String()))
+}

@@ -101,7 +101,7 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 lease held by another holder
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.endpoints, "endpoints", endpoints, "comma-separated host:port gRPC addresses of cluster nodes (env LEASECTL_ENDPOINTS)")
-	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "time limit of a request, retries included (watch has none)")
+	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "time limit of a request; within it, a node that refuses or does not answer in time is left for the next endpoint (watch has none)")
 	pf.StringVarP(&a.namespace, "namespace", "n", "default", "namespace of the lease")
 	pf.StringVar(&a.cacert, "cacert", os.Getenv("LEASECTL_CACERT"), "CA bundle that verifies the nodes (enables TLS; env LEASECTL_CACERT)")
 	pf.StringVar(&a.cert, "cert", os.Getenv("LEASECTL_CERT"), "client certificate for mutual TLS (env LEASECTL_CERT)")
