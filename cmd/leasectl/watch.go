@@ -34,8 +34,9 @@ func (a *app) watchCmd() *cobra.Command {
 		Long: `Print lease changes as they happen, one line each, until interrupted.
 
 With --rev N the watch first replays every change after revision N. When the
-answering node goes away the watch resumes on another one after the last
-revision printed. --timeout does not apply.`,
+answering node goes away, or sends nothing (not even its progress messages)
+for three seconds, the watch resumes on another one after the last revision
+printed. --timeout does not apply.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 {
 				return usageErrorf("%s takes at most one lease NAME, got %d arguments", cmd.CommandPath(), len(args))
