@@ -714,6 +714,9 @@ func (e *timeoutError) Error() string {
 func (e *timeoutError) GRPCStatus() *status.Status { return status.New(codes.Unavailable, e.Error()) }
 
 func isTimeout(err error) bool {
+	if err == nil {
+		return false // the common case, without the allocation of As
+	}
 	var t *timeoutError
 	return errors.As(err, &t)
 }
