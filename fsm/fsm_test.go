@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -410,6 +412,43 @@ func TestRaiseTokenCounter(t *testing.T) {
 				t.Errorf("first token after the restore: got %d, want %d", tok, tc.want+1)
 			}
 		})
+	}
+}
+
+// TestSubdomainNames: lease names may hold dots and run to 253 characters
+// (DNS-1123 subdomains, as Kubernetes allows); they sort, carry labels,
+// expire and survive a snapshot like any other.
+func TestSubdomainNames(t *testing.T) {
+	h := newHarness(t)
+	long := strings.Repeat("a", 61) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 63)
+	names := []string{"80807133.tutorial.kubebuilder.io", "a", "a-b", "a.b", long}
+	for _, n := range names {
+		c := acquire("default", n, "h", time.Second)
+		c.GetAcquire().Labels = map[string]string{"example.com/app": "x"}
+		h.apply(1, c)
+	}
+	data := snapshotBytes(t, h.f)
+	h2 := newHarness(t)
+	if err := h2.f.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	h2.index = h.index
+	got, _ := h2.f.List(nil)
+	sorted := slices.Sorted(slices.Values(names))
+	if len(got) != len(sorted) {
+		t.Fatalf("restored %d leases, want %d", len(got), len(sorted))
+	}
+	for i, l := range got {
+		if l.Name != sorted[i] || l.Labels["example.com/app"] != "x" || l.Holder != "h" {
+			t.Fatalf("restored lease %d: %s %v %q, want %s with its label and holder", i, l.Name, l.Labels, l.Holder, sorted[i])
+		}
+	}
+	l, _ := h2.f.Get("default", long)
+	if r := h2.apply(5, expire("default", long, l.Token, l.RenewIndex)); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if l, _ := h2.f.Get("default", long); l.Holder != "" {
+		t.Fatalf("after expiry the holder is %q", l.Holder)
 	}
 }
 

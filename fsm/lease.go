@@ -113,8 +113,9 @@ func (l *Lease) Held() bool { return l.Holder != "" }
 // it: duration plus grace.
 func (l *Lease) TTL() time.Duration { return l.Duration + l.Grace }
 
-// Key joins namespace and name. Both are DNS-1123 labels, which cannot
-// contain '/', so the key is unambiguous.
+// Key joins namespace and name. The namespace is a DNS-1123 label and the
+// name a DNS-1123 subdomain; neither can contain '/', so the key is
+// unambiguous.
 func Key(namespace, name string) string { return namespace + "/" + name }
 
 // internHolder returns holder as a string shared with the other leases of

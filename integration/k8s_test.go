@@ -503,3 +503,70 @@ spec:
 		t.Errorf("after delete: %s", out)
 	}
 }
+
+// TestK8sDottedElectionID: a client-go LeaseLock candidate with
+// kubebuilder's default kind of LeaderElectionID (a DNS-1123 subdomain)
+// leads, and hands over to a candidate on another node when it stops.
+func TestK8sDottedElectionID(t *testing.T) {
+	quietKlog(t)
+	c := startCluster(t, 3)
+	ready(t, c)
+	const ns, name = "default", "80807133.tutorial.kubebuilder.io"
+	leading := make(chan string, 2)
+	var wg sync.WaitGroup
+	stops := map[string]context.CancelFunc{}
+	for i, p := range c.procs[:2] {
+		id := fmt.Sprintf("manager-%d", i)
+		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+			Lock: &resourcelock.LeaseLock{
+				LeaseMeta:  metav1.ObjectMeta{Namespace: ns, Name: name},
+				Client:     clientset(t, k8sAPI(t, p)).CoordinationV1(),
+				LockConfig: resourcelock.ResourceLockConfig{Identity: id},
+			},
+			LeaseDuration:   4 * time.Second,
+			RenewDeadline:   2 * time.Second,
+			RetryPeriod:     250 * time.Millisecond,
+			ReleaseOnCancel: true,
+			Name:            name,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(context.Context) { leading <- id },
+				OnStoppedLeading: func() {},
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		stops[id] = stop
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			le.Run(ctx)
+		}()
+	}
+	t.Cleanup(func() {
+		for _, stop := range stops {
+			stop()
+		}
+		wg.Wait()
+	})
+	first := ""
+	select {
+	case first = <-leading:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no candidate leads %s within 15s", name)
+	}
+	lease, err := clientset(t, k8sAPI(t, c.procs[2])).CoordinationV1().Leases(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != first {
+		t.Fatalf("lease %s: %v %+v, want held by %s", name, err, lease, first)
+	}
+	stops[first]()
+	select {
+	case second := <-leading:
+		if second == first {
+			t.Fatalf("%s led twice", first)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("nobody took over from %s within 15s", first)
+	}
+}

@@ -45,7 +45,9 @@ func TestLeasectlAgainstCluster(t *testing.T) {
 		{[]string{"cluster", "transfer-leader"}, 0, "leader now n"},
 		{[]string{"release", "db", "--holder", "alice", "--token", "1"}, 0, "released"},
 		{[]string{"acquire", "db", "--holder", "bob", "--duration", "30s"}, 0, "token=2"},
-		{[]string{"acquire", "BAD", "--holder", "bob"}, 1, "DNS-1123"},
+		{[]string{"acquire", "BAD", "--holder", "bob"}, 1, "RFC 1123 subdomain"},
+		{[]string{"acquire", "80807133.tutorial.kubebuilder.io", "--holder", "bob", "--duration", "30s"}, 0, "acquired default/80807133.tutorial.kubebuilder.io holder=bob"},
+		{[]string{"get", "lease", "80807133.tutorial.kubebuilder.io"}, 0, "80807133.tutorial.kubebuilder.io"},
 		{[]string{"member", "remove", "nobody"}, 1, "unknown member"},
 	}
 	for _, s := range steps {
@@ -60,7 +62,7 @@ func TestLeasectlAgainstCluster(t *testing.T) {
 		t.Fatalf("get -o json: exit %d, %s", code, out)
 	}
 	file := filepath.Join(t.TempDir(), "backup.snap")
-	if out, code := c.ctl("snapshot", "save", file); code != 0 || !strings.Contains(out, "1 leases") {
+	if out, code := c.ctl("snapshot", "save", file); code != 0 || !strings.Contains(out, "2 leases") {
 		t.Fatalf("snapshot save: exit %d, %s", code, out)
 	}
 	if fi, err := os.Stat(file); err != nil || fi.Size() == 0 {

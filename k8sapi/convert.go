@@ -14,7 +14,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 )
@@ -153,18 +152,8 @@ func storedObject(obj *coordinationv1.Lease) ([]byte, error) {
 
 // writeRequest turns a Lease into a whole-object write of the service.
 func (h *handler) writeRequest(obj *coordinationv1.Lease, create bool, rv uint64) (*pb.WriteRequest, *apierrors.StatusError) {
-	var errs field.ErrorList
-	spec := field.NewPath("spec")
-	if d := obj.Spec.LeaseDurationSeconds; d != nil && *d <= 0 {
-		errs = append(errs, field.Invalid(spec.Child("leaseDurationSeconds"), *d, "must be greater than 0"))
-	}
-	if t := obj.Spec.LeaseTransitions; t != nil && *t < 0 {
-		errs = append(errs, field.Invalid(spec.Child("leaseTransitions"), *t, "must be greater than or equal to 0"))
-	}
-	if len(obj.Finalizers) > 0 {
-		errs = append(errs, field.Forbidden(field.NewPath("metadata", "finalizers"), "leasekeeper does not support finalizers"))
-	}
-	if len(errs) > 0 {
+	dropDisabledFields(obj)
+	if errs := validateLease(obj); len(errs) > 0 {
 		return nil, invalid(obj.Name, errs...)
 	}
 	object, err := storedObject(obj)

@@ -14,9 +14,10 @@
 // (so an expiry by the service shows as an empty holderIdentity), and leases
 // made through gRPC are presented from their gRPC fields.
 //
-// What the real API server does and this one does not: finalizers, dry
-// runs, server-side apply, deletecollection, and lease names beyond the
-// service's rules (DNS-1123 labels of at most 63 characters).
+// Names are checked as the API server checks a Lease's: the name a DNS-1123
+// subdomain (at most 253 characters, dots allowed), the namespace a
+// DNS-1123 label. What the real API server does and this one does not:
+// finalizers, dry runs, server-side apply and deletecollection.
 package k8sapi
 
 import (

@@ -408,3 +408,51 @@ func TestStatusErrorsForClientGo(t *testing.T) {
 		t.Fatalf("bodies sent: %v", e.contentTypes)
 	}
 }
+
+// TestSubdomainNames: Lease names are DNS-1123 subdomains, as in
+// Kubernetes, and a refused name gets the API server's own cause.
+func TestSubdomainNames(t *testing.T) {
+	e := setup(t)
+	leases := e.clientset().CoordinationV1().Leases("kube-system")
+	const id = "80807133.tutorial.kubebuilder.io"
+	created, err := leases.Create(ctx(t), newLease(id, "a", 10), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	created.Spec.HolderIdentity = ptr("b")
+	if _, err := leases.Update(ctx(t), created, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leases.Patch(ctx(t), id, types.MergePatchType, []byte(`{"metadata":{"labels":{"a":"b"}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := leases.List(ctx(t), metav1.ListOptions{LabelSelector: "a=b", FieldSelector: "metadata.name=" + id})
+	if err != nil || len(list.Items) != 1 || *list.Items[0].Spec.HolderIdentity != "b" {
+		t.Fatalf("list: %v %v", err, list)
+	}
+	long := strings.Repeat("a.", 126) + "a"
+	if _, err := leases.Create(ctx(t), newLease(long, "", 0), metav1.CreateOptions{}); err != nil {
+		t.Fatalf("253 characters: %v", err)
+	}
+
+	tests := []struct{ name, message string }{
+		{long + "a", "must be no more than 253 characters"},
+		{"Upper.case", `a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')`},
+		{"a..b", "a lowercase RFC 1123 subdomain"},
+	}
+	for _, tc := range tests {
+		st := e.do("POST", leasesPath+"default/leases", newLease(tc.name, "", 0)).status(t, http.StatusUnprocessableEntity, metav1.StatusReasonInvalid)
+		if len(st.Details.Causes) != 1 || st.Details.Causes[0].Field != "metadata.name" || !strings.HasPrefix(st.Details.Causes[0].Message, `Invalid value: "`) ||
+			!strings.Contains(st.Details.Causes[0].Message, tc.message) {
+			t.Errorf("create %q: causes %+v, want metadata.name: %s", tc.name, st.Details.Causes, tc.message)
+		}
+	}
+	// A namespace stays a DNS-1123 label.
+	st := e.do("POST", leasesPath+"a.b/leases", newLease("x", "", 0)).status(t, http.StatusUnprocessableEntity, metav1.StatusReasonInvalid)
+	if len(st.Details.Causes) != 1 || st.Details.Causes[0].Field != "metadata.namespace" || !strings.Contains(st.Details.Causes[0].Message, "must not contain dots") {
+		t.Errorf("dotted namespace: causes %+v", st.Details.Causes)
+	}
+	if err := leases.Delete(ctx(t), id, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}

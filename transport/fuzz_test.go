@@ -1,11 +1,18 @@
 package transport
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
 	"github.com/leasekeeper/leasekeeper/internal/labels"
+)
+
+// The name rules, written out independently of the validation functions.
+var (
+	dnsLabel     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 )
 
 // FuzzValidation feeds arbitrary names, holders, labels and selectors to
@@ -16,9 +23,11 @@ func FuzzValidation(f *testing.F) {
 	f.Add("", "", "", "", "", "")
 	f.Add("Team_A", strings.Repeat("a", 64), "bob\x00", "example.com/app", "v1.2", "a==b")
 	f.Add("a-", "-a", "\xff", "/x", "-", "=,!")
+	f.Add("kube-system", "80807133.tutorial.kubebuilder.io", "pod-1", "app", "x", "")
+	f.Add("a.b", "a..b", "x", "k", "v", "")
 	f.Fuzz(func(t *testing.T, ns, name, holder, labelKey, labelValue, sel string) {
 		if got, err := validateKey(ns, name); err == nil {
-			if len(got) > maxNameLen || len(name) > maxNameLen || !dnsLabel.MatchString(got) || !dnsLabel.MatchString(name) {
+			if len(got) > maxNamespaceLen || len(name) > maxNameLen || !dnsLabel.MatchString(got) || !dnsSubdomain.MatchString(name) {
 				t.Fatalf("accepted namespace %q name %q", got, name)
 			}
 		}

@@ -323,12 +323,12 @@ func (s *Server) matcher(namespace string, all bool, name, selector string) (fun
 	var ns string
 	if !all {
 		ns = namespaceOr(namespace)
-		if err := validateName("namespace", ns); err != nil {
+		if err := validateNamespace(ns); err != nil {
 			return nil, err
 		}
 	}
 	if name != "" {
-		if err := validateName("name", name); err != nil {
+		if err := validateName(name); err != nil {
 			return nil, err
 		}
 	}

@@ -139,7 +139,14 @@ func TestBadInput(t *testing.T) {
 	}{
 		{"upper-case name", func() error { _, err := f.Acquire(ctx(t), acq("DB", "a", time.Second)); return err }, codes.InvalidArgument},
 		{"empty name", func() error { _, err := f.Acquire(ctx(t), acq("", "a", time.Second)); return err }, codes.InvalidArgument},
-		{"name too long", func() error { _, err := f.Acquire(ctx(t), acq(strings.Repeat("a", 64), "a", time.Second)); return err }, codes.InvalidArgument},
+		{"name too long", func() error { _, err := f.Acquire(ctx(t), acq(strings.Repeat("a", 254), "a", time.Second)); return err }, codes.InvalidArgument},
+		{"empty name part", func() error { _, err := f.Acquire(ctx(t), acq("a..b", "a", time.Second)); return err }, codes.InvalidArgument},
+		{"dotted namespace", func() error {
+			r := acq("db", "a", time.Second)
+			r.Namespace = "a.b"
+			_, err := f.Acquire(ctx(t), r)
+			return err
+		}, codes.InvalidArgument},
 		{"bad namespace", func() error {
 			r := acq("db", "a", time.Second)
 			r.Namespace = "a_b"
@@ -216,6 +223,49 @@ func TestBadInput(t *testing.T) {
 	g, err := f.Get(ctx(t), &pb.GetRequest{Name: "held"})
 	if err != nil || g.Lease.HolderIdentity != "a" || g.Lease.FencingToken != tok {
 		t.Fatalf("after bad input: %v %+v", err, g.GetLease())
+	}
+}
+
+// TestSubdomainNames: a lease name may be a DNS-1123 subdomain, as in
+// Kubernetes (a kubebuilder election ID, a node's FQDN), up to 253
+// characters; refusals say why in Kubernetes' words.
+func TestSubdomainNames(t *testing.T) {
+	_, f, _ := start(t)
+	long := strings.Repeat("a", 61) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 63)
+	for _, name := range []string{"80807133.tutorial.kubebuilder.io", long} {
+		r := acq(name, "a", 200*time.Millisecond)
+		r.Labels = map[string]string{"app": "dotted"}
+		res, err := f.Acquire(ctx(t), r)
+		if err != nil || !res.Acquired || res.Lease.Name != name {
+			t.Fatalf("acquire %q: %v %+v", name, err, res)
+		}
+		l, err := f.List(ctx(t), &pb.ListRequest{Name: name, LabelSelector: "app=dotted"})
+		if err != nil || len(l.Leases) != 1 {
+			t.Fatalf("list %q: %v %v", name, err, l)
+		}
+		// The leader's expiry table ends the holding.
+		waitFor(t, func() bool {
+			g, err := f.Get(ctx(t), &pb.GetRequest{Name: name})
+			return err == nil && g.Lease.HolderIdentity == ""
+		})
+	}
+	if len(long) != 253 {
+		t.Fatalf("the long name has %d characters, want 253", len(long))
+	}
+	_, err := f.Acquire(ctx(t), acq(long+"e", "a", time.Second))
+	if msg := status.Convert(err).Message(); status.Code(err) != codes.InvalidArgument || !strings.Contains(msg, "must be no more than 253 characters") {
+		t.Fatalf("254 characters: %v", err)
+	}
+	_, err = f.Acquire(ctx(t), acq("Web.example", "a", time.Second))
+	want := `name: Invalid value: "Web.example": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character`
+	if msg := status.Convert(err).Message(); status.Code(err) != codes.InvalidArgument || !strings.HasPrefix(msg, want) {
+		t.Fatalf("upper case: %v, want a message starting %q", err, want)
+	}
+	r := acq("db", "a", time.Second)
+	r.Namespace = "team.a"
+	_, err = f.Acquire(ctx(t), r)
+	if msg := status.Convert(err).Message(); status.Code(err) != codes.InvalidArgument || !strings.Contains(msg, "must not contain dots") {
+		t.Fatalf("dotted namespace: %v", err)
 	}
 }
 

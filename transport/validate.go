@@ -2,20 +2,23 @@ package transport
 
 import (
 	"fmt"
-	"regexp"
+	"strings"
 	"time"
 	"unicode"
 
 	"github.com/leasekeeper/leasekeeper/internal/labels"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-
-// Limits on names and labels, as in Kubernetes.
+// Limits on names and labels, as in Kubernetes: a namespace is a DNS-1123
+// label (at most 63 characters), a lease name a DNS-1123 subdomain (at
+// most 253, dots allowed), as the Lease type's own validation has it.
 const (
-	maxNameLen       = 63
+	maxNamespaceLen  = validation.DNS1123LabelMaxLength
+	maxNameLen       = validation.DNS1123SubdomainMaxLength
 	maxHolderLen     = 253
 	maxLabels        = 64
 	maxLabelValueLen = 63
@@ -24,15 +27,21 @@ const (
 // DefaultNamespace is used when a request names none.
 const DefaultNamespace = "default"
 
-func validateName(field, v string) error {
+// validateNamespace and validateName check with Kubernetes' own functions,
+// and say what is wrong in its words ("name: Invalid value: ...: a
+// lowercase RFC 1123 subdomain must consist of ..."), so that both APIs
+// give the same reasons.
+func validateNamespace(v string) error { return checkName("namespace", v, validation.IsDNS1123Label) }
+
+func validateName(v string) error { return checkName("name", v, validation.IsDNS1123Subdomain) }
+
+func checkName(name, v string, check func(string) []string) error {
+	path := field.NewPath(name)
 	if v == "" {
-		return fmt.Errorf("%s is required", field)
+		return field.Required(path, "")
 	}
-	if len(v) > maxNameLen {
-		return fmt.Errorf("%s %q is longer than %d characters", field, trunc(v), maxNameLen)
-	}
-	if !dnsLabel.MatchString(v) {
-		return fmt.Errorf("%s %q is not a DNS-1123 label (lower case letters, digits and '-', starting and ending with a letter or digit)", field, trunc(v))
+	if msgs := check(v); len(msgs) > 0 {
+		return field.Invalid(path, trunc(v), strings.Join(msgs, "; "))
 	}
 	return nil
 }
@@ -46,10 +55,10 @@ func namespaceOr(ns string) string {
 
 func validateKey(namespace, name string) (string, error) {
 	ns := namespaceOr(namespace)
-	if err := validateName("namespace", ns); err != nil {
+	if err := validateNamespace(ns); err != nil {
 		return "", err
 	}
-	return ns, validateName("name", name)
+	return ns, validateName(name)
 }
 
 func validateHolder(h string) error {
