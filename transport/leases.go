@@ -631,11 +631,11 @@ func (s *Server) Write(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResp
 		if err := validateHolder(req.HolderIdentity); err != nil {
 			return nil, invalidErr(err)
 		}
-		if dur, err = s.validateDuration("lease_duration", req.LeaseDuration, true); err != nil {
+		if dur, err = s.validateDuration(writeDuration, req.LeaseDuration, true); err != nil {
 			return nil, invalidErr(err)
 		}
 	} else if req.LeaseDuration != nil {
-		if dur, err = s.validateDuration("lease_duration", req.LeaseDuration, false); err != nil {
+		if dur, err = s.validateDuration(writeDuration, req.LeaseDuration, false); err != nil {
 			return nil, invalidErr(err)
 		}
 	}

@@ -60,6 +60,12 @@ type Config struct {
 	MinLeaseDuration   time.Duration
 	MaxLeaseDuration   time.Duration
 	MaxGracePeriod     time.Duration
+	// MaxWriteLeaseDuration bounds the duration of a whole-object write
+	// (Write: the Kubernetes Lease API's create, update and patch) in
+	// place of MaxLeaseDuration. Its default is the Lease type's own bound
+	// (leaseDurationSeconds is an int32), so every Lease that Kubernetes
+	// accepts is accepted; the holding still ends after that duration.
+	MaxWriteLeaseDuration time.Duration
 	// MaxKeepAliveBatch is the most leases one KeepAlive message may renew.
 	MaxKeepAliveBatch int
 	// MaxRecvMsgSize bounds every request, in bytes.
@@ -116,6 +122,8 @@ func DefaultConfig() Config {
 		DialOptions:      []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		HeartbeatTimeout: node.DefaultConfig().HeartbeatTimeout,
 		ElectionTimeout:  node.DefaultConfig().ElectionTimeout,
+		// The Kubernetes Lease's largest leaseDurationSeconds.
+		MaxWriteLeaseDuration: math.MaxInt32 * time.Second,
 	}
 }
 
@@ -124,6 +132,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.MinLeaseDuration <= 0 || c.MaxLeaseDuration < c.MinLeaseDuration {
 		errs = append(errs, fmt.Errorf("transport: need 0 < MinLeaseDuration (%v) <= MaxLeaseDuration (%v)", c.MinLeaseDuration, c.MaxLeaseDuration))
+	}
+	if c.MaxWriteLeaseDuration < c.MinLeaseDuration {
+		errs = append(errs, fmt.Errorf("transport: MaxWriteLeaseDuration (%v) must be at least MinLeaseDuration (%v)", c.MaxWriteLeaseDuration, c.MinLeaseDuration))
 	}
 	if c.MaxWaiters < 0 || c.MaxWaiters > math.MaxUint32 {
 		errs = append(errs, fmt.Errorf("transport: MaxWaiters (%d) must be within [0, %d]", c.MaxWaiters, uint32(math.MaxUint32)))

@@ -2,6 +2,7 @@ package transport_test
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -436,6 +437,19 @@ func TestWholeObjectWrite(t *testing.T) {
 	}
 	if _, err := f.Write(ctx(t), &pb.WriteRequest{Name: "x", Create: true, Object: make([]byte, 70<<10)}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("huge object: %v, want InvalidArgument", err)
+	}
+	// A write may give any duration a Kubernetes Lease may have, above
+	// MaxLeaseDuration (24h here), which still bounds Acquire.
+	long := durationpb.New(100000 * time.Second)
+	res, err := f.Write(ctx(t), &pb.WriteRequest{Name: "long", Create: true, HolderIdentity: "a", LeaseDuration: long})
+	if err != nil || res.Lease.LeaseDuration.AsDuration() != 100000*time.Second {
+		t.Fatalf("write of 100000s: %v %+v", err, res)
+	}
+	if _, err := f.Acquire(ctx(t), &pb.AcquireRequest{Name: "long2", HolderIdentity: "a", LeaseDuration: long}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("acquire of 100000s: %v, want InvalidArgument", err)
+	}
+	if _, err := f.Write(ctx(t), &pb.WriteRequest{Name: "long3", Create: true, HolderIdentity: "a", LeaseDuration: durationpb.New((math.MaxInt32 + 1) * time.Second)}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("write of 2^31 s: %v, want InvalidArgument", err)
 	}
 }
 

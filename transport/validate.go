@@ -83,6 +83,10 @@ func validateToken(t uint64) error {
 	return nil
 }
 
+// writeDuration names a whole-object write's lease_duration to
+// validateDuration, which bounds it by MaxWriteLeaseDuration.
+const writeDuration = "lease_duration of a write"
+
 func (s *Server) validateDuration(field string, d *durationpb.Duration, required bool) (time.Duration, error) {
 	if d == nil {
 		if required {
@@ -96,12 +100,16 @@ func (s *Server) validateDuration(field string, d *durationpb.Duration, required
 	v := d.AsDuration()
 	lim := s.cfg
 	switch field {
-	case "lease_duration":
+	case "lease_duration", writeDuration:
+		maxDur := lim.MaxLeaseDuration
+		if field == writeDuration {
+			maxDur = lim.MaxWriteLeaseDuration
+		}
 		if v <= 0 {
 			return 0, fmt.Errorf("lease_duration must be positive, got %v", v)
 		}
-		if v < lim.MinLeaseDuration || v > lim.MaxLeaseDuration {
-			return 0, fmt.Errorf("lease_duration %v is outside [%v, %v]", v, lim.MinLeaseDuration, lim.MaxLeaseDuration)
+		if v < lim.MinLeaseDuration || v > maxDur {
+			return 0, fmt.Errorf("lease_duration %v is outside [%v, %v]", v, lim.MinLeaseDuration, maxDur)
 		}
 	default:
 		if v < 0 {

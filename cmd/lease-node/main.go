@@ -104,6 +104,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.server.DefaultGracePeriod, "default-grace-period", o.server.DefaultGracePeriod, "grace period of an acquire that names none")
 	fs.DurationVar(&o.server.MinLeaseDuration, "min-lease-duration", o.server.MinLeaseDuration, "shortest lease duration accepted")
 	fs.DurationVar(&o.server.MaxLeaseDuration, "max-lease-duration", o.server.MaxLeaseDuration, "longest lease duration accepted")
+	fs.DurationVar(&o.server.MaxWriteLeaseDuration, "max-write-lease-duration", o.server.MaxWriteLeaseDuration, "longest lease duration a whole-object write (the Kubernetes Lease API) may set (default: any leaseDurationSeconds Kubernetes accepts)")
 	fs.DurationVar(&o.server.MaxGracePeriod, "max-grace-period", o.server.MaxGracePeriod, "longest grace period accepted")
 	fs.IntVar(&o.server.MaxWaiters, "max-waiters", o.server.MaxWaiters, "longest wait queue of one lease; a wait past it fails with ResourceExhausted (0: no limit)")
 	fs.IntVar(&o.node.Leasing.ExpiryBatchSize, "expiry-batch-size", o.node.Leasing.ExpiryBatchSize, "most leases expired by one Raft entry")
