@@ -10,6 +10,7 @@ import (
 
 	"github.com/munnerz/goautoneg"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
@@ -138,8 +139,9 @@ func requestMediaType(r *http.Request) (string, *apierrors.StatusError) {
 }
 
 // decode reads the body into into, an object of kind gvk. A JSON or YAML
-// body may leave out apiVersion and kind.
-func (h *handler) decode(w http.ResponseWriter, r *http.Request, into runtime.Object, gvk schema.GroupVersionKind) *apierrors.StatusError {
+// body may leave out apiVersion and kind. A write's body (opts not nil) is
+// checked for unknown and duplicate fields as opts.fieldValidation says.
+func (h *handler) decode(w http.ResponseWriter, r *http.Request, into runtime.Object, gvk schema.GroupVersionKind, opts *writeOptions) *apierrors.StatusError {
 	mt, serr := requestMediaType(r)
 	if serr != nil {
 		return serr
@@ -152,9 +154,25 @@ func (h *handler) decode(w http.ResponseWriter, r *http.Request, into runtime.Ob
 	if serr != nil {
 		return serr
 	}
-	_, got, err := info.Serializer.Decode(body, &gvk, into)
-	if err != nil {
+	ser := info.Serializer
+	if opts != nil && opts.fieldValidation != metav1.FieldValidationIgnore && info.StrictSerializer != nil {
+		ser = info.StrictSerializer
+	}
+	_, got, err := ser.Decode(body, &gvk, into)
+	refusal := func(err error) *apierrors.StatusError {
+		if runtime.IsStrictDecodingError(err) {
+			// The API server's words for a body that strict decoding refused.
+			return badRequest("%s in version %q cannot be handled as a %s: %v", gvk.Kind, gvk.Version, gvk.Kind, err)
+		}
 		return badRequest("decoding the %s body: %v", gvk.Kind, err)
+	}
+	if err != nil && opts == nil {
+		return refusal(err)
+	}
+	if err != nil {
+		if serr := strictErrors(w, *opts, err, refusal); serr != nil {
+			return serr
+		}
 	}
 	if got.Kind != gvk.Kind {
 		return badRequest("the body is a %s, not a %s", got.Kind, gvk.Kind)

@@ -143,6 +143,7 @@ type handler struct {
 	clk    clock.Clock
 	scheme *runtime.Scheme
 	codecs serializer.CodecFactory
+	params runtime.ParameterCodec
 }
 
 // NewHandler returns the HTTP handler of the Lease API, its discovery
@@ -175,6 +176,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		clk:    cfg.Clock,
 		scheme: scheme,
 		codecs: serializer.NewCodecFactory(scheme),
+		params: runtime.NewParameterCodec(scheme),
 	}, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	utilrand "k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
@@ -211,15 +212,19 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request, ns string) {
 
 // readLease negotiates the answer's format and reads the Lease a POST or
 // PUT carries, checked against the path's namespace and name (name empty
-// for a POST).
-func (h *handler) readLease(w http.ResponseWriter, r *http.Request, ns, name string) (format, *coordinationv1.Lease, *apierrors.StatusError) {
+// for a POST), and the request's options (options reads them).
+func (h *handler) readLease(w http.ResponseWriter, r *http.Request, ns, name string, options func(*http.Request) (writeOptions, *apierrors.StatusError)) (format, *coordinationv1.Lease, *apierrors.StatusError) {
 	f, serr := h.negotiate(r, false, false)
+	var opts writeOptions
+	if serr == nil {
+		opts, serr = options(r)
+	}
 	if serr == nil {
 		serr = rejectDryRun(r)
 	}
 	obj := &coordinationv1.Lease{}
 	if serr == nil {
-		serr = h.decode(w, r, obj, leaseGVK)
+		serr = h.decode(w, r, obj, leaseGVK, &opts)
 	}
 	if serr == nil {
 		serr = checkKey(obj, ns, name)
@@ -229,7 +234,7 @@ func (h *handler) readLease(w http.ResponseWriter, r *http.Request, ns, name str
 
 // create serves POST.
 func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
-	f, obj, serr := h.readLease(w, r, ns, "")
+	f, obj, serr := h.readLease(w, r, ns, "", h.createOptions)
 	if serr == nil && obj.ResourceVersion != "" {
 		serr = badRequest("resourceVersion should not be set on objects to be created")
 	}
@@ -264,7 +269,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
 // update serves PUT: a replace guarded by the body's resourceVersion, or a
 // create when the lease does not exist (Leases allow create on update).
 func (h *handler) update(w http.ResponseWriter, r *http.Request, ns, name string) {
-	f, obj, serr := h.readLease(w, r, ns, name)
+	f, obj, serr := h.readLease(w, r, ns, name, h.updateOptions)
 	var rv uint64
 	if serr == nil && obj.ResourceVersion != "" {
 		rv, serr = parseRV(obj.ResourceVersion)
@@ -370,6 +375,10 @@ func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string)
 			serr = unsupportedMediaType(string(types.MergePatchType) + ", " + string(types.StrategicMergePatchType) + ", " + string(types.JSONPatchType))
 		}
 	}
+	var opts writeOptions
+	if serr == nil {
+		opts, serr = h.patchOptions(r, types.PatchType(mt))
+	}
 	var body []byte
 	if serr == nil {
 		body, serr = h.readBody(w, r)
@@ -416,9 +425,9 @@ func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string)
 			h.writeError(w, r, apierrors.NewInvalid(leaseKind, name, field.ErrorList{field.Invalid(field.NewPath(""), excerpt(body), err.Error())}))
 			return
 		}
-		obj := &coordinationv1.Lease{}
-		if err := json.Unmarshal(patched, obj); err != nil {
-			h.writeError(w, r, badRequest("the patched Lease does not decode: %v", err))
+		obj, serr := h.decodePatched(w, patched, opts)
+		if serr != nil {
+			h.writeError(w, r, serr)
 			return
 		}
 		if obj.Name != name || (obj.Namespace != "" && obj.Namespace != ns) {
@@ -452,12 +461,34 @@ func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string)
 	}
 }
 
+// decodePatched reads the result of a patch, checking it for fields the
+// Lease type does not have as opts.fieldValidation says.
+func (h *handler) decodePatched(w http.ResponseWriter, patched []byte, opts writeOptions) (*coordinationv1.Lease, *apierrors.StatusError) {
+	info := h.formatFor(mediaJSON).info
+	ser := info.Serializer
+	if opts.fieldValidation != metav1.FieldValidationIgnore {
+		ser = info.StrictSerializer
+	}
+	obj := &coordinationv1.Lease{}
+	_, got, err := ser.Decode(patched, &leaseGVK, obj)
+	serr := strictErrors(w, opts, err, func(err error) *apierrors.StatusError {
+		if runtime.IsStrictDecodingError(err) {
+			return badRequest("%v", err)
+		}
+		return badRequest("the patched Lease does not decode: %v", err)
+	})
+	if serr == nil && got.GroupKind() != leaseKind {
+		serr = badRequest("the patched object is a %s, not a Lease", got.Kind)
+	}
+	return obj, serr
+}
+
 // delete serves DELETE, with the preconditions of DeleteOptions.
 func (h *handler) delete(w http.ResponseWriter, r *http.Request, ns, name string) {
 	serr := rejectDryRun(r)
 	opts := &metav1.DeleteOptions{}
 	if serr == nil && r.ContentLength != 0 {
-		serr = h.decode(w, r, opts, deleteOptionsGVK)
+		serr = h.decode(w, r, opts, deleteOptionsGVK, nil)
 	}
 	if serr == nil && len(opts.DryRun) > 0 {
 		serr = badRequest("dryRun is not supported by leasekeeper")

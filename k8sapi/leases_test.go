@@ -18,6 +18,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/k8sapi"
 )
@@ -456,3 +459,83 @@ func TestSubdomainNames(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFieldValidation: unknown and duplicate fields are refused, warned
+// about or dropped as fieldValidation says, Warn by default, as the API
+// server does.
+func TestFieldValidation(t *testing.T) {
+	e := setup(t)
+	path := leasesPath + "default/leases"
+	body := func(name string) string {
+		return `{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"` + name + `"},"spec":{"holderIdentity":"a","leaseDurationSeconds":100000,"foo":1}}`
+	}
+	const warning = `299 - "unknown field \"spec.foo\""`
+
+	st := e.do("POST", path+"?fieldValidation=Strict", body("strict")).status(t, http.StatusBadRequest, metav1.StatusReasonBadRequest)
+	if want := `Lease in version "v1" cannot be handled as a Lease: strict decoding error: unknown field "spec.foo"`; st.Message != want {
+		t.Errorf("strict: message %q, want %q", st.Message, want)
+	}
+	e.do("GET", path+"/strict", nil).status(t, http.StatusNotFound, metav1.StatusReasonNotFound)
+	yaml := "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: y}\nspec: {bar: 1}\n"
+	e.do("POST", path+"?fieldValidation=Strict", yaml, "Content-Type", "application/yaml").status(t, http.StatusBadRequest, metav1.StatusReasonBadRequest)
+	dup := `{"metadata":{"name":"dup"},"spec":{"holderIdentity":"a","holderIdentity":"b","leaseDurationSeconds":10}}`
+	if st := e.do("POST", path+"?fieldValidation=Strict", dup).status(t, http.StatusBadRequest, metav1.StatusReasonBadRequest); !strings.Contains(st.Message, `duplicate field "spec.holderIdentity"`) {
+		t.Errorf("duplicate: %q", st.Message)
+	}
+
+	for _, q := range []string{"", "?fieldValidation=Warn"} {
+		res := e.do("POST", path+q, body("warn"+strings.ToLower(strings.TrimPrefix(q, "?fieldValidation="))))
+		l := res.lease(t, http.StatusCreated)
+		if got := res.hdr.Values("Warning"); len(got) != 1 || got[0] != warning {
+			t.Errorf("create%s: Warning %q, want %q", q, got, warning)
+		}
+		// Kubernetes accepts any positive int32 duration, and so does
+		// leasekeeper here, above the gRPC API's MaxLeaseDuration.
+		if *l.Spec.LeaseDurationSeconds != 100000 {
+			t.Errorf("leaseDurationSeconds %d, want 100000", *l.Spec.LeaseDurationSeconds)
+		}
+	}
+	res := e.do("POST", path+"?fieldValidation=Ignore", body("ignore"))
+	res.lease(t, http.StatusCreated)
+	if got := res.hdr.Values("Warning"); len(got) != 0 {
+		t.Errorf("ignore: Warning %q", got)
+	}
+	e.do("POST", path+"?fieldValidation=Bogus", body("bogus")).status(t, http.StatusUnprocessableEntity, metav1.StatusReasonInvalid)
+
+	merge := []string{"Content-Type", "application/merge-patch+json"}
+	st = e.do("PATCH", path+"/ignore?fieldValidation=Strict", `{"spec":{"foo":2}}`, merge...).status(t, http.StatusBadRequest, metav1.StatusReasonBadRequest)
+	if want := `strict decoding error: unknown field "spec.foo"`; st.Message != want {
+		t.Errorf("strict patch: message %q, want %q", st.Message, want)
+	}
+	res = e.do("PATCH", path+"/ignore", `{"spec":{"foo":2,"holderIdentity":"b"}}`, merge...)
+	if l := res.lease(t, http.StatusOK); *l.Spec.HolderIdentity != "b" || len(res.hdr.Values("Warning")) != 1 {
+		t.Errorf("patch with Warn: holder %q, Warning %q", *l.Spec.HolderIdentity, res.hdr.Values("Warning"))
+	}
+	st = e.do("PATCH", path+"/ignore?force=true", `{}`, merge...).status(t, http.StatusUnprocessableEntity, metav1.StatusReasonInvalid)
+	if st.Details.Kind != "PatchOptions" {
+		t.Errorf("force on a merge patch: %+v", st.Details)
+	}
+
+	// The same through client-go, which reports warnings to its handler.
+	var warnings []string
+	cfg := &rest.Config{Host: e.srv.URL, ContentConfig: rest.ContentConfig{ContentType: "application/json"},
+		WarningHandler: warningFunc(func(_ int, _ string, text string) { warnings = append(warnings, text) })}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cs.CoordinationV1().Leases("default").Patch(ctx(t), "ignore", types.MergePatchType, []byte(`{"spec":{"zzz":1}}`), metav1.PatchOptions{FieldValidation: "Strict"})
+	if !apierrors.IsBadRequest(err) {
+		t.Fatalf("client-go strict patch: %v", err)
+	}
+	if _, err := cs.CoordinationV1().Leases("default").Patch(ctx(t), "ignore", types.MergePatchType, []byte(`{"spec":{"zzz":1}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) != 1 || warnings[0] != `unknown field "spec.zzz"` {
+		t.Errorf("client-go warnings %q", warnings)
+	}
+}
+
+type warningFunc func(code int, agent, text string)
+
+func (f warningFunc) HandleWarningHeader(code int, agent, text string) { f(code, agent, text) }
