@@ -461,15 +461,8 @@ func (f *FSM) write(w *fsmpb.Write, index uint64, now int64) *Result {
 		return &Result{Err: fmt.Errorf("%w: write needs a name", ErrBadCommand)}
 	}
 	old := f.leases.get(w.Namespace, w.Name)
-	switch {
-	case w.Create && old != nil:
-		return &Result{Err: ErrExists, Lease: old}
-	case !w.Create && old == nil:
-		return &Result{Err: ErrNotFound}
-	case old != nil && w.ResourceVersion != 0 && w.ResourceVersion != old.ResourceVersion:
-		return &Result{Err: ErrConflict, Lease: old}
-	case w.CheckHolding && holdingToken(old) != w.HoldingToken:
-		return &Result{Err: ErrConflict, Lease: old}
+	if r := checkWrite(w, old); r != nil {
+		return r
 	}
 	var l *Lease
 	if old == nil {
@@ -510,6 +503,75 @@ func (f *FSM) write(w *fsmpb.Write, index uint64, now int64) *Result {
 	return &Result{Lease: l, Acquired: l.Holder != "" && l.Holder != prev}
 }
 
+// checkWrite refuses w on old (nil when the lease does not exist), or
+// returns nil.
+func checkWrite(w *fsmpb.Write, old *Lease) *Result {
+	switch {
+	case w.Create && old != nil:
+		return &Result{Err: ErrExists, Lease: old}
+	case !w.Create && old == nil:
+		return &Result{Err: ErrNotFound}
+	case old != nil && w.ResourceVersion != 0 && w.ResourceVersion != old.ResourceVersion:
+		return &Result{Err: ErrConflict, Lease: old}
+	case w.CheckHolding && holdingToken(old) != w.HoldingToken:
+		return &Result{Err: ErrConflict, Lease: old}
+	}
+	return nil
+}
+
+// PreviewWrite answers w as applying it now would, without applying it (a
+// dry run): the same refusals, or the lease it would store. A new holding
+// shows the token it would get if nothing else were written first, and no
+// times (the leader stamps them when it applies); the lease keeps its
+// resource version (a new lease has none).
+func (f *FSM) PreviewWrite(w *fsmpb.Write) *Result {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	old := f.leases.get(w.Namespace, w.Name)
+	if r := checkWrite(w, old); r != nil {
+		return r
+	}
+	l := &Lease{Namespace: w.Namespace, Name: w.Name}
+	if old != nil {
+		l = old.clone()
+	}
+	l.Duration = time.Duration(w.DurationNs)
+	l.Labels = w.Labels
+	l.Object = w.Object
+	if w.Holder != l.Holder {
+		l.Holder, l.AcquireTime, l.RenewTime = w.Holder, 0, 0
+		if w.Holder != "" {
+			l.Token = f.lastToken + 1
+			l.Transitions++
+		}
+	}
+	return &Result{Lease: l}
+}
+
+// PreviewDelete answers d as applying it now would, without applying it:
+// the same refusals, or the lease it would delete.
+func (f *FSM) PreviewDelete(d *fsmpb.Delete) *Result {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	old := f.leases.get(d.Namespace, d.Name)
+	if r := checkDelete(d, old); r != nil {
+		return r
+	}
+	return &Result{Lease: old}
+}
+
+// checkDelete refuses d on old (nil when the lease does not exist), or
+// returns nil.
+func checkDelete(d *fsmpb.Delete, old *Lease) *Result {
+	switch {
+	case old == nil:
+		return &Result{Err: ErrNotFound}
+	case d.ResourceVersion != 0 && d.ResourceVersion != old.ResourceVersion:
+		return &Result{Err: ErrConflict, Lease: old}
+	}
+	return nil
+}
+
 // holdingToken is the fencing token of l's live holding, 0 when l is free
 // or nil.
 func holdingToken(l *Lease) uint64 {
@@ -521,11 +583,8 @@ func holdingToken(l *Lease) uint64 {
 
 func (f *FSM) delete(d *fsmpb.Delete, now int64) *Result {
 	old := f.leases.get(d.Namespace, d.Name)
-	if old == nil {
-		return &Result{Err: ErrNotFound}
-	}
-	if d.ResourceVersion != 0 && d.ResourceVersion != old.ResourceVersion {
-		return &Result{Err: ErrConflict, Lease: old}
+	if r := checkDelete(d, old); r != nil {
+		return r
 	}
 	f.leases.remove(d.Namespace, d.Name)
 	l := old.clone()

@@ -70,21 +70,23 @@ func (h *handler) listLeases(r *http.Request, ns string) (*pb.ListResponse, erro
 	})
 }
 
-// writeLease creates (create) or replaces obj, guarded by rv when not 0.
-func (h *handler) writeLease(r *http.Request, obj *coordinationv1.Lease, create bool, rv uint64) (*pb.Lease, error) {
+// writeLease creates (create) or replaces obj, guarded by rv when not 0;
+// a dry run only answers as if it had.
+func (h *handler) writeLease(r *http.Request, obj *coordinationv1.Lease, create bool, rv uint64, dryRun bool) (*pb.Lease, error) {
 	req, serr := h.writeRequest(obj, create, rv)
 	if serr != nil {
 		return nil, serr
 	}
+	req.DryRun = dryRun
 	res, err := call(h, r, func(ctx context.Context) (*pb.WriteResponse, error) {
 		return h.cfg.Client.Write(ctx, req)
 	})
 	return res.GetLease(), err
 }
 
-func (h *handler) deleteLease(r *http.Request, ns, name string, rv uint64) (*pb.Lease, error) {
+func (h *handler) deleteLease(r *http.Request, ns, name string, rv uint64, dryRun bool) (*pb.Lease, error) {
 	res, err := call(h, r, func(ctx context.Context) (*pb.DeleteResponse, error) {
-		return h.cfg.Client.Delete(ctx, &pb.DeleteRequest{Namespace: ns, Name: name, ResourceVersion: rv})
+		return h.cfg.Client.Delete(ctx, &pb.DeleteRequest{Namespace: ns, Name: name, ResourceVersion: rv, DryRun: dryRun})
 	})
 	return res.GetLease(), err
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -31,13 +32,6 @@ var (
 )
 
 func isCode(err error, c codes.Code) bool { return status.Code(err) == c }
-
-func rejectDryRun(r *http.Request) *apierrors.StatusError {
-	if len(r.URL.Query()["dryRun"]) > 0 {
-		return badRequest("dryRun is not supported by leasekeeper")
-	}
-	return nil
-}
 
 // checkKey makes the body's name and namespace agree with the URL's.
 func checkKey(obj *coordinationv1.Lease, ns, name string) *apierrors.StatusError {
@@ -213,14 +207,11 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request, ns string) {
 // readLease negotiates the answer's format and reads the Lease a POST or
 // PUT carries, checked against the path's namespace and name (name empty
 // for a POST), and the request's options (options reads them).
-func (h *handler) readLease(w http.ResponseWriter, r *http.Request, ns, name string, options func(*http.Request) (writeOptions, *apierrors.StatusError)) (format, *coordinationv1.Lease, *apierrors.StatusError) {
+func (h *handler) readLease(w http.ResponseWriter, r *http.Request, ns, name string, options func(*http.Request) (writeOptions, *apierrors.StatusError)) (format, *coordinationv1.Lease, writeOptions, *apierrors.StatusError) {
 	f, serr := h.negotiate(r, false, false)
 	var opts writeOptions
 	if serr == nil {
 		opts, serr = options(r)
-	}
-	if serr == nil {
-		serr = rejectDryRun(r)
 	}
 	obj := &coordinationv1.Lease{}
 	if serr == nil {
@@ -229,12 +220,24 @@ func (h *handler) readLease(w http.ResponseWriter, r *http.Request, ns, name str
 	if serr == nil {
 		serr = checkKey(obj, ns, name)
 	}
-	return f, obj, serr
+	return f, obj, opts, serr
+}
+
+// presentWritten is the Lease a write answers with. A dry-run create's
+// lease has no resourceVersion yet (as the API server answers one), and
+// was created now.
+func (h *handler) presentWritten(l *pb.Lease, dryRun bool) *coordinationv1.Lease {
+	out := h.present(l, l.ResourceVersion)
+	if dryRun && l.ResourceVersion == 0 {
+		out.ResourceVersion = ""
+		out.CreationTimestamp = metav1.NewTime(h.clk.Now().Truncate(time.Second))
+	}
+	return out
 }
 
 // create serves POST.
 func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
-	f, obj, serr := h.readLease(w, r, ns, "", h.createOptions)
+	f, obj, opts, serr := h.readLease(w, r, ns, "", h.createOptions)
 	if serr == nil && obj.ResourceVersion != "" {
 		serr = badRequest("resourceVersion should not be set on objects to be created")
 	}
@@ -253,7 +256,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
 		if generate {
 			obj.Name = obj.GenerateName + utilrand.String(5)
 		}
-		l, err := h.writeLease(r, obj, true, 0)
+		l, err := h.writeLease(r, obj, true, 0, opts.dryRun)
 		if err != nil && generate && isCode(err, codes.AlreadyExists) && attempt < h.cfg.MaxWriteRetries {
 			continue
 		}
@@ -261,7 +264,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
 			h.writeError(w, r, fromGRPC(err, obj.Name))
 			return
 		}
-		h.writeObject(w, r, http.StatusCreated, f, h.present(l, l.ResourceVersion))
+		h.writeObject(w, r, http.StatusCreated, f, h.presentWritten(l, opts.dryRun))
 		return
 	}
 }
@@ -269,7 +272,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
 // update serves PUT: a replace guarded by the body's resourceVersion, or a
 // create when the lease does not exist (Leases allow create on update).
 func (h *handler) update(w http.ResponseWriter, r *http.Request, ns, name string) {
-	f, obj, serr := h.readLease(w, r, ns, name, h.updateOptions)
+	f, obj, opts, serr := h.readLease(w, r, ns, name, h.updateOptions)
 	var rv uint64
 	if serr == nil && obj.ResourceVersion != "" {
 		rv, serr = parseRV(obj.ResourceVersion)
@@ -282,13 +285,13 @@ func (h *handler) update(w http.ResponseWriter, r *http.Request, ns, name string
 		return
 	}
 	code := http.StatusOK
-	l, err := h.writeLease(r, obj, rv == 0, rv)
+	l, err := h.writeLease(r, obj, rv == 0, rv, opts.dryRun)
 	switch {
 	case err != nil && rv == 0 && isCode(err, codes.AlreadyExists):
 		h.writeError(w, r, invalid(name, field.Invalid(field.NewPath("metadata", "resourceVersion"), int64(0), "must be specified for an update")))
 		return
 	case err != nil && rv != 0 && isCode(err, codes.NotFound):
-		l, err = h.writeLease(r, obj, true, 0)
+		l, err = h.writeLease(r, obj, true, 0, opts.dryRun)
 		if isCode(err, codes.AlreadyExists) {
 			err = status.Error(codes.Aborted, "created meanwhile")
 		}
@@ -300,7 +303,7 @@ func (h *handler) update(w http.ResponseWriter, r *http.Request, ns, name string
 		h.writeError(w, r, fromGRPC(err, name))
 		return
 	}
-	h.writeObject(w, r, code, f, h.present(l, l.ResourceVersion))
+	h.writeObject(w, r, code, f, h.presentWritten(l, opts.dryRun))
 }
 
 // checkUID refuses a write whose uid names another incarnation of the
@@ -361,9 +364,6 @@ func applyBounded(p jsonpatch.Patch, doc []byte) ([]byte, error) {
 // unless the patch itself named the resourceVersion.
 func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string) {
 	f, serr := h.negotiate(r, false, false)
-	if serr == nil {
-		serr = rejectDryRun(r)
-	}
 	var mt string
 	if serr == nil {
 		mt, serr = requestMediaType(r)
@@ -447,7 +447,7 @@ func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string)
 				return
 			}
 		}
-		out, err := h.writeLease(r, obj, false, rv)
+		out, err := h.writeLease(r, obj, false, rv, opts.dryRun)
 		if err != nil && rv == curLease.ResourceVersion && attempt < h.cfg.MaxWriteRetries &&
 			(isCode(err, codes.Aborted) || isCode(err, codes.NotFound)) {
 			continue
@@ -456,7 +456,7 @@ func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string)
 			h.writeError(w, r, fromGRPC(err, name))
 			return
 		}
-		h.writeObject(w, r, http.StatusOK, f, h.present(out, out.ResourceVersion))
+		h.writeObject(w, r, http.StatusOK, f, h.presentWritten(out, opts.dryRun))
 		return
 	}
 }
@@ -485,14 +485,7 @@ func (h *handler) decodePatched(w http.ResponseWriter, patched []byte, opts writ
 
 // delete serves DELETE, with the preconditions of DeleteOptions.
 func (h *handler) delete(w http.ResponseWriter, r *http.Request, ns, name string) {
-	serr := rejectDryRun(r)
-	opts := &metav1.DeleteOptions{}
-	if serr == nil && r.ContentLength != 0 {
-		serr = h.decode(w, r, opts, deleteOptionsGVK, nil)
-	}
-	if serr == nil && len(opts.DryRun) > 0 {
-		serr = badRequest("dryRun is not supported by leasekeeper")
-	}
+	opts, serr := h.deleteOptions(w, r)
 	var rv uint64
 	var uid types.UID
 	if p := opts.Preconditions; serr == nil && p != nil {
@@ -524,7 +517,7 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request, ns, name string
 				guard = cur.ResourceVersion
 			}
 		}
-		gone, err := h.deleteLease(r, ns, name, guard)
+		gone, err := h.deleteLease(r, ns, name, guard, len(opts.DryRun) > 0)
 		if err != nil && rv == 0 && uid != "" && isCode(err, codes.Aborted) && attempt < h.cfg.MaxWriteRetries {
 			continue
 		}

@@ -118,7 +118,7 @@ func TestErrors(t *testing.T) {
 		{"create not a Lease", "POST", path, `{"apiVersion":"v1","kind":"Status"}`, nil, 400, metav1.StatusReasonBadRequest},
 		{"create wrong namespace", "POST", leasesPath + "other/leases", base, nil, 400, metav1.StatusReasonBadRequest},
 		{"create unknown media", "POST", path, "x", []string{"Content-Type", "text/plain"}, 415, metav1.StatusReasonUnsupportedMediaType},
-		{"create dry run", "POST", path + "?dryRun=All", newLease("d", "", 0), nil, 400, metav1.StatusReasonBadRequest},
+		{"create bad dry run", "POST", path + "?dryRun=Some", newLease("d", "", 0), nil, 422, metav1.StatusReasonInvalid},
 		{"cluster-wide create", "POST", "/apis/coordination.k8s.io/v1/leases", newLease("c", "", 0), nil, 405, metav1.StatusReasonMethodNotAllowed},
 		{"update without resourceVersion", "PUT", path + "/x", missingRV, nil, 422, metav1.StatusReasonInvalid},
 		{"update other uid", "PUT", path + "/x", otherUID, nil, 409, metav1.StatusReasonConflict},
@@ -539,3 +539,52 @@ func TestFieldValidation(t *testing.T) {
 type warningFunc func(code int, agent, text string)
 
 func (f warningFunc) HandleWarningHeader(code int, agent, text string) { f(code, agent, text) }
+
+// TestDryRun: dryRun=All on every write verb is checked as the real
+// request and answered as if it were made; nothing changes.
+func TestDryRun(t *testing.T) {
+	e := setup(t)
+	leases := e.clientset().CoordinationV1().Leases("default")
+	dry := []string{metav1.DryRunAll}
+	created, err := leases.Create(ctx(t), newLease("dry", "a", 10), metav1.CreateOptions{DryRun: dry})
+	if err != nil || created.ResourceVersion != "" || created.CreationTimestamp.IsZero() || *created.Spec.HolderIdentity != "a" {
+		t.Fatalf("dry-run create: %v %+v", err, created)
+	}
+	if _, err := leases.Get(ctx(t), "dry", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("after a dry-run create: %v", err)
+	}
+	if _, err := leases.Create(ctx(t), newLease("Bad", "a", 10), metav1.CreateOptions{DryRun: dry}); !apierrors.IsInvalid(err) {
+		t.Fatalf("dry-run create of a bad name: %v", err)
+	}
+	real, err := leases.Create(ctx(t), newLease("dry", "a", 10), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leases.Create(ctx(t), newLease("dry", "a", 10), metav1.CreateOptions{DryRun: dry}); !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("dry-run create of an existing lease: %v", err)
+	}
+	upd := real.DeepCopy()
+	upd.Spec.HolderIdentity = ptr("b")
+	got, err := leases.Update(ctx(t), upd, metav1.UpdateOptions{DryRun: dry})
+	if err != nil || *got.Spec.HolderIdentity != "b" || got.ResourceVersion != real.ResourceVersion || got.UID != real.UID {
+		t.Fatalf("dry-run update: %v %+v", err, got)
+	}
+	got, err = leases.Patch(ctx(t), "dry", types.MergePatchType, []byte(`{"metadata":{"labels":{"x":"y"}}}`), metav1.PatchOptions{DryRun: dry})
+	if err != nil || got.Labels["x"] != "y" {
+		t.Fatalf("dry-run patch: %v %+v", err, got)
+	}
+	if err := leases.Delete(ctx(t), "dry", metav1.DeleteOptions{DryRun: dry}); err != nil {
+		t.Fatalf("dry-run delete: %v", err)
+	}
+	res := e.do("DELETE", leasesPath+"default/leases/dry?dryRun=All", nil)
+	if res.code != http.StatusOK {
+		t.Fatalf("dry-run delete from the query: %d %s", res.code, res.body)
+	}
+	if err := leases.Delete(ctx(t), "nope", metav1.DeleteOptions{DryRun: dry}); !apierrors.IsNotFound(err) {
+		t.Fatalf("dry-run delete of a missing lease: %v", err)
+	}
+	after, err := leases.Get(ctx(t), "dry", metav1.GetOptions{})
+	if err != nil || after.ResourceVersion != real.ResourceVersion || *after.Spec.HolderIdentity != "a" || after.Labels["x"] != "" {
+		t.Fatalf("after the dry runs: %v %+v, want the lease as created", err, after)
+	}
+}

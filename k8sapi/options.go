@@ -66,6 +66,22 @@ func (h *handler) patchOptions(r *http.Request, pt types.PatchType) (writeOption
 	return newWriteOptions(o.DryRun, o.FieldManager, o.FieldValidation, o.Force), serr
 }
 
+// deleteOptions reads a delete's options from its body or, when it has
+// none, from its query, and checks them, as the API server does.
+func (h *handler) deleteOptions(w http.ResponseWriter, r *http.Request) (*metav1.DeleteOptions, *apierrors.StatusError) {
+	opts := &metav1.DeleteOptions{}
+	var serr *apierrors.StatusError
+	if r.ContentLength != 0 {
+		serr = h.decode(w, r, opts, deleteOptionsGVK, nil)
+	} else {
+		serr = h.decodeOptions(r, opts, "DeleteOptions", func() field.ErrorList { return nil })
+	}
+	if errs := metav1validation.ValidateDeleteOptions(opts); serr == nil && len(errs) > 0 {
+		serr = apierrors.NewInvalid(schema.GroupKind{Group: metav1.GroupName, Kind: "DeleteOptions"}, "", errs)
+	}
+	return opts, serr
+}
+
 // strictErrors handles the unknown and duplicate fields that a strict
 // decoding found (err, when it is such an error) as the API server does
 // under opts.fieldValidation: Strict refuses the request with 400, Warn

@@ -268,9 +268,17 @@ func (s *Server) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.DeleteR
 			return c.Delete(ctx, req)
 		})
 	}
-	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Delete{Delete: &fsmpb.Delete{
-		Namespace: ns, Name: req.Name, ResourceVersion: req.ResourceVersion,
-	}}})
+	d := &fsmpb.Delete{Namespace: ns, Name: req.Name, ResourceVersion: req.ResourceVersion}
+	if req.DryRun {
+		// Checked and authorized (by the interceptor) like a delete, on the
+		// leader's state; nothing is proposed.
+		res := s.node.FSM().PreviewDelete(d)
+		if res.Err != nil {
+			return nil, toStatus(res.Err, res.Lease)
+		}
+		return &pb.DeleteResponse{Lease: writtenPB(res.Lease)}, nil
+	}
+	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Delete{Delete: d}})
 	if err != nil {
 		return nil, err
 	}
@@ -665,6 +673,13 @@ func (s *Server) Write(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResp
 	}
 	if err := s.authorizeHoldingChange(ctx, w); err != nil {
 		return nil, err
+	}
+	if req.DryRun {
+		res := s.node.FSM().PreviewWrite(w)
+		if res.Err != nil {
+			return nil, toStatus(res.Err, res.Lease)
+		}
+		return &pb.WriteResponse{Lease: writtenPB(res.Lease)}, nil
 	}
 	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Write{Write: w}})
 	if err != nil {

@@ -453,6 +453,49 @@ func TestWholeObjectWrite(t *testing.T) {
 	}
 }
 
+// TestDryRun: a dry-run write or delete is checked as the real one, and
+// answered with the lease it would store or delete; nothing changes.
+func TestDryRun(t *testing.T) {
+	_, f, _ := start(t)
+	dry := &pb.WriteRequest{Name: "dry", Create: true, HolderIdentity: "a", LeaseDuration: durationpb.New(time.Minute),
+		Labels: map[string]string{"k": "v"}, Object: []byte(`{}`), DryRun: true}
+	res, err := f.Write(ctx(t), dry)
+	if err != nil || res.Lease.HolderIdentity != "a" || res.Lease.ResourceVersion != 0 || res.Lease.Labels["k"] != "v" {
+		t.Fatalf("dry-run create: %v %+v", err, res)
+	}
+	if _, err := f.Get(ctx(t), &pb.GetRequest{Name: "dry"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("after a dry-run create: %v, want NotFound", err)
+	}
+	real, err := f.Write(ctx(t), &pb.WriteRequest{Name: "dry", Create: true, HolderIdentity: "a", LeaseDuration: durationpb.New(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(ctx(t), dry); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("dry-run create of an existing lease: %v, want AlreadyExists", err)
+	}
+	update := &pb.WriteRequest{Name: "dry", ResourceVersion: real.Lease.ResourceVersion, HolderIdentity: "b",
+		LeaseDuration: durationpb.New(time.Minute), DryRun: true}
+	res, err = f.Write(ctx(t), update)
+	if err != nil || res.Lease.HolderIdentity != "b" || res.Lease.FencingToken <= real.Lease.FencingToken || res.Lease.ResourceVersion != real.Lease.ResourceVersion {
+		t.Fatalf("dry-run takeover: %v %+v", err, res)
+	}
+	update.ResourceVersion++
+	if _, err := f.Write(ctx(t), update); status.Code(err) != codes.Aborted {
+		t.Fatalf("dry-run update of a stale version: %v, want Aborted", err)
+	}
+	del, err := f.Delete(ctx(t), &pb.DeleteRequest{Name: "dry", DryRun: true})
+	if err != nil || del.Lease.HolderIdentity != "a" {
+		t.Fatalf("dry-run delete: %v %+v", err, del)
+	}
+	if _, err := f.Delete(ctx(t), &pb.DeleteRequest{Name: "nope", DryRun: true}); status.Code(err) != codes.NotFound {
+		t.Fatalf("dry-run delete of a missing lease: %v, want NotFound", err)
+	}
+	g, err := f.Get(ctx(t), &pb.GetRequest{Name: "dry"})
+	if err != nil || g.Lease.HolderIdentity != "a" || g.Lease.ResourceVersion != real.Lease.ResourceVersion {
+		t.Fatalf("after the dry runs: %v %+v, want the lease as written", err, g)
+	}
+}
+
 func TestWaitQueueHandsOffInOrder(t *testing.T) {
 	_, f, _ := start(t)
 	// Long enough that no holding lapses on a loaded machine before the

@@ -1059,8 +1059,11 @@ type DeleteRequest struct {
 	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// resource_version, when set, must equal the lease's current one.
 	ResourceVersion uint64 `protobuf:"varint,3,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// dry_run checks and authorizes the delete as if it were made, and
+	// answers with the lease it would delete, without deleting it.
+	DryRun        bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteRequest) Reset() {
@@ -1112,6 +1115,13 @@ func (x *DeleteRequest) GetResourceVersion() uint64 {
 		return x.ResourceVersion
 	}
 	return 0
+}
+
+func (x *DeleteRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
 }
 
 type DeleteResponse struct {
@@ -1176,7 +1186,12 @@ type WriteRequest struct {
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,6,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	Labels        map[string]string    `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// object is stored as given (at most 64 KiB).
-	Object        []byte `protobuf:"bytes,8,opt,name=object,proto3" json:"object,omitempty"`
+	Object []byte `protobuf:"bytes,8,opt,name=object,proto3" json:"object,omitempty"`
+	// dry_run checks and authorizes the write as if it were made, and answers
+	// with the lease it would store, without storing it: a new holding shows
+	// the fencing token it would get if nothing else were written first, and
+	// no times; the lease keeps its resource_version (a new one has 0).
+	DryRun        bool `protobuf:"varint,9,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1265,6 +1280,13 @@ func (x *WriteRequest) GetObject() []byte {
 		return x.Object
 	}
 	return nil
+}
+
+func (x *WriteRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
 }
 
 type WriteResponse struct {
@@ -3007,13 +3029,14 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x04name\x18\x05 \x01(\tR\x04name\"Y\n" +
 	"\fListResponse\x12-\n" +
 	"\x06leases\x18\x01 \x03(\v2\x15.leasekeeper.v1.LeaseR\x06leases\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"l\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x85\x01\n" +
 	"\rDeleteRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
-	"\x10resource_version\x18\x03 \x01(\x04R\x0fresourceVersion\"=\n" +
+	"\x10resource_version\x18\x03 \x01(\x04R\x0fresourceVersion\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"=\n" +
 	"\x0eDeleteResponse\x12+\n" +
-	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\x83\x03\n" +
+	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\x9c\x03\n" +
 	"\fWriteRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -3022,7 +3045,8 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x0fholder_identity\x18\x05 \x01(\tR\x0eholderIdentity\x12@\n" +
 	"\x0elease_duration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12@\n" +
 	"\x06labels\x18\a \x03(\v2(.leasekeeper.v1.WriteRequest.LabelsEntryR\x06labels\x12\x16\n" +
-	"\x06object\x18\b \x01(\fR\x06object\x1a9\n" +
+	"\x06object\x18\b \x01(\fR\x06object\x12\x17\n" +
+	"\adry_run\x18\t \x01(\bR\x06dryRun\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
