@@ -11,7 +11,7 @@ OTHER_PKGS  := ./cmd/... ./internal/... ./fence/... ./examples/... ./jepsen-styl
 # touch the service's dependencies); `make tools` fetches and builds them.
 STATICCHECK := $(BIN)/staticcheck
 
-.PHONY: all attack tools build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls lint proto clean
+.PHONY: all attack tools build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls lint proto openapi clean
 
 all: build
 
@@ -99,6 +99,19 @@ lint: $(STATICCHECK)
 proto:
 	PATH="$(GOBIN_DIR):$$PATH" protoc -I api --go_out=paths=source_relative:api --go-grpc_out=paths=source_relative:api api/leasekeeper/v1/leasekeeper.proto
 	PATH="$(GOBIN_DIR):$$PATH" protoc -I fsm/fsmpb --go_out=paths=source_relative:fsm/fsmpb fsm/fsmpb/command.proto
+
+# The OpenAPI definitions of the Kubernetes types that k8sapi serves,
+# generated from k8s.io/api and k8s.io/apimachinery (the versions in go.mod)
+# by kube-openapi's openapi-gen (pinned in tools/go.mod). Run it after
+# changing either module's version.
+OPENAPI_PKGS := k8s.io/api/coordination/v1 k8s.io/apimachinery/pkg/apis/meta/v1 \
+	k8s.io/apimachinery/pkg/runtime k8s.io/apimachinery/pkg/version
+openapi:
+	$(GO) build -C tools -o ../$(BIN)/openapi-gen k8s.io/kube-openapi/cmd/openapi-gen
+	$(BIN)/openapi-gen --output-dir k8sapi/internal/openapi \
+		--output-pkg github.com/leasekeeper/leasekeeper/k8sapi/internal/openapi \
+		--output-file zz_generated.openapi.go --go-header-file /dev/null \
+		--report-filename /dev/null $(OPENAPI_PKGS)
 
 clean:
 	rm -rf $(BIN) data

@@ -409,8 +409,10 @@ func TestK8sAPISafety(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-// TestK8sKubectl drives kubectl against the API: leases made through the
-// Kubernetes API and through gRPC both show.
+// TestK8sKubectl drives kubectl's everyday commands against the API with
+// kubectl's default flags (client-side and server-side validation from the
+// OpenAPI documents included): leases made through the Kubernetes API and
+// through gRPC both show.
 func TestK8sKubectl(t *testing.T) {
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
@@ -419,7 +421,7 @@ func TestK8sKubectl(t *testing.T) {
 	c := startCluster(t, 3)
 	ready(t, c)
 	url := k8sAPI(t, c.procs[0])
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if _, err := c.client().Acquire(ctx, "ops", "from-grpc", "worker-7", 30*time.Second, 0, map[string]string{"app": "db"}); err != nil {
 		t.Fatal(err)
@@ -429,53 +431,99 @@ func TestK8sKubectl(t *testing.T) {
 	if err := os.WriteFile(kubeconfig, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	run := func(stdin string, args ...string) string {
+	// try runs kubectl with extra environment variables env and returns its
+	// combined output and exit code.
+	try := func(stdin string, env []string, args ...string) (string, int) {
 		t.Helper()
 		args = append([]string{"--server", url, "--cache-dir", filepath.Join(dir, "cache")}, args...)
 		cmd := exec.CommandContext(ctx, kubectl, args...)
-		cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "HOME="+dir)
+		cmd.Env = append(append(os.Environ(), "KUBECONFIG="+kubeconfig, "HOME="+dir), env...)
 		cmd.Stdin = strings.NewReader(stdin)
 		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("kubectl %s: %v", strings.Join(args, " "), err)
 		}
-		return string(out)
+		return string(out), cmd.ProcessState.ExitCode()
 	}
-	out := run(`apiVersion: coordination.k8s.io/v1
+	run := func(stdin string, args ...string) string {
+		t.Helper()
+		out, code := try(stdin, nil, args...)
+		if code != 0 {
+			t.Fatalf("kubectl %s: exit %d\n%s", strings.Join(args, " "), code, out)
+		}
+		return out
+	}
+	manifest := func(name, holder string, extra ...string) string {
+		return `apiVersion: coordination.k8s.io/v1
 kind: Lease
 metadata:
-  name: from-kubectl
+  name: ` + name + `
   namespace: team
   labels: {app: web}
 spec:
-  holderIdentity: pod-1
+  holderIdentity: ` + holder + `
   leaseDurationSeconds: 40
-`, "create", "-f", "-", "--validate=false")
-	if !strings.Contains(out, "lease.coordination.k8s.io/from-kubectl created") {
+` + strings.Join(extra, "")
+	}
+	holder := func(name string) string {
+		t.Helper()
+		return run("", "get", "lease", name, "-n", "team", "-o", "jsonpath={.spec.holderIdentity}")
+	}
+
+	// create, with a server dry run first, which writes nothing.
+	if out := run(manifest("from-kubectl", "pod-1"), "create", "-f", "-", "--dry-run=server"); !strings.Contains(out, "created (server dry run)") {
+		t.Fatalf("create --dry-run=server: %s", out)
+	}
+	if out, code := try("", nil, "get", "lease", "from-kubectl", "-n", "team"); code == 0 {
+		t.Fatalf("a server dry run created the lease: %s", out)
+	}
+	if out := run(manifest("from-kubectl", "pod-1"), "create", "-f", "-"); !strings.Contains(out, "lease.coordination.k8s.io/from-kubectl created") {
 		t.Fatalf("create: %s", out)
 	}
-
-	// apply, creating and then changing a lease.
-	for _, holder := range []string{"pod-a", "pod-b"} {
-		run(`apiVersion: coordination.k8s.io/v1
-kind: Lease
-metadata:
-  name: applied
-  namespace: team
-spec:
-  holderIdentity: `+holder+`
-  leaseDurationSeconds: 40
-`, "apply", "-f", "-", "--validate=false")
-	}
-	if out := run("", "get", "lease", "applied", "-n", "team", "-o", "jsonpath={.spec.holderIdentity}"); out != "pod-b" {
-		t.Errorf("after apply: holder %q", out)
+	// kubectl leaves the field check to the server, which refuses an
+	// unknown field.
+	if out, code := try(manifest("bad", "pod-1", "  bogus: 1\n"), nil, "create", "-f", "-"); code == 0 || !strings.Contains(out, `unknown field "spec.bogus"`) {
+		t.Fatalf("create with an unknown field: exit %d\n%s", code, out)
 	}
 
-	out = run("", "get", "leases", "-A")
+	// apply, creating and then changing a lease; diff shows a change to
+	// come (exit 1) and none once applied (exit 0).
+	run(manifest("applied", "pod-a"), "apply", "-f", "-")
+	if out, code := try(manifest("applied", "pod-b"), nil, "diff", "-f", "-"); code != 1 || !strings.Contains(out, "+  holderIdentity: pod-b") {
+		t.Fatalf("diff: exit %d\n%s", code, out)
+	}
+	run(manifest("applied", "pod-b"), "apply", "-f", "-")
+	if got := holder("applied"); got != "pod-b" {
+		t.Errorf("after apply: holder %q", got)
+	}
+	if out, code := try(manifest("applied", "pod-b"), nil, "diff", "-f", "-"); code != 0 {
+		t.Fatalf("diff after apply: exit %d\n%s", code, out)
+	}
+	// replace and edit.
+	run(manifest("applied", "pod-c"), "replace", "-f", "-")
+	if got := holder("applied"); got != "pod-c" {
+		t.Errorf("after replace: holder %q", got)
+	}
+	if out, code := try("", []string{"KUBE_EDITOR=sed -i s/pod-c/pod-d/"}, "edit", "lease", "applied", "-n", "team"); code != 0 || !strings.Contains(out, "edited") {
+		t.Fatalf("edit: exit %d\n%s", code, out)
+	}
+	if got := holder("applied"); got != "pod-d" {
+		t.Errorf("after edit: holder %q", got)
+	}
+	// explain reads the schema from the OpenAPI v3 document.
+	if out := run("", "explain", "lease.spec.leaseDurationSeconds"); !strings.Contains(out, "leaseDurationSeconds <integer>") {
+		t.Errorf("explain: %s", out)
+	}
+
+	out := run("", "get", "leases", "-A")
 	for _, want := range []string{"NAMESPACE", "NAME", "HOLDER", "AGE", "from-grpc", "worker-7", "from-kubectl", "pod-1", "ops", "team"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("get leases -A lacks %q:\n%s", want, out)
 		}
+	}
+	if out := run("", "get", "leases", "-A", "--chunk-size", "1", "-o", "name"); strings.Count(out, "lease.coordination.k8s.io/") != 3 {
+		t.Errorf("get --chunk-size 1: %s", out)
 	}
 	out = run("", "get", "lease", "from-grpc", "-n", "ops", "-o", "yaml")
 	for _, want := range []string{"holderIdentity: worker-7", "leaseDurationSeconds: 30", "app: db", "leasekeeper.io/fencing-token:", "uid:", "resourceVersion:"} {
@@ -485,7 +533,7 @@ spec:
 	}
 	out = run("", "get", "leases", "-n", "team", "-l", "app=web", "-o", "json")
 	var list coordinationv1.LeaseList
-	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Items) != 1 || *list.Items[0].Spec.HolderIdentity != "pod-1" {
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Items) != 2 {
 		t.Errorf("get -l -o json: %v\n%s", err, out)
 	}
 	run("", "annotate", "lease", "from-kubectl", "-n", "team", "owner=me")
@@ -493,6 +541,9 @@ spec:
 	out = run("", "get", "lease", "from-kubectl", "-n", "team", "-o", "jsonpath={.metadata.annotations.owner}/{.metadata.labels.tier}/{.spec.holderIdentity}")
 	if out != "me/front/pod-1" {
 		t.Errorf("after annotate and label: %q", out)
+	}
+	if out := run("", "delete", "lease", "from-kubectl", "-n", "team", "--dry-run=server"); !strings.Contains(out, "(server dry run)") {
+		t.Errorf("delete --dry-run=server: %s", out)
 	}
 	out = run("", "delete", "lease", "from-kubectl", "-n", "team")
 	if !strings.Contains(out, `"from-kubectl" deleted`) {

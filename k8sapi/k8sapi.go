@@ -16,8 +16,10 @@
 //
 // Names are checked as the API server checks a Lease's: the name a DNS-1123
 // subdomain (at most 253 characters, dots allowed), the namespace a
-// DNS-1123 label. What the real API server does and this one does not:
-// finalizers, dry runs, server-side apply and deletecollection.
+// DNS-1123 label. dryRun=All is answered by the service's own dry run
+// (checked and authorized like the write, nothing written). What the real
+// API server does and this one does not: finalizers, server-side apply and
+// deletecollection.
 package k8sapi
 
 import (
@@ -144,6 +146,8 @@ type handler struct {
 	scheme *runtime.Scheme
 	codecs serializer.CodecFactory
 	params runtime.ParameterCodec
+	// openapi serves /openapi/v2 and /openapi/v3.
+	openapi http.Handler
 }
 
 // NewHandler returns the HTTP handler of the Lease API, its discovery
@@ -170,13 +174,18 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	if err := metav1.AddMetaToScheme(scheme); err != nil {
 		return nil, fmt.Errorf("k8sapi: scheme: %w", err)
 	}
+	docs, err := newOpenAPI(scheme)
+	if err != nil {
+		return nil, fmt.Errorf("k8sapi: %w", err)
+	}
 	return &handler{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		clk:    cfg.Clock,
-		scheme: scheme,
-		codecs: serializer.NewCodecFactory(scheme),
-		params: runtime.NewParameterCodec(scheme),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		clk:     cfg.Clock,
+		scheme:  scheme,
+		codecs:  serializer.NewCodecFactory(scheme),
+		params:  runtime.NewParameterCodec(scheme),
+		openapi: docs,
 	}, nil
 }
 
@@ -208,6 +217,14 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case "/apis/" + groupName + "/" + apiVersion:
 		h.discovery(w, r, h.resources)
+		return
+	}
+	if path == "/openapi/v2" || path == "/openapi/v3" || strings.HasPrefix(path, "/openapi/v3/") {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			h.writeError(w, r, methodNotAllowed(r, strings.ToLower(r.Method)))
+			return
+		}
+		h.openapi.ServeHTTP(w, r)
 		return
 	}
 	prefix := "/apis/" + groupName + "/" + apiVersion + "/"
