@@ -26,7 +26,7 @@ const (
 	apiRelease = "v1.36.6"
 )
 
-var leaseVerbs = metav1.Verbs{"create", "delete", "get", "list", "patch", "update", "watch"}
+var leaseVerbs = metav1.Verbs{"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
 
 // discoveryFn writes one discovery document; aggregated is "" for the
 // legacy form, else the apidiscovery.k8s.io version asked for.

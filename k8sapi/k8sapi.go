@@ -18,8 +18,8 @@
 // subdomain (at most 253 characters, dots allowed), the namespace a
 // DNS-1123 label. dryRun=All is answered by the service's own dry run
 // (checked and authorized like the write, nothing written). What the real
-// API server does and this one does not: finalizers, server-side apply and
-// deletecollection.
+// API server does and this one does not: finalizers and server-side
+// apply.
 package k8sapi
 
 import (
@@ -245,7 +245,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// collection serves .../leases: list, watch and (namespaced) create.
+// collection serves .../leases: list, watch and (namespaced) create and
+// deletecollection.
 func (h *handler) collection(w http.ResponseWriter, r *http.Request, ns string) {
 	switch r.Method {
 	case http.MethodGet:
@@ -260,6 +261,12 @@ func (h *handler) collection(w http.ResponseWriter, r *http.Request, ns string) 
 			return
 		}
 		h.create(w, r, ns)
+	case http.MethodDelete:
+		if ns == "" {
+			h.writeError(w, r, methodNotAllowed(r, "deletecollection"))
+			return
+		}
+		h.deleteCollection(w, r, ns)
 	default:
 		h.writeError(w, r, methodNotAllowed(r, strings.ToLower(r.Method)))
 	}

@@ -193,7 +193,11 @@ var (
 	pManager   = query("fieldManager", "string", "the name of the actor making the change")
 	pFieldVal  = query("fieldValidation", "string", "Ignore, Warn (the default) or Strict: what to do about unknown or duplicate fields in the body")
 	pForce     = query("force", "boolean", "take over fields that other managers own (apply patches only)")
-	listParams = []oaParam{
+	// A delete's options come in its body or in its query.
+	pDeleteBody  = oaParam{name: "body", kind: common.BodyParameterKind}
+	pGrace       = query("gracePeriodSeconds", "integer", "accepted for compatibility; deletion is immediate")
+	pPropagation = query("propagationPolicy", "string", "accepted for compatibility; Leases have no dependents here")
+	listParams   = []oaParam{
 		query("allowWatchBookmarks", "boolean", "send BOOKMARK events in a watch"),
 		query("continue", "string", "the continue token of the previous page"),
 		query("fieldSelector", "string", "select by metadata.name and metadata.namespace"),
@@ -226,6 +230,9 @@ func leaseRoutes() oaContainer {
 		{method: "POST", path: coll, op: "createCoordinationV1NamespacedLease", action: "post",
 			desc: "create a Lease", params: append([]oaParam{pNamespace, pBody}, write...), body: lease,
 			consumes: []string{"*/*"}, produces: readMedia, responses: []oaResponse{{200, lease}, {201, lease}, {202, lease}}},
+		{method: "DELETE", path: coll, op: "deleteCoordinationV1CollectionNamespacedLease", action: "deletecollection",
+			desc: "delete collection of Lease", params: append([]oaParam{pNamespace, pPretty, pDryRun, pDeleteBody, pGrace, pPropagation}, listParams[1:9]...),
+			body: &metav1.DeleteOptions{}, consumes: []string{"*/*"}, produces: readMedia, responses: []oaResponse{{200, st}}},
 		{method: "GET", path: item, op: "readCoordinationV1NamespacedLease", action: "get",
 			desc: "read the specified Lease", params: []oaParam{pNamespace, pName, pPretty},
 			produces: readMedia, responses: []oaResponse{{200, lease}}},
@@ -236,11 +243,7 @@ func leaseRoutes() oaContainer {
 			desc: "partially update the specified Lease", params: append([]oaParam{pNamespace, pName, pBody, pForce}, write...),
 			body: &metav1.Patch{}, consumes: patchMedia, produces: readMedia, responses: []oaResponse{{200, lease}, {201, lease}}},
 		{method: "DELETE", path: item, op: "deleteCoordinationV1NamespacedLease", action: "delete",
-			desc: "delete a Lease", params: []oaParam{pNamespace, pName, pPretty, pDryRun,
-				{name: "body", kind: common.BodyParameterKind},
-				query("gracePeriodSeconds", "integer", "accepted for compatibility; deletion is immediate"),
-				query("propagationPolicy", "string", "accepted for compatibility; Leases have no dependents here"),
-			},
+			desc: "delete a Lease", params: []oaParam{pNamespace, pName, pPretty, pDryRun, pDeleteBody, pGrace, pPropagation},
 			body: &metav1.DeleteOptions{}, consumes: []string{"*/*"}, produces: readMedia, responses: []oaResponse{{200, st}, {202, st}}},
 	}
 	c := oaContainer{root: root}

@@ -157,7 +157,11 @@ func (h *handler) watch(w http.ResponseWriter, r *http.Request, ns string) {
 		if !sel.matches(ev.Lease) {
 			continue
 		}
-		if err := enc.send(watchType(ev.Type), h.present(ev.Lease, ev.Revision)); err != nil {
+		l := ev.Lease
+		if ev.Type == pb.WatchEvent_DELETED {
+			l = lastState(l)
+		}
+		if err := enc.send(watchType(ev.Type), h.present(l, ev.Revision)); err != nil {
 			return
 		}
 	}
