@@ -511,6 +511,26 @@ spec:
 	if got := holder("applied"); got != "pod-d" {
 		t.Errorf("after edit: holder %q", got)
 	}
+	// Server-side apply: create, diff, a conflict with another manager,
+	// and taking the field over.
+	if out := run(manifest("ssa", "pod-a"), "apply", "--server-side", "-f", "-"); !strings.Contains(out, "serverside-applied") {
+		t.Fatalf("apply --server-side: %s", out)
+	}
+	if out, code := try(manifest("ssa", "pod-b"), nil, "diff", "--server-side", "-f", "-"); code != 1 || !strings.Contains(out, "+  holderIdentity: pod-b") {
+		t.Fatalf("diff --server-side: exit %d\n%s", code, out)
+	}
+	if out, code := try(manifest("ssa", "pod-b"), nil, "apply", "--server-side", "--field-manager", "other", "-f", "-"); code == 0 ||
+		!strings.Contains(out, `conflict with "kubectl": .spec.holderIdentity`) {
+		t.Fatalf("conflicting apply --server-side: exit %d\n%s", code, out)
+	}
+	run(manifest("ssa", "pod-b"), "apply", "--server-side", "--field-manager", "other", "--force-conflicts", "-f", "-")
+	if got := holder("ssa"); got != "pod-b" {
+		t.Errorf("after apply --server-side --force-conflicts: holder %q", got)
+	}
+	if out := run("", "get", "lease", "ssa", "-n", "team", "-o", "yaml", "--show-managed-fields"); !strings.Contains(out, "manager: other") ||
+		!strings.Contains(out, "operation: Apply") {
+		t.Errorf("managedFields: %s", out)
+	}
 	// explain reads the schema from the OpenAPI v3 document.
 	if out := run("", "explain", "lease.spec.leaseDurationSeconds"); !strings.Contains(out, "leaseDurationSeconds <integer>") {
 		t.Errorf("explain: %s", out)
@@ -522,7 +542,7 @@ spec:
 			t.Errorf("get leases -A lacks %q:\n%s", want, out)
 		}
 	}
-	if out := run("", "get", "leases", "-A", "--chunk-size", "1", "-o", "name"); strings.Count(out, "lease.coordination.k8s.io/") != 3 {
+	if out := run("", "get", "leases", "-A", "--chunk-size", "1", "-o", "name"); strings.Count(out, "lease.coordination.k8s.io/") != 4 {
 		t.Errorf("get --chunk-size 1: %s", out)
 	}
 	out = run("", "get", "lease", "from-grpc", "-n", "ops", "-o", "yaml")
@@ -533,7 +553,7 @@ spec:
 	}
 	out = run("", "get", "leases", "-n", "team", "-l", "app=web", "-o", "json")
 	var list coordinationv1.LeaseList
-	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Items) != 2 {
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Items) != 3 {
 		t.Errorf("get -l -o json: %v\n%s", err, out)
 	}
 	run("", "annotate", "lease", "from-kubectl", "-n", "team", "owner=me")

@@ -63,6 +63,21 @@ func (h *handler) getLease(r *http.Request, ns, name string) (*pb.Lease, error) 
 	return res.GetLease(), err
 }
 
+// liveLease reads the lease that a write guarded by rv replaces: from the
+// node's own state when that has reached rv (a client-go renewal is
+// answered without a round trip to the leader), else from the leader.
+func (h *handler) liveLease(r *http.Request, ns, name string, rv uint64) (*pb.Lease, error) {
+	if rv != 0 {
+		res, err := call(h, r, func(ctx context.Context) (*pb.GetResponse, error) {
+			return h.cfg.Client.Get(ctx, &pb.GetRequest{Namespace: ns, Name: name, Serializable: true})
+		})
+		if err == nil && res.GetLease().GetResourceVersion() == rv {
+			return res.GetLease(), nil
+		}
+	}
+	return h.getLease(r, ns, name)
+}
+
 // listLeases lists one namespace, or all when ns is "".
 func (h *handler) listLeases(r *http.Request, ns string) (*pb.ListResponse, error) {
 	return call(h, r, func(ctx context.Context) (*pb.ListResponse, error) {

@@ -128,7 +128,7 @@ func reconcileHolder(s *coordinationv1.LeaseSpec, l *pb.Lease) {
 }
 
 // storedObject is what the service keeps of a Lease: what the client wrote
-// and the server does not own. Labels are kept by the service itself, and
+// and the server does not own, and the managedFields of server-side apply. Labels are kept by the service itself, and
 // the fencing-token annotation is the server's.
 func storedObject(obj *coordinationv1.Lease) ([]byte, error) {
 	s := coordinationv1.Lease{
@@ -137,6 +137,7 @@ func storedObject(obj *coordinationv1.Lease) ([]byte, error) {
 			GenerateName:    obj.GenerateName,
 			Annotations:     obj.Annotations,
 			OwnerReferences: obj.OwnerReferences,
+			ManagedFields:   obj.ManagedFields,
 		},
 		Spec: obj.Spec,
 	}

@@ -17,9 +17,10 @@
 // Names are checked as the API server checks a Lease's: the name a DNS-1123
 // subdomain (at most 253 characters, dots allowed), the namespace a
 // DNS-1123 label. dryRun=All is answered by the service's own dry run
-// (checked and authorized like the write, nothing written). What the real
-// API server does and this one does not: finalizers and server-side
-// apply.
+// (checked and authorized like the write, nothing written). Server-side
+// apply and managedFields are apimachinery's field manager's, as in the
+// API server. What the real API server does and this one does not:
+// finalizers (docs/kubernetes.md has the whole list).
 package k8sapi
 
 import (
@@ -37,6 +38,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/util/managedfields"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/clock"
@@ -148,6 +150,8 @@ type handler struct {
 	params runtime.ParameterCodec
 	// openapi serves /openapi/v2 and /openapi/v3.
 	openapi http.Handler
+	// fields merges apply patches and keeps managedFields.
+	fields *managedfields.FieldManager
 }
 
 // NewHandler returns the HTTP handler of the Lease API, its discovery
@@ -174,9 +178,13 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	if err := metav1.AddMetaToScheme(scheme); err != nil {
 		return nil, fmt.Errorf("k8sapi: scheme: %w", err)
 	}
-	docs, err := newOpenAPI(scheme)
+	docs, schemas, err := newOpenAPI(scheme)
 	if err != nil {
 		return nil, fmt.Errorf("k8sapi: %w", err)
+	}
+	fields, err := newFieldManager(scheme, schemas)
+	if err != nil {
+		return nil, fmt.Errorf("k8sapi: field manager: %w", err)
 	}
 	return &handler{
 		cfg:     cfg,
@@ -186,6 +194,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		codecs:  serializer.NewCodecFactory(scheme),
 		params:  runtime.NewParameterCodec(scheme),
 		openapi: docs,
+		fields:  fields,
 	}, nil
 }
 

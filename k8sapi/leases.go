@@ -252,11 +252,12 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request, ns string) {
 	if generate && len(obj.GenerateName) > validation.DNS1123LabelMaxLength-5 {
 		obj.GenerateName = obj.GenerateName[:validation.DNS1123LabelMaxLength-5]
 	}
+	manager := fieldManagerName(opts, r)
 	for attempt := 0; ; attempt++ {
 		if generate {
 			obj.Name = obj.GenerateName + utilrand.String(5)
 		}
-		l, err := h.writeLease(r, obj, true, 0, opts.dryRun)
+		l, err := h.writeLease(r, h.trackUpdate(emptyLease(ns, obj.Name), obj.DeepCopy(), manager), true, 0, opts.dryRun)
 		if err != nil && generate && isCode(err, codes.AlreadyExists) && attempt < h.cfg.MaxWriteRetries {
 			continue
 		}
@@ -277,21 +278,35 @@ func (h *handler) update(w http.ResponseWriter, r *http.Request, ns, name string
 	if serr == nil && obj.ResourceVersion != "" {
 		rv, serr = parseRV(obj.ResourceVersion)
 	}
+	// The lease replaced: for its managedFields, and to check the uid.
+	var live *pb.Lease
+	if serr == nil && (rv != 0 || obj.UID != "") {
+		var err error
+		live, err = h.liveLease(r, ns, name, rv)
+		if err != nil && !isCode(err, codes.NotFound) {
+			serr = fromGRPC(err, name)
+		}
+	}
 	if serr == nil && obj.UID != "" {
-		serr = h.checkUID(r, ns, name, obj.UID)
+		serr = checkUID(name, obj.UID, live)
 	}
 	if serr != nil {
 		h.writeError(w, r, serr)
 		return
 	}
+	manager := fieldManagerName(opts, r)
+	liveObj := emptyLease(ns, name)
+	if live != nil {
+		liveObj = h.present(live, live.ResourceVersion)
+	}
 	code := http.StatusOK
-	l, err := h.writeLease(r, obj, rv == 0, rv, opts.dryRun)
+	l, err := h.writeLease(r, h.trackUpdate(liveObj, obj.DeepCopy(), manager), rv == 0, rv, opts.dryRun)
 	switch {
 	case err != nil && rv == 0 && isCode(err, codes.AlreadyExists):
 		h.writeError(w, r, invalid(name, field.Invalid(field.NewPath("metadata", "resourceVersion"), int64(0), "must be specified for an update")))
 		return
 	case err != nil && rv != 0 && isCode(err, codes.NotFound):
-		l, err = h.writeLease(r, obj, true, 0, opts.dryRun)
+		l, err = h.writeLease(r, h.trackUpdate(emptyLease(ns, name), obj, manager), true, 0, opts.dryRun)
 		if isCode(err, codes.AlreadyExists) {
 			err = status.Error(codes.Aborted, "created meanwhile")
 		}
@@ -307,16 +322,13 @@ func (h *handler) update(w http.ResponseWriter, r *http.Request, ns, name string
 }
 
 // checkUID refuses a write whose uid names another incarnation of the
-// lease than the current one.
-func (h *handler) checkUID(r *http.Request, ns, name string, uid types.UID) *apierrors.StatusError {
-	l, err := h.getLease(r, ns, name)
+// lease than live, the current one (nil: none).
+func checkUID(name string, uid types.UID, live *pb.Lease) *apierrors.StatusError {
 	switch {
-	case isCode(err, codes.NotFound):
+	case live == nil:
 		return uidConflict(name, string(uid), "")
-	case err != nil:
-		return fromGRPC(err, name)
-	case uidOf(l) != uid:
-		return uidConflict(name, string(uid), string(uidOf(l)))
+	case uidOf(live) != uid:
+		return uidConflict(name, string(uid), string(uidOf(live)))
 	}
 	return nil
 }
@@ -361,23 +373,27 @@ func applyBounded(p jsonpatch.Patch, doc []byte) ([]byte, error) {
 // patch serves PATCH: the patch is applied to the current Lease and the
 // result written back guarded by the resourceVersion it was computed on;
 // if another writer came first, it is applied again to the newer Lease,
-// unless the patch itself named the resourceVersion.
+// unless the patch itself named the resourceVersion. An apply patch
+// (server-side apply) merges with the field manager, and creates the
+// lease when there is none.
 func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string) {
 	f, serr := h.negotiate(r, false, false)
 	var mt string
 	if serr == nil {
 		mt, serr = requestMediaType(r)
 	}
+	pt := types.PatchType(mt)
 	if serr == nil {
-		switch types.PatchType(mt) {
-		case types.MergePatchType, types.StrategicMergePatchType, types.JSONPatchType:
+		switch pt {
+		case types.MergePatchType, types.StrategicMergePatchType, types.JSONPatchType, types.ApplyYAMLPatchType:
 		default:
-			serr = unsupportedMediaType(string(types.MergePatchType) + ", " + string(types.StrategicMergePatchType) + ", " + string(types.JSONPatchType))
+			serr = unsupportedMediaType(string(types.MergePatchType) + ", " + string(types.StrategicMergePatchType) + ", " +
+				string(types.JSONPatchType) + ", " + string(types.ApplyYAMLPatchType))
 		}
 	}
 	var opts writeOptions
 	if serr == nil {
-		opts, serr = h.patchOptions(r, types.PatchType(mt))
+		opts, serr = h.patchOptions(r, pt)
 	}
 	var body []byte
 	if serr == nil {
@@ -387,8 +403,14 @@ func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string)
 		h.writeError(w, r, serr)
 		return
 	}
+	// change makes the Lease to write out of the current one.
+	var change func(cur *coordinationv1.Lease) (*coordinationv1.Lease, *apierrors.StatusError)
 	var apply func(cur []byte) ([]byte, error)
-	switch types.PatchType(mt) {
+	switch pt {
+	case types.ApplyYAMLPatchType:
+		change = func(cur *coordinationv1.Lease) (*coordinationv1.Lease, *apierrors.StatusError) {
+			return h.applyTo(w, cur, body, opts)
+		}
 	case types.MergePatchType:
 		apply = func(cur []byte) ([]byte, error) { return jsonpatch.MergePatch(cur, body) }
 	case types.StrategicMergePatchType:
@@ -408,24 +430,36 @@ func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string)
 		}
 		apply = func(cur []byte) ([]byte, error) { return applyBounded(p, cur) }
 	}
+	if change == nil {
+		manager := fieldManagerName(opts, r)
+		change = func(cur *coordinationv1.Lease) (*coordinationv1.Lease, *apierrors.StatusError) {
+			curJSON, err := json.Marshal(cur)
+			if err != nil {
+				return nil, apierrors.NewInternalError(err)
+			}
+			patched, err := apply(curJSON)
+			if err != nil {
+				return nil, apierrors.NewInvalid(leaseKind, name, field.ErrorList{field.Invalid(field.NewPath(""), excerpt(body), err.Error())})
+			}
+			obj, serr := h.decodePatched(w, patched, opts)
+			if serr != nil {
+				return nil, serr
+			}
+			return h.trackUpdate(cur, obj, manager), nil
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		curLease, err := h.getLease(r, ns, name)
-		if err != nil {
+		create := pt == types.ApplyYAMLPatchType && isCode(err, codes.NotFound)
+		if err != nil && !create {
 			h.writeError(w, r, readError(err, name))
 			return
 		}
-		cur := h.present(curLease, curLease.ResourceVersion)
-		curJSON, err := json.Marshal(cur)
-		if err != nil {
-			h.writeError(w, r, apierrors.NewInternalError(err))
-			return
+		cur, rv := emptyLease(ns, name), uint64(0)
+		if !create {
+			cur, rv = h.present(curLease, curLease.ResourceVersion), curLease.ResourceVersion
 		}
-		patched, err := apply(curJSON)
-		if err != nil {
-			h.writeError(w, r, apierrors.NewInvalid(leaseKind, name, field.ErrorList{field.Invalid(field.NewPath(""), excerpt(body), err.Error())}))
-			return
-		}
-		obj, serr := h.decodePatched(w, patched, opts)
+		obj, serr := change(cur.DeepCopy())
 		if serr != nil {
 			h.writeError(w, r, serr)
 			return
@@ -439,24 +473,28 @@ func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string)
 			h.writeError(w, r, uidConflict(name, string(obj.UID), string(cur.UID)))
 			return
 		}
-		rv := curLease.ResourceVersion
-		if obj.ResourceVersion != "" {
+		guard := rv
+		if obj.ResourceVersion != "" && obj.ResourceVersion != cur.ResourceVersion {
 			var serr *apierrors.StatusError
-			if rv, serr = parseRV(obj.ResourceVersion); serr != nil {
+			if guard, serr = parseRV(obj.ResourceVersion); serr != nil {
 				h.writeError(w, r, serr)
 				return
 			}
 		}
-		out, err := h.writeLease(r, obj, false, rv, opts.dryRun)
-		if err != nil && rv == curLease.ResourceVersion && attempt < h.cfg.MaxWriteRetries &&
-			(isCode(err, codes.Aborted) || isCode(err, codes.NotFound)) {
+		out, err := h.writeLease(r, obj, create, guard, opts.dryRun)
+		if err != nil && guard == rv && attempt < h.cfg.MaxWriteRetries &&
+			(isCode(err, codes.Aborted) || isCode(err, codes.NotFound) || (create && isCode(err, codes.AlreadyExists))) {
 			continue
 		}
 		if err != nil {
 			h.writeError(w, r, fromGRPC(err, name))
 			return
 		}
-		h.writeObject(w, r, http.StatusOK, f, h.presentWritten(out, opts.dryRun))
+		code := http.StatusOK
+		if create {
+			code = http.StatusCreated
+		}
+		h.writeObject(w, r, code, f, h.presentWritten(out, opts.dryRun))
 		return
 	}
 }

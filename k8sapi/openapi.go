@@ -35,8 +35,8 @@ import (
 const openAPIGroupVersion = "apis/" + groupName + "/" + apiVersion
 
 // newOpenAPI builds both documents and returns the handler that serves
-// them under /openapi/.
-func newOpenAPI(scheme *runtime.Scheme) (http.Handler, error) {
+// them under /openapi/, and the v3 document's schemas.
+func newOpenAPI(scheme *runtime.Scheme) (http.Handler, map[string]*spec.Schema, error) {
 	namer := definitionNamer(scheme)
 	opID := func(r common.Route) (string, []string, error) {
 		return r.OperationName(), []string{"coordination_v1"}, nil
@@ -51,7 +51,7 @@ func newOpenAPI(scheme *runtime.Scheme) (http.Handler, error) {
 		GetOperationIDAndTagsFromRoute: opID,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("openapi v2: %w", err)
+		return nil, nil, fmt.Errorf("openapi v2: %w", err)
 	}
 	v3, err := builder3.BuildOpenAPISpecFromRoutes(routes, &common.OpenAPIV3Config{
 		Info:                           info,
@@ -60,16 +60,16 @@ func newOpenAPI(scheme *runtime.Scheme) (http.Handler, error) {
 		GetOperationIDAndTagsFromRoute: opID,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("openapi v3: %w", err)
+		return nil, nil, fmt.Errorf("openapi v3: %w", err)
 	}
 	mux := &openAPIMux{http.NewServeMux()}
 	openapihandler.NewOpenAPIService(v2).RegisterOpenAPIVersionedService("/openapi/v2", mux)
 	s3 := handler3.NewOpenAPIService()
 	s3.UpdateGroupVersion(openAPIGroupVersion, v3)
 	if err := s3.RegisterOpenAPIV3VersionedService("/openapi/v3", mux); err != nil {
-		return nil, fmt.Errorf("openapi v3: %w", err)
+		return nil, nil, fmt.Errorf("openapi v3: %w", err)
 	}
-	return mux, nil
+	return mux, v3.Components.Schemas, nil
 }
 
 // openAPIMux is the path handler kube-openapi's services register on.
@@ -211,7 +211,7 @@ var (
 	}
 	readMedia  = []string{mediaJSON, mediaYAML, mediaProtobuf}
 	listMedia  = append(readMedia[:3:3], mediaJSON+";stream=watch", mediaProtobuf+";stream=watch")
-	patchMedia = []string{"application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"}
+	patchMedia = []string{"application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"}
 )
 
 func leaseRoutes() oaContainer {
