@@ -131,6 +131,10 @@ type network interface {
 	// says how many packets or reads it delayed.
 	stall(i int, delay time.Duration) error
 	unstall() (int64, error)
+	// blackhole drops, without an answer, every packet to and from node
+	// i, clients' included (see Cluster.Blackhole); unblackhole ends it.
+	blackhole(i int) error
+	unblackhole() error
 	teardown() error
 }
 
@@ -517,6 +521,31 @@ func (c *Cluster) Partition(cut [][2]string) error {
 
 // Heal removes every network cut.
 func (c *Cluster) Heal() error { return c.net.heal() }
+
+// ErrBlackholeUnsupported is Blackhole's error in loopback mode, where
+// the proxies sit only in front of the Raft ports: client traffic and
+// follower→leader forwarding cannot be dropped there.
+var ErrBlackholeUnsupported = errors.New("harness: blackhole needs netns mode (loopback proxies front only the Raft ports, not client traffic)")
+
+// Blackhole makes node id silent without closing anything: every packet
+// to or from it, from the other nodes and from clients alike, is dropped
+// with no RST or ICMP answer, so its peers and clients see open
+// connections that never answer, as with a dead host or a cut cable. In
+// netns mode these are iptables DROP rules on INPUT and OUTPUT of the
+// node's eth0 inside its namespace (its loopback stays up); Unblackhole
+// removes them, and the namespace goes at Close in any case. Loopback mode
+// returns ErrBlackholeUnsupported. One blackhole at a time.
+func (c *Cluster) Blackhole(id string) error {
+	n := c.Node(id)
+	if n == nil {
+		return fmt.Errorf("harness: no node %q", id)
+	}
+	c.logf("harness: blackhole %s", id)
+	return c.net.blackhole(n.Index)
+}
+
+// Unblackhole ends the blackhole in force, if any.
+func (c *Cluster) Unblackhole() error { return c.net.unblackhole() }
 
 func (c *Cluster) conn(addr string) (*grpc.ClientConn, error) {
 	c.mu.Lock()

@@ -150,6 +150,12 @@ func (m *loopbackNet) stalledFor(from, to int) (time.Duration, <-chan struct{}) 
 	return m.stallDelay, m.stallEnd
 }
 
+// blackhole is not possible here: the proxies front only the Raft ports,
+// so client traffic and forwarding would still reach the node.
+func (m *loopbackNet) blackhole(int) error { return ErrBlackholeUnsupported }
+
+func (m *loopbackNet) unblackhole() error { return nil }
+
 func (m *loopbackNet) teardown() error {
 	_, _ = m.unstall()
 	for _, p := range m.proxies {

@@ -45,6 +45,11 @@ type netnsNet struct {
 	stallMu   sync.Mutex
 	stallQ    *nfqueue
 	stallNode int
+
+	// holeMu guards hole, the node whose traffic is black-holed (-1:
+	// none).
+	holeMu sync.Mutex
+	hole   *int
 }
 
 func nsName(i int) string   { return fmt.Sprintf("%sn%d", prefix, i+1) }
@@ -216,7 +221,58 @@ func (m *netnsNet) unstall() (int64, error) {
 	return n, errors.Join(err, qerr)
 }
 
+// blackholeRules are the rules (without -I or -D) in a node's namespace
+// that drop everything it receives and sends on its link to the bridge:
+// node-to-node and client traffic alike, with no RST or ICMP answer. The
+// namespace's loopback is left alone. They are inserted at the head of
+// their chains, before any partition or stall rule.
+func blackholeRules() [][]string {
+	return [][]string{
+		{"INPUT", "-i", "eth0", "-j", "DROP"},
+		{"OUTPUT", "-o", "eth0", "-j", "DROP"},
+	}
+}
+
+func (m *netnsNet) blackhole(i int) error {
+	m.holeMu.Lock()
+	defer m.holeMu.Unlock()
+	if m.hole != nil {
+		return fmt.Errorf("harness: %s is already black-holed", nsName(*m.hole))
+	}
+	m.hole = &i
+	for _, r := range blackholeRules() {
+		if err := iptablesIn(i, "-I", r); err != nil {
+			return err // unblackhole removes what was added
+		}
+	}
+	return nil
+}
+
+func (m *netnsNet) unblackhole() error {
+	m.holeMu.Lock()
+	defer m.holeMu.Unlock()
+	if m.hole == nil {
+		return nil
+	}
+	i := *m.hole
+	var errs []error
+	for _, r := range blackholeRules() {
+		// Delete every copy; a rule that was never added is not an error.
+		for iptablesIn(i, "-C", r) == nil {
+			if err := iptablesIn(i, "-D", r); err != nil {
+				errs = append(errs, err)
+				break
+			}
+		}
+	}
+	if len(errs) == 0 {
+		m.hole = nil
+	}
+	return errors.Join(errs...)
+}
+
 func (m *netnsNet) teardown() error {
+	_ = m.unblackhole()
 	_, _ = m.unstall()
 	m.forwardRule = false
 	cleanStale(m.logf)
