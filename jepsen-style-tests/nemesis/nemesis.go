@@ -4,7 +4,8 @@
 //
 // Kinds (see Kinds): network partitions of several shapes, kill -9 and
 // restart, SIGSTOP/SIGCONT of a node (longer than the election timeout, or
-// longer than a lease), pausing a client, restarting a node with its clock
+// longer than a lease, or the leader for 2–3 leases), dropping all of one
+// node's traffic without an answer (blackhole), pausing a client, restarting a node with its clock
 // running fast or slow within the drift bound (and, as a negative control,
 // far beyond it), removing and re-adding a member, and delaying the
 // leader's Raft entries while its heartbeats and gRPC pass.
@@ -34,6 +35,15 @@ const (
 	KillLeader              = "kill-leader"
 	PauseNode               = "pause-node"
 	PauseLeader             = "pause-leader"
+	// PauseLeaderLong SIGSTOPs the leader for 2–3 lease durations: its
+	// connections stay open and silent, its holdings outlive their
+	// guaranteed time on the others' clocks, and it wakes up believing
+	// it still leads.
+	PauseLeaderLong = "pause-leader-long"
+	// Blackhole drops every packet to and from one node, clients'
+	// included, with no RST: a node that stops answering without closing
+	// its connections. netns mode only.
+	Blackhole = "blackhole"
 	PauseClient             = "pause-client"
 	ClockSkew               = "clock-skew"
 	Membership              = "membership"
@@ -50,12 +60,14 @@ const (
 // Kinds lists every fault within the documented bounds.
 var Kinds = []string{
 	PartitionHalves, PartitionIsolateLeader, PartitionLeaderMinority, PartitionBridge, PartitionRing,
-	KillNode, KillLeader, PauseNode, PauseLeader, PauseClient, ClockSkew, Membership, StallRaft,
+	KillNode, KillLeader, PauseNode, PauseLeader, PauseLeaderLong, PauseClient, ClockSkew, Membership, StallRaft,
+	Blackhole,
 }
 
 // ShortKinds is the mix of the short run.
 var ShortKinds = []string{
-	PartitionIsolateLeader, PartitionHalves, KillLeader, PauseNode, PauseLeader, PauseClient, ClockSkew, StallRaft,
+	PartitionIsolateLeader, PartitionHalves, KillLeader, PauseNode, PauseLeader, PauseLeaderLong, PauseClient, ClockSkew, StallRaft,
+	Blackhole,
 }
 
 // Known reports whether kind names a fault.
@@ -153,6 +165,16 @@ func New(cfg Config, c *harness.Cluster, rec *history.Recorder, clients Clients)
 	logf := cfg.Logf
 	if logf == nil {
 		logf = func(string, ...any) {}
+	}
+	if c != nil && c.Mode() == harness.ModeLoopback && slices.Contains(cfg.Kinds, Blackhole) {
+		// The proxies front only the Raft ports: a blackhole would leave
+		// client traffic and forwarding through, which is a partition
+		// that partition-isolate-leader already makes, not a silent node.
+		cfg.Kinds = without(cfg.Kinds, Blackhole)
+		logf("nemesis: %s skipped in loopback mode: the proxies cannot drop client traffic (netns mode only)", Blackhole)
+		if len(cfg.Kinds) == 0 {
+			return nil, fmt.Errorf("nemesis: %s needs netns mode, and no other kind was asked for", Blackhole)
+		}
 	}
 	return &Nemesis{cfg: cfg, c: c, rec: rec, clients: clients, rng: rand.New(rand.NewPCG(seed, 7)), logf: logf}, nil
 }
@@ -411,6 +433,37 @@ func (n *Nemesis) start(ctx context.Context, f *fault) error {
 		f.hold = d
 		f.heal = func(context.Context) error { return n.c.Resume(id) }
 		return n.c.Pause(id)
+
+	case PauseLeaderLong:
+		id, err := n.leader(ctx)
+		if err != nil {
+			return err
+		}
+		d := n.between(2*n.cfg.LeaseDuration, 3*n.cfg.LeaseDuration)
+		f.Nodes, f.down = []string{id}, []string{id}
+		f.Detail = fmt.Sprintf("SIGSTOP leader %s for %v (%.1f leases)", id, d.Round(time.Millisecond), float64(d)/float64(n.cfg.LeaseDuration))
+		f.hold = d
+		f.heal = func(context.Context) error { return n.c.Resume(id) }
+		return n.c.Pause(id)
+
+	case Blackhole:
+		// Half the time the leader, half a random node.
+		id := n.random()
+		role := "node"
+		if n.rng.IntN(2) == 0 {
+			var err error
+			if id, err = n.leader(ctx); err != nil {
+				return err
+			}
+			role = "leader"
+		}
+		f.Nodes = []string{id}
+		// To the others it is cut off from everyone; it still runs.
+		f.cut = cutBetween([]string{id}, without(n.ids(), id))
+		f.Detail = fmt.Sprintf("drop all traffic to and from %s %s, clients' included, no RST", role, id)
+		f.hold = n.between(n.cfg.FaultMin, n.cfg.FaultMax)
+		f.heal = func(context.Context) error { return n.c.Unblackhole() }
+		return n.c.Blackhole(id)
 
 	case PauseClient:
 		d := n.cfg.LeaseDuration + time.Second

@@ -77,3 +77,35 @@ func TestStallRaftNeedsDelayAboveProposeTimeout(t *testing.T) {
 		t.Error("stall-raft is not in every run and the short run")
 	}
 }
+
+// TestSilentNodeFaults: the faults of a node that stops answering without
+// closing its connections are in every run and in the short run.
+func TestSilentNodeFaults(t *testing.T) {
+	for _, k := range []string{PauseLeaderLong, Blackhole} {
+		if !Known(k) || !slices.Contains(Kinds, k) || !slices.Contains(ShortKinds, k) {
+			t.Errorf("%s is not in every run and the short run", k)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.Kinds = []string{Blackhole}
+	// Without a cluster (no mode to look at) the kind is kept.
+	n, err := New(cfg, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(n.cfg.Kinds, []string{Blackhole}) {
+		t.Errorf("kinds = %v", n.cfg.Kinds)
+	}
+}
+
+// TestBlackholeKeepsAMajority: a black-holed node is cut from every other
+// node, which leaves the rest a connected majority.
+func TestBlackholeKeepsAMajority(t *testing.T) {
+	ids := []string{"n1", "n2", "n3"}
+	if !majorityConnected(ids, nil, cutBetween([]string{"n2"}, without(ids, "n2"))) {
+		t.Error("no majority left by one black-holed node of 3")
+	}
+	if majorityConnected(ids, []string{"n1"}, cutBetween([]string{"n2"}, without(ids, "n2"))) {
+		t.Error("a majority left with one node down and another black-holed")
+	}
+}
