@@ -447,14 +447,18 @@ func (n *Nemesis) start(ctx context.Context, f *fault) error {
 		return n.c.Pause(id)
 
 	case Blackhole:
-		// Half the time the leader, half a random node.
-		id := n.random()
-		role := "node"
+		// Half the time the leader, half a random node (which may be
+		// the leader too; the detail says which it was).
+		l, err := n.leader(ctx)
+		if err != nil {
+			return err
+		}
+		id := l
 		if n.rng.IntN(2) == 0 {
-			var err error
-			if id, err = n.leader(ctx); err != nil {
-				return err
-			}
+			id = n.random()
+		}
+		role := "follower"
+		if id == l {
 			role = "leader"
 		}
 		f.Nodes = []string{id}
