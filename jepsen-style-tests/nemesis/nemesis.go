@@ -43,10 +43,10 @@ const (
 	// Blackhole drops every packet to and from one node, clients'
 	// included, with no RST: a node that stops answering without closing
 	// its connections. netns mode only.
-	Blackhole = "blackhole"
-	PauseClient             = "pause-client"
-	ClockSkew               = "clock-skew"
-	Membership              = "membership"
+	Blackhole   = "blackhole"
+	PauseClient = "pause-client"
+	ClockSkew   = "clock-skew"
+	Membership  = "membership"
 	// StallRaft delays the log entries the leader sends its followers by
 	// more than the nodes' expiry ProposeTimeout, while heartbeats and
 	// gRPC pass on time: the leader keeps its leadership and confirms it,
