@@ -65,11 +65,7 @@ FUZZTIME ?= 30s
 FUZZERS  := ./fsm:FuzzApply ./fsm:FuzzRestore ./transport:FuzzValidation \
 	./auth:FuzzParsePolicy ./auth:FuzzParseTokenFile ./auth:FuzzParseBearer ./auth:FuzzForwardedIdentity
 fuzz:
-	@for f in $(FUZZERS); do \
-		pkg=$${f%%:*}; name=$${f##*:}; \
-		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -parallel 2 $$pkg || exit 1; \
-	done
+	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME) $(FUZZERS)
 
 test-integration:
 	$(GO) test -count=1 -p 1 ./integration/...
