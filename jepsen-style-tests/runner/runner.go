@@ -87,8 +87,12 @@ type Config struct {
 }
 
 // PreviousRelease is the release that the rolling-upgrade test starts
-// from.
-const PreviousRelease = "v0.1.0"
+// from, and PreviousReleaseCommit the commit its tag names, which is built
+// when a clone lacks the tag.
+const (
+	PreviousRelease       = "v0.1.0"
+	PreviousReleaseCommit = "0e21b454d221e16d939604532d4d3d4adcb3c293"
+)
 
 // DefaultConfig is the full run: 5 nodes, 10 minutes, every fault.
 func DefaultConfig() Config {
@@ -571,7 +575,11 @@ func buildRelease(runDir, ref string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if out, err := exec.Command("git", "-C", root, "rev-parse", "--verify", "--quiet", ref+"^{commit}").CombinedOutput(); err != nil {
+	rev := ref
+	if ref == PreviousRelease && exec.Command("git", "-C", root, "rev-parse", "--verify", "--quiet", ref+"^{commit}").Run() != nil {
+		rev = PreviousReleaseCommit // a clone without its tags
+	}
+	if out, err := exec.Command("git", "-C", root, "rev-parse", "--verify", "--quiet", rev+"^{commit}").CombinedOutput(); err != nil {
 		return "", fmt.Errorf("runner: no git ref %q in %s (a clone without its tags? git fetch --tags): %v %s", ref, root, err, out)
 	}
 	dir := filepath.Join(runDir, strings.NewReplacer("/", "_", "..", "_").Replace(ref))
@@ -580,7 +588,7 @@ func buildRelease(runDir, ref string) (string, error) {
 		return "", err
 	}
 	archive := filepath.Join(dir, "src.tar")
-	if out, err := exec.Command("git", "-C", root, "archive", "--format=tar", "-o", archive, ref).CombinedOutput(); err != nil {
+	if out, err := exec.Command("git", "-C", root, "archive", "--format=tar", "-o", archive, rev).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("runner: git archive %s: %v\n%s", ref, err, out)
 	}
 	if out, err := exec.Command("tar", "-xf", archive, "-C", src).CombinedOutput(); err != nil {
