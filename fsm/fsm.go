@@ -696,7 +696,8 @@ func (f *FSM) Members() map[string]string {
 	return out
 }
 
-// Halted returns why the FSM stopped applying entries (ErrTooNew), or nil.
+// Halted returns why the FSM stopped applying entries (ErrTooNew, or
+// ErrSnapshotTooNew after a refused restore), or nil.
 // A halted node must not serve: its table no longer follows the log.
 func (f *FSM) Halted() error {
 	f.mu.RLock()

@@ -23,10 +23,17 @@ import (
 // length-delimited LeaseRecords sorted by key, and a CRC-32C (Castagnoli) of
 // everything before it, big-endian. Sorted records make two snapshots of one
 // state byte-identical; the checksum catches a corrupt or truncated file.
+//
+// The magic and the header's first field, format, stay as they are in every
+// later layout, so any binary can tell a snapshot it cannot read from a
+// corrupt one.
 const snapshotMagic = "LKSNAP1\n"
 
-// snapshotFormat is SnapshotHeader.format for this layout.
-const snapshotFormat = 1
+// SnapshotFormat is the snapshot layout this binary writes, and the newest
+// it reads (SnapshotHeader.format). A layout change that an older binary
+// would misread (a field it ignores but must not, a record of another
+// shape) raises it.
+const SnapshotFormat uint32 = 1
 
 // Errors of snapshots and restores.
 var (
@@ -35,6 +42,9 @@ var (
 	// ErrTokenFloor: a restore would raise the fencing-token counter so
 	// high that too few tokens are left to issue.
 	ErrTokenFloor = errors.New("fsm: token floor leaves too few fencing tokens to issue")
+	// ErrSnapshotTooNew: a snapshot has a newer format than this binary
+	// reads; a newer leasekeeper wrote it.
+	ErrSnapshotTooNew = fmt.Errorf("fsm: snapshot needs a newer leasekeeper (this one reads snapshot format %d)", SnapshotFormat)
 )
 
 // RestoreTokenGap is how far above a backup's fencing-token counter a
@@ -78,7 +88,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 func newSnapshot(leases *table, members map[string]string, memberVersions map[string]uint32, revision, lastToken, applied uint64) *snapshot {
 	s := &snapshot{
 		header: &fsmpb.SnapshotHeader{
-			Format:       snapshotFormat,
+			Format:       SnapshotFormat,
 			Revision:     revision,
 			LastToken:    lastToken,
 			LeaseCount:   uint64(leases.count),
@@ -169,6 +179,17 @@ func (s *snapshot) encode(w io.Writer) error {
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	st, err := ReadSnapshot(rc)
+	if errors.Is(err, ErrSnapshotTooNew) {
+		// As with a log entry above CommandVersion: this node cannot
+		// follow the cluster's state from here on, so it stops applying
+		// (Halted) rather than serve the table it had.
+		f.mu.Lock()
+		if f.halted == nil {
+			f.halted = err
+		}
+		f.mu.Unlock()
+		return err
+	}
 	if err != nil {
 		return err
 	}
@@ -275,7 +296,10 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	if err := protodelim.UnmarshalFrom(br, &h); err != nil {
 		return nil, fmt.Errorf("%w: header: %v", ErrCorruptSnapshot, err)
 	}
-	if h.Format != snapshotFormat {
+	if h.Format > SnapshotFormat {
+		return nil, fmt.Errorf("%w: it has format %d; upgrade this node", ErrSnapshotTooNew, h.Format)
+	}
+	if h.Format != SnapshotFormat {
 		return nil, fmt.Errorf("%w: unknown format %d", ErrCorruptSnapshot, h.Format)
 	}
 	st := &State{

@@ -1,14 +1,18 @@
 package fsm
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
@@ -108,5 +112,82 @@ func TestMemberVersions(t *testing.T) {
 	}
 	if got := g.MemberVersion("n1"); got != 2 {
 		t.Fatalf("after a snapshot, n1 reads %d, want 2", got)
+	}
+}
+
+// withFormat re-encodes the snapshot snap with its header's format set to
+// format and a checksum that matches, as a binary of that format would
+// write it.
+func withFormat(t *testing.T, snap []byte, format uint32) []byte {
+	t.Helper()
+	br := bufio.NewReader(bytes.NewReader(snap[len(snapshotMagic):]))
+	var h fsmpb.SnapshotHeader
+	if err := protodelim.UnmarshalFrom(br, &h); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Format = format
+	var out bytes.Buffer
+	out.WriteString(snapshotMagic)
+	if _, err := protodelim.MarshalTo(&out, &h); err != nil {
+		t.Fatal(err)
+	}
+	out.Write(rest[:len(rest)-4])
+	return binary.BigEndian.AppendUint32(out.Bytes(), crc32.Checksum(out.Bytes(), castagnoli))
+}
+
+// TestRestoreRefusesNewerSnapshotFormat: a snapshot of a newer format is
+// refused as one, not as corrupt, and not applied: the FSM keeps its table
+// and halts like on a too-new command, since it can no longer follow the
+// cluster's state. The same bytes with this binary's format restore.
+func TestRestoreRefusesNewerSnapshotFormat(t *testing.T) {
+	src := newHarness(t)
+	src.apply(1, acquire("default", "new", "a", time.Minute))
+	good := snapshotBytes(t, src.f)
+	if same := withFormat(t, good, SnapshotFormat); !bytes.Equal(same, good) {
+		t.Fatal("withFormat changed a snapshot it kept the format of")
+	}
+
+	h := newHarness(t)
+	h.apply(1, acquire("default", "old", "b", time.Minute))
+	newer := withFormat(t, good, SnapshotFormat+1)
+	err := h.f.Restore(io.NopCloser(bytes.NewReader(newer)))
+	if !errors.Is(err, ErrSnapshotTooNew) || errors.Is(err, ErrCorruptSnapshot) {
+		t.Fatalf("restore of format %d: %v, want ErrSnapshotTooNew (not corrupt)", SnapshotFormat+1, err)
+	}
+	for _, want := range []string{fmt.Sprintf("format %d", SnapshotFormat+1), fmt.Sprintf("reads snapshot format %d", SnapshotFormat), "upgrade this node"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if _, ok := h.f.Get("default", "old"); !ok {
+		t.Error("the refused restore replaced the table")
+	}
+	if _, ok := h.f.Get("default", "new"); ok {
+		t.Error("the refused snapshot's lease was applied")
+	}
+	if !errors.Is(h.f.Halted(), ErrSnapshotTooNew) {
+		t.Errorf("Halted() = %v, want ErrSnapshotTooNew", h.f.Halted())
+	}
+	if r := h.apply(2, acquire("default", "later", "c", time.Minute)); !errors.Is(r.Err, ErrSnapshotTooNew) {
+		t.Errorf("an entry after the refusal: %v, want it refused too", r.Err)
+	}
+	if _, err := ReadSnapshot(bytes.NewReader(newer)); !errors.Is(err, ErrSnapshotTooNew) {
+		t.Errorf("ReadSnapshot (lease-node --restore): %v, want ErrSnapshotTooNew", err)
+	}
+
+	zero := withFormat(t, good, 0)
+	if err := New(nil).Restore(io.NopCloser(bytes.NewReader(zero))); !errors.Is(err, ErrCorruptSnapshot) {
+		t.Errorf("restore of format 0: %v, want ErrCorruptSnapshot", err)
+	}
+	f := New(nil)
+	if err := f.Restore(io.NopCloser(bytes.NewReader(good))); err != nil || f.Halted() != nil {
+		t.Fatalf("restore of this format: %v, halted %v", err, f.Halted())
+	}
+	if _, ok := f.Get("default", "new"); !ok {
+		t.Error("restore of this format lost the lease")
 	}
 }
