@@ -190,6 +190,17 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 
 	r, err := raft.NewRaft(rc, n.fsm, deps.Logs, deps.Stable, deps.Snapshots, deps.Transport)
+	// Raft restores the newest snapshot on disk and, when the FSM refuses
+	// it, an older one, and then replays its log from there: after a
+	// downgrade that would be the state of a past moment. A node whose
+	// newest snapshot is of a format it cannot read refuses to start.
+	if herr := n.fsm.Halted(); herr != nil {
+		if err == nil {
+			_ = r.Shutdown().Error()
+		}
+		n.closeStores()
+		return nil, fmt.Errorf("node: %w", herr)
+	}
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("node: starting raft: %w", err)
@@ -292,7 +303,7 @@ func (n *Node) followLeadership(ctx context.Context) error {
 	defer reap.Stop()
 	for {
 		if err := n.fsm.Halted(); err != nil {
-			n.log.Error("stopping: the log holds an entry this binary cannot apply", "error", err)
+			n.log.Error("stopping: the log or a snapshot holds state this binary cannot read", "error", err)
 			n.mgr.Demote()
 			n.setReady(0)
 			return err
