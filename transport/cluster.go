@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/internal/buildinfo"
 	"github.com/leasekeeper/leasekeeper/node"
 )
 
@@ -33,7 +35,20 @@ func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRes
 		Members:        membersPB(st.Members),
 		Revision:       st.Stats.Revision,
 		Leases:         int64(st.Stats.Leases),
+		Build:          BuildInfo(),
 	}, nil
+}
+
+// BuildInfo names this binary, as Status reports it.
+func BuildInfo() *pb.BuildInfo {
+	bi := buildinfo.Get()
+	return &pb.BuildInfo{
+		Version:        bi.Version,
+		Commit:         bi.Commit,
+		GoVersion:      bi.GoVersion,
+		CommandVersion: fsm.CommandVersion,
+		SnapshotFormat: fsm.SnapshotFormat,
+	}
 }
 
 func membersPB(ms []node.Member) []*pb.Member {

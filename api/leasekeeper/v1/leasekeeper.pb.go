@@ -929,7 +929,11 @@ type ListRequest struct {
 	Serializable  bool   `protobuf:"varint,4,opt,name=serializable,proto3" json:"serializable,omitempty"`
 	// name, when set, lists at most that one lease: a read of one lease that
 	// also returns the store revision, found or not.
-	Name          string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	// with_remaining asks for the time left to each live holding, as Get
+	// gives it. Only the leader knows it: a serializable list answered by a
+	// follower leaves remaining empty. Older servers ignore the field.
+	WithRemaining bool `protobuf:"varint,6,opt,name=with_remaining,json=withRemaining,proto3" json:"with_remaining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -999,12 +1003,22 @@ func (x *ListRequest) GetName() string {
 	return ""
 }
 
+func (x *ListRequest) GetWithRemaining() bool {
+	if x != nil {
+		return x.WithRemaining
+	}
+	return false
+}
+
 type ListResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Leases []*Lease               `protobuf:"bytes,1,rep,name=leases,proto3" json:"leases,omitempty"`
 	// revision is the store revision the list was read at; a Watch from it
 	// sees every later change.
-	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// remaining, with with_remaining, maps "namespace/name" of each listed
+	// lease whose holding the leader tracks to the time left to it.
+	Remaining     map[string]*durationpb.Duration `protobuf:"bytes,3,rep,name=remaining,proto3" json:"remaining,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1051,6 +1065,13 @@ func (x *ListResponse) GetRevision() uint64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *ListResponse) GetRemaining() map[string]*durationpb.Duration {
+	if x != nil {
+		return x.Remaining
+	}
+	return nil
 }
 
 type DeleteRequest struct {
@@ -2344,8 +2365,11 @@ type StatusResponse struct {
 	State          string                 `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
 	Revision       uint64                 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
 	Leases         int64                  `protobuf:"varint,10,opt,name=leases,proto3" json:"leases,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// build names the binary of the answering node. Servers that predate it
+	// leave it unset.
+	Build         *BuildInfo `protobuf:"bytes,11,opt,name=build,proto3" json:"build,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -2448,6 +2472,96 @@ func (x *StatusResponse) GetLeases() int64 {
 	return 0
 }
 
+func (x *StatusResponse) GetBuild() *BuildInfo {
+	if x != nil {
+		return x.Build
+	}
+	return nil
+}
+
+// BuildInfo names a leasekeeper binary.
+type BuildInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// version is the release tag the binary was built from (git describe),
+	// or "devel" for a build outside a release.
+	Version string `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// commit is the VCS revision, with "-dirty" when the tree had changes.
+	Commit string `protobuf:"bytes,2,opt,name=commit,proto3" json:"commit,omitempty"`
+	// go_version is the Go toolchain that built the binary.
+	GoVersion string `protobuf:"bytes,3,opt,name=go_version,json=goVersion,proto3" json:"go_version,omitempty"`
+	// command_version is the newest Raft command version the binary applies.
+	CommandVersion uint32 `protobuf:"varint,4,opt,name=command_version,json=commandVersion,proto3" json:"command_version,omitempty"`
+	// snapshot_format is the newest snapshot format the binary reads.
+	SnapshotFormat uint32 `protobuf:"varint,5,opt,name=snapshot_format,json=snapshotFormat,proto3" json:"snapshot_format,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *BuildInfo) Reset() {
+	*x = BuildInfo{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildInfo) ProtoMessage() {}
+
+func (x *BuildInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildInfo.ProtoReflect.Descriptor instead.
+func (*BuildInfo) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *BuildInfo) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *BuildInfo) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
+func (x *BuildInfo) GetGoVersion() string {
+	if x != nil {
+		return x.GoVersion
+	}
+	return ""
+}
+
+func (x *BuildInfo) GetCommandVersion() uint32 {
+	if x != nil {
+		return x.CommandVersion
+	}
+	return 0
+}
+
+func (x *BuildInfo) GetSnapshotFormat() uint32 {
+	if x != nil {
+		return x.SnapshotFormat
+	}
+	return 0
+}
+
 type JoinRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -2464,7 +2578,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2476,7 +2590,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2489,7 +2603,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -2536,7 +2650,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2548,7 +2662,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2561,7 +2675,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -2580,7 +2694,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2592,7 +2706,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2605,7 +2719,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -2624,7 +2738,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +2750,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +2763,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RemoveMemberResponse) GetMembers() []*Member {
@@ -2669,7 +2783,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2681,7 +2795,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2694,7 +2808,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{33}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -2713,7 +2827,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +2839,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +2852,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{34}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TransferLeadershipResponse) GetLeader() string {
@@ -2763,7 +2877,7 @@ type FollowsTermRequest struct {
 
 func (x *FollowsTermRequest) Reset() {
 	*x = FollowsTermRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2775,7 +2889,7 @@ func (x *FollowsTermRequest) String() string {
 func (*FollowsTermRequest) ProtoMessage() {}
 
 func (x *FollowsTermRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2788,7 +2902,7 @@ func (x *FollowsTermRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowsTermRequest.ProtoReflect.Descriptor instead.
 func (*FollowsTermRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{35}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *FollowsTermRequest) GetTerm() uint64 {
@@ -2817,7 +2931,7 @@ type FollowsTermResponse struct {
 
 func (x *FollowsTermResponse) Reset() {
 	*x = FollowsTermResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2829,7 +2943,7 @@ func (x *FollowsTermResponse) String() string {
 func (*FollowsTermResponse) ProtoMessage() {}
 
 func (x *FollowsTermResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2842,7 +2956,7 @@ func (x *FollowsTermResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowsTermResponse.ProtoReflect.Descriptor instead.
 func (*FollowsTermResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{36}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *FollowsTermResponse) GetTerm() uint64 {
@@ -2867,7 +2981,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2879,7 +2993,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2892,7 +3006,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{37}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{38}
 }
 
 // SnapshotChunk is one piece of a backup. The pieces, concatenated, are a
@@ -2907,7 +3021,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[38]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2919,7 +3033,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[38]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2932,7 +3046,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{38}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -3020,16 +3134,21 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\fserializable\x18\x03 \x01(\bR\fserializable\"s\n" +
 	"\vGetResponse\x12+\n" +
 	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\x127\n" +
-	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\"\xb1\x01\n" +
+	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\"\xd8\x01\n" +
 	"\vListRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12%\n" +
 	"\x0eall_namespaces\x18\x02 \x01(\bR\rallNamespaces\x12%\n" +
 	"\x0elabel_selector\x18\x03 \x01(\tR\rlabelSelector\x12\"\n" +
 	"\fserializable\x18\x04 \x01(\bR\fserializable\x12\x12\n" +
-	"\x04name\x18\x05 \x01(\tR\x04name\"Y\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x12%\n" +
+	"\x0ewith_remaining\x18\x06 \x01(\bR\rwithRemaining\"\xfd\x01\n" +
 	"\fListResponse\x12-\n" +
 	"\x06leases\x18\x01 \x03(\v2\x15.leasekeeper.v1.LeaseR\x06leases\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"\x85\x01\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12I\n" +
+	"\tremaining\x18\x03 \x03(\v2+.leasekeeper.v1.ListResponse.RemainingEntryR\tremaining\x1aW\n" +
+	"\x0eRemainingEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12/\n" +
+	"\x05value\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05value:\x028\x01\"\x85\x01\n" +
 	"\rDeleteRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
@@ -3131,7 +3250,7 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\x12\x1a\n" +
 	"\bsuffrage\x18\x04 \x01(\tR\bsuffrage\x12\x14\n" +
 	"\x05state\x18\x05 \x01(\tR\x05state\"\x0f\n" +
-	"\rStatusRequest\"\xba\x02\n" +
+	"\rStatusRequest\"\xeb\x02\n" +
 	"\x0eStatusResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\tR\x06leader\x12(\n" +
@@ -3143,7 +3262,15 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x05state\x18\b \x01(\tR\x05state\x12\x1a\n" +
 	"\brevision\x18\t \x01(\x04R\brevision\x12\x16\n" +
 	"\x06leases\x18\n" +
-	" \x01(\x03R\x06leases\"\x9c\x01\n" +
+	" \x01(\x03R\x06leases\x12/\n" +
+	"\x05build\x18\v \x01(\v2\x19.leasekeeper.v1.BuildInfoR\x05build\"\xae\x01\n" +
+	"\tBuildInfo\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
+	"\x06commit\x18\x02 \x01(\tR\x06commit\x12\x1d\n" +
+	"\n" +
+	"go_version\x18\x03 \x01(\tR\tgoVersion\x12'\n" +
+	"\x0fcommand_version\x18\x04 \x01(\rR\x0ecommandVersion\x12'\n" +
+	"\x0fsnapshot_format\x18\x05 \x01(\rR\x0esnapshotFormat\"\x9c\x01\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1b\n" +
@@ -3202,7 +3329,7 @@ func file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP() []byte {
 }
 
 var file_leasekeeper_v1_leasekeeper_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(WatchEvent_Type)(0),               // 0: leasekeeper.v1.WatchEvent.Type
 	(*Lease)(nil),                      // 1: leasekeeper.v1.Lease
@@ -3234,111 +3361,116 @@ var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(*Member)(nil),                     // 27: leasekeeper.v1.Member
 	(*StatusRequest)(nil),              // 28: leasekeeper.v1.StatusRequest
 	(*StatusResponse)(nil),             // 29: leasekeeper.v1.StatusResponse
-	(*JoinRequest)(nil),                // 30: leasekeeper.v1.JoinRequest
-	(*JoinResponse)(nil),               // 31: leasekeeper.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),        // 32: leasekeeper.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 33: leasekeeper.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 34: leasekeeper.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 35: leasekeeper.v1.TransferLeadershipResponse
-	(*FollowsTermRequest)(nil),         // 36: leasekeeper.v1.FollowsTermRequest
-	(*FollowsTermResponse)(nil),        // 37: leasekeeper.v1.FollowsTermResponse
-	(*SnapshotRequest)(nil),            // 38: leasekeeper.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),              // 39: leasekeeper.v1.SnapshotChunk
-	nil,                                // 40: leasekeeper.v1.Lease.LabelsEntry
-	nil,                                // 41: leasekeeper.v1.AcquireRequest.LabelsEntry
-	nil,                                // 42: leasekeeper.v1.WriteRequest.LabelsEntry
-	(*durationpb.Duration)(nil),        // 43: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 44: google.protobuf.Timestamp
-	(*anypb.Any)(nil),                  // 45: google.protobuf.Any
+	(*BuildInfo)(nil),                  // 30: leasekeeper.v1.BuildInfo
+	(*JoinRequest)(nil),                // 31: leasekeeper.v1.JoinRequest
+	(*JoinResponse)(nil),               // 32: leasekeeper.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),        // 33: leasekeeper.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 34: leasekeeper.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 35: leasekeeper.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 36: leasekeeper.v1.TransferLeadershipResponse
+	(*FollowsTermRequest)(nil),         // 37: leasekeeper.v1.FollowsTermRequest
+	(*FollowsTermResponse)(nil),        // 38: leasekeeper.v1.FollowsTermResponse
+	(*SnapshotRequest)(nil),            // 39: leasekeeper.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 40: leasekeeper.v1.SnapshotChunk
+	nil,                                // 41: leasekeeper.v1.Lease.LabelsEntry
+	nil,                                // 42: leasekeeper.v1.AcquireRequest.LabelsEntry
+	nil,                                // 43: leasekeeper.v1.ListResponse.RemainingEntry
+	nil,                                // 44: leasekeeper.v1.WriteRequest.LabelsEntry
+	(*durationpb.Duration)(nil),        // 45: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 46: google.protobuf.Timestamp
+	(*anypb.Any)(nil),                  // 47: google.protobuf.Any
 }
 var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
-	43, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
-	43, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
-	44, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
-	44, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
-	40, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
-	44, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
+	45, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
+	45, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
+	46, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
+	46, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
+	41, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
+	46, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 6: leasekeeper.v1.Lease.history:type_name -> leasekeeper.v1.Holding
-	44, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
-	44, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
-	43, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
-	43, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
-	41, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
+	46, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
+	46, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
+	45, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
+	45, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
+	42, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
 	1,  // 12: leasekeeper.v1.AcquireResponse.lease:type_name -> leasekeeper.v1.Lease
-	43, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
+	45, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 14: leasekeeper.v1.RenewResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 15: leasekeeper.v1.ReleaseResponse.lease:type_name -> leasekeeper.v1.Lease
 	1,  // 16: leasekeeper.v1.GetResponse.lease:type_name -> leasekeeper.v1.Lease
-	43, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
+	45, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
 	1,  // 18: leasekeeper.v1.ListResponse.leases:type_name -> leasekeeper.v1.Lease
-	1,  // 19: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
-	43, // 20: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
-	42, // 21: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
-	1,  // 22: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
-	43, // 23: leasekeeper.v1.WatchRequest.progress_interval:type_name -> google.protobuf.Duration
-	0,  // 24: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
-	1,  // 25: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
-	18, // 26: leasekeeper.v1.WatchEventBatch.events:type_name -> leasekeeper.v1.WatchEvent
-	20, // 27: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
-	43, // 28: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
-	22, // 29: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
-	43, // 30: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
-	3,  // 31: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
-	5,  // 32: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
-	7,  // 33: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
-	9,  // 34: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
-	13, // 35: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
-	15, // 36: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
-	45, // 37: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
-	25, // 38: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
-	4,  // 39: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
-	6,  // 40: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
-	8,  // 41: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
-	10, // 42: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
-	14, // 43: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
-	16, // 44: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
-	27, // 45: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
-	27, // 46: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
-	27, // 47: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
-	3,  // 48: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
-	5,  // 49: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
-	7,  // 50: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
-	9,  // 51: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
-	11, // 52: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
-	13, // 53: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
-	15, // 54: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
-	17, // 55: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
-	17, // 56: leasekeeper.v1.Leases.WatchBatches:input_type -> leasekeeper.v1.WatchRequest
-	21, // 57: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
-	24, // 58: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
-	28, // 59: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
-	38, // 60: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
-	30, // 61: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
-	32, // 62: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
-	34, // 63: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
-	36, // 64: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
-	4,  // 65: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
-	6,  // 66: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
-	8,  // 67: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
-	10, // 68: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
-	12, // 69: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
-	14, // 70: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
-	16, // 71: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
-	18, // 72: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
-	19, // 73: leasekeeper.v1.Leases.WatchBatches:output_type -> leasekeeper.v1.WatchEventBatch
-	23, // 74: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
-	26, // 75: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
-	29, // 76: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
-	39, // 77: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
-	31, // 78: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
-	33, // 79: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
-	35, // 80: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
-	37, // 81: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
-	65, // [65:82] is the sub-list for method output_type
-	48, // [48:65] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	43, // 19: leasekeeper.v1.ListResponse.remaining:type_name -> leasekeeper.v1.ListResponse.RemainingEntry
+	1,  // 20: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
+	45, // 21: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
+	44, // 22: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
+	1,  // 23: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
+	45, // 24: leasekeeper.v1.WatchRequest.progress_interval:type_name -> google.protobuf.Duration
+	0,  // 25: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
+	1,  // 26: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
+	18, // 27: leasekeeper.v1.WatchEventBatch.events:type_name -> leasekeeper.v1.WatchEvent
+	20, // 28: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
+	45, // 29: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
+	22, // 30: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
+	45, // 31: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
+	3,  // 32: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
+	5,  // 33: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
+	7,  // 34: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
+	9,  // 35: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
+	13, // 36: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
+	15, // 37: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
+	47, // 38: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
+	25, // 39: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
+	4,  // 40: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
+	6,  // 41: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
+	8,  // 42: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
+	10, // 43: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
+	14, // 44: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
+	16, // 45: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
+	27, // 46: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
+	30, // 47: leasekeeper.v1.StatusResponse.build:type_name -> leasekeeper.v1.BuildInfo
+	27, // 48: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
+	27, // 49: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
+	45, // 50: leasekeeper.v1.ListResponse.RemainingEntry.value:type_name -> google.protobuf.Duration
+	3,  // 51: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
+	5,  // 52: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
+	7,  // 53: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
+	9,  // 54: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
+	11, // 55: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
+	13, // 56: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
+	15, // 57: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
+	17, // 58: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
+	17, // 59: leasekeeper.v1.Leases.WatchBatches:input_type -> leasekeeper.v1.WatchRequest
+	21, // 60: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
+	24, // 61: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
+	28, // 62: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
+	39, // 63: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
+	31, // 64: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
+	33, // 65: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
+	35, // 66: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
+	37, // 67: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
+	4,  // 68: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
+	6,  // 69: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
+	8,  // 70: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
+	10, // 71: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
+	12, // 72: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
+	14, // 73: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
+	16, // 74: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
+	18, // 75: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
+	19, // 76: leasekeeper.v1.Leases.WatchBatches:output_type -> leasekeeper.v1.WatchEventBatch
+	23, // 77: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
+	26, // 78: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
+	29, // 79: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
+	40, // 80: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
+	32, // 81: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
+	34, // 82: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
+	36, // 83: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
+	38, // 84: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
+	68, // [68:85] is the sub-list for method output_type
+	51, // [51:68] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_leasekeeper_v1_leasekeeper_proto_init() }
@@ -3368,7 +3500,7 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasekeeper_v1_leasekeeper_proto_rawDesc), len(file_leasekeeper_v1_leasekeeper_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   42,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
