@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 )
@@ -67,6 +69,11 @@ var methods = map[string]MethodRule{
 	pb.Cluster_TransferLeadership_FullMethodName: {Verb: VerbAdmin},
 	// FollowsTerm tells only the node's Raft term, as Status does.
 	pb.Cluster_FollowsTerm_FullMethodName: {},
+
+	// Server reflection (grpcurl, grpcui) describes the API, which is
+	// public in any case; any authenticated identity may read it.
+	reflectionv1.ServerReflection_ServerReflectionInfo_FullMethodName:      {},
+	reflectionv1alpha.ServerReflection_ServerReflectionInfo_FullMethodName: {},
 }
 
 // Methods returns a copy of the method→verb table.

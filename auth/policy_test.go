@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
@@ -185,7 +187,8 @@ func TestConfigValidate(t *testing.T) {
 // auth is on, so a new RPC forgotten here would fail only in secured
 // clusters.
 func TestEveryMethodHasARule(t *testing.T) {
-	for _, sd := range []grpc.ServiceDesc{pb.Leases_ServiceDesc, pb.Cluster_ServiceDesc} {
+	for _, sd := range []grpc.ServiceDesc{pb.Leases_ServiceDesc, pb.Cluster_ServiceDesc,
+		reflectionv1.ServerReflection_ServiceDesc, reflectionv1alpha.ServerReflection_ServiceDesc} {
 		var names []string
 		for _, m := range sd.Methods {
 			names = append(names, m.MethodName)

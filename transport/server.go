@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/auth"
@@ -97,6 +98,10 @@ type Config struct {
 	// gRPC keepalive (see forward.go and keepalive.go).
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
+	// Reflection serves the gRPC server reflection service, so grpcurl and
+	// similar tools can list and call the API without the .proto files.
+	// With auth on, it answers authenticated callers only.
+	Reflection bool
 }
 
 // maxStreamsPerConn bounds the streams one connection holds open at once;
@@ -124,6 +129,7 @@ func DefaultConfig() Config {
 		ElectionTimeout:  node.DefaultConfig().ElectionTimeout,
 		// The Kubernetes Lease's largest leaseDurationSeconds.
 		MaxWriteLeaseDuration: math.MaxInt32 * time.Second,
+		Reflection:            true,
 	}
 }
 
@@ -230,6 +236,9 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterLeasesServer(g, s)
 	pb.RegisterClusterServer(g, s)
 	healthpb.RegisterHealthServer(g, liveHealth{Server: s.health, s: s})
+	if s.cfg.Reflection {
+		reflection.Register(g)
+	}
 	s.updateHealth()
 }
 
