@@ -42,6 +42,10 @@ var profiles = map[string]map[string]string{
 	},
 }
 
+// cliOnly are flags that ask for something other than a running node;
+// the environment and config files cannot set them.
+var cliOnly = map[string]bool{"version": true}
+
 // layer applies values to flags not already set by a stronger source, and
 // records the flags it set. source names it in error messages.
 func layer(fs *flag.FlagSet, set map[string]string, values map[string]string, source string) error {
@@ -53,6 +57,9 @@ func layer(fs *flag.FlagSet, set map[string]string, values map[string]string, so
 	for _, k := range keys {
 		if fs.Lookup(k) == nil {
 			return fmt.Errorf("%s: unknown setting %q", source, k)
+		}
+		if cliOnly[k] {
+			return fmt.Errorf("%s: %q is a command-line flag only", source, k)
 		}
 		if _, done := set[k]; done {
 			continue
@@ -69,6 +76,9 @@ func layer(fs *flag.FlagSet, set map[string]string, values map[string]string, so
 func envValues(fs *flag.FlagSet) map[string]string {
 	out := map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) {
+		if cliOnly[f.Name] {
+			return
+		}
 		if v, ok := os.LookupEnv(envName(f.Name)); ok {
 			out[f.Name] = v
 		}
@@ -116,7 +126,7 @@ func fileValues(path string) (map[string]string, error) {
 func printConfig(w io.Writer, fs *flag.FlagSet, set map[string]string) {
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) {
-		if f.Name != "print-config" && f.Name != "config" {
+		if f.Name != "print-config" && f.Name != "config" && !cliOnly[f.Name] {
 			names = append(names, f.Name)
 		}
 	})

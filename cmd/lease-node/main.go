@@ -34,6 +34,7 @@ import (
 	"github.com/leasekeeper/leasekeeper/auth"
 	"github.com/leasekeeper/leasekeeper/clock"
 	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/internal/buildinfo"
 	"github.com/leasekeeper/leasekeeper/k8sapi"
 	"github.com/leasekeeper/leasekeeper/node"
 	"github.com/leasekeeper/leasekeeper/transport"
@@ -69,7 +70,7 @@ type options struct {
 // '-' as '_'); a flag on the command line wins.
 const envPrefix = "LEASE_NODE_"
 
-// errPrinted: --print-config printed the configuration; exit 0.
+// errPrinted: --print-config or --version printed what was asked; exit 0.
 var errPrinted = errors.New("configuration printed")
 
 func parse(args []string, stdout, stderr io.Writer) (*options, error) {
@@ -82,6 +83,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.node.RaftAddr, "raft-addr", "127.0.0.1:8001", "Raft address, reached by the other nodes")
 	fs.StringVar(&o.httpAddr, "http-addr", "", "address for /metrics, /healthz and /readyz (empty: off)")
 	fs.BoolVar(&o.pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof/ on --http-addr (heap and goroutine dumps: keep that address private)")
+	fs.BoolVar(&o.server.Reflection, "grpc-reflection", o.server.Reflection, "serve gRPC server reflection on --grpc-addr, so grpcurl lists and calls the API without the .proto files (--grpc-reflection=false: off)")
 	fs.StringVar(&o.k8sAPIAddr, "k8s-api-addr", "", "address for the Kubernetes Lease API (coordination.k8s.io/v1) over HTTP, for kubectl and client-go (empty: off)")
 	fs.BoolVar(&o.node.Bootstrap, "bootstrap", false, "start a new cluster of --peers if this node has no state")
 	fs.StringVar(&o.peers, "peers", "", "initial cluster for --bootstrap: id=raftaddr,id=raftaddr,...")
@@ -125,12 +127,17 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
 	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens, no-confirm, ignore-expire-doubt)")
 	var configPath, profile string
-	var print bool
+	var print, version bool
 	fs.StringVar(&configPath, "config", "", "YAML config file; keys are flag names (flags > LEASE_NODE_* env > file > profile > defaults)")
 	fs.StringVar(&profile, "profile", "", "preset lease defaults and limits: production, test or development")
 	fs.BoolVar(&print, "print-config", false, "print the effective configuration and exit")
+	fs.BoolVar(&version, "version", false, "print the version of this binary and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if version {
+		printVersion(stdout)
+		return nil, errPrinted
 	}
 	set := map[string]string{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = "flag" })
@@ -205,6 +212,13 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	// Forwarded calls and keepalive are sized from the Raft timings.
 	o.server.HeartbeatTimeout, o.server.ElectionTimeout = o.node.HeartbeatTimeout, o.node.ElectionTimeout
 	return o, o.server.Validate()
+}
+
+// printVersion writes the build and the formats it reads: an operator
+// planning an upgrade compares them between binaries.
+func printVersion(w io.Writer) {
+	fmt.Fprintf(w, "lease-node %s\nraft command version %d, snapshot format %d\n",
+		buildinfo.Get(), fsm.CommandVersion, fsm.SnapshotFormat)
 }
 
 // parseBytes reads a size such as 900MiB, 1GiB, 512MB or 1048576 (bytes);
@@ -370,7 +384,7 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 			errc <- err
 		}
 	}
-	log.Info("serving", "grpc", o.node.GRPCAddr, "raft", o.node.RaftAddr, "http", o.httpAddr, "data_dir", o.node.DataDir,
+	log.Info("serving", "version", buildinfo.Get().Version, "grpc", o.node.GRPCAddr, "raft", o.node.RaftAddr, "http", o.httpAddr, "data_dir", o.node.DataDir,
 		"tls", sec.tlsEnabled, "raft_tls", o.sec.raftTLS, "auth", o.sec.authMode)
 	if o.restore != "" {
 		wg.Add(1)

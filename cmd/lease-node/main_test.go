@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/internal/buildinfo"
 	"github.com/leasekeeper/leasekeeper/node"
 )
 
@@ -154,5 +156,61 @@ func TestWarningsNameOpenSurfaces(t *testing.T) {
 	authNoRaftTLS := (&securityFlags{authMode: "token", cert: "c", key: "k"}).warnings("127.0.0.1:7001", "127.0.0.1:8001")
 	if len(authNoRaftTLS) != 1 || !strings.Contains(authNoRaftTLS[0], "auth notwithstanding") {
 		t.Errorf("warnings with auth on and Raft in plain text: %q", authNoRaftTLS)
+	}
+}
+
+// TestVersion: --version prints the build and the formats the binary
+// reads, needs no other flag, and cannot be switched on from the
+// environment, where it would stop every node that inherits it.
+func TestVersion(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"--version"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	want := fmt.Sprintf("lease-node %s\nraft command version %d, snapshot format %d\n", buildinfo.Get(), fsm.CommandVersion, fsm.SnapshotFormat)
+	if out.String() != want {
+		t.Errorf("--version printed %q, want %q", out.String(), want)
+	}
+	t.Setenv("LEASE_NODE_VERSION", "true")
+	o, err := parse([]string{"--id", "a"}, &out, &out)
+	if err != nil || o == nil {
+		t.Fatalf("LEASE_NODE_VERSION set: %v, want it ignored", err)
+	}
+	file := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(file, []byte("version: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parse([]string{"--id", "a", "--config", file}, &out, &out); err == nil || !strings.Contains(err.Error(), "command-line flag only") {
+		t.Errorf("version in a config file: %v, want a command-line-only error", err)
+	}
+}
+
+// TestReflectionFlag: reflection is on unless turned off, by flag or
+// environment.
+func TestReflectionFlag(t *testing.T) {
+	var out bytes.Buffer
+	tests := []struct {
+		name string
+		args []string
+		env  string
+		want bool
+	}{
+		{"default", nil, "", true},
+		{"flag off", []string{"--grpc-reflection=false"}, "", false},
+		{"env off", nil, "false", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv("LEASE_NODE_GRPC_REFLECTION", tc.env)
+			}
+			o, err := parse(append([]string{"--id", "a"}, tc.args...), &out, &out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.server.Reflection != tc.want {
+				t.Errorf("Reflection = %v, want %v", o.server.Reflection, tc.want)
+			}
+		})
 	}
 }
