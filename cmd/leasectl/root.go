@@ -119,6 +119,7 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 lease held by another holder
 		a.lockCmd(), a.electCmd(), a.observeCmd(),
 		a.memberCmd(), a.snapshotCmd(),
 		a.certsCmd(), a.hashTokenCmd(),
+		a.versionCmd(),
 	)
 	return root
 }
