@@ -58,7 +58,7 @@ a single lease read from the leader, the time left to the holding.`,
 
 func (a *app) getOne(name string, serializable bool, output string) error {
 	var resp *pb.GetResponse
-	err := a.call(func(ctx context.Context, c *client.Client) error {
+	err := a.callLease(name, func(ctx context.Context, c *client.Client) error {
 		var err error
 		resp, err = c.Get(ctx, a.namespace, name, serializable)
 		return err
@@ -118,7 +118,7 @@ func (a *app) describeCmd() *cobra.Command {
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var resp *pb.GetResponse
-			err := a.call(func(ctx context.Context, c *client.Client) error {
+			err := a.callLease(args[1], func(ctx context.Context, c *client.Client) error {
 				var err error
 				resp, err = c.Get(ctx, a.namespace, args[1], serializable)
 				return err

@@ -46,7 +46,7 @@ current holding either way. Without --grace the server picks the grace period.`,
 				return usageErrorf("--duration must be positive, got %v", duration)
 			}
 			var resp *pb.AcquireResponse
-			err := a.call(func(ctx context.Context, c *client.Client) error {
+			err := a.callLease(args[0], func(ctx context.Context, c *client.Client) error {
 				var err error
 				resp, err = c.Acquire(ctx, a.namespace, args[0], holder, duration, grace, labels)
 				return err
@@ -112,7 +112,7 @@ func (a *app) holdingCmd(use, short, verb string, op func(c *client.Client, ctx 
 				return usageErrorf("--holder and --token are required")
 			}
 			var l *pb.Lease
-			err := a.call(func(ctx context.Context, c *client.Client) error {
+			err := a.callLease(args[0], func(ctx context.Context, c *client.Client) error {
 				var err error
 				l, err = op(c, ctx, a.namespace, args[0], holder, token)
 				return err
@@ -168,7 +168,7 @@ func (a *app) deleteCmd() *cobra.Command {
 			if err := checkResource(args[0]); err != nil {
 				return err
 			}
-			err := a.call(func(ctx context.Context, c *client.Client) error {
+			err := a.callLease(args[1], func(ctx context.Context, c *client.Client) error {
 				_, err := c.Delete(ctx, a.namespace, args[1])
 				return err
 			})

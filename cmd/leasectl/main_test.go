@@ -157,8 +157,8 @@ func TestAcquireRenewRelease(t *testing.T) {
 		t.Errorf("renew: %q", out)
 	}
 	_, errOut, code := leasectl(t, srv, "renew", "db", "--holder", "alice", "--token", "2")
-	if code != exitError || !strings.HasPrefix(errOut, "leasectl: client: stale or wrong fencing token: ") {
-		t.Errorf("renew with a wrong token: exit %d, stderr %q; want 1 and the stale token error", code, errOut)
+	if want := `Error from server (FailedPrecondition): lease "default/db": `; code != exitError || !strings.HasPrefix(errOut, want) || strings.Count(errOut, "\n") != 1 {
+		t.Errorf("renew with a wrong token: exit %d, stderr %q; want 1 and one line starting %q", code, errOut, want)
 	}
 	out = mustRun(t, srv, exitOK, "release", "db", "--holder", "alice", "--token", "1")
 	if out != "released default/db holder=alice token=1\n" {
@@ -180,12 +180,12 @@ func TestServerErrors(t *testing.T) {
 	if code != exitError {
 		t.Errorf("exit %d, want %d", code, exitError)
 	}
-	if want := "leasectl: client: invalid argument: name \"DB\" is not a DNS-1123 label\n"; errOut != want {
+	if want := "Error from server (InvalidArgument): lease \"default/DB\": name \"DB\" is not a DNS-1123 label\n"; errOut != want {
 		t.Errorf("stderr:\n got %q\nwant %q", errOut, want)
 	}
 	_, errOut, code = leasectl(t, srv, "get", "lease", "nope")
-	if code != exitError || !strings.Contains(errOut, "not found: lease default/nope not found") {
-		t.Errorf("get missing lease: exit %d, stderr %q", code, errOut)
+	if want := "Error from server (NotFound): lease \"default/nope\" not found\n"; code != exitError || errOut != want {
+		t.Errorf("get missing lease: exit %d, stderr %q, want %q", code, errOut, want)
 	}
 }
 

@@ -75,7 +75,7 @@ func runContext(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return code
 		}
 	}
-	fmt.Fprintf(stderr, "leasectl: %v\n", err)
+	fmt.Fprintln(stderr, errorLine(err))
 	return code
 }
 
@@ -173,6 +173,12 @@ func (a *app) client() (*client.Client, error) {
 		return nil, usageErrorf("--endpoints: %v", err)
 	}
 	return c, nil
+}
+
+// callLease is call for a request about the lease name in --namespace:
+// its errors name the lease.
+func (a *app) callLease(name string, f func(ctx context.Context, c *client.Client) error) error {
+	return onObject(a.call(f), "lease", a.namespace+"/"+name)
 }
 
 // call runs f with a client and a context bounded by --timeout.
