@@ -368,6 +368,17 @@ func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespons
 	out := &pb.ListResponse{Revision: rev, Leases: make([]*pb.Lease, len(leases))}
 	for i, l := range leases {
 		out.Leases[i] = toPB(l)
+		if !req.WithRemaining || l.Holder == "" {
+			continue
+		}
+		// Only the leader's expiry table knows; a follower answering a
+		// serializable list finds nothing, and the field stays empty.
+		if d, ok := s.node.Remaining(l.Namespace, l.Name); ok {
+			if out.Remaining == nil {
+				out.Remaining = make(map[string]*durationpb.Duration)
+			}
+			out.Remaining[l.Key()] = durationpb.New(d)
+		}
 	}
 	return out, nil
 }

@@ -617,3 +617,37 @@ func TestRenewWithAndWithoutTheLog(t *testing.T) {
 		}
 	}
 }
+
+// TestListWithRemaining: a list that asks for them carries the time left
+// to each live holding, counted by the leader, also when a follower
+// forwards it; a follower's serializable list and a list that does not
+// ask carry none.
+func TestListWithRemaining(t *testing.T) {
+	_, f, _ := start(t)
+	if _, err := f.Acquire(ctx(t), acq("held", "a", 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	free, err := f.Acquire(ctx(t), acq("free", "b", 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Release(ctx(t), &pb.ReleaseRequest{Name: "free", HolderIdentity: "b", FencingToken: free.Lease.FencingToken}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := f.List(ctx(t), &pb.ListRequest{WithRemaining: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Leases) != 2 || len(resp.Remaining) != 1 {
+		t.Fatalf("list: %d leases, remaining %v; want 2 leases and the held one's time", len(resp.Leases), resp.Remaining)
+	}
+	if d := resp.Remaining["default/held"].AsDuration(); d <= 0 || d > 12*time.Second {
+		t.Errorf("remaining of held: %v, want in (0, duration + grace]", d)
+	}
+	if resp, err := f.List(ctx(t), &pb.ListRequest{}); err != nil || len(resp.Remaining) != 0 {
+		t.Errorf("list without with_remaining: %v, remaining %v; want none", err, resp.GetRemaining())
+	}
+	if resp, err := f.List(ctx(t), &pb.ListRequest{WithRemaining: true, Serializable: true}); err != nil || len(resp.Remaining) != 0 {
+		t.Errorf("serializable list on a follower: %v, remaining %v; want none", err, resp.GetRemaining())
+	}
+}

@@ -441,6 +441,12 @@ func (x leases) List(_ context.Context, req *pb.ListRequest) (*pb.ListResponse, 
 	for _, l := range s.leases {
 		if (req.AllNamespaces || l.Namespace == defaultNS(req.Namespace)) && sel.Matches(l.Labels) {
 			resp.Leases = append(resp.Leases, proto.Clone(l).(*pb.Lease))
+			if r := remaining(l); r != nil && req.WithRemaining && !req.Serializable {
+				if resp.Remaining == nil {
+					resp.Remaining = make(map[string]*durationpb.Duration)
+				}
+				resp.Remaining[key(l.Namespace, l.Name)] = r
+			}
 		}
 	}
 	sort.Slice(resp.Leases, func(i, j int) bool {

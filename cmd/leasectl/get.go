@@ -22,8 +22,9 @@ func (a *app) getCmd() *cobra.Command {
 		Short: "Show one lease or a list of leases",
 		Long: `Show one lease or a list of leases, like kubectl get leases.
 
-The wide output adds the fencing token, the transitions, the duration and, for
-a single lease read from the leader, the time left to the holding.`,
+The wide output adds the fencing token, the transitions, the duration and the
+time left to each live holding (EXPIRES IN), as the leader counts it; a
+--serializable read answered by a follower does not know it and shows "-".`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 1 || len(args) > 2 {
 				return usageErrorf("%s takes lease|leases [NAME], got %d arguments", cmd.CommandPath(), len(args))
@@ -45,6 +46,7 @@ a single lease read from the leader, the time left to the holding.`,
 				AllNamespaces: allNamespaces,
 				LabelSelector: selector,
 				Serializable:  serializable,
+				WithRemaining: output == outWide,
 			}, output)
 		},
 	}
@@ -99,8 +101,9 @@ func (a *app) getList(req *pb.ListRequest, output string) error {
 	}
 	rows := make([]leaseRow, 0, len(resp.GetLeases()))
 	for _, l := range resp.GetLeases() {
-		// A list carries no remaining times: the wide table shows "-".
-		rows = append(rows, leaseRow{lease: l})
+		// A lease the answer gives no time for (free, or the list came
+		// from a follower or an older server) shows "-".
+		rows = append(rows, leaseRow{lease: l, remaining: resp.GetRemaining()[l.GetNamespace()+"/"+l.GetName()]})
 	}
 	return a.writeLeaseTable(a.stdout, rows, output == outWide, req.AllNamespaces)
 }

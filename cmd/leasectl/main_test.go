@@ -236,6 +236,11 @@ func TestGetTable(t *testing.T) {
 		{
 			name: "wide list",
 			args: []string{"get", "leases", "-o", "wide"},
+			want: []string{"NAME HOLDER AGE TOKEN TRANSITIONS DURATION EXPIRES IN", "cache <none> 5h30m 0 0 1s -", "db alice 5h30m 7 2 10s 12s"},
+		},
+		{
+			name: "wide list serializable",
+			args: []string{"get", "leases", "-o", "wide", "--serializable"},
 			want: []string{"NAME HOLDER AGE TOKEN TRANSITIONS DURATION EXPIRES IN", "cache <none> 5h30m 0 0 1s -", "db alice 5h30m 7 2 10s -"},
 		},
 		{
