@@ -8,13 +8,18 @@ BIN=${BIN:-bin/lease-node}
 DATA_DIR=${DATA_DIR:-data}
 peers="n1=127.0.0.1:8001,n2=127.0.0.1:8002,n3=127.0.0.1:8003"
 pids=()
+stopping=""
+# stop ends the nodes and waits for them; why says what asked for it.
 stop() {
 	trap - INT TERM EXIT
-	echo "stopping the cluster..."
+	stopping=1
+	echo "$1: stopping the cluster..." >&2
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	wait
+	wait || true
 }
-trap stop INT TERM EXIT
+trap 'stop "Ctrl-C"; exit 0' INT
+trap 'stop "SIGTERM"; exit 0' TERM
+trap 'stop "exiting"' EXIT
 mkdir -p "$DATA_DIR"
 for i in 1 2 3; do
 	k8s=""
@@ -33,5 +38,11 @@ n1 also serves the Kubernetes Lease API: kubectl --server http://127.0.0.1:6443 
 logs: $DATA_DIR/n1.log .. n3.log     try: bin/leasectl cluster status
 Ctrl-C stops all three.
 MSG
-wait -n || true
-echo "a node exited; see $DATA_DIR/n*.log" >&2
+# Ctrl-C (or TERM) runs its trap, which stops the cluster and exits 0
+# before the lines below; reaching them means a node ended by itself.
+code=0
+wait -n || code=$?
+[ -n "$stopping" ] && exit 0
+echo "a node exited (status $code); see $DATA_DIR/n*.log" >&2
+stop "a node exited"
+exit 1
