@@ -63,6 +63,7 @@ func runContext(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	a.addCompletions(root) // after SetOut: cobra's completion command keeps the writer it sees
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK
