@@ -35,6 +35,7 @@ import (
 	"github.com/leasekeeper/leasekeeper/clock"
 	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/internal/buildinfo"
+	"github.com/leasekeeper/leasekeeper/internal/sdnotify"
 	"github.com/leasekeeper/leasekeeper/k8sapi"
 	"github.com/leasekeeper/leasekeeper/node"
 	"github.com/leasekeeper/leasekeeper/transport"
@@ -360,6 +361,9 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 			_ = lis.Close()
 			return
 		}
+		// The listener is bound and calls are taken from here on: a
+		// systemd unit of Type=notify counts as started now.
+		notify(log, sdnotify.Ready+"\n"+sdnotify.Status("serving gRPC on "+o.node.GRPCAddr))
 		if err := g.Serve(lis); err != nil {
 			errc <- fmt.Errorf("grpc: %w", err)
 		}
@@ -425,6 +429,7 @@ wait:
 			sec.reload(log)
 		}
 	}
+	notify(log, sdnotify.Stopping)
 	cancel()
 	if ks != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -444,6 +449,16 @@ wait:
 		_ = hs.Shutdown(sctx)
 	}
 	return runErr
+}
+
+// notify tells the service manager (systemd's $NOTIFY_SOCKET) state; a
+// node started without one sends nothing.
+func notify(log hclog.Logger, state string) {
+	if sent, err := sdnotify.Notify(state); err != nil {
+		log.Warn("cannot notify the service manager", "error", err)
+	} else if sent {
+		log.Debug("notified the service manager", "state", state)
+	}
 }
 
 // stopGRPC lets in-flight calls finish for up to d, then cuts the rest
