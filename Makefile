@@ -107,11 +107,18 @@ test-integration:
 attack:
 	$(GO) test -count=1 -v -run 'TestAttack' ./integration/
 
-# promtool comes with Debian's prometheus package; CI installs it.
+# promtool comes with Debian's prometheus package, systemd-analyze with
+# systemd; CI installs both. The deploy package's tests decode the
+# Kubernetes manifests strictly and check their wiring, and check the
+# systemd unit (systemd-analyze verify; skipped with a message where it is
+# missing, except in CI). The StatefulSet's pods are started as processes
+# by integration's TestStatefulSetStartsACluster (make test-integration).
 check-deploy:
 	@if command -v promtool >/dev/null; then promtool check rules deploy/prometheus/alerts.yml; \
 	elif [ -n "$$CI" ]; then echo "promtool is missing"; exit 1; \
 	else echo "promtool not installed (apt-get install prometheus): alert rules not checked"; fi
+	@command -v systemd-analyze >/dev/null || echo "systemd-analyze not installed (apt-get install systemd): the unit is not verified"
+	$(GO) test -count=1 ./deploy/...
 
 tools: $(STATICCHECK)
 
