@@ -3,13 +3,17 @@
 # network from inside a container (it needs the NET_ADMIN capability, which
 # docker-compose.yml grants).
 #
-#   docker build -t leasekeeper .
+#   docker build --build-arg VERSION=$(git describe --tags --dirty) -t leasekeeper .
 FROM golang:1.26 AS build
+# The release the binaries report (lease-node --version, leasectl version).
+ARG VERSION=devel
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -o /out/ ./cmd/lease-node ./cmd/leasectl
+RUN CGO_ENABLED=0 go build -trimpath \
+	-ldflags "-X github.com/leasekeeper/leasekeeper/internal/buildinfo.version=${VERSION}" \
+	-o /out/ ./cmd/lease-node ./cmd/leasectl
 
 FROM debian:bookworm-slim
 RUN apt-get update \
