@@ -68,10 +68,14 @@ func (t EventType) String() string {
 
 // Event is one change to the table. Lease is the state after the change (for
 // EventDeleted, the last state). Revision is the store revision the change
-// created, equal to Lease.ResourceVersion except for deletions.
+// created, equal to Lease.ResourceVersion except for deletions. Prev is the
+// lease as it was before the change (nil when the change created it), so a
+// window of events can be read backwards to the table at an earlier
+// revision. Leases in events are never changed after they are emitted.
 type Event struct {
 	Type     EventType
 	Lease    *Lease
+	Prev     *Lease
 	Revision uint64
 }
 
@@ -266,8 +270,8 @@ func (f *FSM) apply(c *fsmpb.Command, index, term uint64) *Result {
 func (f *FSM) store(l *Lease, t EventType) {
 	f.revision++
 	l.ResourceVersion = f.revision
-	f.leases.put(l)
-	f.events = append(f.events, Event{Type: t, Lease: l, Revision: f.revision})
+	prev := f.leases.put(l)
+	f.events = append(f.events, Event{Type: t, Lease: l, Prev: prev, Revision: f.revision})
 }
 
 // newHolding makes l a new holding of holder: a new fencing token, above
@@ -593,7 +597,7 @@ func (f *FSM) delete(d *fsmpb.Delete, now int64) *Result {
 		l.Holder = ""
 	}
 	f.revision++
-	f.events = append(f.events, Event{Type: EventDeleted, Lease: l, Revision: f.revision})
+	f.events = append(f.events, Event{Type: EventDeleted, Lease: l, Prev: old, Revision: f.revision})
 	return &Result{Lease: l}
 }
 

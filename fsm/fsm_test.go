@@ -155,6 +155,23 @@ func TestAcquireRenewReleaseExpire(t *testing.T) {
 		if i > 0 && ev.Revision <= h.events[i-1].Revision {
 			t.Errorf("event %d: revision %d not above %d", i, ev.Revision, h.events[i-1].Revision)
 		}
+		// Each event names the state it replaced: none for the first, the
+		// previous event's lease after that.
+		switch {
+		case i == 0 && ev.Prev != nil:
+			t.Errorf("event 0 (ADDED): Prev %+v, want nil", ev.Prev)
+		case i > 0 && ev.Prev != h.events[i-1].Lease:
+			t.Errorf("event %d: Prev is not the lease of event %d", i, i-1)
+		}
+	}
+	h.events = nil
+	rv := h.f.Revision()
+	old, _ := h.f.Get("default", "db")
+	if r := h.apply(190, del("default", "db", rv)); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if len(h.events) != 1 || h.events[0].Prev != old {
+		t.Fatalf("DELETED event: %+v, want one with Prev the deleted lease", h.events)
 	}
 }
 

@@ -1,8 +1,10 @@
 package transport
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -152,9 +154,9 @@ func (h *Hub) subscribeBuf(owner string, start, current uint64, replay bool, mat
 	if start > 0 || replay {
 		switch {
 		case len(h.events) == 0 && start < current:
-			return nil, nil, ErrCompacted
+			return nil, nil, compacted(start, current)
 		case len(h.events) > 0 && start < h.floor:
-			return nil, nil, ErrCompacted
+			return nil, nil, compacted(start, h.floor)
 		}
 		for _, ev := range h.events {
 			if ev.Revision > start && (match == nil || match(ev.Lease)) {
@@ -251,3 +253,69 @@ func (w *watcher) take(dst []fsm.Event, max int) (out []fsm.Event, closed bool, 
 
 // minCap is the queue capacity a watcher keeps between bursts.
 func (w *watcher) minCap() int { return min(w.buf, 64) }
+
+// errNotCaughtUp: the hub has not yet been told of every event up to the
+// revision asked about; the FSM applied them a moment ago.
+var errNotCaughtUp = errors.New("transport: the watch window is behind the store")
+
+// at rewinds cur, the leases that match as the FSM holds them at revision
+// curRev, to revision rev (rev <= curRev), by undoing the window's events
+// after rev from the newest back: each event puts back the lease as it was
+// before it (Event.Prev). It fails with ErrCompacted when the window does
+// not reach back to rev, and with errNotCaughtUp when the hub has not yet
+// received the events up to curRev. The result is sorted as FSM.List sorts.
+func (h *Hub) at(rev uint64, cur []*fsm.Lease, curRev uint64, match func(*fsm.Lease) bool) ([]*fsm.Lease, error) {
+	if rev == curRev {
+		return cur, nil
+	}
+	type key struct{ ns, name string }
+	state := make(map[key]*fsm.Lease, len(cur))
+	for _, l := range cur {
+		state[key{l.Namespace, l.Name}] = l
+	}
+	h.mu.Lock()
+	switch {
+	case len(h.events) == 0:
+		h.mu.Unlock()
+		return nil, compacted(rev, curRev)
+	case rev < h.floor:
+		h.mu.Unlock()
+		return nil, compacted(rev, h.floor)
+	case h.last < curRev:
+		h.mu.Unlock()
+		return nil, errNotCaughtUp
+	}
+	for i := len(h.events) - 1; i >= 0 && h.events[i].Revision > rev; i-- {
+		ev := h.events[i]
+		if ev.Revision > curRev {
+			continue
+		}
+		k := key{ev.Lease.Namespace, ev.Lease.Name}
+		switch {
+		case ev.Prev == nil:
+			delete(state, k)
+		case match == nil || match(ev.Prev):
+			state[k] = ev.Prev
+		default:
+			delete(state, k)
+		}
+	}
+	h.mu.Unlock()
+	out := make([]*fsm.Lease, 0, len(state))
+	for _, l := range state {
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(a, b *fsm.Lease) int {
+		if c := cmp.Compare(a.Namespace, b.Namespace); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Name, b.Name)
+	})
+	return out, nil
+}
+
+// compacted is ErrCompacted for a read or watch from rev, older than the
+// window, which keeps the events after floor.
+func compacted(rev, floor uint64) error {
+	return fmt.Errorf("%w: revision %d; the window keeps the events after revision %d", ErrCompacted, rev, floor)
+}

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/leasekeeper/leasekeeper/fsm"
@@ -87,5 +88,74 @@ func TestWatchLimits(t *testing.T) {
 	h.unsubscribe(a1)
 	if _, err := sub("alice"); err != nil {
 		t.Fatalf("alice's watch after one ended: %v", err)
+	}
+}
+
+// TestHubAt: the window read backwards gives the table at an earlier
+// revision, label changes and deletions included; a revision older than
+// the window is ErrCompacted, and a table newer than the window waits.
+func TestHubAt(t *testing.T) {
+	lease := func(name string, rv uint64, x string) *fsm.Lease {
+		return &fsm.Lease{Namespace: "default", Name: name, ResourceVersion: rv, Labels: map[string]string{"x": x}}
+	}
+	a1, b2, a3, c5 := lease("a", 1, "1"), lease("b", 2, "1"), lease("a", 3, "2"), lease("c", 5, "1")
+	h := NewHub(1000, 10)
+	h.Applied([]fsm.Event{
+		{Type: fsm.EventAdded, Lease: a1, Revision: 1},
+		{Type: fsm.EventAdded, Lease: b2, Revision: 2},
+		{Type: fsm.EventModified, Lease: a3, Prev: a1, Revision: 3},
+		{Type: fsm.EventDeleted, Lease: b2, Prev: b2, Revision: 4},
+		{Type: fsm.EventAdded, Lease: c5, Revision: 5},
+	})
+	x1 := func(l *fsm.Lease) bool { return l.Labels["x"] == "1" }
+	names := func(ls []*fsm.Lease) []uint64 {
+		var out []uint64
+		for _, l := range ls {
+			out = append(out, l.ResourceVersion)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name  string
+		rev   uint64
+		match func(*fsm.Lease) bool
+		want  []uint64 // resourceVersions, in name order
+	}{
+		{"now", 5, nil, []uint64{3, 5}},
+		{"before c", 4, nil, []uint64{3}},
+		{"before the delete", 3, nil, []uint64{3, 2}},
+		{"before the change", 2, nil, []uint64{1, 2}},
+		{"first", 1, nil, []uint64{1}},
+		{"empty", 0, nil, nil},
+		{"label as it was", 2, x1, []uint64{1, 2}},
+		{"label as it is", 3, x1, []uint64{2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cur []*fsm.Lease
+			for _, l := range []*fsm.Lease{a3, c5} {
+				if tc.match == nil || tc.match(l) {
+					cur = append(cur, l)
+				}
+			}
+			got, err := h.at(tc.rev, cur, 5, tc.match)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g := names(got); !slices.Equal(g, tc.want) {
+				t.Fatalf("at %d: got resourceVersions %v, want %v", tc.rev, g, tc.want)
+			}
+		})
+	}
+	if _, err := h.at(4, nil, 6, nil); !errors.Is(err, errNotCaughtUp) {
+		t.Fatalf("a table ahead of the window: got %v, want errNotCaughtUp", err)
+	}
+
+	small := NewHub(4, 10)
+	small.Applied(events(1, 10)) // keeps 6..10 or more, never 1
+	if _, err := small.at(1, nil, 10, nil); !errors.Is(err, ErrCompacted) {
+		t.Fatalf("a revision older than the window: got %v, want ErrCompacted", err)
+	}
+	if _, err := NewHub(4, 10).at(1, nil, 3, nil); !errors.Is(err, ErrCompacted) {
+		t.Fatalf("an empty window: got %v, want ErrCompacted", err)
 	}
 }

@@ -355,7 +355,9 @@ func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespons
 	if err != nil {
 		return nil, invalidErr(err)
 	}
-	local, err := s.readLocal(ctx, req.Serializable)
+	// A read at a past revision needs no barrier: history does not change.
+	// A node that has not applied that revision yet asks the leader.
+	local, err := s.readLocal(ctx, req.Serializable || (req.Revision != 0 && req.Revision <= s.node.FSM().Revision()))
 	if err != nil {
 		return nil, err
 	}
@@ -365,6 +367,12 @@ func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespons
 		})
 	}
 	leases, rev := s.node.FSM().List(match)
+	if req.Revision != 0 {
+		if leases, err = s.listAt(ctx, req.Revision, match); err != nil {
+			return nil, err
+		}
+		rev = req.Revision
+	}
 	out := &pb.ListResponse{Revision: rev, Leases: make([]*pb.Lease, len(leases))}
 	for i, l := range leases {
 		out.Leases[i] = toPB(l)
@@ -381,6 +389,34 @@ func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespons
 		}
 	}
 	return out, nil
+}
+
+// listAtTries bounds how often listAt reads the table again while the
+// watch window catches up with it (the hub hears of an applied batch just
+// after the FSM applied it).
+const listAtTries = 100
+
+// listAt reads the leases that match as they were at revision rev, from
+// the current table and the watch window.
+func (s *Server) listAt(ctx context.Context, rev uint64, match func(*fsm.Lease) bool) ([]*fsm.Lease, error) {
+	for try := 0; ; try++ {
+		cur, curRev := s.node.FSM().List(match)
+		if rev > curRev {
+			return nil, invalid("revision %d is ahead of the store's, %d", rev, curRev)
+		}
+		leases, err := s.hub.at(rev, cur, curRev, match)
+		if !errors.Is(err, errNotCaughtUp) {
+			return leases, toStatus(err, nil)
+		}
+		if try == listAtTries {
+			return nil, status.Errorf(codes.Unavailable, "%v", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, toStatus(ctx.Err(), nil)
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 // Watch streams changes from this node's applied log, after an optional

@@ -33,12 +33,22 @@ type Cluster struct {
 // real time) and stops them when the test ends.
 func Start(t testing.TB, n int, clk clock.Clock) *Cluster {
 	t.Helper()
+	return StartWith(t, n, clk, nil)
+}
+
+// StartWith is Start with the servers' configuration changed by configure
+// (nil: the defaults), for tests of a small watch window and the like.
+func StartWith(t testing.TB, n int, clk clock.Clock, configure func(*transport.Config)) *Cluster {
+	t.Helper()
 	c := &Cluster{}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	lis := make([]net.Listener, n)
 	hubs := make([]*transport.Hub, n)
 	cfg := transport.DefaultConfig()
+	if configure != nil {
+		configure(&cfg)
+	}
 	for i := range lis {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

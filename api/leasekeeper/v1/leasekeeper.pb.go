@@ -934,6 +934,11 @@ type ListRequest struct {
 	// gives it. Only the leader knows it: a serializable list answered by a
 	// follower leaves remaining empty. Older servers ignore the field.
 	WithRemaining bool `protobuf:"varint,6,opt,name=with_remaining,json=withRemaining,proto3" json:"with_remaining,omitempty"`
+	// revision, when set, reads the leases as they were at exactly that store
+	// revision, from the answering node's window of recent events (the window
+	// a watch resumes from): OUT_OF_RANGE when the window no longer reaches
+	// back to it, INVALID_ARGUMENT when the store has not reached it yet.
+	Revision      uint64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1008,6 +1013,13 @@ func (x *ListRequest) GetWithRemaining() bool {
 		return x.WithRemaining
 	}
 	return false
+}
+
+func (x *ListRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 type ListResponse struct {
@@ -3134,14 +3146,15 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\fserializable\x18\x03 \x01(\bR\fserializable\"s\n" +
 	"\vGetResponse\x12+\n" +
 	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\x127\n" +
-	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\"\xd8\x01\n" +
+	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\"\xf4\x01\n" +
 	"\vListRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12%\n" +
 	"\x0eall_namespaces\x18\x02 \x01(\bR\rallNamespaces\x12%\n" +
 	"\x0elabel_selector\x18\x03 \x01(\tR\rlabelSelector\x12\"\n" +
 	"\fserializable\x18\x04 \x01(\bR\fserializable\x12\x12\n" +
 	"\x04name\x18\x05 \x01(\tR\x04name\x12%\n" +
-	"\x0ewith_remaining\x18\x06 \x01(\bR\rwithRemaining\"\xfd\x01\n" +
+	"\x0ewith_remaining\x18\x06 \x01(\bR\rwithRemaining\x12\x1a\n" +
+	"\brevision\x18\a \x01(\x04R\brevision\"\xfd\x01\n" +
 	"\fListResponse\x12-\n" +
 	"\x06leases\x18\x01 \x03(\v2\x15.leasekeeper.v1.LeaseR\x06leases\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12I\n" +
