@@ -25,6 +25,7 @@ import (
 	"github.com/leasekeeper/leasekeeper/internal/lktest"
 	"github.com/leasekeeper/leasekeeper/k8sapi"
 	"github.com/leasekeeper/leasekeeper/node/nodetest"
+	"github.com/leasekeeper/leasekeeper/transport"
 )
 
 func TestMain(m *testing.M) {
@@ -48,7 +49,14 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	c := lktest.Start(t, 3, clock.New())
+	return setupWith(t, nil, nil)
+}
+
+// setupWith is setup with the nodes' and the handler's configuration
+// changed by server and api (either may be nil).
+func setupWith(t *testing.T, server func(*transport.Config), api func(*k8sapi.Config)) *env {
+	t.Helper()
+	c := lktest.StartWith(t, 3, clock.New(), server)
 	leader := c.Leader(10 * time.Second)
 	fi := (c.Index(leader) + 1) % 3
 	cc, err := grpc.NewClient(c.Endpoints[fi], grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -65,6 +73,9 @@ func setup(t *testing.T) *env {
 	cfg.Client = pb.NewLeasesClient(cc)
 	cfg.Logger = nodetest.Logger(t, "k8sapi")
 	cfg.Version = "test"
+	if api != nil {
+		api(&cfg)
+	}
 	h, err := k8sapi.NewHandler(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -19,8 +19,11 @@
 // DNS-1123 label. dryRun=All is answered by the service's own dry run
 // (checked and authorized like the write, nothing written). Server-side
 // apply and managedFields are apimachinery's field manager's, as in the
-// API server. What the real API server does and this one does not:
-// finalizers (docs/kubernetes.md has the whole list).
+// API server. resourceVersion, resourceVersionMatch, paginated lists and
+// bookmarks follow the API server's rules, with history read from the
+// node's window of recent events (rv.go). What the real API server does
+// and this one does not: finalizers (docs/kubernetes.md has the whole
+// list).
 package k8sapi
 
 import (
@@ -81,6 +84,15 @@ type Config struct {
 	// MaxWatchTimeout bounds a watch's life (a client's timeoutSeconds
 	// may shorten it); clients start a new watch from where they were.
 	MaxWatchTimeout time.Duration
+	// ResourceVersionWait is how long a read or watch from a
+	// resourceVersion the store has not reached yet waits for it before
+	// the API server's 504 "Too large resource version" (its own wait is
+	// 3 s).
+	ResourceVersionWait time.Duration
+	// BookmarkInterval is how often a watch with allowWatchBookmarks gets
+	// a BOOKMARK with the revision it has reached (the API server sends
+	// one about every minute).
+	BookmarkInterval time.Duration
 }
 
 // fromLoopback reports whether r came from a loopback address.
@@ -103,6 +115,8 @@ func DefaultConfig() Config {
 		MaxBodyBytes:         1 << 20,
 		MaxWriteRetries:      5,
 		MaxWatchTimeout:      30 * time.Minute,
+		ResourceVersionWait:  3 * time.Second,
+		BookmarkInterval:     time.Minute,
 	}
 }
 
@@ -123,6 +137,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("k8sapi: Config.MaxWriteRetries must not be negative, got %d", c.MaxWriteRetries)
 	case c.MaxWatchTimeout <= 0:
 		return fmt.Errorf("k8sapi: Config.MaxWatchTimeout must be positive, got %v", c.MaxWatchTimeout)
+	case c.ResourceVersionWait < 0:
+		return fmt.Errorf("k8sapi: Config.ResourceVersionWait must not be negative, got %v", c.ResourceVersionWait)
+	case c.BookmarkInterval < 50*time.Millisecond:
+		return fmt.Errorf("k8sapi: Config.BookmarkInterval must be at least 50ms, got %v", c.BookmarkInterval)
 	}
 	return nil
 }

@@ -52,6 +52,24 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request, ns, name string) {
 		h.writeError(w, r, serr)
 		return
 	}
+	// A resourceVersion other than "0" asks for a state not older than it.
+	if v := r.URL.Query().Get("resourceVersion"); v != "" && v != "0" {
+		want, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			h.writeError(w, r, badRequest("invalid resource version: %v", err))
+			return
+		}
+		cur, err := h.readRevision(r, ns)
+		if err == nil {
+			serr = h.awaitRevision(r, ns, want, cur)
+		} else {
+			serr = readError(err, name)
+		}
+		if serr != nil {
+			h.writeError(w, r, serr)
+			return
+		}
+	}
 	l, err := h.getLease(r, ns, name)
 	if err != nil {
 		h.writeError(w, r, readError(err, name))
@@ -105,11 +123,9 @@ func (s selectors) matches(l *pb.Lease) bool {
 		s.fields.Matches(fields.Set{"metadata.name": l.Name, "metadata.namespace": l.Namespace})
 }
 
-// continueToken is where the next page of a list starts. Pages after the
-// first are read from the current state, not at the first page's revision
-// (the service keeps no history): items after the token, each at its own
-// resourceVersion. A watch from the list's resourceVersion still sees
-// every change since the first page.
+// continueToken is where the next page of a list starts: after the lease
+// Namespace/Name, read at revision RV, the first page's (0: the current
+// state, for a token whose revision has left the window).
 type continueToken struct {
 	RV        uint64 `json:"rv"`
 	Namespace string `json:"ns"`
@@ -140,56 +156,40 @@ func after(l *pb.Lease, t continueToken) bool {
 	return l.Name > t.Name
 }
 
-// list serves GET of a collection.
+// list serves GET of a collection, at the revision its options ask for
+// (see rv.go); every page of a paginated list at the first page's.
 func (h *handler) list(w http.ResponseWriter, r *http.Request, ns string) {
 	f, serr := h.negotiate(r, true, false)
+	var sel selectors
+	if serr == nil {
+		sel, serr = parseSelectors(r)
+	}
+	var opts listOptions
+	if serr == nil {
+		opts, serr = parseListOptions(r, false)
+	}
 	if serr != nil {
 		h.writeError(w, r, serr)
 		return
-	}
-	sel, serr := parseSelectors(r)
-	if serr != nil {
-		h.writeError(w, r, serr)
-		return
-	}
-	q := r.URL.Query()
-	var limit int64
-	if s := q.Get("limit"); s != "" {
-		var err error
-		if limit, err = strconv.ParseInt(s, 10, 64); err != nil || limit < 0 {
-			h.writeError(w, r, badRequest("invalid limit %q", s))
-			return
-		}
-	}
-	var cont *continueToken
-	if s := q.Get("continue"); s != "" {
-		t, serr := decodeContinue(s)
-		if serr != nil {
-			h.writeError(w, r, serr)
-			return
-		}
-		cont = &t
 	}
 	list := &coordinationv1.LeaseList{TypeMeta: metav1.TypeMeta{APIVersion: groupVersion.String(), Kind: "LeaseList"}}
 	var leases []*pb.Lease
 	rev := uint64(0)
 	// A namespace that cannot exist holds no leases.
 	if ns == "" || len(validation.IsDNS1123Label(ns)) == 0 {
-		res, err := h.listLeases(r, ns)
-		if err != nil {
-			h.writeError(w, r, fromGRPC(err, ""))
+		res, serr := h.readList(r, ns, opts)
+		if serr != nil {
+			h.writeError(w, r, serr)
 			return
 		}
 		leases, rev = res.Leases, res.Revision
 	}
-	if cont != nil {
-		rev = cont.RV
-	}
+	cont := opts.cont
 	for _, l := range leases {
 		if !sel.matches(l) || (cont != nil && !after(l, *cont)) {
 			continue
 		}
-		if limit > 0 && int64(len(list.Items)) == limit {
+		if opts.limit > 0 && int64(len(list.Items)) == opts.limit {
 			last := list.Items[len(list.Items)-1]
 			list.Continue = encodeContinue(continueToken{RV: rev, Namespace: last.Namespace, Name: last.Name})
 			break
@@ -202,6 +202,46 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request, ns string) {
 		return
 	}
 	h.writeObject(w, r, http.StatusOK, f, list)
+}
+
+// readList reads namespace ns ("" for all) as opts ask: a later page at
+// its token's revision, an exact list at its revision, else the current
+// state once it is not older than the revision asked for.
+func (h *handler) readList(r *http.Request, ns string, opts listOptions) (*pb.ListResponse, *apierrors.StatusError) {
+	if t := opts.cont; t != nil && t.RV != 0 {
+		res, err := h.listAt(r, ns, t.RV)
+		switch {
+		case isOutOfRange(err):
+			return nil, expiredContinue(*t)
+		case err != nil:
+			return nil, fromGRPC(err, "")
+		}
+		return res, nil
+	}
+	res, err := h.listLeases(r, ns)
+	if err != nil {
+		return nil, fromGRPC(err, "")
+	}
+	if !opts.rvSet || opts.cont != nil {
+		return res, nil
+	}
+	if serr := h.awaitRevision(r, ns, opts.rv, res.Revision); serr != nil {
+		return nil, serr
+	}
+	switch {
+	case opts.exact && opts.rv != res.Revision:
+		res, err = h.listAt(r, ns, opts.rv)
+		if isOutOfRange(err) {
+			return nil, tooOld(opts.rv, err)
+		}
+	case res.Revision < opts.rv:
+		// Reached while waiting: read the newer state.
+		res, err = h.listLeases(r, ns)
+	}
+	if err != nil {
+		return nil, fromGRPC(err, "")
+	}
+	return res, nil
 }
 
 // readLease negotiates the answer's format and reads the Lease a POST or

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -63,9 +64,21 @@ func (h *handler) watch(w http.ResponseWriter, r *http.Request, ns string) {
 		}
 	}
 	initial := sendInitial == "true" || (sendInitial == "" && (rvParam == "" || rvParam == "0"))
+	var opts listOptions
+	if serr == nil {
+		opts, serr = parseListOptions(r, true)
+	}
 	var start uint64
-	if serr == nil && !initial && rvParam != "" && rvParam != "0" {
-		start, serr = parseRV(rvParam)
+	if serr == nil && !initial && opts.rvSet {
+		start = opts.rv
+		// A revision the store has not reached is waited for, then
+		// refused before the watch begins, as the API server does.
+		cur, err := h.readRevision(r, ns)
+		if err == nil {
+			serr = h.awaitRevision(r, ns, start, cur)
+		} else if !isCode(err, codes.InvalidArgument) {
+			serr = fromGRPC(err, "")
+		}
 	}
 	if serr != nil {
 		h.writeError(w, r, serr)
@@ -102,6 +115,11 @@ func (h *handler) watch(w http.ResponseWriter, r *http.Request, ns string) {
 		}
 	}
 	req := &pb.WatchRequest{Namespace: ns, AllNamespaces: ns == "", StartRevision: start}
+	if bookmarks {
+		// Idle watches learn the store's revision from the service's
+		// progress events; busy ones from the events themselves.
+		req.ProgressInterval = durationpb.New(h.cfg.BookmarkInterval)
+	}
 	stream, err := h.cfg.Client.Watch(ctx, req)
 	if err != nil {
 		h.writeError(w, r, fromGRPC(err, ""))
@@ -130,6 +148,9 @@ func (h *handler) watch(w http.ResponseWriter, r *http.Request, ns string) {
 	enc.flush()
 
 	last, resumes := start, 0
+	// lastMark is when the client last learnt a revision of the watch's:
+	// from a bookmark, or from an event sent.
+	lastMark := h.clk.Now()
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
@@ -148,15 +169,27 @@ func (h *handler) watch(w http.ResponseWriter, r *http.Request, ns string) {
 				}
 			}
 			h.log.Debug("watch ended", "namespace", ns, "last", last, "error", err)
-			if status.Code(err) != codes.Unavailable {
+			switch {
+			case isOutOfRange(err):
+				// Older than the window: the client lists again.
+				_ = enc.send(watch.Error, &tooOld(last, err).ErrStatus)
+			case status.Code(err) != codes.Unavailable:
 				_ = enc.send(watch.Error, &fromGRPC(err, "").ErrStatus)
 			}
 			return
 		}
 		last = ev.Revision
-		if !sel.matches(ev.Lease) {
+		if ev.Type == pb.WatchEvent_PROGRESS || !sel.matches(ev.Lease) {
+			// Nothing to send: a bookmark if one is due.
+			if bookmarks && f.table == "" && !h.clk.Now().Before(lastMark.Add(h.cfg.BookmarkInterval)) {
+				if err := enc.send(watch.Bookmark, bookmark(last)); err != nil {
+					return
+				}
+				lastMark = h.clk.Now()
+			}
 			continue
 		}
+		lastMark = h.clk.Now()
 		l := ev.Lease
 		if ev.Type == pb.WatchEvent_DELETED {
 			l = lastState(l)
@@ -165,6 +198,12 @@ func (h *handler) watch(w http.ResponseWriter, r *http.Request, ns string) {
 			return
 		}
 	}
+}
+
+// bookmark is a BOOKMARK event's object: a Lease with only its
+// resourceVersion, as the API server sends.
+func bookmark(rev uint64) *coordinationv1.Lease {
+	return &coordinationv1.Lease{TypeMeta: leaseTypeMeta, ObjectMeta: metav1.ObjectMeta{ResourceVersion: formatRV(rev)}}
 }
 
 // watchEncoder writes watch events: newline-separated JSON, or
