@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/munnerz/goautoneg"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -28,13 +29,25 @@ type format struct {
 	// table, when set, is the meta.k8s.io version ("v1" or "v1beta1") of
 	// a Table to answer with instead of the object (JSON only).
 	table string
+	// meta, when set, is "PartialObjectMetadata" or
+	// "PartialObjectMetadataList" (meta.k8s.io/v1): the answer carries
+	// only the leases' metadata, as metadata-only clients ask.
+	meta string
 }
+
+// What a request may be answered with besides the object itself: its
+// metadata alone, as an object or as a list.
+const (
+	metaObject = "PartialObjectMetadata"
+	metaList   = "PartialObjectMetadataList"
+)
 
 // negotiate picks the response format from the Accept header, as the API
 // server does: the first acceptable clause wins. Tables are offered where
-// allowTable; YAML only outside watches. Protobuf is used only when the
-// client prefers it to JSON.
-func (h *handler) negotiate(r *http.Request, allowTable, stream bool) (format, *apierrors.StatusError) {
+// allowTable, metadata alone (as=meta, meta.k8s.io/v1) where meta is not
+// ""; YAML only outside watches. Protobuf is used only when the client
+// prefers it to JSON.
+func (h *handler) negotiate(r *http.Request, allowTable, stream bool, meta string) (format, *apierrors.StatusError) {
 	header := r.Header.Get("Accept")
 	if header == "" {
 		return h.formatFor(mediaJSON), nil
@@ -50,6 +63,24 @@ func (h *handler) negotiate(r *http.Request, allowTable, stream bool) (format, *
 				(mt == mediaJSON || mt == "application/*" || mt == "*/*") {
 				f := h.formatFor(mediaJSON)
 				f.table = v
+				return f, nil
+			}
+			if meta != "" && as == meta && c.Params["g"] == "meta.k8s.io" && v == "v1" {
+				var f format
+				switch mt {
+				case mediaJSON, "application/*", "*/*":
+					f = h.formatFor(mediaJSON)
+				case mediaProtobuf:
+					f = h.formatFor(mediaProtobuf)
+				case mediaYAML:
+					if stream {
+						continue
+					}
+					f = h.formatFor(mediaYAML)
+				default:
+					continue
+				}
+				f.meta = meta
 				return f, nil
 			}
 			continue
@@ -78,10 +109,36 @@ func (h *handler) formatFor(mediaType string) format {
 }
 
 // encode encodes obj (a Lease, a LeaseList or a Status) in f, stamped with
-// its kind and apiVersion.
+// its kind and apiVersion; when f asks for metadata alone, a Lease or a
+// LeaseList becomes a PartialObjectMetadata or a PartialObjectMetadataList.
 func (h *handler) encode(f format, obj runtime.Object) ([]byte, error) {
-	enc := h.codecs.WithoutConversion().EncoderForVersion(f.info.Serializer, groupVersion)
+	gv := groupVersion
+	if f.meta != "" {
+		switch o := obj.(type) {
+		case *coordinationv1.Lease:
+			obj, gv = partialObject(o), metav1.SchemeGroupVersion
+		case *coordinationv1.LeaseList:
+			list := &metav1.PartialObjectMetadataList{
+				TypeMeta: metav1.TypeMeta{APIVersion: metav1.SchemeGroupVersion.String(), Kind: metaList},
+				ListMeta: o.ListMeta,
+				Items:    make([]metav1.PartialObjectMetadata, len(o.Items)),
+			}
+			for i := range o.Items {
+				list.Items[i] = *partialObject(&o.Items[i])
+			}
+			obj, gv = list, metav1.SchemeGroupVersion
+		}
+	}
+	enc := h.codecs.WithoutConversion().EncoderForVersion(f.info.Serializer, gv)
 	return runtime.Encode(enc, obj)
+}
+
+// partialObject is the metadata of l, as metadata-only clients read it.
+func partialObject(l *coordinationv1.Lease) *metav1.PartialObjectMetadata {
+	return &metav1.PartialObjectMetadata{
+		TypeMeta:   metav1.TypeMeta{APIVersion: metav1.SchemeGroupVersion.String(), Kind: metaObject},
+		ObjectMeta: l.ObjectMeta,
+	}
 }
 
 // writeObject answers with obj in f.

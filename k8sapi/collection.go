@@ -20,7 +20,7 @@ import (
 // the version that matched: a lease changed meanwhile is read again and
 // deleted only if it still matches. dryRun=All deletes nothing.
 func (h *handler) deleteCollection(w http.ResponseWriter, r *http.Request, ns string) {
-	f, serr := h.negotiate(r, false, false)
+	f, serr := h.negotiate(r, false, false, "")
 	var sel selectors
 	if serr == nil {
 		sel, serr = parseSelectors(r)

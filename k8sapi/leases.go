@@ -47,7 +47,7 @@ func checkKey(obj *coordinationv1.Lease, ns, name string) *apierrors.StatusError
 
 // get serves GET of one lease.
 func (h *handler) get(w http.ResponseWriter, r *http.Request, ns, name string) {
-	f, serr := h.negotiate(r, true, false)
+	f, serr := h.negotiate(r, true, false, metaObject)
 	if serr != nil {
 		h.writeError(w, r, serr)
 		return
@@ -159,7 +159,7 @@ func after(l *pb.Lease, t continueToken) bool {
 // list serves GET of a collection, at the revision its options ask for
 // (see rv.go); every page of a paginated list at the first page's.
 func (h *handler) list(w http.ResponseWriter, r *http.Request, ns string) {
-	f, serr := h.negotiate(r, true, false)
+	f, serr := h.negotiate(r, true, false, metaList)
 	var sel selectors
 	if serr == nil {
 		sel, serr = parseSelectors(r)
@@ -248,7 +248,7 @@ func (h *handler) readList(r *http.Request, ns string, opts listOptions) (*pb.Li
 // PUT carries, checked against the path's namespace and name (name empty
 // for a POST), and the request's options (options reads them).
 func (h *handler) readLease(w http.ResponseWriter, r *http.Request, ns, name string, options func(*http.Request) (writeOptions, *apierrors.StatusError)) (format, *coordinationv1.Lease, writeOptions, *apierrors.StatusError) {
-	f, serr := h.negotiate(r, false, false)
+	f, serr := h.negotiate(r, false, false, metaObject)
 	var opts writeOptions
 	if serr == nil {
 		opts, serr = options(r)
@@ -417,7 +417,7 @@ func applyBounded(p jsonpatch.Patch, doc []byte) ([]byte, error) {
 // (server-side apply) merges with the field manager, and creates the
 // lease when there is none.
 func (h *handler) patch(w http.ResponseWriter, r *http.Request, ns, name string) {
-	f, serr := h.negotiate(r, false, false)
+	f, serr := h.negotiate(r, false, false, metaObject)
 	var mt string
 	if serr == nil {
 		mt, serr = requestMediaType(r)

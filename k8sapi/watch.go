@@ -45,7 +45,7 @@ func watchType(t pb.WatchEvent_Type) watch.EventType {
 // sendInitialEvents=true (the WatchList protocol) sends the current leases
 // and then a bookmark that marks their end.
 func (h *handler) watch(w http.ResponseWriter, r *http.Request, ns string) {
-	f, serr := h.negotiate(r, true, true)
+	f, serr := h.negotiate(r, true, true, metaObject)
 	var sel selectors
 	if serr == nil {
 		sel, serr = parseSelectors(r)
