@@ -52,6 +52,18 @@ type Lease struct {
 	Waiters []Waiter
 }
 
+// RecordLabel, set to "true" on a lease, makes it a record, as a
+// Kubernetes Lease is: the leader never expires its holdings, so its
+// holder stays until a write, a release or a delete ends it. It needs
+// command version 3 (see CommandVersion).
+const RecordLabel = "leasekeeper.io/record"
+
+// IsRecord reports whether labels make a lease a record.
+func IsRecord(labels map[string]string) bool { return labels[RecordLabel] == "true" }
+
+// Record reports whether l is a record: the leader never expires it.
+func (l *Lease) Record() bool { return IsRecord(l.Labels) }
+
 // Waiter is a holder queued for a lease, with the terms it asked for.
 type Waiter struct {
 	Holder   string

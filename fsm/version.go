@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
@@ -13,6 +14,14 @@ import (
 //     Write.check_holding and holding_token (a write applies only to the
 //     holding it was authorized against), Acquire.max_waiters (the queue
 //     limit), Command.required_version and member command versions.
+//  3. The record label (RecordLabel): the leader never expires a lease
+//     that carries it. The FSM applies such a write as version 2 does (a
+//     label is a label); what changes is the leader's expiry manager. So
+//     a write or acquire that sets the label needs version 3: were a
+//     member of version 2 to lead, it would expire the lease. Fit cannot
+//     leave the label out (the write would mean another thing), so the
+//     leader refuses such a command (Check) until every member applies
+//     version 3.
 //
 // Every node of a cluster must apply a command alike, or their tables
 // diverge: an FSM of version 1 ignores the fields of version 2 and would
@@ -21,10 +30,24 @@ import (
 // (Fit), and an FSM that meets a command above its version halts (Halted)
 // instead of misapplying it: it applies nothing from there on, so its
 // table stays the one the entries before left.
-const CommandVersion uint32 = 2
+const CommandVersion uint32 = 3
 
 // ErrTooNew: a log entry needs a newer binary than this one.
 var ErrTooNew = fmt.Errorf("fsm: command needs a newer leasekeeper (this one applies command version %d)", CommandVersion)
+
+// ErrClusterTooOld: a command needs a command version that some member of
+// the cluster does not apply yet (Check); upgrade every member first.
+var ErrClusterTooOld = errors.New("fsm: a member of the cluster runs a leasekeeper too old for this command")
+
+// Check reports ErrClusterTooOld when c, after Fit, still needs a newer
+// command version than cluster (0 counts as 1): a leader must not propose
+// it.
+func Check(c *fsmpb.Command, cluster uint32) error {
+	if need := requiredVersion(c); need > max(cluster, 1) {
+		return fmt.Errorf("%w: it needs command version %d, the cluster applies %d", ErrClusterTooOld, need, max(cluster, 1))
+	}
+	return nil
+}
 
 // Fit makes c one that every FSM of version cluster or newer applies alike:
 // it clears the fields of newer versions (the command then means what it
@@ -54,11 +77,17 @@ func fit(c *fsmpb.Command, v uint32) uint32 {
 			op.Write.CheckHolding, op.Write.HoldingToken = false, 0
 		}
 		uses(op.Write.CheckHolding)
+		if IsRecord(op.Write.Labels) {
+			need = 3
+		}
 	case *fsmpb.Command_Acquire:
 		if v < 2 {
 			op.Acquire.MaxWaiters = 0
 		}
 		uses(op.Acquire.MaxWaiters != 0)
+		if IsRecord(op.Acquire.Labels) {
+			need = 3
+		}
 	case *fsmpb.Command_SetMember:
 		// Kept at any version: a version-1 FSM ignores it and records the
 		// address alike (nothing it decides reads member versions), and

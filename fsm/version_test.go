@@ -191,3 +191,53 @@ func TestRestoreRefusesNewerSnapshotFormat(t *testing.T) {
 		t.Error("restore of this format lost the lease")
 	}
 }
+
+// TestRecordNeedsVersion3: a write or acquire that makes a lease a record
+// needs command version 3, which Fit cannot take away; Check refuses it
+// for an older cluster and lets everything else through.
+func TestRecordNeedsVersion3(t *testing.T) {
+	record := map[string]string{RecordLabel: "true"}
+	w := write("default", "db", true, 0, "a")
+	w.GetWrite().Labels = record
+	acq := acquire("default", "db", "a", time.Minute)
+	acq.GetAcquire().Labels = record
+	notRecord := write("default", "db", true, 0, "a")
+	notRecord.GetWrite().Labels = map[string]string{RecordLabel: "false"}
+	for _, tc := range []struct {
+		name    string
+		c       *fsmpb.Command
+		cluster uint32
+		refused bool
+	}{
+		{"write at 2", w, 2, true},
+		{"write at 0", w, 0, true},
+		{"write at 3", w, 3, false},
+		{"acquire at 2", acq, 2, true},
+		{"acquire at 3", acq, 3, false},
+		{"in a batch at 2", &fsmpb.Command{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Commands: []*fsmpb.Command{renew("default", "x", "a", 1), w}}}}, 2, true},
+		{"label false at 1", notRecord, 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Fit(proto.Clone(tc.c).(*fsmpb.Command), tc.cluster)
+			err := Check(c, tc.cluster)
+			if got := errors.Is(err, ErrClusterTooOld); got != tc.refused {
+				t.Fatalf("Check: %v, want refused %v", err, tc.refused)
+			}
+			if !tc.refused && tc.c.GetBatch() == nil && IsRecord(tc.c.GetWrite().GetLabels()) && c.RequiredVersion != 3 {
+				t.Fatalf("a record write needs version %d, want 3", c.RequiredVersion)
+			}
+		})
+	}
+	// This FSM applies it, and the lease is a record.
+	h := newHarness(t)
+	c := Fit(proto.Clone(w).(*fsmpb.Command), 3)
+	if c.RequiredVersion != 3 || CommandVersion < 3 {
+		t.Fatalf("required %d, this FSM applies %d", c.RequiredVersion, CommandVersion)
+	}
+	if r := h.apply(1, c); r.Err != nil {
+		t.Fatalf("a version-3 FSM applies a record write: %v", r.Err)
+	}
+	if l, _ := h.f.Get("default", "db"); !l.Record() {
+		t.Fatalf("the lease is not a record: %+v", l.Labels)
+	}
+}

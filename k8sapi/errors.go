@@ -15,6 +15,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// clusterTooOld is in the service's refusal of a record lease while a
+// member of the cluster runs a binary that would expire it.
+const clusterTooOld = "too old for this command"
+
 // optimisticLockErrorMsg is the API server's message for a stale
 // resourceVersion, which clients and people recognise.
 const optimisticLockErrorMsg = "the object has been modified; please apply your changes to the latest version and try again"
@@ -41,7 +45,13 @@ func statusFor(err error, name string) *apierrors.StatusError {
 		return apierrors.NewNotFound(leaseResource, name)
 	case codes.AlreadyExists:
 		return apierrors.NewAlreadyExists(leaseResource, name)
-	case codes.Aborted, codes.FailedPrecondition:
+	case codes.FailedPrecondition:
+		if strings.Contains(msg, clusterTooOld) {
+			return apierrors.NewInvalid(leaseKind, name, field.ErrorList{
+				field.Forbidden(field.NewPath("metadata", "labels").Key(RecordLabel), msg)})
+		}
+		return apierrors.NewConflict(leaseResource, name, errors.New(optimisticLockErrorMsg))
+	case codes.Aborted:
 		// The message client-go and kubectl know: retry on a fresh read.
 		return apierrors.NewConflict(leaseResource, name, errors.New(optimisticLockErrorMsg))
 	case codes.InvalidArgument:

@@ -52,6 +52,16 @@ import (
 // it is never stored.
 const FencingTokenAnnotation = "leasekeeper.io/fencing-token"
 
+// RecordLabel, set to "true" on a Lease, keeps Kubernetes' plain-record
+// behaviour for it: the service never expires its holder or clears
+// holderIdentity, whatever leaseDurationSeconds says (or when it is not
+// given); only a write, a release or a delete ends the holding. Without
+// it, a holding ends leaseDurationSeconds (or DefaultLeaseDuration) after
+// its last renewal. It is the service's own label (fsm.RecordLabel), so
+// it works through the gRPC API as well, and it is refused until every
+// member of the cluster runs a binary that honours it.
+const RecordLabel = "leasekeeper.io/record"
+
 // Config is what the handler needs.
 type Config struct {
 	// Client reaches the lease service. A client of the local node's own
@@ -67,7 +77,8 @@ type Config struct {
 	Version string
 	// DefaultLeaseDuration is given to a holding whose Lease names a holder
 	// but no leaseDurationSeconds. Kubernetes lets such a holding last
-	// forever; leasekeeper expires every holding.
+	// forever; leasekeeper expires every holding but a record's
+	// (RecordLabel).
 	DefaultLeaseDuration time.Duration
 	// RequestTimeout bounds each call to the lease service (watches
 	// excepted).

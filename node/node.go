@@ -459,12 +459,16 @@ func (n *Node) promote(term uint64) {
 
 func (n *Node) loadHoldings() []leasing.Holding {
 	held := n.fsm.Held()
-	out := make([]leasing.Holding, len(held))
-	for i, l := range held {
-		out[i] = n.holding(l)
-		if n.cfg.Fault == FaultNoFreshDuration {
-			out[i].TTL = 0
+	out := make([]leasing.Holding, 0, len(held))
+	for _, l := range held {
+		if l.Record() {
+			continue // never expired
 		}
+		h := n.holding(l)
+		if n.cfg.Fault == FaultNoFreshDuration {
+			h.TTL = 0
+		}
+		out = append(out, h)
 	}
 	return out
 }
@@ -558,7 +562,12 @@ func (l *listener) Applied(evs []fsm.Event) {
 	mgr := l.n.mgr
 	for _, ev := range evs {
 		switch {
-		case ev.Type == fsm.EventDeleted || !ev.Lease.Held():
+		case ev.Type == fsm.EventDeleted || !ev.Lease.Held() || ev.Lease.Record():
+			// A record's holding is never expired: the manager does not
+			// track it. Labels change only by a whole-object write, which
+			// renews a holding it keeps (RenewIndex moves, so an Expire
+			// still on its way is void): a lease that becomes a record is
+			// dropped here, one that stops being one is held afresh below.
 			mgr.Ended(leasing.Key{Namespace: ev.Lease.Namespace, Name: ev.Lease.Name})
 		case ev.Type == fsm.EventModified:
 			// The holding did not change (a waiter joined or left the

@@ -841,3 +841,87 @@ func TestReadBarrierOnAStalledDisk(t *testing.T) {
 		t.Fatal("the read waited on the stalled disk past its own deadline")
 	}
 }
+
+// TestRecordLeaseIsNeverExpired: a lease labelled as a record keeps its
+// holder past its duration, on this leader and the next, while a plain
+// lease due at the same moment expires; without the label it expires
+// again, a full duration after the write. Until every member applies
+// command version 3, a record write is refused.
+func TestRecordLeaseIsNeverExpired(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1000, 0))
+	c := nodetest.New(t, 3, clk, nodetest.Options{})
+	leader := c.Leader(5 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	recordWrite := func(n *node.Node, create bool, rv uint64, labels map[string]string) (*fsm.Result, error) {
+		return n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Write{Write: &fsmpb.Write{
+			Namespace: "default", Name: "rec", Create: create, ResourceVersion: rv,
+			Holder: "a", DurationNs: int64(2 * time.Second), Labels: labels,
+		}}})
+	}
+	record := map[string]string{fsm.RecordLabel: "true"}
+	// The followers of an in-memory cluster register nothing: version 1.
+	if _, err := recordWrite(leader, true, 0, record); !errors.Is(err, fsm.ErrClusterTooOld) {
+		t.Fatalf("a record write in a cluster of version 1: %v, want ErrClusterTooOld", err)
+	}
+	for _, n := range c.Nodes {
+		if _, err := leader.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_SetMember{SetMember: &fsmpb.SetMember{
+			Id: n.ID(), GrpcAddr: n.ID() + ":7000", CommandVersion: fsm.CommandVersion,
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for leader.CommandVersion() != fsm.CommandVersion {
+		if time.Now().After(deadline) {
+			t.Fatalf("command version %d, want %d", leader.CommandVersion(), fsm.CommandVersion)
+		}
+		time.Sleep(5 * time.Millisecond) // the leader refreshes it on its own loop
+	}
+	res, err := recordWrite(leader, true, 0, record)
+	if err != nil || res.Err != nil {
+		t.Fatalf("record write: %v %v", err, res.Err)
+	}
+	waitHolder(t, c, "rec", "a")
+	if _, ok := leader.Remaining("default", "rec"); ok {
+		t.Fatal("the leader has a deadline for a record")
+	}
+
+	// A plain lease due at the same time expires; the record stays.
+	acquire(t, leader, "plain", "b", 2*time.Second)
+	clk.Advance(time.Hour)
+	waitHolder(t, c, "plain", "")
+	waitHolder(t, c, "rec", "a")
+
+	// The next leader does not expire it either.
+	if err := leader.TransferLeadership(""); err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	next := leader
+	for next == leader {
+		next = c.Leader(5 * time.Second)
+	}
+	acquire(t, next, "plain", "c", 2*time.Second)
+	clk.Advance(time.Hour)
+	waitHolder(t, c, "plain", "")
+	waitHolder(t, c, "rec", "a")
+
+	// Without the label it is a plain lease again: a full duration from
+	// the write, then expired.
+	cur, _ := next.FSM().Get("default", "rec")
+	if res, err := recordWrite(next, false, cur.ResourceVersion, nil); err != nil || res.Err != nil {
+		t.Fatalf("write without the label: %v %v", err, res.Err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		if d, ok := next.Remaining("default", "rec"); ok && d == 2*time.Second {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no fresh deadline for the lease once it is no record")
+		}
+		time.Sleep(2 * time.Millisecond) // the manager hears of the write after it applied
+	}
+	clk.Advance(2*time.Second + time.Nanosecond)
+	waitHolder(t, c, "rec", "")
+}

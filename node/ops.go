@@ -58,7 +58,12 @@ func (n *Node) Propose(ctx context.Context, c *fsmpb.Command) (*fsm.Result, erro
 	c.NowUnixNano = n.clk.Now().UnixNano()
 	// Only what every member applies alike: fields of newer command
 	// versions wait until every member's binary knows them.
-	fsm.Fit(c, n.cmdVersion.Load())
+	// A command that still needs more (a record lease) waits for the
+	// upgrade of every member.
+	v := n.cmdVersion.Load()
+	if err := fsm.Check(fsm.Fit(c, v), v); err != nil {
+		return nil, err
+	}
 	return n.batch.propose(ctx, c)
 }
 

@@ -40,6 +40,7 @@ var codeTable = []struct {
 	{fsm.ErrExists, codes.AlreadyExists},
 	{fsm.ErrQueueFull, codes.ResourceExhausted},
 	{fsm.ErrBadCommand, codes.Internal},
+	{fsm.ErrClusterTooOld, codes.FailedPrecondition},
 	{node.ErrNotLeader, codes.Unavailable},
 	{node.ErrNotReady, codes.Unavailable},
 	{node.ErrShuttingDown, codes.Unavailable},
