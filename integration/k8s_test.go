@@ -21,10 +21,15 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
+
+	"github.com/leasekeeper/leasekeeper/k8sapi"
 )
 
 // k8sAPI returns the base URL of the Kubernetes Lease API in front of node
@@ -577,12 +582,15 @@ spec:
 
 // TestK8sDottedElectionID: a client-go LeaseLock candidate with
 // kubebuilder's default kind of LeaderElectionID (a DNS-1123 subdomain)
-// leads, and hands over to a candidate on another node when it stops.
+// leads, and hands over to a candidate on another node when it stops. A
+// metadata-only informer (what controller-runtime's OnlyMetadata builds)
+// on the third node follows the lease through both holdings.
 func TestK8sDottedElectionID(t *testing.T) {
 	quietKlog(t)
 	c := startCluster(t, 3)
 	ready(t, c)
 	const ns, name = "default", "80807133.tutorial.kubebuilder.io"
+	tokens := watchTokens(t, k8sAPI(t, c.procs[2]), ns, name)
 	leading := make(chan string, 2)
 	var wg sync.WaitGroup
 	stops := map[string]context.CancelFunc{}
@@ -640,4 +648,53 @@ func TestK8sDottedElectionID(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("nobody took over from %s within 15s", first)
 	}
+	// Each holding's fencing token reaches the metadata informer.
+	seen := map[string]bool{}
+	for len(seen) < 2 {
+		select {
+		case tok := <-tokens:
+			seen[tok] = true
+		case <-time.After(15 * time.Second):
+			t.Fatalf("the metadata informer saw fencing tokens %v, want those of two holdings", seen)
+		}
+	}
+}
+
+// watchTokens runs a metadata-only informer of namespace ns through the
+// API at url until the test ends, and sends every fencing token it sees
+// on lease name.
+func watchTokens(t *testing.T, url, ns, name string) <-chan string {
+	t.Helper()
+	mc, err := metadata.NewForConfig(&rest.Config{Host: url, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gvr := coordinationv1.SchemeGroupVersion.WithResource("leases")
+	factory := metadatainformer.NewFilteredSharedInformerFactory(mc, 0, ns, nil)
+	inf := factory.ForResource(gvr).Informer()
+	tokens := make(chan string, 100)
+	note := func(obj any) {
+		if m, ok := obj.(*metav1.PartialObjectMetadata); ok && m.Name == name && m.Annotations[k8sapi.FencingTokenAnnotation] != "" {
+			select {
+			case tokens <- m.Annotations[k8sapi.FencingTokenAnnotation]:
+			default: // the test reads only the first few
+			}
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    note,
+		UpdateFunc: func(_, obj any) { note(obj) },
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	factory.Start(stop)
+	t.Cleanup(func() {
+		close(stop)
+		factory.Shutdown()
+	})
+	if !cache.WaitForCacheSync(stop, inf.HasSynced) {
+		t.Fatal("the metadata informer did not sync")
+	}
+	return tokens
 }
