@@ -27,6 +27,10 @@ type Hub struct {
 	last    uint64      // the revision of the last event fanned out; 0: none yet
 	subs    map[*watcher]struct{}
 	bufSize int
+	// applied is closed, and replaced by the next one asked for, when the
+	// hub is told of applied events or of a restore; nil when nobody
+	// waits (see at).
+	applied chan struct{}
 
 	// Limits on open watchers: in all, and per owner (the caller's
 	// identity; "" for callers that are not told apart). 0: no limit.
@@ -77,6 +81,7 @@ func (h *Hub) count() {
 func (h *Hub) Applied(evs []fsm.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	defer h.wakeWaiters()
 	for _, ev := range evs {
 		if len(h.events) == 0 && h.floor == 0 {
 			h.floor = ev.Revision - 1
@@ -106,6 +111,7 @@ func (h *Hub) Applied(evs []fsm.Event) {
 func (h *Hub) Restored() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	defer h.wakeWaiters()
 	h.events = nil
 	h.floor = 0
 	h.last = 0
@@ -258,15 +264,24 @@ func (w *watcher) minCap() int { return min(w.buf, 64) }
 // revision asked about; the FSM applied them a moment ago.
 var errNotCaughtUp = errors.New("transport: the watch window is behind the store")
 
+// wakeWaiters tells those waiting in at that the hub changed. h.mu is held.
+func (h *Hub) wakeWaiters() {
+	if h.applied != nil {
+		close(h.applied)
+		h.applied = nil
+	}
+}
+
 // at rewinds cur, the leases that match as the FSM holds them at revision
 // curRev, to revision rev (rev <= curRev), by undoing the window's events
 // after rev from the newest back: each event puts back the lease as it was
 // before it (Event.Prev). It fails with ErrCompacted when the window does
 // not reach back to rev, and with errNotCaughtUp when the hub has not yet
-// received the events up to curRev. The result is sorted as FSM.List sorts.
-func (h *Hub) at(rev uint64, cur []*fsm.Lease, curRev uint64, match func(*fsm.Lease) bool) ([]*fsm.Lease, error) {
+// received the events up to curRev; then changed is closed once it has
+// been told of more. The result is sorted as FSM.List sorts.
+func (h *Hub) at(rev uint64, cur []*fsm.Lease, curRev uint64, match func(*fsm.Lease) bool) (_ []*fsm.Lease, changed <-chan struct{}, _ error) {
 	if rev == curRev {
-		return cur, nil
+		return cur, nil, nil
 	}
 	type key struct{ ns, name string }
 	state := make(map[key]*fsm.Lease, len(cur))
@@ -277,13 +292,17 @@ func (h *Hub) at(rev uint64, cur []*fsm.Lease, curRev uint64, match func(*fsm.Le
 	switch {
 	case len(h.events) == 0:
 		h.mu.Unlock()
-		return nil, compacted(rev, curRev)
+		return nil, nil, compacted(rev, curRev)
 	case rev < h.floor:
 		h.mu.Unlock()
-		return nil, compacted(rev, h.floor)
+		return nil, nil, compacted(rev, h.floor)
 	case h.last < curRev:
+		if h.applied == nil {
+			h.applied = make(chan struct{})
+		}
+		changed := h.applied
 		h.mu.Unlock()
-		return nil, errNotCaughtUp
+		return nil, changed, errNotCaughtUp
 	}
 	for i := len(h.events) - 1; i >= 0 && h.events[i].Revision > rev; i-- {
 		ev := h.events[i]
@@ -311,7 +330,7 @@ func (h *Hub) at(rev uint64, cur []*fsm.Lease, curRev uint64, match func(*fsm.Le
 		}
 		return cmp.Compare(a.Name, b.Name)
 	})
-	return out, nil
+	return out, nil, nil
 }
 
 // compacted is ErrCompacted for a read or watch from rev, older than the

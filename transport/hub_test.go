@@ -137,7 +137,7 @@ func TestHubAt(t *testing.T) {
 					cur = append(cur, l)
 				}
 			}
-			got, err := h.at(tc.rev, cur, 5, tc.match)
+			got, _, err := h.at(tc.rev, cur, 5, tc.match)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -146,16 +146,27 @@ func TestHubAt(t *testing.T) {
 			}
 		})
 	}
-	if _, err := h.at(4, nil, 6, nil); !errors.Is(err, errNotCaughtUp) {
-		t.Fatalf("a table ahead of the window: got %v, want errNotCaughtUp", err)
+	_, changed, err := h.at(4, nil, 6, nil)
+	if !errors.Is(err, errNotCaughtUp) || changed == nil {
+		t.Fatalf("a table ahead of the window: got %v, want errNotCaughtUp and a channel", err)
+	}
+	select {
+	case <-changed:
+		t.Fatal("told of a change before any")
+	default:
+	}
+	h.Applied([]fsm.Event{{Type: fsm.EventAdded, Lease: lease("d", 6, "1"), Revision: 6}})
+	<-changed // closed by Applied; a test timeout if not
+	if _, _, err := h.at(4, []*fsm.Lease{a3, c5, lease("d", 6, "1")}, 6, nil); err != nil {
+		t.Fatalf("once the window caught up: %v", err)
 	}
 
 	small := NewHub(4, 10)
 	small.Applied(events(1, 10)) // keeps 6..10 or more, never 1
-	if _, err := small.at(1, nil, 10, nil); !errors.Is(err, ErrCompacted) {
+	if _, _, err := small.at(1, nil, 10, nil); !errors.Is(err, ErrCompacted) {
 		t.Fatalf("a revision older than the window: got %v, want ErrCompacted", err)
 	}
-	if _, err := NewHub(4, 10).at(1, nil, 3, nil); !errors.Is(err, ErrCompacted) {
+	if _, _, err := NewHub(4, 10).at(1, nil, 3, nil); !errors.Is(err, ErrCompacted) {
 		t.Fatalf("an empty window: got %v, want ErrCompacted", err)
 	}
 }

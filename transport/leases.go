@@ -393,7 +393,7 @@ func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespons
 
 // listAtTries bounds how often listAt reads the table again while the
 // watch window catches up with it (the hub hears of an applied batch just
-// after the FSM applied it).
+// after the FSM applied it, so one wait is almost always enough).
 const listAtTries = 100
 
 // listAt reads the leases that match as they were at revision rev, from
@@ -404,7 +404,7 @@ func (s *Server) listAt(ctx context.Context, rev uint64, match func(*fsm.Lease) 
 		if rev > curRev {
 			return nil, invalid("revision %d is ahead of the store's, %d", rev, curRev)
 		}
-		leases, err := s.hub.at(rev, cur, curRev, match)
+		leases, changed, err := s.hub.at(rev, cur, curRev, match)
 		if !errors.Is(err, errNotCaughtUp) {
 			return leases, toStatus(err, nil)
 		}
@@ -414,7 +414,7 @@ func (s *Server) listAt(ctx context.Context, rev uint64, match func(*fsm.Lease) 
 		select {
 		case <-ctx.Done():
 			return nil, toStatus(ctx.Err(), nil)
-		case <-time.After(time.Millisecond):
+		case <-changed:
 		}
 	}
 }
