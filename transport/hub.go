@@ -294,8 +294,9 @@ func (h *Hub) at(rev uint64, cur []*fsm.Lease, curRev uint64, match func(*fsm.Le
 		h.mu.Unlock()
 		return nil, nil, compacted(rev, curRev)
 	case rev < h.floor:
+		floor := h.floor
 		h.mu.Unlock()
-		return nil, nil, compacted(rev, h.floor)
+		return nil, nil, compacted(rev, floor)
 	case h.last < curRev:
 		if h.applied == nil {
 			h.applied = make(chan struct{})
@@ -304,8 +305,13 @@ func (h *Hub) at(rev uint64, cur []*fsm.Lease, curRev uint64, match func(*fsm.Le
 		h.mu.Unlock()
 		return nil, changed, errNotCaughtUp
 	}
-	for i := len(h.events) - 1; i >= 0 && h.events[i].Revision > rev; i-- {
-		ev := h.events[i]
+	// The window's array is only appended to past its length, and trimmed
+	// by copying: the events up to its length now never change, so they
+	// are read without the lock, which the apply path needs.
+	evs := h.events
+	h.mu.Unlock()
+	for i := len(evs) - 1; i >= 0 && evs[i].Revision > rev; i-- {
+		ev := evs[i]
 		if ev.Revision > curRev {
 			continue
 		}
@@ -319,7 +325,6 @@ func (h *Hub) at(rev uint64, cur []*fsm.Lease, curRev uint64, match func(*fsm.Le
 			delete(state, k)
 		}
 	}
-	h.mu.Unlock()
 	out := make([]*fsm.Lease, 0, len(state))
 	for _, l := range state {
 		out = append(out, l)
