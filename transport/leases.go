@@ -366,12 +366,14 @@ func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespons
 			return c.List(ctx, req)
 		})
 	}
-	leases, rev := s.node.FSM().List(match)
-	if req.Revision != 0 {
-		if leases, err = s.listAt(ctx, req.Revision, match); err != nil {
+	var leases []*fsm.Lease
+	rev := req.Revision
+	if rev != 0 {
+		if leases, err = s.listAt(ctx, rev, match); err != nil {
 			return nil, err
 		}
-		rev = req.Revision
+	} else {
+		leases, rev = s.node.FSM().List(match)
 	}
 	out := &pb.ListResponse{Revision: rev, Leases: make([]*pb.Lease, len(leases))}
 	for i, l := range leases {
