@@ -111,8 +111,11 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// nodeAddrs are where a node listens (grpc, raft, http) and where the
+// other nodes reach it (peer for Raft, grpcPeer for forwarded calls),
+// which differ in loopback mode, where a proxy sits in between.
 type nodeAddrs struct {
-	grpc, raft, peer, http string
+	grpc, raft, peer, grpcPeer, http string
 }
 
 // network is what differs between the two modes.
@@ -144,10 +147,11 @@ type Node struct {
 	ID    string
 	Index int
 	// GRPCAddr is where clients reach the node; RaftAddr where it listens
-	// for Raft; PeerAddr where the other nodes reach its Raft (a proxy in
-	// loopback mode); HTTPAddr serves /readyz and /metrics.
-	GRPCAddr, RaftAddr, PeerAddr, HTTPAddr string
-	DataDir, LogPath                       string
+	// for Raft; PeerAddr where the other nodes reach its Raft and
+	// GRPCPeerAddr its gRPC API (proxies in loopback mode, which the node
+	// advertises); HTTPAddr serves /readyz and /metrics.
+	GRPCAddr, RaftAddr, PeerAddr, GRPCPeerAddr, HTTPAddr string
+	DataDir, LogPath                                     string
 
 	mu        sync.Mutex
 	cmd       *exec.Cmd
@@ -266,7 +270,7 @@ func New(cfg Config) (c *Cluster, err error) {
 		id := fmt.Sprintf("n%d", i+1)
 		c.nodes = append(c.nodes, &Node{
 			ID: id, Index: i,
-			GRPCAddr: a.grpc, RaftAddr: a.raft, PeerAddr: a.peer, HTTPAddr: a.http,
+			GRPCAddr: a.grpc, RaftAddr: a.raft, PeerAddr: a.peer, GRPCPeerAddr: a.grpcPeer, HTTPAddr: a.http,
 			DataDir:   filepath.Join(cfg.Dir, "data", id),
 			LogPath:   filepath.Join(cfg.Dir, "logs", id+".log"),
 			clockRate: 1,
@@ -348,6 +352,15 @@ func (c *Cluster) args(n *Node) []string {
 		"--leader-lease-timeout", c.cfg.LeaderLeaseTimeout.String(),
 		"--clock-rate", strconv.FormatFloat(n.clockRate, 'f', -1, 64),
 		"--log-level", c.cfg.LogLevel,
+	}
+	// Where a proxy sits in front of the node, the node advertises the
+	// proxy: the Raft configuration and the member directory (whence
+	// followers forward to the leader) must lead the others through it.
+	if n.PeerAddr != n.RaftAddr {
+		args = append(args, "--raft-advertise", n.PeerAddr)
+	}
+	if n.GRPCPeerAddr != n.GRPCAddr {
+		args = append(args, "--grpc-advertise", n.GRPCPeerAddr)
 	}
 	if c.cfg.ExpiryProposeTimeout > 0 {
 		args = append(args, "--expiry-propose-timeout", c.cfg.ExpiryProposeTimeout.String())
@@ -523,9 +536,9 @@ func (c *Cluster) Partition(cut [][2]string) error {
 func (c *Cluster) Heal() error { return c.net.heal() }
 
 // ErrBlackholeUnsupported is Blackhole's error in loopback mode, where
-// the proxies sit only in front of the Raft ports: client traffic and
-// follower→leader forwarding cannot be dropped there.
-var ErrBlackholeUnsupported = errors.New("harness: blackhole needs netns mode (loopback proxies front only the Raft ports, not client traffic)")
+// the proxies sit only between the nodes: clients dial the nodes' gRPC
+// ports directly, so their traffic cannot be dropped there.
+var ErrBlackholeUnsupported = errors.New("harness: blackhole needs netns mode (loopback proxies sit only between the nodes, not in front of clients)")
 
 // Blackhole makes node id silent without closing anything: every packet
 // to or from it, from the other nodes and from clients alike, is dropped

@@ -15,19 +15,15 @@ import (
 
 // loopbackNet is the fallback when network namespaces are not available
 // (not root, no iproute2): every node listens on 127.0.0.1, and the
-// nodes reach each other's Raft port only through a fault-injecting TCP
-// proxy, one per node. A proxy learns which node opened a connection from
-// the kernel's socket table (/proc/net/tcp and the nodes' open files), so
-// it can cut any pair of nodes in either direction: a cut connection is
-// closed, and a new one from a cut peer is accepted and then black-holed,
-// as a DROP rule would.
-//
-// Limitation: a follower forwards client calls to the leader's gRPC
-// address, which is the address the leader listens on (there is no
-// separate advertised address), so forwarding is not cut by partitions in
-// this mode: a node cut off from the leader still reaches it for
-// forwarded calls. Raft traffic, which decides leadership, commits and
-// expiry, is cut. Client ports are not proxied: clients keep reaching every
+// nodes reach each other's Raft and gRPC ports only through
+// fault-injecting TCP proxies, two per node, which each node advertises
+// (lease-node --raft-advertise and --grpc-advertise): Raft traffic and
+// the calls a follower forwards to the leader both go through them. A
+// proxy learns which node opened a connection from the kernel's socket
+// table (/proc/net/tcp and the nodes' open files), so it can cut any pair
+// of nodes in either direction: a cut connection is closed, and a new one
+// from a cut peer is accepted and then black-holed, as a DROP rule would.
+// Clients dial the nodes' gRPC ports directly and keep reaching every
 // node during partitions, as in netns mode.
 type loopbackNet struct {
 	n       int
@@ -70,22 +66,34 @@ func (m *loopbackNet) setup() error {
 			}
 			ports[k] = p
 		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
 		a := nodeAddrs{
 			grpc: fmt.Sprintf("127.0.0.1:%d", ports[0]),
 			raft: fmt.Sprintf("127.0.0.1:%d", ports[1]),
 			http: fmt.Sprintf("127.0.0.1:%d", ports[2]),
-			peer: lis.Addr().String(),
+		}
+		var err error
+		if a.peer, err = m.proxy(i, a.raft, true); err != nil {
+			return err
+		}
+		if a.grpcPeer, err = m.proxy(i, a.grpc, false); err != nil {
+			return err
 		}
 		m.nodes = append(m.nodes, a)
-		p := &proxy{owner: i, lis: lis, target: a.raft, net: m, conns: map[*proxyConn]bool{}}
-		m.proxies = append(m.proxies, p)
-		go p.serve()
 	}
 	return nil
+}
+
+// proxy starts a proxy in front of node i's target port and returns its
+// address. Raft stalls hold only what goes through a raft proxy.
+func (m *loopbackNet) proxy(i int, target string, raft bool) (string, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	p := &proxy{owner: i, lis: lis, target: target, raft: raft, net: m, conns: map[*proxyConn]bool{}}
+	m.proxies = append(m.proxies, p)
+	go p.serve()
+	return lis.Addr().String(), nil
 }
 
 func (m *loopbackNet) addrs(i int) nodeAddrs { return m.nodes[i] }
@@ -150,8 +158,8 @@ func (m *loopbackNet) stalledFor(from, to int) (time.Duration, <-chan struct{}) 
 	return m.stallDelay, m.stallEnd
 }
 
-// blackhole is not possible here: the proxies front only the Raft ports,
-// so client traffic and forwarding would still reach the node.
+// blackhole is not possible here: clients dial the nodes' gRPC ports
+// directly, so their traffic would still reach the node.
 func (m *loopbackNet) blackhole(int) error { return ErrBlackholeUnsupported }
 
 func (m *loopbackNet) unblackhole() error { return nil }
@@ -164,11 +172,12 @@ func (m *loopbackNet) teardown() error {
 	return nil
 }
 
-// proxy fronts one node's Raft port.
+// proxy fronts one node's Raft or gRPC port.
 type proxy struct {
 	owner  int
 	lis    net.Listener
 	target string
+	raft   bool // a Raft port, which stalls hold
 	net    *loopbackNet
 
 	mu     sync.Mutex
@@ -275,7 +284,7 @@ func (p *proxy) forward(pc *proxyConn, dst net.Conn) {
 		n, err := pc.client.Read(buf)
 		if n > 0 {
 			c := chunk{b: append([]byte(nil), buf[:n]...)}
-			if d, end := p.net.stalledFor(pc.from, p.owner); d > 0 && n >= stallMinPayload {
+			if d, end := p.net.stalledFor(pc.from, p.owner); p.raft && d > 0 && n >= stallMinPayload {
 				c.due, c.end = time.Now().Add(d), end
 				p.net.stalled.Add(1)
 			}
@@ -299,7 +308,9 @@ func (p *proxy) enforce() {
 			continue
 		}
 		if p.net.blocked(pc.from, p.owner) != pc.blackholed {
-			go pc.close()
+			// At once, so that nothing more passes once partition
+			// returns; handle then drops it from conns.
+			pc.close()
 		}
 	}
 }

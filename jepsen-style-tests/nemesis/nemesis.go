@@ -167,9 +167,9 @@ func New(cfg Config, c *harness.Cluster, rec *history.Recorder, clients Clients)
 		logf = func(string, ...any) {}
 	}
 	if c != nil && c.Mode() == harness.ModeLoopback && slices.Contains(cfg.Kinds, Blackhole) {
-		// The proxies front only the Raft ports: a blackhole would leave
-		// client traffic and forwarding through, which is a partition
-		// that partition-isolate-leader already makes, not a silent node.
+		// The proxies sit only between the nodes: a blackhole would leave
+		// client traffic through, which is a partition that
+		// partition-isolate-leader already makes, not a silent node.
 		cfg.Kinds = without(cfg.Kinds, Blackhole)
 		logf("nemesis: %s skipped in loopback mode: the proxies cannot drop client traffic (netns mode only)", Blackhole)
 		if len(cfg.Kinds) == 0 {
