@@ -49,6 +49,11 @@ const (
 	// WorkloadMutex is lock/unlock cycles through the Go client (which
 	// retries internally), plus fenced-register writes under the lock.
 	WorkloadMutex = "mutex"
+	// WorkloadOneShot is holders that renew through the followers only,
+	// each attempt a plain unary call on a connection of its own (as
+	// `leasectl renew` makes it), retrying a renewal that went unanswered
+	// on the next follower: Chain and Attempt tie the attempts together.
+	WorkloadOneShot = "oneshot"
 )
 
 // Error classes of a Fail or Info outcome.
@@ -89,6 +94,11 @@ type Op struct {
 	Err      string `json:"err,omitempty"`
 	// Node is the endpoint that the call went to.
 	Node string `json:"node,omitempty"`
+	// Chain names the attempts of one renewal, which a one-shot holder
+	// retries until it is answered (unique in the run; 0: not retried);
+	// Attempt counts them from 1.
+	Chain   int64 `json:"chain,omitempty"`
+	Attempt int   `json:"attempt,omitempty"`
 
 	// Acquired is acquire's answer; Renewed whether it said "renewed".
 	Acquired bool `json:"acquired,omitempty"`
@@ -150,6 +160,10 @@ type Meta struct {
 	Locks  []string `json:"locks"`
 	// Started is the wall-clock time of the recorder's start.
 	Started time.Time `json:"started"`
+	// ElectionTimeout is the nodes' Raft election timeout: the renewal
+	// retry checker's bound is one election timeout plus a second
+	// (0: unknown, that checker does not run).
+	ElectionTimeout time.Duration `json:"election_timeout_ns,omitempty"`
 }
 
 // History is a whole run's record.
