@@ -314,6 +314,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if cfg.Fault != "" {
 		res.Negative = append(res.Negative, "nodes run with --unsafe-test-fault "+cfg.Fault)
 	}
+	if cfg.OneShotRetryDelay > checker.RetryBound(h.Meta.ElectionTimeout) {
+		res.Negative = append(res.Negative, fmt.Sprintf("one-shot holders wait %v before a retry", cfg.OneShotRetryDelay))
+	}
 
 	copts := checker.Options{LinearizabilityTimeout: cfg.LinearizabilityTimeout, OutDir: runDir, MinAvailability: cfg.MinAvailability}
 	logf("checking %d operations", len(h.Ops))
