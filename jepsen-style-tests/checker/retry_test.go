@@ -31,6 +31,11 @@ func TestRenewalRetry(t *testing.T) {
 	r := func(call, ret int64, chain int64, attempt int, class string) history.Op {
 		return oneShot(renew(20, "o20", call, ret, 7, 1), chain, attempt, class)
 	}
+	rAt := func(call, ret int64, chain int64, attempt int, class, node string) history.Op {
+		o := r(call, ret, chain, attempt, class)
+		o.Node = node
+		return o
+	}
 	noMajority := []history.Fault{{Kind: "partition-all", Start: 900 * ms, End: 5000 * ms, MajorityConnected: false}}
 	tests := []struct {
 		name   string
@@ -46,12 +51,17 @@ func TestRenewalRetry(t *testing.T) {
 		{"too late, but no majority", []history.Op{r(400, 1400, 1, 1, history.ErrTimeout), r(4000, 4010, 1, 2, ""), r(6600, 6610, 2, 1, "")}, noMajority, true},
 		{"lost with a majority", []history.Op{r(400, 410, 1, 1, ""), r(800, 810, 2, 1, history.ErrStale), r(3000, 3010, 3, 1, "")}, nil, false},
 		{"lost without a majority", []history.Op{r(400, 410, 1, 1, ""), r(6000, 6010, 2, 1, history.ErrStale), r(6500, 6510, 3, 1, "")}, noMajority, true},
+		{"too late, retried through a node cut off", []history.Op{r(400, 1400, 1, 1, history.ErrTimeout), rAt(1450, 2450, 1, 2, history.ErrTimeout, "b"), r(2500, 3100, 1, 3, ""), r(3200, 3210, 2, 1, "")},
+			[]history.Fault{{Kind: "partition-halves", Start: 300 * ms, End: 2600 * ms, MajorityConnected: true, Outside: []string{"n2"}}}, true},
+		{"too late, retried through the majority", []history.Op{r(400, 1400, 1, 1, history.ErrTimeout), rAt(1450, 2450, 1, 2, history.ErrTimeout, "a"), r(2500, 3100, 1, 3, ""), r(3200, 3210, 2, 1, "")},
+			[]history.Fault{{Kind: "partition-halves", Start: 300 * ms, End: 2600 * ms, MajorityConnected: true, Outside: []string{"n2"}}}, false},
 		{"window past the run's end", []history.Op{r(400, 410, 1, 1, ""), r(800, 1800, 2, 1, history.ErrTimeout)}, nil, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			bb := hold(newB())
 			bb.h.Meta.ElectionTimeout = 500 * time.Millisecond
+			bb.h.Meta.NodeIDs = map[string]string{"a": "n1", "b": "n2"}
 			for _, o := range tt.ops {
 				bb.op(o)
 			}

@@ -141,6 +141,11 @@ type Fault struct {
 	// MajorityConnected is false when the fault left no majority of nodes
 	// that run and reach each other.
 	MajorityConnected bool `json:"majority_connected"`
+	// Outside lists, when a majority is connected, the nodes outside it
+	// (down, paused, cut off from it, or on one side of a bridge, which
+	// belongs to one of two majorities only): a call through them may
+	// fail with a majority connected.
+	Outside []string `json:"outside,omitempty"`
 	// Negative marks a fault beyond the documented bounds (a negative
 	// control), which the checkers are expected to catch.
 	Negative bool   `json:"negative,omitempty"`
@@ -164,6 +169,9 @@ type Meta struct {
 	// retry checker's bound is one election timeout plus a second
 	// (0: unknown, that checker does not run).
 	ElectionTimeout time.Duration `json:"election_timeout_ns,omitempty"`
+	// NodeIDs maps each client endpoint to its node's ID, as faults name
+	// nodes.
+	NodeIDs map[string]string `json:"node_ids,omitempty"`
 }
 
 // History is a whole run's record.

@@ -283,7 +283,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	h := rec.History(history.Meta{
 		Mode: mode, Nodes: len(endpoints), MaxDrift: cfg.MaxDrift, Margin: wcfg.Margin,
 		Leases: wcfg.LeaseNames(), Locks: wcfg.LockNames(), Started: rec.Start(),
-		ElectionTimeout: harness.DefaultConfig().ElectionTimeout,
+		ElectionTimeout: harness.DefaultConfig().ElectionTimeout, NodeIDs: nodeIDs(cluster),
 	})
 	res := &Results{RunDir: runDir, Mode: mode, Nodes: len(endpoints), DurationS: time.Duration(h.End).Seconds(), Crashes: crashes}
 	if cfg.CorruptHistory != "" {
@@ -328,6 +328,19 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// nodeIDs maps each node's client endpoint to its ID (nil without a
+// cluster of the harness's).
+func nodeIDs(c *harness.Cluster) map[string]string {
+	if c == nil {
+		return nil
+	}
+	m := map[string]string{}
+	for _, n := range c.Nodes() {
+		m[n.GRPCAddr] = n.ID
+	}
+	return m
 }
 
 // leaderTracker follows the cluster's leader for the one-shot holders,
