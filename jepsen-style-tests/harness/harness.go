@@ -8,8 +8,9 @@
 // node in its own network namespace on a bridge, partitions by iptables
 // DROP rules inside the namespaces, Raft stalls by an iptables NFQUEUE
 // rule whose queue the harness serves late. loopback (the fallback): nodes
-// on 127.0.0.1, partitions and stalls by a fault-injecting TCP proxy in
-// front of each node's Raft port. Cluster.Mode says which one ran.
+// on 127.0.0.1, partitions, blackholes and stalls by fault-injecting TCP
+// proxies in front of each node's Raft and gRPC ports, which the nodes
+// advertise. Cluster.Mode says which one ran.
 //
 // Only one Cluster may exist per machine at a time: New takes a lock file
 // and, in netns mode, removes what a crashed earlier run left behind (every
@@ -111,11 +112,11 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// nodeAddrs are where a node listens (grpc, raft, http) and where the
-// other nodes reach it (peer for Raft, grpcPeer for forwarded calls),
-// which differ in loopback mode, where a proxy sits in between.
+// nodeAddrs are where a node listens (grpcListen, raft, http) and where
+// the others reach it (grpc: clients and nodes alike; peer: Raft), which
+// differ in loopback mode, where a proxy sits in between.
 type nodeAddrs struct {
-	grpc, raft, peer, grpcPeer, http string
+	grpc, grpcListen, raft, peer, http string
 }
 
 // network is what differs between the two modes.
@@ -146,12 +147,12 @@ type network interface {
 type Node struct {
 	ID    string
 	Index int
-	// GRPCAddr is where clients reach the node; RaftAddr where it listens
-	// for Raft; PeerAddr where the other nodes reach its Raft and
-	// GRPCPeerAddr its gRPC API (proxies in loopback mode, which the node
-	// advertises); HTTPAddr serves /readyz and /metrics.
-	GRPCAddr, RaftAddr, PeerAddr, GRPCPeerAddr, HTTPAddr string
-	DataDir, LogPath                                     string
+	// GRPCAddr is where clients and the other nodes reach the node's
+	// gRPC API, and PeerAddr its Raft (proxies in loopback mode, which
+	// the node advertises); GRPCListen and RaftAddr are where it listens;
+	// HTTPAddr serves /readyz and /metrics.
+	GRPCAddr, GRPCListen, RaftAddr, PeerAddr, HTTPAddr string
+	DataDir, LogPath                                   string
 
 	mu        sync.Mutex
 	cmd       *exec.Cmd
@@ -270,7 +271,7 @@ func New(cfg Config) (c *Cluster, err error) {
 		id := fmt.Sprintf("n%d", i+1)
 		c.nodes = append(c.nodes, &Node{
 			ID: id, Index: i,
-			GRPCAddr: a.grpc, RaftAddr: a.raft, PeerAddr: a.peer, GRPCPeerAddr: a.grpcPeer, HTTPAddr: a.http,
+			GRPCAddr: a.grpc, GRPCListen: a.grpcListen, RaftAddr: a.raft, PeerAddr: a.peer, HTTPAddr: a.http,
 			DataDir:   filepath.Join(cfg.Dir, "data", id),
 			LogPath:   filepath.Join(cfg.Dir, "logs", id+".log"),
 			clockRate: 1,
@@ -344,7 +345,7 @@ func (c *Cluster) args(n *Node) []string {
 	args := []string{
 		"--id", n.ID,
 		"--data-dir", n.DataDir,
-		"--grpc-addr", n.GRPCAddr,
+		"--grpc-addr", n.GRPCListen,
 		"--raft-addr", n.RaftAddr,
 		"--http-addr", n.HTTPAddr,
 		"--heartbeat-timeout", c.cfg.HeartbeatTimeout.String(),
@@ -359,8 +360,8 @@ func (c *Cluster) args(n *Node) []string {
 	if n.PeerAddr != n.RaftAddr {
 		args = append(args, "--raft-advertise", n.PeerAddr)
 	}
-	if n.GRPCPeerAddr != n.GRPCAddr {
-		args = append(args, "--grpc-advertise", n.GRPCPeerAddr)
+	if n.GRPCAddr != n.GRPCListen {
+		args = append(args, "--grpc-advertise", n.GRPCAddr)
 	}
 	if c.cfg.ExpiryProposeTimeout > 0 {
 		args = append(args, "--expiry-propose-timeout", c.cfg.ExpiryProposeTimeout.String())
@@ -535,19 +536,16 @@ func (c *Cluster) Partition(cut [][2]string) error {
 // Heal removes every network cut.
 func (c *Cluster) Heal() error { return c.net.heal() }
 
-// ErrBlackholeUnsupported is Blackhole's error in loopback mode, where
-// the proxies sit only between the nodes: clients dial the nodes' gRPC
-// ports directly, so their traffic cannot be dropped there.
-var ErrBlackholeUnsupported = errors.New("harness: blackhole needs netns mode (loopback proxies sit only between the nodes, not in front of clients)")
-
 // Blackhole makes node id silent without closing anything: every packet
 // to or from it, from the other nodes and from clients alike, is dropped
 // with no RST or ICMP answer, so its peers and clients see open
 // connections that never answer, as with a dead host or a cut cable. In
 // netns mode these are iptables DROP rules on INPUT and OUTPUT of the
 // node's eth0 inside its namespace (its loopback stays up); Unblackhole
-// removes them, and the namespace goes at Close in any case. Loopback mode
-// returns ErrBlackholeUnsupported. One blackhole at a time.
+// removes them, and the namespace goes at Close in any case. In loopback
+// mode the node's proxies, and the others' for what it sends, swallow
+// everything on its connections without closing them; Unblackhole closes
+// them. One blackhole at a time.
 func (c *Cluster) Blackhole(id string) error {
 	n := c.Node(id)
 	if n == nil {

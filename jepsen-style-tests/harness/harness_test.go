@@ -111,6 +111,7 @@ func TestClusterSmoke(t *testing.T) {
 		t.Fatalf("rejoin %s: %v", follower, err)
 	}
 	checkAdvertised(t, c)
+	blackholeSmoke(t, c)
 	stallSmoke(t, c)
 	if cr := c.Crashes(); len(cr) > 0 {
 		t.Fatalf("unexpected exits: %v", cr)
@@ -119,7 +120,7 @@ func TestClusterSmoke(t *testing.T) {
 
 // checkAdvertised waits until every node's view of the cluster has each
 // member at the addresses the others must reach it at (PeerAddr and
-// GRPCPeerAddr: the proxies in loopback mode), and fails if it does not
+// GRPCAddr: the proxies in loopback mode), and fails if it does not
 // within 10 s. In loopback mode a member at its listen address would be
 // reached round its proxies, out of the partitions' reach.
 func checkAdvertised(t *testing.T, c *Cluster) {
@@ -139,7 +140,7 @@ func checkAdvertised(t *testing.T, c *Cluster) {
 			}
 			for _, m := range st.GetMembers() {
 				o := c.Node(m.GetId())
-				if o == nil || m.GetRaftAddr() != o.PeerAddr || m.GetGrpcAddr() != o.GRPCPeerAddr {
+				if o == nil || m.GetRaftAddr() != o.PeerAddr || m.GetGrpcAddr() != o.GRPCAddr {
 					wrong = append(wrong, fmt.Sprintf("%s has %s at raft %s, grpc %s", n.ID, m.GetId(), m.GetRaftAddr(), m.GetGrpcAddr()))
 				}
 			}
@@ -205,6 +206,52 @@ func forwardingCut(t *testing.T, c *Cluster, leader string) {
 	}
 	if err := c.WaitReady(context.Background(), 30*time.Second); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// blackholeSmoke silences the leader: the others must elect another,
+// and a client's call to the silenced node must get no answer at all (its
+// deadline passes: nothing refuses or closes it).
+func blackholeSmoke(t *testing.T, c *Cluster) {
+	t.Helper()
+	ctx := context.Background()
+	leader, err := c.WaitLeader(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Blackhole(leader); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := c.Unblackhole(); err != nil {
+			t.Error(err)
+		}
+		if err := c.WaitReady(ctx, 30*time.Second); err != nil {
+			t.Error(err)
+		}
+	}()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		l, err := c.Leader(ctx)
+		if err == nil && l != leader {
+			t.Logf("after blackholing %s: leader %s", leader, l)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new leader after blackholing %s (still %q, %v)", leader, l, err)
+		}
+		time.Sleep(100 * time.Millisecond) // the harness's view of the leader
+	}
+	cc, err := grpc.NewClient(c.Node(leader).GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	gctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = pb.NewLeasesClient(cc).Get(gctx, &pb.GetRequest{Name: "warm-up"})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("a call to the blackholed %s: %v, want no answer until its deadline", leader, err)
 	}
 }
 

@@ -23,8 +23,10 @@ import (
 // table (/proc/net/tcp and the nodes' open files), so it can cut any pair
 // of nodes in either direction: a cut connection is closed, and a new one
 // from a cut peer is accepted and then black-holed, as a DROP rule would.
-// Clients dial the nodes' gRPC ports directly and keep reaching every
-// node during partitions, as in netns mode.
+// Clients reach the nodes through the gRPC proxies too; a partition never
+// cuts them (they are no node), so they keep reaching every node, as in
+// netns mode, but a blackhole silences them with the rest of the node's
+// traffic.
 type loopbackNet struct {
 	n       int
 	logf    func(string, ...any)
@@ -35,6 +37,9 @@ type loopbackNet struct {
 
 	mu  sync.Mutex
 	cut map[[2]int]bool
+	// hole is the blackholed node, -1 when none: every connection to or
+	// from it is silenced, clients' included.
+	hole int
 	// The Raft stall in force: reads from node stallFrom are held for
 	// stallDelay (none when stallDelay is 0); stallEnd is closed when it
 	// ends, which lets go what is held.
@@ -57,6 +62,7 @@ func freePort() (int, error) {
 
 func (m *loopbackNet) setup() error {
 	m.cut = map[[2]int]bool{}
+	m.hole = -1
 	for i := 0; i < m.n; i++ {
 		var ports [3]int
 		for k := range ports {
@@ -67,15 +73,15 @@ func (m *loopbackNet) setup() error {
 			ports[k] = p
 		}
 		a := nodeAddrs{
-			grpc: fmt.Sprintf("127.0.0.1:%d", ports[0]),
-			raft: fmt.Sprintf("127.0.0.1:%d", ports[1]),
-			http: fmt.Sprintf("127.0.0.1:%d", ports[2]),
+			grpcListen: fmt.Sprintf("127.0.0.1:%d", ports[0]),
+			raft:       fmt.Sprintf("127.0.0.1:%d", ports[1]),
+			http:       fmt.Sprintf("127.0.0.1:%d", ports[2]),
 		}
 		var err error
 		if a.peer, err = m.proxy(i, a.raft, true); err != nil {
 			return err
 		}
-		if a.grpcPeer, err = m.proxy(i, a.grpc, false); err != nil {
+		if a.grpc, err = m.proxy(i, a.grpcListen, false); err != nil {
 			return err
 		}
 		m.nodes = append(m.nodes, a)
@@ -106,6 +112,14 @@ func (m *loopbackNet) blocked(from, to int) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.cut[[2]int{from, to}]
+}
+
+// holed reports whether a blackhole silences traffic from node from (-1:
+// not a node) to node to.
+func (m *loopbackNet) holed(from, to int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.hole >= 0 && (m.hole == to || m.hole == from)
 }
 
 func (m *loopbackNet) partition(cut [][2]int) error {
@@ -158,11 +172,35 @@ func (m *loopbackNet) stalledFor(from, to int) (time.Duration, <-chan struct{}) 
 	return m.stallDelay, m.stallEnd
 }
 
-// blackhole is not possible here: clients dial the nodes' gRPC ports
-// directly, so their traffic would still reach the node.
-func (m *loopbackNet) blackhole(int) error { return ErrBlackholeUnsupported }
+// blackhole silences every connection through node i's proxies and every
+// one that node i opened to the others' proxies, without closing any:
+// what is sent is swallowed and nothing comes back, as with packets
+// dropped both ways. New connections are accepted and swallowed alike.
+func (m *loopbackNet) blackhole(i int) error {
+	m.mu.Lock()
+	if m.hole >= 0 {
+		m.mu.Unlock()
+		return fmt.Errorf("harness: node %d is already blackholed", m.hole+1)
+	}
+	m.hole = i
+	m.mu.Unlock()
+	for _, p := range m.proxies {
+		p.enforce()
+	}
+	return nil
+}
 
-func (m *loopbackNet) unblackhole() error { return nil }
+// unblackhole ends the blackhole: the silenced connections, which lost
+// what was sent on them, are closed, and their ends dial again.
+func (m *loopbackNet) unblackhole() error {
+	m.mu.Lock()
+	m.hole = -1
+	m.mu.Unlock()
+	for _, p := range m.proxies {
+		p.enforce()
+	}
+	return nil
+}
 
 func (m *loopbackNet) teardown() error {
 	_, _ = m.unstall()
@@ -187,10 +225,18 @@ type proxy struct {
 }
 
 type proxyConn struct {
-	from       int // node index of the dialler, -1 when not a node
-	client     net.Conn
+	from   int // node index of the dialler, -1 when not a node
+	client net.Conn
+	// blackholed: swallowed from its accept on (a partition or a
+	// blackhole in force then); silenced: swallowed from a blackhole that
+	// began while it carried traffic. Both are closed when the fault that
+	// made them ends.
 	blackholed bool
+	silenced   atomic.Bool
 }
+
+// dead reports whether the connection carries nothing any more.
+func (c *proxyConn) dead() bool { return c.blackholed || c.silenced.Load() }
 
 // close cuts the connection: closing the client side ends both copy loops
 // in handle, which then closes the server side.
@@ -226,7 +272,7 @@ func (p *proxy) handle(pc *proxyConn) {
 		p.mu.Unlock()
 	}()
 	p.mu.Lock()
-	pc.blackholed = pc.from >= 0 && p.net.blocked(pc.from, p.owner)
+	pc.blackholed = (pc.from >= 0 && p.net.blocked(pc.from, p.owner)) || p.net.holed(pc.from, p.owner)
 	p.mu.Unlock()
 	if pc.blackholed {
 		// Black hole: swallow what the peer sends until the connection is
@@ -240,7 +286,7 @@ func (p *proxy) handle(pc *proxyConn) {
 	}
 	done := make(chan struct{}, 2)
 	go func() { p.forward(pc, s); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(pc.client, s); done <- struct{}{} }()
+	go func() { p.back(pc, s); done <- struct{}{} }()
 	<-done
 	pc.client.Close()
 	s.Close()
@@ -271,6 +317,9 @@ func (p *proxy) forward(pc *proxyConn, dst net.Conn) {
 				}
 				t.Stop()
 			}
+			if pc.silenced.Load() {
+				continue // swallowed by a blackhole
+			}
 			if _, err := dst.Write(c.b); err != nil {
 				pc.close() // ends the reads below
 				for range q {
@@ -298,19 +347,42 @@ func (p *proxy) forward(pc *proxyConn, dst net.Conn) {
 	<-wrote
 }
 
-// enforce closes connections that the current partition cuts, and
-// black-holed ones that it no longer cuts (the peer redials).
+// back copies the node's answers to the dialler, swallowing them while
+// the connection is silenced.
+func (p *proxy) back(pc *proxyConn, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !pc.silenced.Load() {
+			if _, werr := pc.client.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// enforce applies the faults in force to the open connections: it closes
+// those that a partition cuts, silences (without closing) those that a
+// blackhole covers, and closes swallowed ones that no fault covers any
+// more (their ends dial again). Closing is done at once, so that nothing
+// more passes once partition returns; handle then drops it from conns.
 func (p *proxy) enforce() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for pc := range p.conns {
-		if pc.from < 0 {
-			continue
-		}
-		if p.net.blocked(pc.from, p.owner) != pc.blackholed {
-			// At once, so that nothing more passes once partition
-			// returns; handle then drops it from conns.
+		cut := pc.from >= 0 && p.net.blocked(pc.from, p.owner)
+		hole := p.net.holed(pc.from, p.owner)
+		switch {
+		case pc.dead() && !cut && !hole:
 			pc.close()
+		case pc.dead():
+		case cut:
+			pc.close()
+		case hole:
+			pc.silenced.Store(true)
 		}
 	}
 }

@@ -42,7 +42,7 @@ const (
 	PauseLeaderLong = "pause-leader-long"
 	// Blackhole drops every packet to and from one node, clients'
 	// included, with no RST: a node that stops answering without closing
-	// its connections. netns mode only.
+	// its connections.
 	Blackhole   = "blackhole"
 	PauseClient = "pause-client"
 	ClockSkew   = "clock-skew"
@@ -165,16 +165,6 @@ func New(cfg Config, c *harness.Cluster, rec *history.Recorder, clients Clients)
 	logf := cfg.Logf
 	if logf == nil {
 		logf = func(string, ...any) {}
-	}
-	if c != nil && c.Mode() == harness.ModeLoopback && slices.Contains(cfg.Kinds, Blackhole) {
-		// The proxies sit only between the nodes: a blackhole would leave
-		// client traffic through, which is a partition that
-		// partition-isolate-leader already makes, not a silent node.
-		cfg.Kinds = without(cfg.Kinds, Blackhole)
-		logf("nemesis: %s skipped in loopback mode: the proxies cannot drop client traffic (netns mode only)", Blackhole)
-		if len(cfg.Kinds) == 0 {
-			return nil, fmt.Errorf("nemesis: %s needs netns mode, and no other kind was asked for", Blackhole)
-		}
 	}
 	return &Nemesis{cfg: cfg, c: c, rec: rec, clients: clients, rng: rand.New(rand.NewPCG(seed, 7)), logf: logf}, nil
 }
