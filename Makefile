@@ -11,7 +11,7 @@ OTHER_PKGS  := ./cmd/... ./internal/... ./fence/... ./examples/... ./jepsen-styl
 # touch the service's dependencies); `make tools` fetches and builds them.
 STATICCHECK := $(BIN)/staticcheck
 
-.PHONY: all attack tools build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls lint proto openapi clean
+.PHONY: all attack tools build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls jepsen-upgrade lint proto openapi clean
 
 all: build
 
@@ -56,9 +56,16 @@ jepsen-short:
 jepsen-controls:
 	LEASEKEEPER_JEPSEN=1 $(GO) test -count=1 -v -timeout 20m -run 'TestNegative' ./jepsen-style-tests/
 
-# The full run: 5 nodes, every fault kind, 10 minutes.
+# The full run: 5 nodes, every fault kind, 10 minutes; then the rolling
+# upgrade from the previous release.
 jepsen:
 	$(GO) run ./jepsen-style-tests/cmd/jepsen -nodes 5 -duration 10m
+	$(MAKE) jepsen-upgrade
+
+# A rolling upgrade from the previous release's tag to this tree, and back
+# (about 75 s of faults, plus building the release).
+jepsen-upgrade:
+	LEASEKEEPER_JEPSEN=1 $(GO) test -count=1 -v -timeout 20m -run 'TestRollingUpgrade$$' ./jepsen-style-tests/
 
 # Each fuzzer for FUZZTIME (CI: 30s each). FUZZERS lists package:Fuzzer.
 FUZZTIME ?= 30s

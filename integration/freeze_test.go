@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -315,5 +316,42 @@ func TestFrozenFollowerWatch(t *testing.T) {
 	expect()
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("printed %v, want %v", got, want)
+	}
+}
+
+// TestClusterHealthWithAFrozenNode: `leasectl cluster health` asks every
+// endpoint at once, so two stopped nodes cost one --timeout, not two, and
+// the live node's answer is still reported (it may have stepped down, as
+// it lost its quorum).
+func TestClusterHealthWithAFrozenNode(t *testing.T) {
+	c := startCluster(t, 3)
+	leader := c.leader(15 * time.Second)
+	var frozen []*proc
+	for _, p := range c.procs {
+		if p != leader {
+			frozen = append(frozen, p)
+			c.freeze(p)
+		}
+	}
+	const timeout = 3 * time.Second
+	start := time.Now()
+	out, code, err := ctlAt(c.endpoints(), "--timeout", timeout.String(), "cluster", "health")
+	took := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != 1 {
+		t.Fatalf("cluster health with two nodes stopped: exit %d, want 1\n%s", code, out)
+	}
+	for _, p := range frozen {
+		if !regexp.MustCompile(regexp.QuoteMeta(p.grpc) + `\s+UNREACHABLE`).MatchString(out) {
+			t.Errorf("stopped node %s not reported unreachable:\n%s", p.grpc, out)
+		}
+	}
+	if !regexp.MustCompile(regexp.QuoteMeta(leader.grpc) + `\s+(SERVING|NOT_SERVING)\s+n\d`).MatchString(out) {
+		t.Errorf("live node %s: its answer is not reported:\n%s", leader.grpc, out)
+	}
+	if took >= 2*timeout {
+		t.Errorf("cluster health took %v with two stopped nodes: the probes waited one after the other (--timeout %v)", took.Round(time.Millisecond), timeout)
 	}
 }

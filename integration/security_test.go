@@ -232,6 +232,13 @@ func TestMutualTLSAndRBAC(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "job") {
 		t.Fatalf("leasectl with a client certificate: %v: %s", err, out)
 	}
+	// cluster health dials each node with the same TLS settings.
+	out, err = exec.Command(ctlBinary, "--endpoints", strings.Join(c.endpoints(), ","),
+		"--cacert", filepath.Join(pki, "ca.crt"), "--cert", filepath.Join(pki, "admin.crt"), "--key", filepath.Join(pki, "admin.key"),
+		"cluster", "health").CombinedOutput()
+	if err != nil || strings.Count(string(out), " SERVING") != len(c.procs) {
+		t.Fatalf("leasectl cluster health over TLS: %v: %s", err, out)
+	}
 }
 
 // tokenNode writes a PKI, a token file and a policy for one node "t1" in

@@ -13,6 +13,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,6 +101,41 @@ func TestShort(t *testing.T) {
 			t.Errorf("token-order passed a history with swapped tokens: %s", r.Summary)
 		}
 	})
+}
+
+// TestRollingUpgrade starts the cluster on the previous release's
+// lease-node, built from its tag, and under the workload replaces the
+// nodes' binary with the current tree's one at a time (followers first,
+// the leader after handing over its leadership), then back to the previous
+// release and forth again. Every checker must pass, and every node must
+// have run the current binary.
+func TestRollingUpgrade(t *testing.T) {
+	cfg := config(t)
+	cfg.UpgradeFrom = runner.PreviousRelease
+	if ref := os.Getenv("LEASEKEEPER_UPGRADE_FROM"); ref != "" {
+		cfg.UpgradeFrom = ref
+	}
+	cfg.Downgrade = true
+	cfg.Nemesis = []string{nemesis.RollingUpgrade}
+	cfg.Duration = 75 * time.Second
+	cfg.QuietMin, cfg.QuietMax = 2*time.Second, 3*time.Second
+	res := run(t, cfg)
+	if !res.Valid() {
+		t.Errorf("%d checkers failed:\n%s", res.Failed, res.Summary())
+	}
+	upgraded := map[string]bool{}
+	for _, line := range res.FaultLog {
+		t.Log(line)
+		if strings.Contains(line, " ERROR: ") {
+			t.Errorf("fault failed: %s", line)
+		}
+		if i := strings.Index(line, nemesis.RollingUpgrade+": "); i >= 0 && strings.HasSuffix(strings.SplitN(line[i:], ";", 2)[0], "-> current") {
+			upgraded[strings.Fields(line[i+len(nemesis.RollingUpgrade)+2:])[0]] = true
+		}
+	}
+	if len(upgraded) != cfg.Nodes {
+		t.Errorf("nodes upgraded to the current binary: %v, want all %d", upgraded, cfg.Nodes)
+	}
 }
 
 // TestNegativeClock restarts the leader with its clock three times too

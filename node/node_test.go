@@ -808,3 +808,36 @@ func TestNodeStopsAtATooNewEntry(t *testing.T) {
 		}
 	}
 }
+
+// TestReadBarrierOnAStalledDisk: where a read falls back to a Barrier, a
+// leader whose disk stalls answers the read when the read's context ends,
+// not when the disk recovers.
+func TestReadBarrierOnAStalledDisk(t *testing.T) {
+	c := nodetest.New(t, 3, clock.NewFake(time.Unix(1000, 0)), nodetest.Options{
+		GRPCAddr: func(int) string { return "" }, // nobody registers: reads use a Barrier
+	})
+	for _, n := range c.Nodes {
+		n.SetPeers(unregistered{})
+	}
+	leader := c.Leader(5 * time.Second)
+	blocked, release := c.StallLog(c.Index(leader))
+	defer release()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- leader.ReadBarrier(ctx) }()
+	select {
+	case <-blocked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the read's Barrier never reached the stalled disk")
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("read barrier on a stalled disk: %v, want the read's deadline", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the read waited on the stalled disk past its own deadline")
+	}
+}

@@ -176,10 +176,22 @@ func (n *Node) confirmRead(ctx context.Context, term uint64) error {
 			return fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
 	}
-	if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
-		return mapRaftError(err)
+	// The Barrier's future resolves only once its entry is applied, which a
+	// stalled disk can hold up for any time: the read waits for it no
+	// longer than its own context allows. The goroutine ends when Raft
+	// resolves the future (at the latest when the node shuts down).
+	f := n.raft.Barrier(n.cfg.ApplyTimeout)
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return mapRaftError(err)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	return nil
 }
 
 // Remaining is the leader's estimate of the time left to the holding of

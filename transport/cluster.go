@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"runtime/debug"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
@@ -136,31 +137,7 @@ const snapshotChunk = 1 << 20
 func (s *Server) Snapshot(req *pb.SnapshotRequest, stream pb.Cluster_SnapshotServer) error {
 	ctx := stream.Context()
 	if !s.node.IsLeader() {
-		ld, err := s.leader(ctx)
-		if err != nil {
-			return err
-		}
-		s.hint(ctx, ld.addr)
-		c, err := s.conn(ld.addr)
-		if err != nil {
-			return status.Errorf(codes.Unavailable, "leader %s at %s: %v", ld.id, ld.addr, err)
-		}
-		up, err := pb.NewClusterClient(c).Snapshot(s.forwardCtx(ctx), req)
-		if err != nil {
-			return err
-		}
-		for {
-			chunk, err := up.Recv()
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if err := stream.Send(chunk); err != nil {
-				return err
-			}
-		}
+		return s.relaySnapshot(ctx, req, stream)
 	}
 	if err := s.node.ReadBarrier(ctx); err != nil {
 		return toStatus(err, nil)
@@ -170,6 +147,56 @@ func (s *Server) Snapshot(req *pb.SnapshotRequest, stream pb.Cluster_SnapshotSer
 		return status.Errorf(codes.Internal, "writing snapshot: %v", err)
 	}
 	return w.flush()
+}
+
+// relaySnapshot relays the leader's backup stream. It ends, with
+// Unavailable, when this node sees another leader or none, and when the
+// leader sends nothing for the forward bound (a silent leader would
+// otherwise hold the stream until the caller's deadline). Only the wait
+// for the leader's next chunk counts: a slow reader holds up Send, not
+// the leader.
+func (s *Server) relaySnapshot(ctx context.Context, req *pb.SnapshotRequest, stream pb.Cluster_SnapshotServer) error {
+	ld, err := s.leader(ctx)
+	if err != nil {
+		return err
+	}
+	s.hint(ctx, ld.addr)
+	c, err := s.conn(ld.addr)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "leader %s at %s: %v", ld.id, ld.addr, err)
+	}
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(ld.changed, func() { cancel(node.ErrLeaderChanged) })
+	defer stop()
+	idle := time.AfterFunc(s.bound, func() { cancel(ErrLeaderSilent) })
+	defer idle.Stop()
+	cut := func(err error) error {
+		if ctx.Err() == nil && rctx.Err() != nil {
+			return status.Errorf(codes.Unavailable, "snapshot from leader %s at %s: %v", ld.id, ld.addr, context.Cause(rctx))
+		}
+		return err
+	}
+	up, err := pb.NewClusterClient(c).Snapshot(s.forwardCtx(rctx), req)
+	if err != nil {
+		return cut(err)
+	}
+	for {
+		chunk, err := up.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return cut(err)
+		}
+		if !idle.Stop() {
+			return cut(rctx.Err())
+		}
+		if err := stream.Send(chunk); err != nil {
+			return err
+		}
+		idle.Reset(s.bound)
+	}
 }
 
 // chunkWriter cuts a byte stream into SnapshotChunk messages.

@@ -216,6 +216,7 @@ func deafListener(t *testing.T) string {
 type follower struct {
 	node *fakeNode
 	srv  *Server
+	cc   *grpc.ClientConn
 	pb.LeasesClient
 }
 
@@ -238,7 +239,7 @@ func startFollower(t *testing.T) *follower {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cc.Close() })
-	return &follower{node: n, srv: srv, LeasesClient: pb.NewLeasesClient(cc)}
+	return &follower{node: n, srv: srv, cc: cc, LeasesClient: pb.NewLeasesClient(cc)}
 }
 
 func callCtx(t *testing.T) context.Context {
@@ -573,4 +574,61 @@ func TestRelayedKeepAliveGivesUp(t *testing.T) {
 			t.Errorf("trailer names %v, want the current leader %s", trailer, third.addr)
 		}
 	})
+}
+
+// stubSnapshots is a fake leader's Cluster service whose backup sends one
+// chunk and then nothing, as a leader paused mid-stream would.
+type stubSnapshots struct {
+	pb.UnimplementedClusterServer
+}
+
+func (stubSnapshots) Snapshot(_ *pb.SnapshotRequest, stream pb.Cluster_SnapshotServer) error {
+	if err := stream.Send(&pb.SnapshotChunk{Data: []byte("first")}); err != nil {
+		return err
+	}
+	<-stream.Context().Done()
+	return stream.Context().Err()
+}
+
+// TestRelayedSnapshotFromASilentLeader: a follower relaying a backup ends
+// the stream with Unavailable when the leader stops sending for the
+// forward bound, or when the follower sees another leader, not at the
+// caller's deadline.
+func TestRelayedSnapshotFromASilentLeader(t *testing.T) {
+	g := grpc.NewServer()
+	pb.RegisterClusterServer(g, stubSnapshots{})
+	addr := serve(t, g)
+	for _, tc := range []struct {
+		name   string
+		change bool
+		why    error
+	}{
+		{"silent", false, ErrLeaderSilent},
+		{"leader changes", true, node.ErrLeaderChanged},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFollower(t)
+			f.node.setLeader("paused", addr)
+			start := time.Now()
+			stream, err := pb.NewClusterClient(f.cc).Snapshot(callCtx(t), &pb.SnapshotRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			chunk, err := stream.Recv()
+			if err != nil || string(chunk.GetData()) != "first" {
+				t.Fatalf("first chunk: %v %q", err, chunk.GetData())
+			}
+			if tc.change {
+				f.node.setLeader("next", deafListener(t))
+			}
+			_, err = stream.Recv()
+			took := time.Since(start)
+			wantUnavailable(t, err, tc.why)
+			if tc.change {
+				within(t, "a relayed snapshot after a leader change", took, 0, slack)
+			} else {
+				within(t, "a relayed snapshot from a silent leader", took, testBound, testBound+slack)
+			}
+		})
+	}
 }

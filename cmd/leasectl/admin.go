@@ -8,9 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -27,15 +29,36 @@ func (a *app) healthCmd() *cobra.Command {
 		Short: "Check every endpoint: serving or not, its Raft state and term",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var eps []string
+			for _, ep := range strings.Split(a.endpoints, ",") {
+				if ep = strings.TrimSpace(ep); ep != "" {
+					eps = append(eps, ep)
+				}
+			}
+			dial, err := a.probeDialOptions()
+			if err != nil {
+				return err
+			}
+			// Every endpoint at once: a node that stopped answering costs
+			// one --timeout, not one per node.
+			type answer struct {
+				health string
+				st     *pb.StatusResponse
+			}
+			answers := make([]answer, len(eps))
+			var wg sync.WaitGroup
+			for i, ep := range eps {
+				wg.Go(func() {
+					h, st := a.probe(ep, dial)
+					answers[i] = answer{h, st}
+				})
+			}
+			wg.Wait()
 			tw := newTable(a.stdout)
 			fmt.Fprintln(tw, "ENDPOINT\tHEALTH\tID\tSTATE\tTERM\tAPPLIED\tLEADER")
 			unhealthy := 0
-			for _, ep := range strings.Split(a.endpoints, ",") {
-				ep = strings.TrimSpace(ep)
-				if ep == "" {
-					continue
-				}
-				h, st := a.probe(ep)
+			for i, ep := range eps {
+				h, st := answers[i].health, answers[i].st
 				if h != "SERVING" {
 					unhealthy++
 				}
@@ -60,9 +83,23 @@ func num(v uint64) string {
 	return fmt.Sprint(v)
 }
 
+// probeDialOptions are the dial options of a probe: the TLS and
+// credentials the flags give, as every other command uses.
+func (a *app) probeDialOptions() ([]grpc.DialOption, error) {
+	var cfg client.Config
+	if err := a.secure(&cfg); err != nil {
+		return nil, err
+	}
+	creds := insecure.NewCredentials()
+	if cfg.TLS != nil {
+		creds = credentials.NewTLS(cfg.TLS)
+	}
+	return append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.DialOptions...), nil
+}
+
 // probe asks one endpoint, and only it, for its health and status.
-func (a *app) probe(ep string) (string, *pb.StatusResponse) {
-	conn, err := grpc.NewClient(ep, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func (a *app) probe(ep string, dial []grpc.DialOption) (string, *pb.StatusResponse) {
+	conn, err := grpc.NewClient(ep, dial...)
 	if err != nil {
 		return "UNREACHABLE", nil
 	}

@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -162,6 +163,9 @@ type Node struct {
 	clockRate float64
 	joined    bool // restarts use --join (it was removed and re-added)
 	starts    int
+	// binary is the executable the next start runs; empty means
+	// Config.Binary (see SetBinary).
+	binary string
 }
 
 // Running reports whether the node's process is alive (paused counts).
@@ -390,9 +394,13 @@ func (c *Cluster) start(n *Node) error {
 		return err
 	}
 	args := c.args(n)
+	bin := n.binary
+	if bin == "" {
+		bin = c.cfg.Binary
+	}
 	n.starts++
-	fmt.Fprintf(logFile, "=== harness: start #%d of %s at %s: %s\n", n.starts, n.ID, time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
-	name, argv := c.net.command(n.Index, c.cfg.Binary, args)
+	fmt.Fprintf(logFile, "=== harness: start #%d of %s at %s: %s %s\n", n.starts, n.ID, time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
+	name, argv := c.net.command(n.Index, bin, args)
 	cmd := exec.Command(name, argv...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
@@ -490,6 +498,56 @@ func (c *Cluster) Restart(id string, clockRate float64) error {
 	}
 	c.logf("harness: start %s (clock rate %v)", id, n.ClockRate())
 	return c.start(n)
+}
+
+// SetBinary makes every later start of the node run bin, as replacing the
+// binary on a machine does in a rolling upgrade; "" goes back to
+// Config.Binary. The running process is not touched.
+func (c *Cluster) SetBinary(id, bin string) error {
+	n := c.Node(id)
+	if n == nil {
+		return fmt.Errorf("harness: no node %q", id)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.binary = bin
+	return nil
+}
+
+// Binary returns the executable the node's next start runs.
+func (c *Cluster) Binary(id string) string {
+	n := c.Node(id)
+	if n == nil {
+		return ""
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.binary == "" {
+		return c.cfg.Binary
+	}
+	return n.binary
+}
+
+// Readyz asks one node's /readyz: whether it is ready, and the reason it
+// gives.
+func (c *Cluster) Readyz(ctx context.Context, id string) (bool, string, error) {
+	n := c.Node(id)
+	if n == nil {
+		return false, "", fmt.Errorf("harness: no node %q", id)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.HTTPAddr+"/readyz", nil)
+	if err != nil {
+		return false, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode == http.StatusOK, strings.TrimSpace(string(body)), err
 }
 
 // Pause stops the node with SIGSTOP.

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -55,6 +56,15 @@ const (
 	// ClockSkewExtreme is the negative control: the leader's clock runs
 	// far beyond the drift bound, so it expires holdings early.
 	ClockSkewExtreme = "clock-skew-extreme"
+	// RollingUpgrade replaces one node's binary per fault, as an operator
+	// upgrading a cluster does: stop it (SIGTERM), start the other binary
+	// on the same data directory, wait until it is ready. Followers go
+	// first; the last node, the leader, hands its leadership to an
+	// upgraded node before it is stopped. With Config.Downgrade, once
+	// every node runs UpgradeTo the nodes go back to UpgradeFrom the same
+	// way, and so on. Needs Config.UpgradeFrom and UpgradeTo; not in
+	// Kinds.
+	RollingUpgrade = "rolling-upgrade"
 )
 
 // Kinds lists every fault within the documented bounds.
@@ -71,7 +81,9 @@ var ShortKinds = []string{
 }
 
 // Known reports whether kind names a fault.
-func Known(kind string) bool { return slices.Contains(Kinds, kind) || kind == ClockSkewExtreme }
+func Known(kind string) bool {
+	return slices.Contains(Kinds, kind) || kind == ClockSkewExtreme || kind == RollingUpgrade
+}
 
 // Clients is what the nemesis needs of the workload.
 type Clients interface {
@@ -103,6 +115,11 @@ type Config struct {
 	// renewal acknowledged meanwhile, where the checkers can see it.
 	ProposeTimeout time.Duration
 	StallDelay     time.Duration
+	// UpgradeFrom and UpgradeTo are the lease-node binaries of a
+	// rolling upgrade: the cluster starts on UpgradeFrom. Downgrade makes
+	// the upgrade go back and forth.
+	UpgradeFrom, UpgradeTo string
+	Downgrade              bool
 	// RecoverTimeout bounds the wait for the cluster after a heal.
 	RecoverTimeout time.Duration
 	Seed           uint64
@@ -143,6 +160,10 @@ type Nemesis struct {
 	rng     *rand.Rand
 	logf    func(string, ...any)
 	queue   []string
+	// toward is the binary the rolling upgrade is moving the nodes to;
+	// refused is set once a downgrade was refused.
+	toward  string
+	refused bool
 }
 
 // New returns a Nemesis for cluster c, recording into rec.
@@ -158,6 +179,9 @@ func New(cfg Config, c *harness.Cluster, rec *history.Recorder, clients Clients)
 	if slices.Contains(cfg.Kinds, StallRaft) && (cfg.ProposeTimeout <= 0 || cfg.stallDelay() <= cfg.ProposeTimeout) {
 		return nil, fmt.Errorf("nemesis: %s needs StallDelay (%v) above the nodes' ProposeTimeout (%v)", StallRaft, cfg.stallDelay(), cfg.ProposeTimeout)
 	}
+	if slices.Contains(cfg.Kinds, RollingUpgrade) && (cfg.UpgradeFrom == "" || cfg.UpgradeTo == "") {
+		return nil, fmt.Errorf("nemesis: %s needs UpgradeFrom and UpgradeTo", RollingUpgrade)
+	}
 	seed := cfg.Seed
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
@@ -166,7 +190,7 @@ func New(cfg Config, c *harness.Cluster, rec *history.Recorder, clients Clients)
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &Nemesis{cfg: cfg, c: c, rec: rec, clients: clients, rng: rand.New(rand.NewPCG(seed, 7)), logf: logf}, nil
+	return &Nemesis{cfg: cfg, c: c, rec: rec, clients: clients, rng: rand.New(rand.NewPCG(seed, 7)), logf: logf, toward: cfg.UpgradeTo}, nil
 }
 
 // Run injects faults until ctx is done, starting with a quiet period. The
@@ -506,6 +530,9 @@ func (n *Nemesis) start(ctx context.Context, f *fault) error {
 	case StallRaft:
 		return n.stallRaft(ctx, f)
 
+	case RollingUpgrade:
+		return n.rollingUpgrade(ctx, f)
+
 	case Membership:
 		id, err := n.follower(ctx)
 		if err != nil {
@@ -563,6 +590,102 @@ func (n *Nemesis) stallRaft(ctx context.Context, f *fault) error {
 		return err
 	}
 	return n.c.StallRaft(l, d)
+}
+
+// rollingUpgrade moves one more node to n.toward: a follower while one is
+// left on the other binary, else the leader, after handing its leadership
+// to a node that runs n.toward already. The fault lasts from the node's
+// stop until it is ready on the new binary.
+//
+// A downgrade that the older binary refuses (it stops at a log entry it
+// cannot read and says so on /readyz) is not a failure of the cluster: it
+// is recorded, the node goes back to the newer binary, and the upgrade
+// stays there.
+func (n *Nemesis) rollingUpgrade(ctx context.Context, f *fault) error {
+	to := n.toward
+	if n.refused {
+		to = n.cfg.UpgradeTo
+	}
+	leader, err := n.leader(ctx)
+	if err != nil {
+		return err
+	}
+	var pending []string
+	for _, id := range n.ids() {
+		if n.c.Binary(id) != to {
+			pending = append(pending, id)
+		}
+	}
+	if len(pending) == 0 {
+		if !n.cfg.Downgrade || n.refused {
+			f.Detail = "every node runs " + binName(to) + ": nothing to do"
+			return nil
+		}
+		n.toward = n.cfg.UpgradeFrom
+		if to == n.cfg.UpgradeFrom {
+			n.toward = n.cfg.UpgradeTo
+		}
+		return n.rollingUpgrade(ctx, f)
+	}
+	id := pending[0]
+	for _, p := range pending {
+		if p != leader {
+			id = p
+			break
+		}
+	}
+	role := "follower"
+	if id == leader {
+		role = "leader"
+		var target string
+		for _, o := range n.ids() {
+			if o != id && n.c.Binary(o) == to {
+				target = o
+				break
+			}
+		}
+		if target == "" {
+			return fmt.Errorf("nemesis: no node runs %s to hand the leadership to", binName(to))
+		}
+		if err := n.transfer(ctx, target); err != nil {
+			return fmt.Errorf("nemesis: handing the leadership from %s to %s before its upgrade: %w", id, target, err)
+		}
+		role = "leader, after handing the leadership to " + target
+	}
+	from := n.c.Binary(id)
+	f.Nodes, f.down = []string{id}, []string{id}
+	f.Detail = fmt.Sprintf("%s (%s): %s -> %s", id, role, binName(from), binName(to))
+	f.hold = n.between(0, n.cfg.FaultMin/2) // the binary being replaced
+	f.heal = func(ctx context.Context) error {
+		if err := n.c.Restart(id, 0); err != nil {
+			return err
+		}
+		werr := n.c.WaitReady(ctx, n.cfg.RecoverTimeout/2)
+		if werr == nil || to != n.cfg.UpgradeFrom {
+			return werr
+		}
+		_, why, _ := n.c.Readyz(ctx, id)
+		if !strings.Contains(why, "upgrade this node") {
+			return werr
+		}
+		// Refused: the older binary met an entry it cannot apply.
+		n.refused = true
+		f.Detail += fmt.Sprintf("; refused by the older binary (%s); back to %s", why, binName(n.cfg.UpgradeTo))
+		if err := n.c.SetBinary(id, n.cfg.UpgradeTo); err != nil {
+			return err
+		}
+		return n.c.Restart(id, 0)
+	}
+	if err := n.c.Stop(id); err != nil {
+		return err
+	}
+	return n.c.SetBinary(id, to)
+}
+
+// binName is how a fault's detail names a binary: its directory's name
+// (the runner builds each release into a directory named after it).
+func binName(path string) string {
+	return filepath.Base(filepath.Dir(path))
 }
 
 // transfer moves leadership to id, retrying for a few seconds.

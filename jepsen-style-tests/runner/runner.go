@@ -83,9 +83,23 @@ type Config struct {
 	// a server that breaks a safety rule on purpose, which the checkers
 	// must catch.
 	Fault string
+	// UpgradeFrom, when set, names a git tag (or commit) of an earlier
+	// release: the cluster starts on that release's lease-node, built from
+	// the tag, and the rolling-upgrade fault moves it to Binary (or the
+	// current tree's) one node at a time; with Downgrade, back again.
+	UpgradeFrom string
+	Downgrade   bool
 	// Out receives progress and the summary; nil means os.Stderr.
 	Out io.Writer
 }
+
+// PreviousRelease is the release that the rolling-upgrade test starts
+// from, and PreviousReleaseCommit the commit its tag names, which is built
+// when a clone lacks the tag.
+const (
+	PreviousRelease       = "v0.1.0"
+	PreviousReleaseCommit = "0e21b454d221e16d939604532d4d3d4adcb3c293"
+)
 
 // DefaultConfig is the full run: 5 nodes, 10 minutes, every fault.
 func DefaultConfig() Config {
@@ -179,6 +193,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	// An external cluster (say docker compose) gets the workload and the
 	// checkers only; its faults come from outside (compose/partition.sh).
 	var cluster *harness.Cluster
+	var upgradeFrom, upgradeTo string
 	endpoints := cfg.Endpoints
 	mode := "external"
 	if len(endpoints) > 0 {
@@ -193,8 +208,16 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 				return nil, err
 			}
 		}
+		startBin := bin
+		if cfg.UpgradeFrom != "" {
+			logf("building lease-node %s from its tag", cfg.UpgradeFrom)
+			if startBin, err = buildRelease(runDir, cfg.UpgradeFrom); err != nil {
+				return nil, err
+			}
+			upgradeFrom, upgradeTo = startBin, bin
+		}
 		hcfg := harness.DefaultConfig()
-		hcfg.Nodes, hcfg.Binary, hcfg.Dir, hcfg.Mode, hcfg.LogLevel, hcfg.Logf = cfg.Nodes, bin, runDir, cfg.Mode, cfg.LogLevel, logf
+		hcfg.Nodes, hcfg.Binary, hcfg.Dir, hcfg.Mode, hcfg.LogLevel, hcfg.Logf = cfg.Nodes, startBin, runDir, cfg.Mode, cfg.LogLevel, logf
 		if cfg.Fault != "" {
 			hcfg.ExtraArgs = append(hcfg.ExtraArgs, "--unsafe-test-fault", cfg.Fault)
 		}
@@ -244,6 +267,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		ncfg.ElectionTimeout = harness.DefaultConfig().ElectionTimeout
 		ncfg.ProposeTimeout = harness.DefaultConfig().ExpiryProposeTimeout
 		ncfg.Seed, ncfg.Logf = cfg.Seed, logf
+		ncfg.UpgradeFrom, ncfg.UpgradeTo, ncfg.Downgrade = upgradeFrom, upgradeTo, cfg.Downgrade
 		if nem, err = nemesis.New(ncfg, cluster, rec, wl); err != nil {
 			return nil, err
 		}
@@ -599,11 +623,49 @@ func buildNode(runDir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(runDir, "bin", "lease-node")
+	bin := filepath.Join(runDir, "current", "lease-node")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/lease-node")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("runner: build lease-node: %v\n%s", err, out)
 	}
+	return bin, nil
+}
+
+// buildRelease builds lease-node as of the git ref (a release tag) into
+// runDir/<ref>/lease-node, from a copy of the tree at that ref.
+func buildRelease(runDir, ref string) (string, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	rev := ref
+	if ref == PreviousRelease && exec.Command("git", "-C", root, "rev-parse", "--verify", "--quiet", ref+"^{commit}").Run() != nil {
+		rev = PreviousReleaseCommit // a clone without its tags
+	}
+	if out, err := exec.Command("git", "-C", root, "rev-parse", "--verify", "--quiet", rev+"^{commit}").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("runner: no git ref %q in %s (a clone without its tags? git fetch --tags): %v %s", ref, root, err, out)
+	}
+	dir := filepath.Join(runDir, strings.NewReplacer("/", "_", "..", "_").Replace(ref))
+	src := filepath.Join(dir, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return "", err
+	}
+	archive := filepath.Join(dir, "src.tar")
+	if out, err := exec.Command("git", "-C", root, "archive", "--format=tar", "-o", archive, rev).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("runner: git archive %s: %v\n%s", ref, err, out)
+	}
+	if out, err := exec.Command("tar", "-xf", archive, "-C", src).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("runner: unpacking %s: %v\n%s", ref, err, out)
+	}
+	_ = os.Remove(archive)
+	bin := filepath.Join(dir, "lease-node")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/lease-node")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("runner: build lease-node %s: %v\n%s", ref, err, out)
+	}
+	_ = os.RemoveAll(src)
 	return bin, nil
 }

@@ -65,6 +65,8 @@ func run() int {
 	fs.Float64Var(&cfg.MaxDrift, "max-drift", cfg.MaxDrift, "documented clock drift bound")
 	fs.Uint64Var(&cfg.Seed, "seed", 0, "random seed (0: from the clock)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "lease-node --log-level")
+	fs.StringVar(&cfg.UpgradeFrom, "upgrade-from", "", "rolling upgrade: start the cluster on lease-node built from this git tag (e.g. "+runner.PreviousRelease+") and move it to the current tree's one node at a time (nemesis default: "+nemesis.RollingUpgrade+")")
+	fs.BoolVar(&cfg.Downgrade, "downgrade", false, "with -upgrade-from: go back to the older release after the upgrade, and forth again")
 	endpoints := fs.String("endpoints", "", "run the workload against this external cluster (host:port,...), e.g. docker compose; no nemesis")
 	check := fs.String("check", "", "only re-run the checkers on this run directory's history.jsonl")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -87,6 +89,9 @@ func run() int {
 
 	nemSet := false
 	fs.Visit(func(f *flag.Flag) { nemSet = nemSet || f.Name == "nemesis" })
+	if cfg.UpgradeFrom != "" && !nemSet {
+		*nem = nemesis.RollingUpgrade
+	}
 	if *endpoints != "" {
 		cfg.Endpoints = strings.Split(*endpoints, ",")
 		if !nemSet {
