@@ -19,6 +19,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -222,7 +223,9 @@ type Cluster struct {
 	mu      sync.Mutex
 	crashes []string
 	conns   map[string]*grpc.ClientConn
-	closed  bool
+	// advertise caches advertises' answer per binary.
+	advertise map[string]bool
+	closed    bool
 }
 
 // New takes the run lock, builds the network and returns a Cluster whose
@@ -239,7 +242,7 @@ func New(cfg Config) (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c = &Cluster{cfg: cfg, lock: lock, logf: logf, conns: map[string]*grpc.ClientConn{}}
+	c = &Cluster{cfg: cfg, lock: lock, logf: logf, conns: map[string]*grpc.ClientConn{}, advertise: map[string]bool{}}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -345,7 +348,7 @@ func (c *Cluster) Start(ctx context.Context) error {
 	return c.WaitReady(ctx, 60*time.Second)
 }
 
-func (c *Cluster) args(n *Node) []string {
+func (c *Cluster) args(n *Node, bin string) []string {
 	args := []string{
 		"--id", n.ID,
 		"--data-dir", n.DataDir,
@@ -361,11 +364,8 @@ func (c *Cluster) args(n *Node) []string {
 	// Where a proxy sits in front of the node, the node advertises the
 	// proxy: the Raft configuration and the member directory (whence
 	// followers forward to the leader) must lead the others through it.
-	if n.PeerAddr != n.RaftAddr {
-		args = append(args, "--raft-advertise", n.PeerAddr)
-	}
-	if n.GRPCAddr != n.GRPCListen {
-		args = append(args, "--grpc-advertise", n.GRPCAddr)
+	if (n.PeerAddr != n.RaftAddr || n.GRPCAddr != n.GRPCListen) && c.advertises(bin) {
+		args = append(args, "--raft-advertise", n.PeerAddr, "--grpc-advertise", n.GRPCAddr)
 	}
 	if c.cfg.ExpiryProposeTimeout > 0 {
 		args = append(args, "--expiry-propose-timeout", c.cfg.ExpiryProposeTimeout.String())
@@ -383,6 +383,26 @@ func (c *Cluster) args(n *Node) []string {
 	return append(args, "--bootstrap", "--peers", c.peers())
 }
 
+// advertises reports whether the lease-node at bin takes
+// --raft-advertise and --grpc-advertise; a release from before them (the
+// rolling upgrade's starting point) does not, and its nodes then register
+// the addresses they listen on, round the loopback proxies. It asks each
+// binary once.
+func (c *Cluster) advertises(bin string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v, ok := c.advertise[bin]; ok {
+		return v
+	}
+	out, _ := exec.Command(bin, "-h").CombinedOutput() // usage, exit 0
+	v := bytes.Contains(out, []byte("-raft-advertise"))
+	c.advertise[bin] = v
+	if !v {
+		c.logf("harness: %s has no --raft-advertise: its nodes register the addresses they listen on, so loopback partitions miss part of their traffic while they run", bin)
+	}
+	return v
+}
+
 func (c *Cluster) start(n *Node) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -393,11 +413,11 @@ func (c *Cluster) start(n *Node) error {
 	if err != nil {
 		return err
 	}
-	args := c.args(n)
 	bin := n.binary
 	if bin == "" {
 		bin = c.cfg.Binary
 	}
+	args := c.args(n, bin)
 	n.starts++
 	fmt.Fprintf(logFile, "=== harness: start #%d of %s at %s: %s %s\n", n.starts, n.ID, time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
 	name, argv := c.net.command(n.Index, bin, args)
