@@ -223,3 +223,23 @@ func TestNegativeServerFaults(t *testing.T) {
 		})
 	}
 }
+
+// TestNegativeSlowRetry runs one-shot holders that wait 3 s before they
+// retry a renewal that went unanswered: twice the bound of an election
+// timeout plus a second, and longer than their 2 s lease. Long pauses of
+// the leader leave renewals unanswered while the other two nodes stay a
+// connected majority, so the renewal-retry checker must see retries that
+// succeed too late and holdings lost.
+func TestNegativeSlowRetry(t *testing.T) {
+	cfg := config(t)
+	cfg.Duration = 40 * time.Second
+	cfg.Nemesis = []string{nemesis.PauseLeaderLong, nemesis.KillLeader}
+	cfg.QuietMin, cfg.QuietMax = 2*time.Second, 4*time.Second
+	cfg.OneShotClients = 4
+	cfg.OneShotRetryDelay = 3 * time.Second
+	cfg.LinearizabilityTimeout = 30 * time.Second
+	res := run(t, cfg)
+	if len(invalid(res, "renewal-retry")) == 0 {
+		t.Errorf("renewal-retry passed one-shot holders that retry after 3 s:\n%s", res.Summary())
+	}
+}

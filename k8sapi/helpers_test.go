@@ -56,7 +56,7 @@ func setup(t *testing.T) *env {
 // changed by server and api (either may be nil).
 func setupWith(t *testing.T, server func(*transport.Config), api func(*k8sapi.Config)) *env {
 	t.Helper()
-	c := lktest.StartWith(t, 3, clock.New(), server)
+	c := lktest.StartWith(t, 3, clock.New(), nodetest.Options{}, server)
 	leader := c.Leader(10 * time.Second)
 	fi := (c.Index(leader) + 1) % 3
 	cc, err := grpc.NewClient(c.Endpoints[fi], grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -3,6 +3,8 @@ package node
 import (
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,12 +20,19 @@ type Config struct {
 	// DataDir holds the Raft log, stable store and snapshots. Empty keeps
 	// everything in memory (tests only).
 	DataDir string
-	// RaftAddr is the address other nodes reach this node's Raft on.
+	// RaftAddr is the address this node's Raft listens on.
 	RaftAddr string
-	// GRPCAddr is the address clients (and other nodes forwarding) reach
-	// this node's gRPC API on. It is registered in the replicated member
-	// directory so followers can forward to the leader.
+	// GRPCAddr is the address this node's gRPC API listens on.
 	GRPCAddr string
+	// RaftAdvertise and GRPCAdvertise are where the other nodes reach
+	// this node, when that is not where it listens: behind a proxy or a
+	// NAT, or when it listens on a wildcard address. Empty: the listen
+	// address. Only the advertised addresses are ever handed to others: in
+	// the Raft configuration (bootstrap, join, a follower's registration
+	// with the leader), in the member directory from which followers
+	// forward to the leader, and so in the leader hints clients get.
+	RaftAdvertise string
+	GRPCAdvertise string
 	// Bootstrap starts a new cluster of Peers (this node included) when the
 	// node has no state yet. Every node of the first cluster may be started
 	// with the same Peers; Raft accepts an identical bootstrap on each.
@@ -127,6 +136,13 @@ func (c Config) Validate() error {
 	if c.RaftAddr == "" {
 		errs = append(errs, errors.New("node: RaftAddr is required"))
 	}
+	for _, a := range []struct{ name, v string }{{"RaftAdvertise", c.RaftAdvertise}, {"GRPCAdvertise", c.GRPCAdvertise}} {
+		if a.v != "" {
+			if err := checkAdvertised(a.v); err != nil {
+				errs = append(errs, fmt.Errorf("node: %s %q: %w", a.name, a.v, err))
+			}
+		}
+	}
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
 		errs = append(errs, fmt.Errorf("node: LeaderLeaseTimeout (%v) must not exceed HeartbeatTimeout (%v)", c.LeaderLeaseTimeout, c.HeartbeatTimeout))
 	}
@@ -141,6 +157,11 @@ func (c Config) Validate() error {
 		for _, p := range c.Peers {
 			if string(p.ID) == c.ID {
 				self = true
+				// A follower registers its advertised address with the
+				// leader, which would replace this one: the two must agree.
+				if c.RaftAdvertise != "" && string(p.Address) != c.RaftAdvertise {
+					errs = append(errs, fmt.Errorf("node: Peers gives this node (%s) the Raft address %s, but RaftAdvertise is %s", c.ID, p.Address, c.RaftAdvertise))
+				}
 			}
 		}
 		if len(c.Peers) > 0 && !self {
@@ -151,6 +172,41 @@ func (c Config) Validate() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// AdvertisedRaft is the Raft address this node gives the others.
+func (c Config) AdvertisedRaft() string {
+	if c.RaftAdvertise != "" {
+		return c.RaftAdvertise
+	}
+	return c.RaftAddr
+}
+
+// AdvertisedGRPC is the gRPC address this node gives the others.
+func (c Config) AdvertisedGRPC() string {
+	if c.GRPCAdvertise != "" {
+		return c.GRPCAdvertise
+	}
+	return c.GRPCAddr
+}
+
+// checkAdvertised refuses an address another node cannot dial: no port,
+// or a wildcard host.
+func checkAdvertised(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
+		return fmt.Errorf("port %q is not in [1, 65535]", port)
+	}
+	if host == "" {
+		return errors.New("no host: others cannot dial it")
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return errors.New("a wildcard address: others cannot dial it")
+	}
+	return nil
 }
 
 // ParsePeers parses "id=raftaddr,id=raftaddr".

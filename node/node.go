@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -170,7 +171,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		if !has {
 			peers := cfg.Peers
 			if len(peers) == 0 {
-				peers = []raft.Server{{Suffrage: raft.Voter, ID: rc.LocalID, Address: raft.ServerAddress(cfg.RaftAddr)}}
+				peers = []raft.Server{{Suffrage: raft.Voter, ID: rc.LocalID, Address: raft.ServerAddress(cfg.AdvertisedRaft())}}
 			}
 			if err := raft.BootstrapCluster(rc, deps.Logs, deps.Stable, deps.Snapshots, deps.Transport,
 				raft.Configuration{Servers: peers}); err != nil {
@@ -253,7 +254,18 @@ func (n *Node) openStores(deps *Deps) error {
 		deps.Snapshots = snaps
 	}
 	if deps.Transport == nil {
-		tr, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, deps.Logger.Named("transport"))
+		// Raft names its own address in every request it sends (a
+		// follower's leader hint, a candidate's vote request): the
+		// advertised one.
+		var adv net.Addr
+		if cfg.RaftAdvertise != "" {
+			a, err := net.ResolveTCPAddr("tcp", cfg.RaftAdvertise)
+			if err != nil {
+				return fmt.Errorf("node: RaftAdvertise: %w", err)
+			}
+			adv = a
+		}
+		tr, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, deps.Logger.Named("transport"))
 		if err != nil {
 			return fmt.Errorf("node: raft transport on %s: %w", cfg.RaftAddr, err)
 		}
@@ -489,16 +501,17 @@ func (n *Node) holding(l *fsm.Lease) leasing.Holding {
 // registerSelf records this node's gRPC address in the member directory,
 // so followers can forward to it.
 func (n *Node) registerSelf() {
-	if n.cfg.GRPCAddr == "" {
+	addr := n.cfg.AdvertisedGRPC()
+	if addr == "" {
 		return
 	}
-	if a, ok := n.fsm.MemberAddr(n.cfg.ID); ok && a == n.cfg.GRPCAddr && n.fsm.MemberVersion(n.cfg.ID) == fsm.CommandVersion {
+	if a, ok := n.fsm.MemberAddr(n.cfg.ID); ok && a == addr && n.fsm.MemberVersion(n.cfg.ID) == fsm.CommandVersion {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
 	defer cancel()
 	if _, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_SetMember{SetMember: &fsmpb.SetMember{
-		Id: n.cfg.ID, GrpcAddr: n.cfg.GRPCAddr, CommandVersion: fsm.CommandVersion,
+		Id: n.cfg.ID, GrpcAddr: addr, CommandVersion: fsm.CommandVersion,
 	}}}); err != nil {
 		n.log.Warn("registering own address failed", "error", err)
 	}

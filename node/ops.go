@@ -28,8 +28,11 @@ func (n *Node) Raft() *raft.Raft { return n.raft }
 // ID returns the node's Raft server ID.
 func (n *Node) ID() string { return n.cfg.ID }
 
-// Addrs returns the node's Raft and gRPC addresses.
-func (n *Node) Addrs() (raftAddr, grpcAddr string) { return n.cfg.RaftAddr, n.cfg.GRPCAddr }
+// Addrs returns the Raft and gRPC addresses the node advertises to the
+// others (see Config.RaftAdvertise).
+func (n *Node) Addrs() (raftAddr, grpcAddr string) {
+	return n.cfg.AdvertisedRaft(), n.cfg.AdvertisedGRPC()
+}
 
 // IsLeader reports whether this node is the Raft leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }

@@ -82,6 +82,8 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.node.DataDir, "data-dir", "", "directory for the Raft log and snapshots (default ./data/<id>)")
 	fs.StringVar(&o.node.GRPCAddr, "grpc-addr", "127.0.0.1:7001", "client gRPC API address")
 	fs.StringVar(&o.node.RaftAddr, "raft-addr", "127.0.0.1:8001", "Raft address, reached by the other nodes")
+	fs.StringVar(&o.node.GRPCAdvertise, "grpc-advertise", "", "gRPC address the other nodes and clients are told to reach this node at, when not --grpc-addr (behind a proxy or NAT, or --grpc-addr on a wildcard); it goes into the member directory and leader hints")
+	fs.StringVar(&o.node.RaftAdvertise, "raft-advertise", "", "Raft address the other nodes are told to reach this node at, when not --raft-addr (behind a proxy or NAT, or --raft-addr on a wildcard); it goes into the Raft configuration on join and registration")
 	fs.StringVar(&o.httpAddr, "http-addr", "", "address for /metrics, /healthz and /readyz (empty: off)")
 	fs.BoolVar(&o.pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof/ on --http-addr (heap and goroutine dumps: keep that address private)")
 	fs.BoolVar(&o.server.Reflection, "grpc-reflection", o.server.Reflection, "serve gRPC server reflection on --grpc-addr, so grpcurl lists and calls the API without the .proto files (--grpc-reflection=false: off)")
@@ -297,7 +299,7 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 	defer sec.close()
 	deps := node.Deps{Clock: clk, Logger: log, Registerer: reg}
 	if o.sec.raftTLS {
-		if deps.Transport, err = sec.raftTransport(o.node.RaftAddr, log); err != nil {
+		if deps.Transport, err = sec.raftTransport(o.node.RaftAddr, o.node.AdvertisedRaft(), log); err != nil {
 			return err
 		}
 	}
@@ -388,7 +390,8 @@ func serve(ctx context.Context, o *options, log hclog.Logger) error {
 			errc <- err
 		}
 	}
-	log.Info("serving", "version", buildinfo.Get().Version, "grpc", o.node.GRPCAddr, "raft", o.node.RaftAddr, "http", o.httpAddr, "data_dir", o.node.DataDir,
+	log.Info("serving", "version", buildinfo.Get().Version, "grpc", o.node.GRPCAddr, "raft", o.node.RaftAddr,
+		"grpc_advertised", o.node.AdvertisedGRPC(), "raft_advertised", o.node.AdvertisedRaft(), "http", o.httpAddr, "data_dir", o.node.DataDir,
 		"tls", sec.tlsEnabled, "raft_tls", o.sec.raftTLS, "auth", o.sec.authMode)
 	if o.restore != "" {
 		wg.Add(1)
@@ -485,7 +488,7 @@ func stopGRPC(g *grpc.Server, d time.Duration) {
 func join(ctx context.Context, o *options, n *node.Node, dial []grpc.DialOption, log hclog.Logger) error {
 	if st, err := n.Status(); err == nil {
 		for _, m := range st.Members {
-			if m.ID == o.node.ID && m.GRPCAddr == o.node.GRPCAddr {
+			if m.ID == o.node.ID && m.GRPCAddr == o.node.AdvertisedGRPC() && m.RaftAddr == o.node.AdvertisedRaft() {
 				return nil // already a member from an earlier run
 			}
 		}
@@ -517,10 +520,16 @@ func joinOnce(ctx context.Context, target string, o *options, dial []grpc.DialOp
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err = pb.NewClusterClient(conn).Join(ctx, &pb.JoinRequest{
-		Id: o.node.ID, RaftAddr: o.node.RaftAddr, GrpcAddr: o.node.GRPCAddr, CommandVersion: fsm.CommandVersion,
-	})
+	_, err = pb.NewClusterClient(conn).Join(ctx, joinRequest(o))
 	return err
+}
+
+// joinRequest asks for this node as the others must reach it: at its
+// advertised addresses.
+func joinRequest(o *options) *pb.JoinRequest {
+	return &pb.JoinRequest{
+		Id: o.node.ID, RaftAddr: o.node.AdvertisedRaft(), GrpcAddr: o.node.AdvertisedGRPC(), CommandVersion: fsm.CommandVersion,
+	}
 }
 
 // Limits of the HTTP servers (metrics and the Kubernetes API): how many

@@ -61,6 +61,37 @@ func TestLeasingFlags(t *testing.T) {
 	}
 }
 
+// TestAdvertisedAddresses: a node that listens on one address and is
+// reached at another (a proxy, a NAT) asks to join at the one it is
+// reached at; without the flags it is reached where it listens. The
+// environment sets them too.
+func TestAdvertisedAddresses(t *testing.T) {
+	var out bytes.Buffer
+	o, err := parse([]string{"--id", "a", "--grpc-addr", "0.0.0.0:7001", "--raft-addr", "0.0.0.0:8001",
+		"--grpc-advertise", "10.0.0.1:17001", "--raft-advertise", "10.0.0.1:18001"}, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := joinRequest(o); r.GetRaftAddr() != "10.0.0.1:18001" || r.GetGrpcAddr() != "10.0.0.1:17001" || r.GetId() != "a" {
+		t.Errorf("join request %v, want a at raft 10.0.0.1:18001, grpc 10.0.0.1:17001", r)
+	}
+	o, err = parse([]string{"--id", "a", "--grpc-addr", "127.0.0.1:7001", "--raft-addr", "127.0.0.1:8001"}, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := joinRequest(o); r.GetRaftAddr() != "127.0.0.1:8001" || r.GetGrpcAddr() != "127.0.0.1:7001" {
+		t.Errorf("join request %v without advertised addresses, want the listen addresses", r)
+	}
+	t.Setenv("LEASE_NODE_RAFT_ADVERTISE", "127.0.0.1:18001")
+	t.Setenv("LEASE_NODE_GRPC_ADVERTISE", "127.0.0.1:17001")
+	if o, err = parse([]string{"--id", "a"}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	if o.node.RaftAdvertise != "127.0.0.1:18001" || o.node.GRPCAdvertise != "127.0.0.1:17001" {
+		t.Errorf("from the environment: raft %q, grpc %q", o.node.RaftAdvertise, o.node.GRPCAdvertise)
+	}
+}
+
 func TestConfigErrorsNameTheProblem(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	if err := os.WriteFile(bad, []byte("no-such-setting: 1\n"), 0o600); err != nil {
@@ -89,6 +120,9 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 		{"lease timeout above heartbeat", []string{"--id", "a", "--leader-lease-timeout", "2s"}, "LeaderLeaseTimeout"},
 		{"join and bootstrap", []string{"--id", "a", "--bootstrap", "--join", "x:1"}, "exclude each other"},
 		{"unknown fault", []string{"--id", "a", "--unsafe-test-fault", "nope"}, "unknown fault"},
+		{"advertised Raft address without a port", []string{"--id", "a", "--raft-advertise", "10.0.0.1"}, "RaftAdvertise"},
+		{"advertised gRPC address on a wildcard", []string{"--id", "a", "--grpc-advertise", "0.0.0.0:7001"}, "GRPCAdvertise"},
+		{"advertised Raft address unlike --peers", []string{"--id", "a", "--bootstrap", "--peers", "a=10.0.0.1:8001", "--raft-advertise", "10.0.0.9:8001"}, "RaftAdvertise is 10.0.0.9:8001"},
 		{"expiry propose timeout not positive", []string{"--id", "a", "--expiry-propose-timeout", "0s"}, "ProposeTimeout must be > 0"},
 		{"memory limit without a unit we know", []string{"--id", "a", "--memory-limit", "9 parsecs"}, "--memory-limit"},
 		{"negative memory limit", []string{"--id", "a", "--memory-limit", "-1MiB"}, "--memory-limit"},

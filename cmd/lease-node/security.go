@@ -166,10 +166,10 @@ func (f *securityFlags) build(log hclog.Logger, reg prometheus.Registerer) (*sec
 
 // raftTransport builds Raft's transport over TLS, admitting only peers
 // whose certificate is in the node group.
-func (s *security) raftTransport(bind string, log hclog.Logger) (raft.Transport, error) {
-	adv, err := net.ResolveTCPAddr("tcp", bind)
+func (s *security) raftTransport(bind, advertise string, log hclog.Logger) (raft.Transport, error) {
+	adv, err := net.ResolveTCPAddr("tcp", advertise)
 	if err != nil {
-		return nil, fmt.Errorf("--raft-addr: %w", err)
+		return nil, fmt.Errorf("--raft-advertise: %w", err)
 	}
 	srv, err := s.reloader.ServerConfig(true)
 	if err != nil {

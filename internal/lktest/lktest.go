@@ -33,12 +33,14 @@ type Cluster struct {
 // real time) and stops them when the test ends.
 func Start(t testing.TB, n int, clk clock.Clock) *Cluster {
 	t.Helper()
-	return StartWith(t, n, clk, nil)
+	return StartWith(t, n, clk, nodetest.Options{}, nil)
 }
 
-// StartWith is Start with the servers' configuration changed by configure
-// (nil: the defaults), for tests of a small watch window and the like.
-func StartWith(t testing.TB, n int, clk clock.Clock, configure func(*transport.Config)) *Cluster {
+// StartWith is Start with nodetest options (their Listeners and GRPCAddr
+// are the cluster's own and are replaced) and the servers' configuration
+// changed by configure (nil: the defaults), for tests of a small watch
+// window and the like.
+func StartWith(t testing.TB, n int, clk clock.Clock, opts nodetest.Options, configure func(*transport.Config)) *Cluster {
 	t.Helper()
 	c := &Cluster{}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -58,10 +60,9 @@ func StartWith(t testing.TB, n int, clk clock.Clock, configure func(*transport.C
 		c.Endpoints = append(c.Endpoints, l.Addr().String())
 		hubs[i] = transport.NewHub(cfg.WatchWindow, cfg.WatchBuffer)
 	}
-	c.Cluster = nodetest.New(t, n, clk, nodetest.Options{
-		Listeners: func(i int) []fsm.Listener { return []fsm.Listener{hubs[i]} },
-		GRPCAddr:  func(i int) string { return c.Endpoints[i] },
-	})
+	opts.Listeners = func(i int) []fsm.Listener { return []fsm.Listener{hubs[i]} }
+	opts.GRPCAddr = func(i int) string { return c.Endpoints[i] }
+	c.Cluster = nodetest.New(t, n, clk, opts)
 	for i, nd := range c.Nodes {
 		srv, err := transport.New(cfg, nd, hubs[i], nodetest.Logger(t, nd.ID()), nil)
 		if err != nil {

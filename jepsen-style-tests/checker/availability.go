@@ -82,12 +82,21 @@ func Availability(h *history.History, minAvailability float64) Result {
 			perKind[f.Kind] = max(perKind[f.Kind], ms)
 		}
 	}
-	// The longest stretch without any successful write, for the record.
+	// The longest stretch without any successful write, for the record,
+	// overall and for each kind of fault that overlapped it.
 	var gap int64
 	var gapAt int64
+	gapByKind := map[string]float64{}
 	for i := 1; i < len(writes); i++ {
-		if d := writes[i].Return - writes[i-1].Return; d > gap {
-			gap, gapAt = d, writes[i-1].Return
+		from, to := writes[i-1].Return, writes[i].Return
+		d := to - from
+		if d > gap {
+			gap, gapAt = d, from
+		}
+		for _, f := range h.Faults {
+			if f.Start <= to && from <= f.End {
+				gapByKind[f.Kind] = max(gapByKind[f.Kind], float64(d)/1e6)
+			}
 		}
 	}
 	frac := 1.0
@@ -111,6 +120,7 @@ func Availability(h *history.History, minAvailability float64) Result {
 		"recovery_after_heal_ms_by_kind": perKind,
 		"longest_write_gap_ms":           float64(gap) / 1e6,
 		"longest_write_gap_at_ms":        float64(gapAt) / 1e6,
+		"longest_write_gap_ms_by_kind":   gapByKind,
 	}
 	failover := "no faults"
 	if worstStart.fault != "" {

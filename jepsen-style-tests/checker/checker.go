@@ -21,6 +21,10 @@
 //   - availability: the share of calls answered while a majority of nodes
 //     ran and reached each other, and how long service took to come back
 //     after each fault.
+//   - renewal-retry: while a majority is connected, a one-shot holder
+//     renewing through the followers never loses its holding, and a
+//     renewal answered Unavailable or timed out succeeds on retry within
+//     an election timeout plus a second.
 package checker
 
 import (
@@ -86,6 +90,7 @@ func All(h *history.History, opts Options) []Result {
 		LostRenewal(h),
 		MutualExclusion(h),
 		Availability(h, opts.MinAvailability),
+		RenewalRetry(h),
 	}
 }
 

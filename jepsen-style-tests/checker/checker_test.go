@@ -364,6 +364,9 @@ func TestAvailability(t *testing.T) {
 	if got := r.Stats["worst_failover_ms"].(float64); got != 1102 {
 		t.Errorf("worst failover = %vms, want 1102ms", got)
 	}
+	if got := r.Stats["longest_write_gap_ms_by_kind"].(map[string]float64); got["kill-leader"] != 1105 || got["partition-all"] != 0 {
+		t.Errorf("longest write gap by fault kind = %v, want kill-leader 1105ms and none under partition-all", got)
+	}
 	if !strings.Contains(r.Summary, "kill-leader") {
 		t.Errorf("summary does not name the fault: %s", r.Summary)
 	}

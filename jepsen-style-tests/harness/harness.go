@@ -8,8 +8,9 @@
 // node in its own network namespace on a bridge, partitions by iptables
 // DROP rules inside the namespaces, Raft stalls by an iptables NFQUEUE
 // rule whose queue the harness serves late. loopback (the fallback): nodes
-// on 127.0.0.1, partitions and stalls by a fault-injecting TCP proxy in
-// front of each node's Raft port. Cluster.Mode says which one ran.
+// on 127.0.0.1, partitions, blackholes and stalls by fault-injecting TCP
+// proxies in front of each node's Raft and gRPC ports, which the nodes
+// advertise. Cluster.Mode says which one ran.
 //
 // Only one Cluster may exist per machine at a time: New takes a lock file
 // and, in netns mode, removes what a crashed earlier run left behind (every
@@ -18,6 +19,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -112,8 +114,11 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// nodeAddrs are where a node listens (grpcListen, raft, http) and where
+// the others reach it (grpc: clients and nodes alike; peer: Raft), which
+// differ in loopback mode, where a proxy sits in between.
 type nodeAddrs struct {
-	grpc, raft, peer, http string
+	grpc, grpcListen, raft, peer, http string
 }
 
 // network is what differs between the two modes.
@@ -144,11 +149,12 @@ type network interface {
 type Node struct {
 	ID    string
 	Index int
-	// GRPCAddr is where clients reach the node; RaftAddr where it listens
-	// for Raft; PeerAddr where the other nodes reach its Raft (a proxy in
-	// loopback mode); HTTPAddr serves /readyz and /metrics.
-	GRPCAddr, RaftAddr, PeerAddr, HTTPAddr string
-	DataDir, LogPath                       string
+	// GRPCAddr is where clients and the other nodes reach the node's
+	// gRPC API, and PeerAddr its Raft (proxies in loopback mode, which
+	// the node advertises); GRPCListen and RaftAddr are where it listens;
+	// HTTPAddr serves /readyz and /metrics.
+	GRPCAddr, GRPCListen, RaftAddr, PeerAddr, HTTPAddr string
+	DataDir, LogPath                                   string
 
 	mu        sync.Mutex
 	cmd       *exec.Cmd
@@ -217,7 +223,9 @@ type Cluster struct {
 	mu      sync.Mutex
 	crashes []string
 	conns   map[string]*grpc.ClientConn
-	closed  bool
+	// advertise caches advertises' answer per binary.
+	advertise map[string]bool
+	closed    bool
 }
 
 // New takes the run lock, builds the network and returns a Cluster whose
@@ -234,7 +242,7 @@ func New(cfg Config) (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c = &Cluster{cfg: cfg, lock: lock, logf: logf, conns: map[string]*grpc.ClientConn{}}
+	c = &Cluster{cfg: cfg, lock: lock, logf: logf, conns: map[string]*grpc.ClientConn{}, advertise: map[string]bool{}}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -270,7 +278,7 @@ func New(cfg Config) (c *Cluster, err error) {
 		id := fmt.Sprintf("n%d", i+1)
 		c.nodes = append(c.nodes, &Node{
 			ID: id, Index: i,
-			GRPCAddr: a.grpc, RaftAddr: a.raft, PeerAddr: a.peer, HTTPAddr: a.http,
+			GRPCAddr: a.grpc, GRPCListen: a.grpcListen, RaftAddr: a.raft, PeerAddr: a.peer, HTTPAddr: a.http,
 			DataDir:   filepath.Join(cfg.Dir, "data", id),
 			LogPath:   filepath.Join(cfg.Dir, "logs", id+".log"),
 			clockRate: 1,
@@ -340,11 +348,11 @@ func (c *Cluster) Start(ctx context.Context) error {
 	return c.WaitReady(ctx, 60*time.Second)
 }
 
-func (c *Cluster) args(n *Node) []string {
+func (c *Cluster) args(n *Node, bin string) []string {
 	args := []string{
 		"--id", n.ID,
 		"--data-dir", n.DataDir,
-		"--grpc-addr", n.GRPCAddr,
+		"--grpc-addr", n.GRPCListen,
 		"--raft-addr", n.RaftAddr,
 		"--http-addr", n.HTTPAddr,
 		"--heartbeat-timeout", c.cfg.HeartbeatTimeout.String(),
@@ -352,6 +360,12 @@ func (c *Cluster) args(n *Node) []string {
 		"--leader-lease-timeout", c.cfg.LeaderLeaseTimeout.String(),
 		"--clock-rate", strconv.FormatFloat(n.clockRate, 'f', -1, 64),
 		"--log-level", c.cfg.LogLevel,
+	}
+	// Where a proxy sits in front of the node, the node advertises the
+	// proxy: the Raft configuration and the member directory (whence
+	// followers forward to the leader) must lead the others through it.
+	if (n.PeerAddr != n.RaftAddr || n.GRPCAddr != n.GRPCListen) && c.advertises(bin) {
+		args = append(args, "--raft-advertise", n.PeerAddr, "--grpc-advertise", n.GRPCAddr)
 	}
 	if c.cfg.ExpiryProposeTimeout > 0 {
 		args = append(args, "--expiry-propose-timeout", c.cfg.ExpiryProposeTimeout.String())
@@ -369,6 +383,26 @@ func (c *Cluster) args(n *Node) []string {
 	return append(args, "--bootstrap", "--peers", c.peers())
 }
 
+// advertises reports whether the lease-node at bin takes
+// --raft-advertise and --grpc-advertise; a release from before them (the
+// rolling upgrade's starting point) does not, and its nodes then register
+// the addresses they listen on, round the loopback proxies. It asks each
+// binary once.
+func (c *Cluster) advertises(bin string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v, ok := c.advertise[bin]; ok {
+		return v
+	}
+	out, _ := exec.Command(bin, "-h").CombinedOutput() // usage, exit 0
+	v := bytes.Contains(out, []byte("-raft-advertise"))
+	c.advertise[bin] = v
+	if !v {
+		c.logf("harness: %s has no --raft-advertise: its nodes register the addresses they listen on, so loopback partitions miss part of their traffic while they run", bin)
+	}
+	return v
+}
+
 func (c *Cluster) start(n *Node) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -379,11 +413,11 @@ func (c *Cluster) start(n *Node) error {
 	if err != nil {
 		return err
 	}
-	args := c.args(n)
 	bin := n.binary
 	if bin == "" {
 		bin = c.cfg.Binary
 	}
+	args := c.args(n, bin)
 	n.starts++
 	fmt.Fprintf(logFile, "=== harness: start #%d of %s at %s: %s %s\n", n.starts, n.ID, time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
 	name, argv := c.net.command(n.Index, bin, args)
@@ -580,19 +614,16 @@ func (c *Cluster) Partition(cut [][2]string) error {
 // Heal removes every network cut.
 func (c *Cluster) Heal() error { return c.net.heal() }
 
-// ErrBlackholeUnsupported is Blackhole's error in loopback mode, where
-// the proxies sit only in front of the Raft ports: client traffic and
-// follower→leader forwarding cannot be dropped there.
-var ErrBlackholeUnsupported = errors.New("harness: blackhole needs netns mode (loopback proxies front only the Raft ports, not client traffic)")
-
 // Blackhole makes node id silent without closing anything: every packet
 // to or from it, from the other nodes and from clients alike, is dropped
 // with no RST or ICMP answer, so its peers and clients see open
 // connections that never answer, as with a dead host or a cut cable. In
 // netns mode these are iptables DROP rules on INPUT and OUTPUT of the
 // node's eth0 inside its namespace (its loopback stays up); Unblackhole
-// removes them, and the namespace goes at Close in any case. Loopback mode
-// returns ErrBlackholeUnsupported. One blackhole at a time.
+// removes them, and the namespace goes at Close in any case. In loopback
+// mode the node's proxies, and the others' for what it sends, swallow
+// everything on its connections without closing them; Unblackhole closes
+// them. One blackhole at a time.
 func (c *Cluster) Blackhole(id string) error {
 	n := c.Node(id)
 	if n == nil {

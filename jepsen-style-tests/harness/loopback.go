@@ -15,20 +15,18 @@ import (
 
 // loopbackNet is the fallback when network namespaces are not available
 // (not root, no iproute2): every node listens on 127.0.0.1, and the
-// nodes reach each other's Raft port only through a fault-injecting TCP
-// proxy, one per node. A proxy learns which node opened a connection from
-// the kernel's socket table (/proc/net/tcp and the nodes' open files), so
-// it can cut any pair of nodes in either direction: a cut connection is
-// closed, and a new one from a cut peer is accepted and then black-holed,
-// as a DROP rule would.
-//
-// Limitation: a follower forwards client calls to the leader's gRPC
-// address, which is the address the leader listens on (there is no
-// separate advertised address), so forwarding is not cut by partitions in
-// this mode: a node cut off from the leader still reaches it for
-// forwarded calls. Raft traffic, which decides leadership, commits and
-// expiry, is cut. Client ports are not proxied: clients keep reaching every
-// node during partitions, as in netns mode.
+// nodes reach each other's Raft and gRPC ports only through
+// fault-injecting TCP proxies, two per node, which each node advertises
+// (lease-node --raft-advertise and --grpc-advertise): Raft traffic and
+// the calls a follower forwards to the leader both go through them. A
+// proxy learns which node opened a connection from the kernel's socket
+// table (/proc/net/tcp and the nodes' open files), so it can cut any pair
+// of nodes in either direction: a cut connection is closed, and a new one
+// from a cut peer is accepted and then black-holed, as a DROP rule would.
+// Clients reach the nodes through the gRPC proxies too; a partition never
+// cuts them (they are no node), so they keep reaching every node, as in
+// netns mode, but a blackhole silences them with the rest of the node's
+// traffic.
 type loopbackNet struct {
 	n       int
 	logf    func(string, ...any)
@@ -39,6 +37,9 @@ type loopbackNet struct {
 
 	mu  sync.Mutex
 	cut map[[2]int]bool
+	// hole is the blackholed node, -1 when none: every connection to or
+	// from it is silenced, clients' included.
+	hole int
 	// The Raft stall in force: reads from node stallFrom are held for
 	// stallDelay (none when stallDelay is 0); stallEnd is closed when it
 	// ends, which lets go what is held.
@@ -61,6 +62,7 @@ func freePort() (int, error) {
 
 func (m *loopbackNet) setup() error {
 	m.cut = map[[2]int]bool{}
+	m.hole = -1
 	for i := 0; i < m.n; i++ {
 		var ports [3]int
 		for k := range ports {
@@ -70,22 +72,34 @@ func (m *loopbackNet) setup() error {
 			}
 			ports[k] = p
 		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
+		a := nodeAddrs{
+			grpcListen: fmt.Sprintf("127.0.0.1:%d", ports[0]),
+			raft:       fmt.Sprintf("127.0.0.1:%d", ports[1]),
+			http:       fmt.Sprintf("127.0.0.1:%d", ports[2]),
+		}
+		var err error
+		if a.peer, err = m.proxy(i, a.raft, true); err != nil {
 			return err
 		}
-		a := nodeAddrs{
-			grpc: fmt.Sprintf("127.0.0.1:%d", ports[0]),
-			raft: fmt.Sprintf("127.0.0.1:%d", ports[1]),
-			http: fmt.Sprintf("127.0.0.1:%d", ports[2]),
-			peer: lis.Addr().String(),
+		if a.grpc, err = m.proxy(i, a.grpcListen, false); err != nil {
+			return err
 		}
 		m.nodes = append(m.nodes, a)
-		p := &proxy{owner: i, lis: lis, target: a.raft, net: m, conns: map[*proxyConn]bool{}}
-		m.proxies = append(m.proxies, p)
-		go p.serve()
 	}
 	return nil
+}
+
+// proxy starts a proxy in front of node i's target port and returns its
+// address. Raft stalls hold only what goes through a raft proxy.
+func (m *loopbackNet) proxy(i int, target string, raft bool) (string, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	p := &proxy{owner: i, lis: lis, target: target, raft: raft, net: m, conns: map[*proxyConn]bool{}}
+	m.proxies = append(m.proxies, p)
+	go p.serve()
+	return lis.Addr().String(), nil
 }
 
 func (m *loopbackNet) addrs(i int) nodeAddrs { return m.nodes[i] }
@@ -98,6 +112,14 @@ func (m *loopbackNet) blocked(from, to int) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.cut[[2]int{from, to}]
+}
+
+// holed reports whether a blackhole silences traffic from node from (-1:
+// not a node) to node to.
+func (m *loopbackNet) holed(from, to int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.hole >= 0 && (m.hole == to || m.hole == from)
 }
 
 func (m *loopbackNet) partition(cut [][2]int) error {
@@ -150,11 +172,35 @@ func (m *loopbackNet) stalledFor(from, to int) (time.Duration, <-chan struct{}) 
 	return m.stallDelay, m.stallEnd
 }
 
-// blackhole is not possible here: the proxies front only the Raft ports,
-// so client traffic and forwarding would still reach the node.
-func (m *loopbackNet) blackhole(int) error { return ErrBlackholeUnsupported }
+// blackhole silences every connection through node i's proxies and every
+// one that node i opened to the others' proxies, without closing any:
+// what is sent is swallowed and nothing comes back, as with packets
+// dropped both ways. New connections are accepted and swallowed alike.
+func (m *loopbackNet) blackhole(i int) error {
+	m.mu.Lock()
+	if m.hole >= 0 {
+		m.mu.Unlock()
+		return fmt.Errorf("harness: node %d is already blackholed", m.hole+1)
+	}
+	m.hole = i
+	m.mu.Unlock()
+	for _, p := range m.proxies {
+		p.enforce()
+	}
+	return nil
+}
 
-func (m *loopbackNet) unblackhole() error { return nil }
+// unblackhole ends the blackhole: the silenced connections, which lost
+// what was sent on them, are closed, and their ends dial again.
+func (m *loopbackNet) unblackhole() error {
+	m.mu.Lock()
+	m.hole = -1
+	m.mu.Unlock()
+	for _, p := range m.proxies {
+		p.enforce()
+	}
+	return nil
+}
 
 func (m *loopbackNet) teardown() error {
 	_, _ = m.unstall()
@@ -164,11 +210,12 @@ func (m *loopbackNet) teardown() error {
 	return nil
 }
 
-// proxy fronts one node's Raft port.
+// proxy fronts one node's Raft or gRPC port.
 type proxy struct {
 	owner  int
 	lis    net.Listener
 	target string
+	raft   bool // a Raft port, which stalls hold
 	net    *loopbackNet
 
 	mu     sync.Mutex
@@ -178,10 +225,18 @@ type proxy struct {
 }
 
 type proxyConn struct {
-	from       int // node index of the dialler, -1 when not a node
-	client     net.Conn
+	from   int // node index of the dialler, -1 when not a node
+	client net.Conn
+	// blackholed: swallowed from its accept on (a partition or a
+	// blackhole in force then); silenced: swallowed from a blackhole that
+	// began while it carried traffic. Both are closed when the fault that
+	// made them ends.
 	blackholed bool
+	silenced   atomic.Bool
 }
+
+// dead reports whether the connection carries nothing any more.
+func (c *proxyConn) dead() bool { return c.blackholed || c.silenced.Load() }
 
 // close cuts the connection: closing the client side ends both copy loops
 // in handle, which then closes the server side.
@@ -217,7 +272,7 @@ func (p *proxy) handle(pc *proxyConn) {
 		p.mu.Unlock()
 	}()
 	p.mu.Lock()
-	pc.blackholed = pc.from >= 0 && p.net.blocked(pc.from, p.owner)
+	pc.blackholed = (pc.from >= 0 && p.net.blocked(pc.from, p.owner)) || p.net.holed(pc.from, p.owner)
 	p.mu.Unlock()
 	if pc.blackholed {
 		// Black hole: swallow what the peer sends until the connection is
@@ -231,7 +286,7 @@ func (p *proxy) handle(pc *proxyConn) {
 	}
 	done := make(chan struct{}, 2)
 	go func() { p.forward(pc, s); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(pc.client, s); done <- struct{}{} }()
+	go func() { p.back(pc, s); done <- struct{}{} }()
 	<-done
 	pc.client.Close()
 	s.Close()
@@ -262,6 +317,9 @@ func (p *proxy) forward(pc *proxyConn, dst net.Conn) {
 				}
 				t.Stop()
 			}
+			if pc.silenced.Load() {
+				continue // swallowed by a blackhole
+			}
 			if _, err := dst.Write(c.b); err != nil {
 				pc.close() // ends the reads below
 				for range q {
@@ -275,7 +333,7 @@ func (p *proxy) forward(pc *proxyConn, dst net.Conn) {
 		n, err := pc.client.Read(buf)
 		if n > 0 {
 			c := chunk{b: append([]byte(nil), buf[:n]...)}
-			if d, end := p.net.stalledFor(pc.from, p.owner); d > 0 && n >= stallMinPayload {
+			if d, end := p.net.stalledFor(pc.from, p.owner); p.raft && d > 0 && n >= stallMinPayload {
 				c.due, c.end = time.Now().Add(d), end
 				p.net.stalled.Add(1)
 			}
@@ -289,17 +347,42 @@ func (p *proxy) forward(pc *proxyConn, dst net.Conn) {
 	<-wrote
 }
 
-// enforce closes connections that the current partition cuts, and
-// black-holed ones that it no longer cuts (the peer redials).
+// back copies the node's answers to the dialler, swallowing them while
+// the connection is silenced.
+func (p *proxy) back(pc *proxyConn, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !pc.silenced.Load() {
+			if _, werr := pc.client.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// enforce applies the faults in force to the open connections: it closes
+// those that a partition cuts, silences (without closing) those that a
+// blackhole covers, and closes swallowed ones that no fault covers any
+// more (their ends dial again). Closing is done at once, so that nothing
+// more passes once partition returns; handle then drops it from conns.
 func (p *proxy) enforce() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for pc := range p.conns {
-		if pc.from < 0 {
-			continue
-		}
-		if p.net.blocked(pc.from, p.owner) != pc.blackholed {
-			go pc.close()
+		cut := pc.from >= 0 && p.net.blocked(pc.from, p.owner)
+		hole := p.net.holed(pc.from, p.owner)
+		switch {
+		case pc.dead() && !cut && !hole:
+			pc.close()
+		case pc.dead():
+		case cut:
+			pc.close()
+		case hole:
+			pc.silenced.Store(true)
 		}
 	}
 }

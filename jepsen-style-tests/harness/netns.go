@@ -117,10 +117,11 @@ func (m *netnsNet) setup() error {
 func (m *netnsNet) addrs(i int) nodeAddrs {
 	ip := nodeIP(i)
 	return nodeAddrs{
-		grpc: fmt.Sprintf("%s:%d", ip, grpcPort),
-		raft: fmt.Sprintf("%s:%d", ip, raftPort),
-		peer: fmt.Sprintf("%s:%d", ip, raftPort),
-		http: fmt.Sprintf("%s:%d", ip, httpPort),
+		grpc:       fmt.Sprintf("%s:%d", ip, grpcPort),
+		raft:       fmt.Sprintf("%s:%d", ip, raftPort),
+		peer:       fmt.Sprintf("%s:%d", ip, raftPort),
+		grpcListen: fmt.Sprintf("%s:%d", ip, grpcPort),
+		http:       fmt.Sprintf("%s:%d", ip, httpPort),
 	}
 }
 

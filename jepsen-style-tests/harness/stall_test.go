@@ -15,7 +15,7 @@ import (
 // ending the stall lets go what is held.
 func TestProxyStall(t *testing.T) {
 	m := &loopbackNet{n: 2}
-	p := &proxy{owner: 1, net: m}
+	p := &proxy{owner: 1, raft: true, net: m}
 	clientEnd, proxyEnd := net.Pipe()
 	serverEnd, nodeEnd := net.Pipe()
 	pc := &proxyConn{from: 0, client: proxyEnd}
@@ -81,6 +81,40 @@ func TestProxyStall(t *testing.T) {
 	send(entries)
 	if d := recv(entries); d > delay/2 {
 		t.Errorf("entries took %v after the stall ended", d)
+	}
+}
+
+// TestGRPCProxyIgnoresStall: a stall delays Raft entries only; the calls
+// a follower forwards through the leader's gRPC proxy pass on time.
+func TestGRPCProxyIgnoresStall(t *testing.T) {
+	m := &loopbackNet{n: 2}
+	p := &proxy{owner: 1, raft: false, net: m}
+	clientEnd, proxyEnd := net.Pipe()
+	serverEnd, nodeEnd := net.Pipe()
+	done := make(chan struct{})
+	go func() { p.forward(&proxyConn{from: 0, client: proxyEnd}, serverEnd); close(done) }()
+	defer func() {
+		clientEnd.Close()
+		nodeEnd.Close()
+		<-done
+	}()
+	const delay = time.Second
+	if err := m.stall(0, delay); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = m.unstall() }()
+	big := bytes.Repeat([]byte{'g'}, stallMinPayload+40)
+	start := time.Now()
+	go func() { _, _ = clientEnd.Write(big) }()
+	got := make([]byte, len(big))
+	if _, err := io.ReadFull(nodeEnd, got); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > delay/2 {
+		t.Errorf("a forwarded call took %v through the gRPC proxy during a Raft stall", d)
+	}
+	if n := m.stalled.Load(); n != 0 {
+		t.Errorf("the gRPC proxy counted %d reads as stalled", n)
 	}
 }
 

@@ -49,6 +49,11 @@ const (
 	// WorkloadMutex is lock/unlock cycles through the Go client (which
 	// retries internally), plus fenced-register writes under the lock.
 	WorkloadMutex = "mutex"
+	// WorkloadOneShot is holders that renew through the followers only,
+	// each attempt a plain unary call on a connection of its own (as
+	// `leasectl renew` makes it), retrying a renewal that went unanswered
+	// on the next follower: Chain and Attempt tie the attempts together.
+	WorkloadOneShot = "oneshot"
 )
 
 // Error classes of a Fail or Info outcome.
@@ -89,6 +94,11 @@ type Op struct {
 	Err      string `json:"err,omitempty"`
 	// Node is the endpoint that the call went to.
 	Node string `json:"node,omitempty"`
+	// Chain names the attempts of one renewal, which a one-shot holder
+	// retries until it is answered (unique in the run; 0: not retried);
+	// Attempt counts them from 1.
+	Chain   int64 `json:"chain,omitempty"`
+	Attempt int   `json:"attempt,omitempty"`
 
 	// Acquired is acquire's answer; Renewed whether it said "renewed".
 	Acquired bool `json:"acquired,omitempty"`
@@ -131,6 +141,11 @@ type Fault struct {
 	// MajorityConnected is false when the fault left no majority of nodes
 	// that run and reach each other.
 	MajorityConnected bool `json:"majority_connected"`
+	// Outside lists, when a majority is connected, the nodes outside it
+	// (down, paused, cut off from it, or on one side of a bridge, which
+	// belongs to one of two majorities only): a call through them may
+	// fail with a majority connected.
+	Outside []string `json:"outside,omitempty"`
 	// Negative marks a fault beyond the documented bounds (a negative
 	// control), which the checkers are expected to catch.
 	Negative bool   `json:"negative,omitempty"`
@@ -150,6 +165,13 @@ type Meta struct {
 	Locks  []string `json:"locks"`
 	// Started is the wall-clock time of the recorder's start.
 	Started time.Time `json:"started"`
+	// ElectionTimeout is the nodes' Raft election timeout: the renewal
+	// retry checker's bound is one election timeout plus a second
+	// (0: unknown, that checker does not run).
+	ElectionTimeout time.Duration `json:"election_timeout_ns,omitempty"`
+	// NodeIDs maps each client endpoint to its node's ID, as faults name
+	// nodes.
+	NodeIDs map[string]string `json:"node_ids,omitempty"`
 }
 
 // History is a whole run's record.

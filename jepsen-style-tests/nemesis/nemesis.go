@@ -43,7 +43,7 @@ const (
 	PauseLeaderLong = "pause-leader-long"
 	// Blackhole drops every packet to and from one node, clients'
 	// included, with no RST: a node that stops answering without closing
-	// its connections. netns mode only.
+	// its connections.
 	Blackhole   = "blackhole"
 	PauseClient = "pause-client"
 	ClockSkew   = "clock-skew"
@@ -190,16 +190,6 @@ func New(cfg Config, c *harness.Cluster, rec *history.Recorder, clients Clients)
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	if c != nil && c.Mode() == harness.ModeLoopback && slices.Contains(cfg.Kinds, Blackhole) {
-		// The proxies front only the Raft ports: a blackhole would leave
-		// client traffic and forwarding through, which is a partition
-		// that partition-isolate-leader already makes, not a silent node.
-		cfg.Kinds = without(cfg.Kinds, Blackhole)
-		logf("nemesis: %s skipped in loopback mode: the proxies cannot drop client traffic (netns mode only)", Blackhole)
-		if len(cfg.Kinds) == 0 {
-			return nil, fmt.Errorf("nemesis: %s needs netns mode, and no other kind was asked for", Blackhole)
-		}
-	}
 	return &Nemesis{cfg: cfg, c: c, rec: rec, clients: clients, rng: rand.New(rand.NewPCG(seed, 7)), logf: logf, toward: cfg.UpgradeTo}, nil
 }
 
@@ -271,6 +261,7 @@ func (n *Nemesis) Apply(ctx context.Context, kind string) {
 		err = nil
 	} else if err == nil {
 		f.MajorityConnected = n.majority(f)
+		f.Outside = n.outside(f)
 		n.logf("nemesis: %s applied: %s (majority connected: %v)", kind, f.Detail, f.MajorityConnected)
 		n.sleep(ctx, f.hold)
 	}
@@ -739,7 +730,37 @@ func (n *Nemesis) majority(f *fault) bool {
 	return majorityConnected(n.ids(), f.down, f.cut)
 }
 
+// outside lists the nodes that are not in every largest connected
+// majority the fault leaves: down, paused, cut off, or on one side of a
+// bridge. A call through one of them may fail although a majority is
+// connected. Nil when no majority is connected.
+func (n *Nemesis) outside(f *fault) []string {
+	if f.ring {
+		return nil
+	}
+	ms := majorities(n.ids(), f.down, f.cut)
+	if len(ms) == 0 {
+		return nil
+	}
+	var out []string
+	for _, id := range n.ids() {
+		for _, m := range ms {
+			if !slices.Contains(m, id) {
+				out = append(out, id)
+				break
+			}
+		}
+	}
+	return out
+}
+
 func majorityConnected(ids, down []string, cuts [][2]string) bool {
+	return len(majorities(ids, down, cuts)) > 0
+}
+
+// majorities returns the sets of running nodes, a majority of ids each,
+// that reach each other and are not part of a larger such set.
+func majorities(ids, down []string, cuts [][2]string) [][]string {
 	cut := map[[2]string]bool{}
 	for _, p := range cuts {
 		cut[p] = true
@@ -748,6 +769,7 @@ func majorityConnected(ids, down []string, cuts [][2]string) bool {
 	alive := without(ids, down...)
 	need := len(ids)/2 + 1
 	// Brute force over subsets: at most 9 nodes.
+	var masks []int
 	for mask := 0; mask < 1<<len(alive); mask++ {
 		var set []string
 		for i, id := range alive {
@@ -768,8 +790,28 @@ func majorityConnected(ids, down []string, cuts [][2]string) bool {
 			}
 		}
 		if ok {
-			return true
+			masks = append(masks, mask)
 		}
 	}
-	return false
+	var out [][]string
+	for _, m := range masks {
+		maximal := true
+		for _, o := range masks {
+			if o != m && o&m == m {
+				maximal = false
+				break
+			}
+		}
+		if !maximal {
+			continue
+		}
+		var set []string
+		for i, id := range alive {
+			if m&(1<<i) != 0 {
+				set = append(set, id)
+			}
+		}
+		out = append(out, set)
+	}
+	return out
 }

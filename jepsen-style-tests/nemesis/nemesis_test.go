@@ -1,6 +1,7 @@
 package nemesis
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 )
@@ -53,6 +54,30 @@ func TestMajorityConnected(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := majorityConnected(ids, tt.down, tt.cut); got != tt.want {
 				t.Errorf("majorityConnected = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestMajorities(t *testing.T) {
+	ids := []string{"n1", "n2", "n3", "n4", "n5"}
+	tests := []struct {
+		name string
+		down []string
+		cut  [][2]string
+		want string
+	}{
+		{"healthy", nil, nil, "[[n1 n2 n3 n4 n5]]"},
+		{"two down", []string{"n1", "n2"}, nil, "[[n3 n4 n5]]"},
+		{"halves", nil, cutBetween([]string{"n1", "n2"}, []string{"n3", "n4", "n5"}), "[[n3 n4 n5]]"},
+		{"bridge", nil, cutBetween([]string{"n1", "n2"}, []string{"n4", "n5"}), "[[n1 n2 n3] [n3 n4 n5]]"},
+		{"isolated", nil, cutBetween([]string{"n1"}, []string{"n2", "n3", "n4", "n5"}), "[[n2 n3 n4 n5]]"},
+		{"none", []string{"n1", "n2", "n3"}, nil, "[]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := fmt.Sprint(majorities(ids, tt.down, tt.cut)); got != tt.want {
+				t.Errorf("majorities = %s, want %s", got, tt.want)
 			}
 		})
 	}

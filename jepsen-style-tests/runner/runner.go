@@ -25,6 +25,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/checker"
@@ -54,11 +55,17 @@ type Config struct {
 	QuietMin, QuietMax time.Duration
 	FaultMin, FaultMax time.Duration
 	// Workload settings, see workload.Config.
-	Clients       int
-	MutexClients  int
-	LeaseDuration time.Duration
-	Guard         string
-	StaleWriter   bool
+	Clients      int
+	MutexClients int
+	// OneShotClients renew through the followers with one-shot calls,
+	// besides Clients; OneShotRetryDelay is their wait before a retry (0:
+	// the workload's default; one past an election timeout plus a second
+	// is the renewal-retry checker's negative control).
+	OneShotClients    int
+	OneShotRetryDelay time.Duration
+	LeaseDuration     time.Duration
+	Guard             string
+	StaleWriter       bool
 	// Mutex picks the mutex implementation: "client" (client.Mutex) or
 	// "base" (the base calls, renewed by the worker).
 	Mutex string
@@ -107,6 +114,7 @@ func DefaultConfig() Config {
 		FaultMax:               8 * time.Second,
 		Clients:                10,
 		MutexClients:           4,
+		OneShotClients:         2,
 		LeaseDuration:          2 * time.Second,
 		Guard:                  "monotonic",
 		Mutex:                  "client",
@@ -235,6 +243,14 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if wcfg.Locker, err = workload.LockerByName(cfg.Mutex); err != nil {
 		return nil, err
 	}
+	wcfg.OneShotClients = cfg.OneShotClients
+	if cfg.OneShotRetryDelay > 0 {
+		wcfg.OneShotRetryDelay = cfg.OneShotRetryDelay
+	}
+	var leader leaderTracker
+	if cluster != nil {
+		wcfg.Leader = leader.get
+	}
 	wcfg.Seed, wcfg.Logf = cfg.Seed, logf
 	wl, err := workload.New(wcfg, rec)
 	if err != nil {
@@ -261,9 +277,12 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if nemList == "" {
 		nemList = "none"
 	}
-	logf("running %d clients (%d on mutexes) for %v, nemesis: %s", cfg.Clients, cfg.MutexClients, cfg.Duration, nemList)
+	logf("running %d clients (%d on mutexes) and %d one-shot holders for %v, nemesis: %s", cfg.Clients, cfg.MutexClients, cfg.OneShotClients, cfg.Duration, nemList)
 	runCtx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	var wg sync.WaitGroup
+	if cluster != nil {
+		wg.Go(func() { leader.follow(runCtx, cluster) })
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -288,6 +307,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	h := rec.History(history.Meta{
 		Mode: mode, Nodes: len(endpoints), MaxDrift: cfg.MaxDrift, Margin: wcfg.Margin,
 		Leases: wcfg.LeaseNames(), Locks: wcfg.LockNames(), Started: rec.Start(),
+		ElectionTimeout: harness.DefaultConfig().ElectionTimeout, NodeIDs: nodeIDs(cluster),
 	})
 	res := &Results{RunDir: runDir, Mode: mode, Nodes: len(endpoints), DurationS: time.Duration(h.End).Seconds(), Crashes: crashes}
 	if cfg.CorruptHistory != "" {
@@ -318,6 +338,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if cfg.Fault != "" {
 		res.Negative = append(res.Negative, "nodes run with --unsafe-test-fault "+cfg.Fault)
 	}
+	if cfg.OneShotRetryDelay > checker.RetryBound(h.Meta.ElectionTimeout) {
+		res.Negative = append(res.Negative, fmt.Sprintf("one-shot holders wait %v before a retry", cfg.OneShotRetryDelay))
+	}
 
 	copts := checker.Options{LinearizabilityTimeout: cfg.LinearizabilityTimeout, OutDir: runDir, MinAvailability: cfg.MinAvailability}
 	logf("checking %d operations", len(h.Ops))
@@ -329,6 +352,47 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// nodeIDs maps each node's client endpoint to its ID (nil without a
+// cluster of the harness's).
+func nodeIDs(c *harness.Cluster) map[string]string {
+	if c == nil {
+		return nil
+	}
+	m := map[string]string{}
+	for _, n := range c.Nodes() {
+		m[n.GRPCAddr] = n.ID
+	}
+	return m
+}
+
+// leaderTracker follows the cluster's leader for the one-shot holders,
+// which renew through the other nodes.
+type leaderTracker struct{ addr atomic.Value }
+
+// get returns the leader's client endpoint as last seen, "" when unknown.
+func (l *leaderTracker) get() string {
+	s, _ := l.addr.Load().(string)
+	return s
+}
+
+// follow asks the cluster for its leader every 200 ms until ctx ends.
+func (l *leaderTracker) follow(ctx context.Context, c *harness.Cluster) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if id, err := c.Leader(ctx); err == nil {
+			if n := c.Node(id); n != nil {
+				l.addr.Store(n.GRPCAddr)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Check runs the checkers on h and fills in res's counts and verdicts.

@@ -1,7 +1,7 @@
 // Package workload is the chaos suite's clients: N concurrent workers that
 // call a real cluster and record every call in a history.Recorder.
 //
-// Two kinds of worker run side by side:
+// Three kinds of worker run side by side:
 //
 //   - lease workers make random acquire/renew/release/get calls on a few
 //     leases, as raw gRPC calls with one attempt each, so the
@@ -9,7 +9,11 @@
 //   - mutex workers run lock / write under the lock / unlock cycles through
 //     the Go client (with its failover), compute their safe deadline from
 //     each request's send time, and write to a fenced register per lock
-//     while they believe they hold it.
+//     while they believe they hold it;
+//   - one-shot holders renew a lease of their own through the followers
+//     only, each attempt a plain unary call on a connection of its own
+//     (as `leasectl renew` makes it), and retry a renewal that went
+//     unanswered on the next follower, recording every attempt.
 //
 // The nemesis can pause a mutex worker (PauseClient) for longer than its
 // lease, the way a GC pause would.
@@ -21,6 +25,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -35,9 +40,22 @@ import (
 type Config struct {
 	Endpoints []string
 	// Clients is the number of workers; MutexClients of them run the mutex
-	// workload, the rest the lease workload.
-	Clients      int
-	MutexClients int
+	// workload, the rest the lease workload. OneShotClients one-shot
+	// holders run besides them.
+	Clients        int
+	MutexClients   int
+	OneShotClients int
+	// OneShotRenewEvery is the one-shot holders' renewal period;
+	// OneShotRetryDelay how long one waits before it retries an
+	// unanswered renewal (a delay past an election timeout plus a second
+	// breaks the renewal-retry rule: a negative control); OneShotGiveUp
+	// how long it retries one renewal.
+	OneShotRenewEvery time.Duration
+	OneShotRetryDelay time.Duration
+	OneShotGiveUp     time.Duration
+	// Leader, when set, returns the endpoint of the cluster's leader as
+	// last seen ("" when unknown); the one-shot holders call the others.
+	Leader func() string
 	// Leases and Locks are how many lease names each workload uses.
 	Leases    int
 	Locks     int
@@ -76,21 +94,27 @@ type Config struct {
 // them on mutexes, 2s leases.
 func DefaultConfig() Config {
 	return Config{
-		Clients:       10,
-		MutexClients:  4,
-		Leases:        3,
-		Locks:         2,
-		Namespace:     "jepsen",
-		LeaseDuration: 2 * time.Second,
-		OpTimeout:     time.Second,
-		ThinkMin:      20 * time.Millisecond,
-		ThinkMax:      120 * time.Millisecond,
-		LockWait:      5 * time.Second,
-		HoldMin:       100 * time.Millisecond,
-		HoldMax:       3 * time.Second,
-		MaxDrift:      0.01,
-		Margin:        50 * time.Millisecond,
-		Guard:         "monotonic",
+		Clients:      10,
+		MutexClients: 4,
+		// A fifth of the lease: a renewal has four more periods to be
+		// retried in before the holding lapses.
+		OneShotClients:    2,
+		OneShotRenewEvery: 400 * time.Millisecond,
+		OneShotRetryDelay: 50 * time.Millisecond,
+		OneShotGiveUp:     4 * time.Second,
+		Leases:            3,
+		Locks:             2,
+		Namespace:         "jepsen",
+		LeaseDuration:     2 * time.Second,
+		OpTimeout:         time.Second,
+		ThinkMin:          20 * time.Millisecond,
+		ThinkMax:          120 * time.Millisecond,
+		LockWait:          5 * time.Second,
+		HoldMin:           100 * time.Millisecond,
+		HoldMax:           3 * time.Second,
+		MaxDrift:          0.01,
+		Margin:            50 * time.Millisecond,
+		Guard:             "monotonic",
 	}
 }
 
@@ -101,6 +125,8 @@ func (c Config) Validate() error {
 		return errors.New("workload: Config.Endpoints is empty")
 	case c.Clients < 1 || c.MutexClients < 0 || c.MutexClients > c.Clients:
 		return fmt.Errorf("workload: need Clients >= 1 and 0 <= MutexClients <= Clients, got %d and %d", c.Clients, c.MutexClients)
+	case c.OneShotClients < 0 || (c.OneShotClients > 0 && (c.OneShotRenewEvery <= 0 || c.OneShotRetryDelay < 0 || c.OneShotGiveUp <= 0)):
+		return errors.New("workload: need OneShotClients >= 0, and with one-shot clients OneShotRenewEvery > 0, OneShotRetryDelay >= 0 and OneShotGiveUp > 0")
 	case c.Leases < 1 || c.Locks < 1:
 		return errors.New("workload: Config.Leases and Config.Locks must be >= 1")
 	case c.LeaseDuration <= 0 || c.OpTimeout <= 0 || c.LockWait <= 0:
@@ -144,11 +170,14 @@ type Workload struct {
 	newLocker LockerFactory
 	pauses    *pauseQueue
 
-	mu      sync.Mutex // guards clients
-	conns   []*grpc.ClientConn
-	clients []*client.Client
-	leaseW  []*leaseWorker
-	mutexW  []*mutexWorker
+	mu       sync.Mutex // guards clients
+	conns    []*grpc.ClientConn
+	clients  []*client.Client
+	leaseW   []*leaseWorker
+	mutexW   []*mutexWorker
+	oneShotW []*oneShotWorker
+	// chains numbers the one-shot holders' renewals.
+	chains atomic.Int64
 }
 
 // New connects the workers (lazily: no call is made yet).
@@ -205,6 +234,13 @@ func New(cfg Config, rec *history.Recorder) (*Workload, error) {
 		}
 		w.mutexW = append(w.mutexW, mw)
 	}
+	for i := 0; i < cfg.OneShotClients; i++ {
+		p := cfg.Clients + i
+		w.oneShotW = append(w.oneShotW, &oneShotWorker{
+			w: w, process: p, holder: fmt.Sprintf("o%d", p), lease: oneShotLease(i),
+			rng: rand.New(rand.NewPCG(seed, uint64(p))), addrs: cfg.Endpoints, next: i % len(cfg.Endpoints),
+		})
+	}
 	w.pauses.workers = w.mutexW
 	return w, nil
 }
@@ -238,6 +274,9 @@ func (w *Workload) Run(ctx context.Context) {
 			defer wg.Done()
 			mw.run(ctx)
 		}()
+	}
+	for _, ow := range w.oneShotW {
+		wg.Go(func() { ow.run(ctx) })
 	}
 	wg.Wait()
 }

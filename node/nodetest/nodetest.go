@@ -39,6 +39,9 @@ type Options struct {
 	Listeners func(i int) []fsm.Listener
 	// GRPCAddr, if set, returns the gRPC address node i registers.
 	GRPCAddr func(i int) string
+	// RaftAddr, if set, names node i's in-memory transport (and so its
+	// address in the Raft configuration); "inmem-<i>" by default.
+	RaftAddr func(i int) string
 	// Config, if set, adjusts node i's configuration last.
 	Config func(i int, cfg *node.Config)
 	// LeaderGone, if set, is every node's crash probe (the in-memory
@@ -57,7 +60,11 @@ func New(t testing.TB, n int, clk clock.Clock, opts Options) *Cluster {
 	c := &Cluster{t: t, isolated: make(map[int]bool)}
 	var peers []raft.Server
 	for i := 0; i < n; i++ {
-		addr, tr := raft.NewInmemTransport(raft.ServerAddress(fmt.Sprintf("inmem-%d", i)))
+		name := fmt.Sprintf("inmem-%d", i)
+		if opts.RaftAddr != nil {
+			name = opts.RaftAddr(i)
+		}
+		addr, tr := raft.NewInmemTransport(raft.ServerAddress(name))
 		c.Trans = append(c.Trans, tr)
 		peers = append(peers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(fmt.Sprintf("n%d", i)), Address: addr})
 	}

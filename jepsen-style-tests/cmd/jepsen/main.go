@@ -52,6 +52,8 @@ func run() int {
 	fs.DurationVar(&cfg.FaultMax, "fault-max", cfg.FaultMax, "longest partition")
 	fs.IntVar(&cfg.Clients, "clients", cfg.Clients, "concurrent clients")
 	fs.IntVar(&cfg.MutexClients, "mutex-clients", -1, "how many of the clients run mutex cycles (default 2/5 of -clients)")
+	fs.IntVar(&cfg.OneShotClients, "oneshot-clients", cfg.OneShotClients, "holders that renew through the followers with one-shot unary calls, besides -clients")
+	fs.DurationVar(&cfg.OneShotRetryDelay, "oneshot-retry-delay", 0, "how long a one-shot holder waits before it retries an unanswered renewal (default 50ms; past an election timeout plus 1s: negative control)")
 	fs.DurationVar(&cfg.LeaseDuration, "lease-duration", cfg.LeaseDuration, "lease duration the clients ask for")
 	fs.StringVar(&cfg.Mutex, "mutex", cfg.Mutex, "mutex implementation: client (client.Mutex) or base (base calls, renewed by the worker)")
 	fs.StringVar(&cfg.Guard, "guard", cfg.Guard, "fenced register guard: monotonic, or broken (negative control)")
