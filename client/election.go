@@ -9,6 +9,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/clock"
 )
@@ -247,7 +250,7 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 	if h.Err() == nil {
 		// Run's context ended while leading.
 		if le.cfg.ReleaseOnCancel {
-			rctx, rcancel := context.WithTimeout(context.Background(), le.c.cfg.DialTimeout)
+			rctx, rcancel := le.c.releaseContext(ctx)
 			if err := h.Release(rctx); err != nil {
 				le.c.log.Debug("releasing leadership", "error", err)
 			}
@@ -268,7 +271,14 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 	return h.Err()
 }
 
-// campaign tries to take the lease until it does or ctx ends.
+// campaign tries to take the lease until it does or ctx ends. Like
+// client-go's, it keeps trying through transient errors: no node answered
+// (Unavailable, an attempt's deadline), or the answer came after the
+// local deadline it would have granted (ErrExpired; hold released that
+// holding). Those are retried after a jittered backoff that grows from
+// Config.BackoffBase to RetryPeriod; a lease held by another candidate is
+// tried again after RetryPeriod (plus up to 20%) or when the observer
+// sees it free.
 func (le *LeaderElector) campaign(ctx context.Context, wake <-chan struct{}) (*Holding, error) {
 	o := defaultOptions()
 	o.namespace = le.cfg.Namespace
@@ -278,30 +288,59 @@ func (le *LeaderElector) campaign(ctx context.Context, wake <-chan struct{}) (*H
 	o.renewEvery = le.cfg.RenewInterval
 	o.retryPeriod = le.cfg.RetryPeriod
 	o.maxValid = le.cfg.RenewDeadline
+	o.retrying = true
+	key := holdingKey{o.namespace, le.cfg.Name, o.identity}
 	start := le.c.clock.Now()
+	failures := 0
 	for {
 		h, err := le.c.hold(ctx, le.cfg.Name, o)
 		if err == nil {
 			le.c.met.lockWait.Observe(le.c.clock.Since(start).Seconds())
 			return h, nil
 		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err() // hold cleans up after the acquire
+		}
+		var wait time.Duration
+		unknown := false
 		switch {
-		case errors.Is(err, ErrLocked), errors.Is(err, ErrUnavailable):
-		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		case errors.Is(err, ErrLocked):
+			failures = 0
+			wait = le.cfg.RetryPeriod + rand.N(le.cfg.RetryPeriod/5+1)
+		case transient(err):
+			unknown = outcomeUnknown(ctx, err)
+			wait = min(le.c.backoff(failures), le.cfg.RetryPeriod)
+			failures++
+			le.c.log.Debug("campaign: transient error, trying again", "lease", le.cfg.Name, "wait", wait, "error", err)
 		default:
 			return nil, err
 		}
-		wait := le.cfg.RetryPeriod + rand.N(le.cfg.RetryPeriod/5+1)
 		t := le.clk.NewTimer(wait)
 		select {
 		case <-wake:
 		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
+			if unknown {
+				le.c.abandonAcquire(ctx, key, false)
+			}
 			return nil, ctx.Err()
 		}
 		t.Stop()
 	}
+}
+
+// transient reports whether an acquire's error may pass by itself: no node
+// answered it in time, or it was answered too late to be used.
+func transient(err error) bool {
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, ErrExpired) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+		return true
+	}
+	return false
 }
 
 // Election names one election's lease for those who only watch it.

@@ -291,22 +291,83 @@ func TestRenewalBatches(t *testing.T) {
 	}
 }
 
-func TestCloseLosesHoldingsWithoutRelease(t *testing.T) {
+// TestCloseReleasesHoldings: Close ends the holdings it keeps and frees
+// them on the server, unless the client was built to abandon them.
+func TestCloseReleasesHoldings(t *testing.T) {
+	cl := startCluster(t)
+	other := lkClient(t, cl.Endpoints)
+	for _, abandon := range []bool{false, true} {
+		t.Run(fmt.Sprintf("AbandonOnClose=%v", abandon), func(t *testing.T) {
+			name := fmt.Sprintf("closing-%v", abandon)
+			c := lkClient(t, cl.Endpoints, func(cfg *client.Config) { cfg.AbandonOnClose = abandon })
+			h, err := c.Hold(context.Background(), name, client.WithTTL(time.Minute))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := client.NewMutex(c, name+"-mutex", client.WithTTL(time.Minute))
+			if _, err := m.Lock(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			closedWithin(t, h.Lost(), time.Second, "Lost after Close")
+			if !errors.Is(h.Err(), client.ErrClosed) {
+				t.Fatalf("Err = %v, want ErrClosed", h.Err())
+			}
+			for _, lease := range []string{name, name + "-mutex"} {
+				got, err := other.Get(context.Background(), "default", lease, false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				holder := got.GetLease().GetHolderIdentity()
+				if abandon && holder == "" {
+					t.Errorf("%s: released at Close with AbandonOnClose", lease)
+				}
+				if !abandon && holder != "" {
+					t.Errorf("%s: still held by %q after Close", lease, holder)
+				}
+			}
+		})
+	}
+}
+
+// TestUnlockWithEndedContextReleases is the `defer m.Unlock(ctx)` of a
+// request whose context has ended by then: the lock is freed all the same.
+func TestUnlockWithEndedContextReleases(t *testing.T) {
 	cl := startCluster(t)
 	c := lkClient(t, cl.Endpoints)
-	h, err := c.Hold(context.Background(), "closing", client.WithTTL(time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	closedWithin(t, h.Lost(), time.Second, "Lost after Close")
-	if !errors.Is(h.Err(), client.ErrClosed) {
-		t.Fatalf("Err = %v, want ErrClosed", h.Err())
-	}
 	other := lkClient(t, cl.Endpoints)
-	got, err := other.Get(context.Background(), "default", "closing", false)
-	if err != nil || got.GetLease().GetHolderIdentity() != h.Holder() {
-		t.Fatalf("after Close the lease is %v (%v), want still held by %s", got.GetLease(), err, h.Holder())
+	ctx, cancel := context.WithCancel(context.Background())
+	m := client.NewMutex(c, "deferred", client.WithTTL(time.Minute))
+	func() {
+		if _, err := m.Lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			// Whether it waited for the server or not, the release goes on.
+			if err := m.Unlock(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("Unlock: %v", err)
+			}
+		}()
+		cancel() // the request ends while the lock is held
+	}()
+	if m.Holding() != nil {
+		t.Fatal("the Mutex still keeps its holding after Unlock")
+	}
+	// A new Lock of the same Mutex waits for the release under way.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	waitUntil(t, 5*time.Second, "the lease to be free", func() bool {
+		got, err := other.Get(ctx2, "default", "deferred", false)
+		return err == nil && got.GetLease().GetHolderIdentity() == ""
+	})
+	h, err := client.NewMutex(other, "deferred").TryLock(ctx2)
+	if err != nil {
+		t.Fatalf("another Mutex cannot take the lock after the deferred Unlock: %v", err)
+	}
+	if err := h.Release(ctx2); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -408,6 +408,8 @@ func TestCancelledLockLeavesNothingHeld(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// The cleanup after a cancelled Lock runs in the background.
+		c.WaitBackground()
 		g, err := c.Get(ctx, client.DefaultNamespace, "cancelled", false)
 		if err != nil {
 			t.Fatal(err)

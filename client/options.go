@@ -113,6 +113,10 @@ type options struct {
 	wait bool
 	// record sends every renewal through the server's log.
 	record bool
+	// retrying marks a caller that tries again after an acquire whose
+	// outcome is unknown (Mutex.Lock, a LeaderElector, a Heartbeat): hold
+	// leaves the cleanup to it unless ctx has ended.
+	retrying bool
 }
 
 func defaultOptions() options {
