@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,37 +26,48 @@ type background struct {
 	mu      sync.Mutex
 	closed  bool
 	wg      sync.WaitGroup
-	pending map[holdingKey]chan struct{}
+	pending map[holdingKey]*work
+}
+
+// work is the background work last started for a key.
+type work struct {
+	done chan struct{}
+	// skip is closed when a new acquire of the key begins: a wait that
+	// only guards against a late grant is cut short, since the new
+	// acquire adopts such a grant (an acquire by the current holder is a
+	// renewal).
+	skip     chan struct{}
+	skipOnce sync.Once
 }
 
 // track runs f for key after the work already pending for key, on a
 // goroutine that Close waits for; once Close has begun it runs f at once
 // in the caller. The returned channel is closed when f has returned.
-func (c *Client) track(key holdingKey, f func()) <-chan struct{} {
-	done := make(chan struct{})
+func (c *Client) track(key holdingKey, f func(skip <-chan struct{})) <-chan struct{} {
+	w := &work{done: make(chan struct{}), skip: make(chan struct{})}
 	b := &c.bg
 	b.mu.Lock()
 	prev := b.pending[key]
 	if b.pending == nil {
-		b.pending = make(map[holdingKey]chan struct{})
+		b.pending = make(map[holdingKey]*work)
 	}
-	b.pending[key] = done
+	b.pending[key] = w
 	run := func() {
 		if prev != nil {
-			<-prev // bounded: every piece of work is
+			<-prev.done // bounded: every piece of work is
 		}
-		f()
+		f(w.skip)
 		b.mu.Lock()
-		if b.pending[key] == done {
+		if b.pending[key] == w {
 			delete(b.pending, key)
 		}
 		b.mu.Unlock()
-		close(done)
+		close(w.done)
 	}
 	if b.closed {
 		b.mu.Unlock()
 		run()
-		return done
+		return w.done
 	}
 	b.wg.Add(1)
 	b.mu.Unlock()
@@ -63,19 +75,21 @@ func (c *Client) track(key holdingKey, f func()) <-chan struct{} {
 		defer b.wg.Done()
 		run()
 	}()
-	return done
+	return w.done
 }
 
-// settled waits until no work is pending for key, or ctx ends.
+// settled waits until no work is pending for key, or ctx ends. A new
+// acquire of key calls it first.
 func (c *Client) settled(ctx context.Context, key holdingKey) error {
 	c.bg.mu.Lock()
-	ch := c.bg.pending[key]
+	w := c.bg.pending[key]
 	c.bg.mu.Unlock()
-	if ch == nil {
+	if w == nil {
 		return nil
 	}
+	w.skipOnce.Do(func() { close(w.skip) })
 	select {
-	case <-ch:
+	case <-w.done:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -115,53 +129,78 @@ func outcomeUnknown(ctx context.Context, err error) bool {
 // abandonAcquire is the one cleanup rule of every acquire path: when the
 // caller gives up on an acquire whose outcome it does not know, the client
 // finds the outcome out and undoes it in the background, so the lease is
-// neither held nor waited for by a holder that is gone. It leaves the
-// lease's queue (a log entry, so every entry appended before it, the
-// acquire included, has been applied when it answers) and releases the
-// holding that the answer names if it is the caller's and the client does
-// not keep it. queued says the acquire may have joined the queue; without
-// it a linearizable read stands in for the Dequeue, which costs no log
-// entry.
-func (c *Client) abandonAcquire(ctx context.Context, key holdingKey, queued bool) {
+// neither held nor waited for by a holder that is gone.
+//
+// The acquire may still be on its way inside the node when the cleanup
+// arrives (handlers run concurrently, and a proposal may wait in the
+// leader's batch), and then take effect after it. The node gives up on
+// the acquire at its attempt's limit (Config.AttemptTimeout, or the call's
+// deadline if sooner), so the cleanup is made again once that limit and
+// lateGrant have passed. A new acquire of the same lease by the same
+// holder cuts that wait short: it adopts a late grant as its own.
+func (c *Client) abandonAcquire(ctx context.Context, key holdingKey) {
 	c.met.cleanups.Inc()
-	c.track(key, func() {
-		rctx, cancel := c.releaseContext(ctx)
-		defer cancel()
-		if err := c.settle(rctx, key, queued); err != nil {
-			c.log.Debug("cleaning up after an abandoned acquire", "lease", key.namespace+"/"+key.name, "holder", key.holder, "error", err)
+	limit := c.cfg.AttemptTimeout
+	if limit <= 0 {
+		limit = c.cfg.ReleaseTimeout
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		limit = min(limit, time.Until(dl))
+	}
+	c.track(key, func(skip <-chan struct{}) {
+		if limit > 0 {
+			c.settleLogged(ctx, key)
 		}
+		// Real time, as the node's limit is: on a fake clock the wait
+		// would never end, and Close waits for it.
+		t := time.NewTimer(max(limit, 0) + lateGrant)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-skip:
+			return
+		}
+		c.settleLogged(ctx, key)
 	})
 }
 
-// settle finds out whether key's holder holds or waits for the lease and
-// undoes it.
-func (c *Client) settle(ctx context.Context, key holdingKey, queued bool) error {
-	var l *pb.Lease
-	if queued {
-		resp, err := c.leases.Release(ctx, &pb.ReleaseRequest{
-			Namespace: key.namespace, Name: key.name, HolderIdentity: key.holder, LeaveQueue: true,
-		})
-		if errors.Is(err, ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		l = resp.GetLease()
-	} else {
-		resp, err := c.Get(ctx, key.namespace, key.name, false)
-		if errors.Is(err, ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		l = resp.GetLease()
+// lateGrant is how long after an acquire's attempt limit the cleanup
+// looks for it once more: the time for a proposal already in the leader's
+// batch to be applied.
+const lateGrant = 100 * time.Millisecond
+
+func (c *Client) settleLogged(ctx context.Context, key holdingKey) {
+	rctx, cancel := c.releaseContext(ctx)
+	defer cancel()
+	if err := c.settle(rctx, key); err != nil {
+		c.log.Debug("cleaning up after an abandoned acquire", "lease", key.namespace+"/"+key.name, "holder", key.holder, "error", err)
 	}
+}
+
+// settle leaves the lease's queue and releases the holding that the answer
+// names if it is key's holder's and the client does not keep it.
+//
+// Leaving the queue is a log entry even for a caller that never queues:
+// the leader proposes it behind every command it has taken in before, the
+// abandoned acquire included if it got that far, so its answer shows the
+// acquire's outcome. A linearizable read does not: it is answered from
+// the applied state while the acquire may still wait to be proposed, and
+// on a real cluster one in three such cleanups missed a holding that way.
+func (c *Client) settle(ctx context.Context, key holdingKey) error {
+	resp, err := c.leases.Release(ctx, &pb.ReleaseRequest{
+		Namespace: key.namespace, Name: key.name, HolderIdentity: key.holder, LeaveQueue: true,
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	l := resp.GetLease()
 	if l.GetHolderIdentity() != key.holder || c.keeper.has(key) {
 		return nil
 	}
-	_, err := c.Release(ctx, key.namespace, key.name, key.holder, l.GetFencingToken())
+	_, err = c.Release(ctx, key.namespace, key.name, key.holder, l.GetFencingToken())
 	if errors.Is(err, ErrStaleToken) || errors.Is(err, ErrNotFound) {
 		return nil // ended in between
 	}
@@ -175,7 +214,7 @@ func (c *Client) settle(ctx context.Context, key holdingKey, queued bool) error 
 // context, and returns a channel that delivers the outcome.
 func (c *Client) release(ctx context.Context, h *Holding) <-chan error {
 	res := make(chan error, 1)
-	c.track(holdingKey{h.namespace, h.name, h.holder}, func() {
+	c.track(holdingKey{h.namespace, h.name, h.holder}, func(<-chan struct{}) {
 		rctx, cancel := c.releaseContext(ctx)
 		defer cancel()
 		_, err := c.Release(rctx, h.namespace, h.name, h.holder, h.token)

@@ -78,6 +78,8 @@ func TestEveryAcquirePathCleansUpAfterGivingUp(t *testing.T) {
 	g := &giveUp{}
 	c := lkClient(t, cl.Endpoints, func(cfg *client.Config) {
 		cfg.UnaryCalls = true // the interceptor sees every call
+		// The cleanup looks once more after an attempt's limit.
+		cfg.AttemptTimeout = 300 * time.Millisecond
 		cfg.DialOptions = []grpc.DialOption{g.dialOption()}
 	})
 	other := lkClient(t, cl.Endpoints)

@@ -88,9 +88,9 @@
 // an Acquire whose outcome it does not know (its context ended while the
 // call was on its way, or no node answered), the server may have granted
 // it, or queued it, all the same. The client then finds out and undoes it
-// in the background: it leaves the queue (or, for a path that never
-// queues, reads the lease) and releases the holding if it is the
-// caller's. Paths that try again (Lock, LeaderElector, Heartbeat) learn
+// in the background: it leaves the lease's queue, a log entry that the
+// leader orders after the acquire, and releases the holding that the
+// answer names if it is the caller's. Paths that try again (Lock, LeaderElector, Heartbeat) learn
 // the outcome from their next attempt, which adopts a granted holding, and
 // clean up when they give up between attempts.
 //

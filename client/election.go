@@ -322,7 +322,7 @@ func (le *LeaderElector) campaign(ctx context.Context, wake <-chan struct{}) (*H
 		case <-ctx.Done():
 			t.Stop()
 			if unknown {
-				le.c.abandonAcquire(ctx, key, false)
+				le.c.abandonAcquire(ctx, key)
 			}
 			return nil, ctx.Err()
 		}

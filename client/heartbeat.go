@@ -95,7 +95,7 @@ func (hb *Heartbeat) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			t.Stop()
 			if unknown {
-				hb.c.abandonAcquire(ctx, holdingKey{hb.namespace, hb.node, hb.node}, false)
+				hb.c.abandonAcquire(ctx, holdingKey{hb.namespace, hb.node, hb.node})
 			}
 			return nil
 		}

@@ -264,7 +264,7 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 			// The caller gives up on it. (One that retries learns the
 			// outcome from its next attempt, and cleans up when it gives
 			// up between attempts.)
-			c.abandonAcquire(ctx, key, o.wait)
+			c.abandonAcquire(ctx, key)
 		}
 		return nil, err
 	}

@@ -124,7 +124,7 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 			pause = m.o.retryPeriod
 		default:
 			if wait && outcomeUnknown(ctx, err) {
-				m.c.abandonAcquire(ctx, key, true)
+				m.c.abandonAcquire(ctx, key)
 			}
 			return nil, err
 		}
@@ -142,7 +142,7 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 		case <-ctx.Done():
 			t.Stop()
 			// In the queue (or handed the lease) as far as we know.
-			m.c.abandonAcquire(ctx, key, true)
+			m.c.abandonAcquire(ctx, key)
 			return nil, ctx.Err()
 		}
 	}
