@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/client"
 )
 
@@ -153,7 +155,10 @@ func TestElectorFailover(t *testing.T) {
 			for i := range 3 {
 				id := fmt.Sprintf("candidate-%d", i)
 				f := &faults{}
-				c := lkClient(t, cl.Endpoints, func(cfg *client.Config) { cfg.DialOptions = []grpc.DialOption{f.dialOption()} })
+				c := lkClient(t, cl.Endpoints, func(cfg *client.Config) {
+					cfg.DialOptions = []grpc.DialOption{f.dialOption()}
+					cfg.AbandonOnClose = true // an abrupt stop: no release
+				})
 				candidates[id] = candidate{c, f}
 				le, err := client.NewLeaderElector(c, client.ElectorConfig{
 					Name: "failover", Identity: id,
@@ -310,5 +315,68 @@ func bumpRevision(t *testing.T, c *client.Client) {
 	t.Helper()
 	if _, err := c.Acquire(context.Background(), "default", "revision-bump", "test", time.Minute, 0, nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// lateAnswers delays the answer to the first Acquire of one lease by
+// delay, as a slow network would: the server applies it at once, the
+// candidate hears of it late.
+type lateAnswers struct {
+	lease string
+	delay time.Duration
+	fired atomic.Bool
+}
+
+func (l *lateAnswers) dialOption() grpc.DialOption {
+	return grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if a, ok := req.(*pb.AcquireRequest); ok && a.GetName() == l.lease && l.fired.CompareAndSwap(false, true) {
+			select {
+			case <-time.After(l.delay):
+			case <-ctx.Done():
+			}
+		}
+		return err
+	})
+}
+
+// TestElectorKeepsCampaigningAfterALateAnswer: an acquire answered after
+// the deadline it would have granted (ErrExpired) is a transient error, as
+// in client-go; the candidate campaigns on and leads.
+func TestElectorKeepsCampaigningAfterALateAnswer(t *testing.T) {
+	cl := startCluster(t)
+	late := &lateAnswers{lease: "late", delay: 1200 * time.Millisecond}
+	c := lkClient(t, cl.Endpoints, func(cfg *client.Config) {
+		cfg.UnaryCalls = true // the interceptor sees every call
+		cfg.DialOptions = []grpc.DialOption{late.dialOption()}
+	})
+	started := make(chan struct{})
+	le, err := client.NewLeaderElector(c, client.ElectorConfig{
+		Name: "late", Identity: "slow-candidate",
+		LeaseDuration: 2 * time.Second, RenewDeadline: time.Second, RetryPeriod: 300 * time.Millisecond,
+		Callbacks: client.LeaderCallbacks{OnStartedLeading: func(ctx context.Context) {
+			close(started)
+			<-ctx.Done()
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- le.Run(ctx) }()
+	select {
+	case <-started:
+	case err := <-ran:
+		t.Fatalf("Run returned %v before leading", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("not leading 10s after a late answer")
+	}
+	if !late.fired.Load() {
+		t.Fatal("the first acquire was not answered late: the test tested nothing")
+	}
+	cancel()
+	if err := recvWithin(t, ran, 5*time.Second, "Run to return"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run = %v, want context.Canceled", err)
 	}
 }

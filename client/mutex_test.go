@@ -419,3 +419,47 @@ func TestCancelledLockLeavesNothingHeld(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitingLockCostsFewEntries: a Lock that waits 1.5s in the queue of a
+// held lock, then gives up, joins the queue once and leaves it once. Every
+// call of a waiting Lock is a log entry, so a poll answered early (little
+// time left) must not be followed by another at once.
+func TestWaitingLockCostsFewEntries(t *testing.T) {
+	cl := startCluster(t)
+	reg := prometheus.NewRegistry()
+	c := lkClient(t, cl.Endpoints, func(cfg *client.Config) { cfg.Registerer = reg })
+	ctx := context.Background()
+	if _, err := c.Hold(ctx, "busy", client.WithTTL(time.Minute), client.WithIdentity("holder")); err != nil {
+		t.Fatal(err)
+	}
+	leader := cl.Leader(5 * time.Second)
+	// A new cluster writes entries of its own for a while (members
+	// register their addresses and versions): wait until the log is
+	// quiet, so that what follows counts the Lock's entries alone.
+	before := leader.Raft().AppliedIndex()
+	for quiet, deadline := time.Now(), time.Now().Add(10*time.Second); time.Since(quiet) < 500*time.Millisecond; {
+		if time.Now().After(deadline) {
+			t.Fatal("the log never went quiet for 500ms")
+		}
+		time.Sleep(20 * time.Millisecond) // no event tells of a quiet log
+		if i := leader.Raft().AppliedIndex(); i != before {
+			before, quiet = i, time.Now()
+		}
+	}
+	lctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel()
+	_, err := client.NewMutex(c, "busy", client.WithTTL(time.Minute)).Lock(lctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lock = %v, want context.DeadlineExceeded", err)
+	}
+	c.WaitBackground() // the cleanup leaves the queue
+	if !leader.IsLeader() {
+		t.Skip("the leader changed during the test: its applied index says nothing")
+	}
+	entries := leader.Raft().AppliedIndex() - before
+	t.Logf("a 1.5s Lock on a held lock: %d log entries, %v calls answered \"still queued\"", entries,
+		metricValue(t, reg, "leasekeeper_client_acquire_attempts_total", "held"))
+	if entries > 3 {
+		t.Fatalf("a 1.5s Lock on a held lock wrote %d log entries, want at most 3", entries)
+	}
+}
