@@ -26,6 +26,12 @@ type LeaderCallbacks struct {
 	// OnStoppedLeading is called once leadership has ended and
 	// OnStartedLeading has returned (and, with ReleaseOnCancel, after the
 	// release). Optional.
+	//
+	// Unlike client-go's, it is called only by a Run that led: client-go
+	// defers it in Run, so it runs also when Run's context ends before
+	// the candidate ever led, and it does not wait for OnStartedLeading
+	// to return. Code that cleans up leader-only work can rely on it here
+	// meaning "was leader, is no more, and the leader's work returned".
 	OnStoppedLeading func()
 	// OnNewLeader is called with the identity of each new leader that the
 	// candidate observes, itself included, and with "" when the lease
@@ -190,9 +196,12 @@ func (le *LeaderElector) Leader() string {
 }
 
 // Run campaigns until it has led once and lost the leadership, or ctx is
-// done. It returns ctx's error when ctx ended, or the reason the leadership
-// was lost (matching ErrLost); callers that want to campaign again call Run
-// again. It returns only after OnStartedLeading has returned and
+// done. As client-go's, the campaign goes on through transient errors (no
+// node answering, an answer that came too late to use) with a jittered
+// backoff; only an error that a retry cannot help (ErrInvalid,
+// ErrPermission, ErrClosed) ends it early. It returns ctx's error when ctx
+// ended, or the reason the leadership was lost (matching ErrLost); callers
+// that want to campaign again call Run again. It returns only after OnStartedLeading has returned and
 // OnStoppedLeading has been called.
 func (le *LeaderElector) Run(ctx context.Context) error {
 	if !le.running.CompareAndSwap(false, true) {
