@@ -5,13 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/client"
+	"github.com/leasekeeper/leasekeeper/client/clienttest"
 	"github.com/leasekeeper/leasekeeper/fence"
 	"github.com/leasekeeper/leasekeeper/internal/lktest"
 )
@@ -462,4 +467,83 @@ func TestWaitingLockCostsFewEntries(t *testing.T) {
 	if entries > 3 {
 		t.Fatalf("a 1.5s Lock on a held lock wrote %d log entries, want at most 3", entries)
 	}
+}
+
+// TestSemaphoreWatchResumesFromACurrentRevision: when the node no longer
+// keeps the revision a Semaphore's watch had (OutOfRange), the watch
+// starts again from the slots' current revision, never a fixed 0 (which a
+// real node refuses as well), and a slot freed later still wakes the
+// waiter.
+func TestSemaphoreWatchResumesFromACurrentRevision(t *testing.T) {
+	srv := clienttest.Start(t)
+	var mu sync.Mutex
+	var starts []uint64
+	capture := grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		s, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil || (method != pb.Leases_Watch_FullMethodName && method != pb.Leases_WatchBatches_FullMethodName) {
+			return s, err
+		}
+		return &captureStream{ClientStream: s, f: func(req *pb.WatchRequest) {
+			mu.Lock()
+			starts = append(starts, req.GetStartRevision())
+			mu.Unlock()
+		}}, nil
+	})
+	c := lkClient(t, []string{srv.Addr}, func(cfg *client.Config) { cfg.DialOptions = []grpc.DialOption{capture} })
+	ctx := context.Background()
+	if r, err := c.Acquire(ctx, client.DefaultNamespace, "sem-0", "other", time.Minute, 0, map[string]string{client.SemaphoreLabel: "sem"}); err != nil || !r.GetAcquired() {
+		t.Fatalf("Acquire: %v %v", r, err)
+	}
+	var refused atomic.Int32
+	outOfRange := func(context.Context) error {
+		if refused.Add(1) == 1 {
+			return status.Error(codes.OutOfRange, "test: revision compacted")
+		}
+		return nil
+	}
+	srv.Inject("Watch", outOfRange)
+	srv.Inject("WatchBatches", outOfRange)
+	s, err := client.NewSemaphore(c, "sem", 1, client.WithRetryPeriod(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		h, err := s.Acquire(ctx)
+		if err == nil {
+			err = h.Release(ctx)
+		}
+		got <- err
+	}()
+	waitUntil(t, 5*time.Second, "the watch to be opened again", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(starts) >= 2
+	})
+	if _, err := c.Release(ctx, client.DefaultNamespace, "sem-0", "other", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvWithin(t, got, 5*time.Second, "the waiter to take the freed slot"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, rev := range starts {
+		if rev == 0 {
+			t.Errorf("watch %d started from revision 0 (all starts: %v)", i+1, starts)
+		}
+	}
+}
+
+// captureStream hands every WatchRequest sent to f.
+type captureStream struct {
+	grpc.ClientStream
+	f func(*pb.WatchRequest)
+}
+
+func (s *captureStream) SendMsg(m any) error {
+	if req, ok := m.(*pb.WatchRequest); ok {
+		s.f(req)
+	}
+	return s.ClientStream.SendMsg(m)
 }

@@ -17,8 +17,12 @@ const SemaphoreLabel = "leasekeeper.io/semaphore"
 
 // Semaphore lets up to n holders in at once. It is n Mutex-like slots, the
 // leases name-0 … name-(n-1), each with its own fencing token: a resource
-// that a slot protects fences on the slot's name (Holding.Name). Waiters are
-// woken by a watch on the slots and race, as Mutex waiters do.
+// that a slot protects fences on the slot's name (Holding.Name).
+//
+// Unlike Mutex waiters, Semaphore waiters have no queue on the server: a
+// watch on the slots wakes every waiter when a slot is freed (RetryPeriod
+// is the backstop) and they race for it, each try a log entry. There is
+// no fairness between them.
 type Semaphore struct {
 	c    *Client
 	name string
@@ -84,17 +88,44 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
 		stop()
 		wg.Wait()
 	}()
+	poke := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	// revision reads the revision that the slots' state is at: a
+	// linearizable read, so it covers every write acknowledged before it,
+	// unlike a node's local Status.
+	revision := func(ctx context.Context) (uint64, error) {
+		l, err := s.c.List(ctx, &pb.ListRequest{Namespace: s.o.namespace, LabelSelector: SemaphoreLabel + "=" + s.name})
+		return l.GetRevision(), err
+	}
+	// resume is the watch's new start when the node no longer keeps the
+	// revision it had seen (a restarted node, a long outage): the current
+	// one, read again until ctx ends. A fixed revision would be refused
+	// for good. The waiter is woken, since a slot may have been freed in
+	// the gap.
+	resume := func() uint64 {
+		for attempt := 0; ; attempt++ {
+			rev, err := revision(wctx)
+			if err == nil {
+				poke()
+				return rev
+			}
+			if s.c.sleep(wctx, s.c.backoff(attempt)) != nil {
+				return 0 // ctx ended: follow returns
+			}
+		}
+	}
 	watched := false
 	for {
 		// Watch from before the attempt, so a slot freed in between wakes
 		// the wait below.
 		var rev uint64
+		var revErr error
 		if !watched {
-			// A linearizable read: the revision covers every write
-			// acknowledged before it, unlike a node's local Status.
-			if l, err := s.c.List(ctx, &pb.ListRequest{Namespace: s.o.namespace, LabelSelector: SemaphoreLabel + "=" + s.name}); err == nil {
-				rev = l.GetRevision()
-			}
+			rev, revErr = revision(ctx)
 		}
 		h, err := s.TryAcquire(ctx)
 		if err == nil {
@@ -104,15 +135,9 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
 		if !errors.Is(err, ErrLocked) && !errors.Is(err, ErrUnavailable) {
 			return nil, err
 		}
-		if !watched {
+		if !watched && revErr == nil {
 			watched = true
 			req := &pb.WatchRequest{Namespace: s.o.namespace, LabelSelector: SemaphoreLabel + "=" + s.name, StartRevision: rev}
-			poke := func() {
-				select {
-				case wake <- struct{}{}:
-				default:
-				}
-			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -122,7 +147,7 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
 							poke()
 						}
 					},
-					func() uint64 { poke(); return 0 }, nil)
+					resume, nil)
 			}()
 		}
 		t := s.c.clock.NewTimer(s.o.retryPeriod)
