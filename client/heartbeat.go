@@ -43,6 +43,9 @@ func NewHeartbeat(c *Client, namespace, nodeName string, opts ...Option) (*Heart
 		return nil, errors.New("client: NewHeartbeat needs a node name")
 	}
 	o := buildOptions(opts)
+	if o.identity != "" || o.namespace != DefaultNamespace {
+		return nil, errors.New("client: NewHeartbeat takes the namespace and the node name as arguments, not WithNamespace or WithIdentity")
+	}
 	o.namespace = namespace
 	o.identity = nodeName
 	// A Monitor tells a live member by the renewals it sees.

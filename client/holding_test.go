@@ -398,3 +398,41 @@ func TestMetricsShareRegisterer(t *testing.T) {
 		t.Errorf("holdings lost on close = %v, want 1", got)
 	}
 }
+
+// TestConstructorsValidateOptions: a bad option is refused when the
+// Semaphore or Heartbeat is made, not at its first use, and options that
+// a constructor would ignore are refused too.
+func TestConstructorsValidateOptions(t *testing.T) {
+	c := lkClient(t, []string{"127.0.0.1:1"})
+	tests := []struct {
+		name string
+		make func() error
+	}{
+		{name: "semaphore with a negative TTL", make: func() error {
+			_, err := client.NewSemaphore(c, "s", 2, client.WithTTL(-time.Second))
+			return err
+		}},
+		{name: "semaphore with no retry period", make: func() error {
+			_, err := client.NewSemaphore(c, "s", 2, client.WithRetryPeriod(0))
+			return err
+		}},
+		{name: "heartbeat with an identity option", make: func() error {
+			_, err := client.NewHeartbeat(c, "nodes", "n1", client.WithIdentity("someone-else"))
+			return err
+		}},
+		{name: "heartbeat with a namespace option", make: func() error {
+			_, err := client.NewHeartbeat(c, "nodes", "n1", client.WithNamespace("other"))
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.make(); err == nil {
+				t.Fatal("accepted, want an error")
+			}
+		})
+	}
+	if _, err := client.NewSemaphore(c, "s", 2, client.WithTTL(time.Second)); err != nil {
+		t.Fatalf("a valid semaphore refused: %v", err)
+	}
+}

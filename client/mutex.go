@@ -213,3 +213,29 @@ func (m *Mutex) Lost() <-chan struct{} {
 	close(c)
 	return c
 }
+
+// NewLocker returns a sync.Locker on the lease name, as etcd's
+// concurrency.NewLocker: Lock blocks until the lock is held, Unlock
+// releases it. sync.Locker cannot report an error, so both panic on one
+// (a closed client, a name the server refuses), as etcd's do; Unlock of a
+// lock that was lost meanwhile does not panic (the lock is free either
+// way). Lock waits without a deadline. Use a Mutex where errors, deadlines
+// or the fencing token matter: a Locker hands out no token, so it protects
+// nothing against a holder that was paused past its holding.
+func NewLocker(c *Client, name string, opts ...Option) sync.Locker {
+	return &locker{m: NewMutex(c, name, opts...)}
+}
+
+type locker struct{ m *Mutex }
+
+func (l *locker) Lock() {
+	if _, err := l.m.Lock(context.Background()); err != nil {
+		panic(err)
+	}
+}
+
+func (l *locker) Unlock() {
+	if err := l.m.Unlock(context.Background()); err != nil && !errors.Is(err, ErrLost) {
+		panic(err)
+	}
+}

@@ -37,6 +37,9 @@ func NewSemaphore(c *Client, name string, n int, opts ...Option) (*Semaphore, er
 		return nil, fmt.Errorf("%w: a semaphore needs at least one slot, got %d", ErrInvalid, n)
 	}
 	o := buildOptions(opts)
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
 	if o.identity == "" {
 		o.identity = NewIdentity()
 	}
