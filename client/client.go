@@ -190,6 +190,9 @@ var (
 	// ErrAlreadyLocked means Lock or TryLock was called on a Mutex that
 	// holds its lock already.
 	ErrAlreadyLocked = errors.New("client: mutex already locked")
+	// ErrNotLeader means Election.Proclaim was called by a candidate that
+	// does not lead.
+	ErrNotLeader = errors.New("client: election: not the leader")
 	// ErrAlreadyHeld means this client already keeps a holding of the lease
 	// for the same holder identity; two local holdings of one server
 	// holding would end each other.

@@ -380,3 +380,66 @@ func TestElectorKeepsCampaigningAfterALateAnswer(t *testing.T) {
 		t.Fatalf("Run = %v, want context.Canceled", err)
 	}
 }
+
+// TestElectionCampaignProclaimResign is etcd's Election cycle: the first
+// candidate leads with its value, the second waits in the queue, a
+// Proclaim changes the value within the same term, and Resign hands the
+// leadership over at once.
+func TestElectionCampaignProclaimResign(t *testing.T) {
+	cl := startCluster(t)
+	c := lkClient(t, cl.Endpoints)
+	ctx := context.Background()
+	alice := client.NewElection(c, "etcd-style", client.WithIdentity("alice"), client.WithTTL(10*time.Second))
+	bob := client.NewElection(c, "etcd-style", client.WithIdentity("bob"), client.WithTTL(10*time.Second))
+	watcher := client.NewElection(c, "etcd-style")
+
+	h, err := alice.Campaign(ctx, "alice-v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobLeads := make(chan error, 1)
+	go func() {
+		_, err := bob.Campaign(ctx, "bob-v1")
+		bobLeads <- err
+	}()
+	check := func(wantLeader, wantValue string) {
+		t.Helper()
+		if got, err := watcher.Leader(ctx); err != nil || got != wantLeader {
+			t.Fatalf("Leader = %q, %v; want %q", got, err, wantLeader)
+		}
+		if got, err := watcher.Value(ctx); err != nil || got != wantValue {
+			t.Fatalf("Value = %q, %v; want %q", got, err, wantValue)
+		}
+	}
+	check("alice", "alice-v1")
+	if err := bob.Proclaim(ctx, "bob-v0"); !errors.Is(err, client.ErrNotLeader) {
+		t.Fatalf("Proclaim by a waiting candidate = %v, want ErrNotLeader", err)
+	}
+	if err := alice.Proclaim(ctx, "alice-v2"); err != nil {
+		t.Fatal(err)
+	}
+	check("alice", "alice-v2")
+	if !h.Valid() || alice.Holding().Token() != h.Token() {
+		t.Fatal("Proclaim ended or replaced the term")
+	}
+	if err := alice.Proclaim(ctx, "not a label value!"); !errors.Is(err, client.ErrInvalid) {
+		t.Fatalf("Proclaim of a bad value = %v, want ErrInvalid", err)
+	}
+	if err := alice.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvWithin(t, bobLeads, 5*time.Second, "bob to lead after alice resigned"); err != nil {
+		t.Fatal(err)
+	}
+	check("bob", "bob-v1")
+	if bob.Holding().Token() <= h.Token() {
+		t.Fatalf("bob's term has token %d, not above alice's %d", bob.Holding().Token(), h.Token())
+	}
+	if err := alice.Resign(ctx); err != nil {
+		t.Fatalf("Resign when not leading = %v, want nil", err)
+	}
+	if err := bob.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("", "")
+}

@@ -316,3 +316,33 @@ func ExampleNewLocker() {
 	// locked
 	// unlocked
 }
+
+// This example campaigns in the manner of etcd's Election: lead with a
+// value, change it, and resign.
+func ExampleElection() {
+	c := newExampleClient()
+	defer c.Close()
+	ctx := context.Background()
+
+	e := client.NewElection(c, "example-etcd-style", client.WithIdentity("alice"), client.WithTTL(5*time.Second))
+	h, err := e.Campaign(ctx, "primary-a")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// h.Context() is cancelled if the leadership is lost; h.Token() fences
+	// the leader's writes.
+	if err := e.Proclaim(ctx, "primary-b"); err != nil {
+		log.Fatal(err)
+	}
+	leader, _ := e.Leader(ctx)
+	value, _ := e.Value(ctx)
+	fmt.Println(leader, value, h.Valid())
+	if err := e.Resign(ctx); err != nil {
+		log.Fatal(err)
+	}
+	leader, _ = e.Leader(ctx)
+	fmt.Printf("after Resign: %q\n", leader)
+	// Output:
+	// alice primary-b true
+	// after Resign: ""
+}

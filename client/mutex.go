@@ -58,16 +58,18 @@ func (m *Mutex) Identity() string { return m.o.identity }
 // Lock takes the lock, waiting while another holder has it, until ctx is
 // done. It returns the holding, which is also kept by the Mutex.
 func (m *Mutex) Lock(ctx context.Context) (*Holding, error) {
-	return m.lock(ctx, true)
+	return m.lock(ctx, true, nil)
 }
 
 // TryLock takes the lock if it is free and returns a *HeldError
 // (errors.Is(err, ErrLocked)) at once if it is not.
 func (m *Mutex) TryLock(ctx context.Context) (*Holding, error) {
-	return m.lock(ctx, false)
+	return m.lock(ctx, false, nil)
 }
 
-func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
+// lock is Lock (wait) or TryLock; labels, when set, replace the options'
+// for this holding (an Election's value).
+func (m *Mutex) lock(ctx context.Context, wait bool, labels map[string]string) (*Holding, error) {
 	m.lockMu.Lock()
 	defer m.lockMu.Unlock()
 	if h := m.Holding(); h != nil && h.Err() == nil {
@@ -76,6 +78,9 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 	start := m.c.clock.Now()
 	o := m.o
 	o.wait = wait
+	if labels != nil {
+		o.labels = labels
+	}
 	o.retrying = wait
 	key := holdingKey{o.namespace, m.name, o.identity}
 	pctx := ctx
