@@ -109,8 +109,10 @@
 // first served: the leader hands a released or expired lease to the first
 // waiter in the same Raft entry (see Mutex). Semaphore waiters have no
 // such queue: a watch on the slots wakes them (RetryPeriod is the
-// backstop) and they race for the freed slot. There is no lock delay (refusing new holdings for a while
-// after an expiry, as Consul does): it must be enforced by the leader to
+// backstop) and they race for the freed slot.
+//
+// There is no lock delay (refusing new holdings for a while after an
+// expiry, as Consul does): it must be enforced by the leader to
 // mean anything, and a client-side imitation would only look safe.
 //
 // # Metrics

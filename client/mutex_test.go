@@ -19,6 +19,7 @@ import (
 	"github.com/leasekeeper/leasekeeper/client/clienttest"
 	"github.com/leasekeeper/leasekeeper/fence"
 	"github.com/leasekeeper/leasekeeper/internal/lktest"
+	"github.com/leasekeeper/leasekeeper/node"
 )
 
 // TestMutexContention runs 8 contenders on one lock for a few seconds.
@@ -438,19 +439,7 @@ func TestWaitingLockCostsFewEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	leader := cl.Leader(5 * time.Second)
-	// A new cluster writes entries of its own for a while (members
-	// register their addresses and versions): wait until the log is
-	// quiet, so that what follows counts the Lock's entries alone.
-	before := leader.Raft().AppliedIndex()
-	for quiet, deadline := time.Now(), time.Now().Add(10*time.Second); time.Since(quiet) < 500*time.Millisecond; {
-		if time.Now().After(deadline) {
-			t.Fatal("the log never went quiet for 500ms")
-		}
-		time.Sleep(20 * time.Millisecond) // no event tells of a quiet log
-		if i := leader.Raft().AppliedIndex(); i != before {
-			before, quiet = i, time.Now()
-		}
-	}
+	before := quietIndex(t, leader)
 	lctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	defer cancel()
 	_, err := client.NewMutex(c, "busy", client.WithTTL(time.Minute)).Lock(lctx)
@@ -546,4 +535,62 @@ func (s *captureStream) SendMsg(m any) error {
 		s.f(req)
 	}
 	return s.ClientStream.SendMsg(m)
+}
+
+// quietIndex waits until leader's log has had no new entry for 500ms and
+// returns its applied index. A new cluster writes entries of its own for a
+// while (members register their addresses and versions); what follows
+// then counts the test's entries alone.
+func quietIndex(t *testing.T, leader *node.Node) uint64 {
+	t.Helper()
+	idx := leader.Raft().AppliedIndex()
+	for quiet, deadline := time.Now(), time.Now().Add(10*time.Second); time.Since(quiet) < 500*time.Millisecond; {
+		if time.Now().After(deadline) {
+			t.Fatal("the log never went quiet for 500ms")
+		}
+		time.Sleep(20 * time.Millisecond) // no event tells of a quiet log
+		if i := leader.Raft().AppliedIndex(); i != idx {
+			idx, quiet = i, time.Now()
+		}
+	}
+	return idx
+}
+
+// TestSemaphoreWaiterCostsNoEntries: one waiter on a full 20-slot semaphore
+// for 5s (two RetryPeriods of 2s) writes no log entry: it reads the slots
+// and tries none while all are held.
+func TestSemaphoreWaiterCostsNoEntries(t *testing.T) {
+	cl := startCluster(t)
+	c := lkClient(t, cl.Endpoints)
+	ctx := context.Background()
+	const n = 20
+	for i := range n {
+		s, err := client.NewSemaphore(c, "pool", n, client.WithIdentity(fmt.Sprintf("holder-%d", i)), client.WithTTL(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Acquire(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waiter, err := client.NewSemaphore(c, "pool", n, client.WithTTL(time.Minute), client.WithRetryPeriod(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := cl.Leader(5 * time.Second)
+	before := quietIndex(t, leader)
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := waiter.Acquire(wctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire = %v, want context.DeadlineExceeded", err)
+	}
+	c.WaitBackground()
+	if !leader.IsLeader() {
+		t.Skip("the leader changed during the test: its applied index says nothing")
+	}
+	entries := leader.Raft().AppliedIndex() - before
+	t.Logf("one waiter on a full %d-slot semaphore for 5s: %d log entries", n, entries)
+	if entries > 2 {
+		t.Fatalf("the waiter wrote %d log entries, want at most 2", entries)
+	}
 }

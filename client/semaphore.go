@@ -21,8 +21,9 @@ const SemaphoreLabel = "leasekeeper.io/semaphore"
 //
 // Unlike Mutex waiters, Semaphore waiters have no queue on the server: a
 // watch on the slots wakes every waiter when a slot is freed (RetryPeriod
-// is the backstop) and they race for it, each try a log entry. There is
-// no fairness between them.
+// is the backstop) and they race for it. Waiting costs no log entries (a
+// waiter reads the slots before it tries the free ones), but a release
+// wakes every waiter and there is no fairness between them.
 type Semaphore struct {
 	c    *Client
 	name string
@@ -57,9 +58,25 @@ func (s *Semaphore) Slot(i int) string { return fmt.Sprintf("%s-%d", s.name, i) 
 
 // TryAcquire takes a free slot, trying them in random order, and returns
 // ErrLocked when every slot is held (by others, or by this Semaphore).
+//
+// It first reads the slots (a linearizable read, no log entry) and tries
+// only those that are free or already the caller's: every try is a log
+// entry, so a full semaphore costs its waiters no writes at all.
 func (s *Semaphore) TryAcquire(ctx context.Context) (*Holding, error) {
+	slots := rand.Perm(s.n)
+	if held, err := s.held(ctx); err == nil {
+		free := slots[:0]
+		for _, i := range slots {
+			if !held[s.Slot(i)] {
+				free = append(free, i)
+			}
+		}
+		slots = free
+	} else if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
 	var firstErr error
-	for _, i := range rand.Perm(s.n) {
+	for _, i := range slots {
 		h, err := s.c.hold(ctx, s.Slot(i), s.o)
 		switch {
 		case err == nil:
@@ -78,6 +95,21 @@ func (s *Semaphore) TryAcquire(ctx context.Context) (*Holding, error) {
 		return nil, firstErr
 	}
 	return nil, fmt.Errorf("%w: all %d slots of semaphore %s", ErrLocked, s.n, s.name)
+}
+
+// held reads which slots others hold now.
+func (s *Semaphore) held(ctx context.Context) (map[string]bool, error) {
+	resp, err := s.c.List(ctx, &pb.ListRequest{Namespace: s.o.namespace, LabelSelector: SemaphoreLabel + "=" + s.name})
+	if err != nil {
+		return nil, err
+	}
+	held := make(map[string]bool, len(resp.GetLeases()))
+	for _, l := range resp.GetLeases() {
+		if h := l.GetHolderIdentity(); h != "" && h != s.o.identity {
+			held[l.GetName()] = true
+		}
+	}
+	return held, nil
 }
 
 // Acquire takes a slot, waiting until one is free or ctx is done. Release
