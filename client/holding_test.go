@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/client"
 	"github.com/leasekeeper/leasekeeper/clock"
 )
@@ -368,6 +369,51 @@ func TestUnlockWithEndedContextReleases(t *testing.T) {
 	}
 	if err := h.Release(ctx2); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRelockAfterUnlockWithEndedContext: the release that an Unlock with
+// an ended context leaves running must not end the next holding of the
+// same Mutex (an acquire by the current holder is a renewal of the same
+// holding, so a late release would end it): the new Lock waits for it.
+func TestRelockAfterUnlockWithEndedContext(t *testing.T) {
+	cl := startCluster(t)
+	// Releases reach the server late, as over a slow link: without the
+	// wait, the new Lock's acquire would come first.
+	slow := grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if r, ok := req.(*pb.ReleaseRequest); ok && r.GetName() == "relock" && !r.GetLeaveQueue() {
+			time.Sleep(100 * time.Millisecond)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	})
+	c := lkClient(t, cl.Endpoints, func(cfg *client.Config) {
+		cfg.UnaryCalls = true // the interceptor sees every call
+		cfg.DialOptions = []grpc.DialOption{slow}
+	})
+	ctx := context.Background()
+	m := client.NewMutex(c, "relock", client.WithTTL(time.Minute))
+	for round := range 5 {
+		if _, err := m.Lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ended, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = m.Unlock(ended) // returns at once; the release goes on
+		h, err := m.Lock(ctx)
+		if err != nil {
+			t.Fatalf("round %d: Lock after Unlock: %v", round, err)
+		}
+		c.WaitBackground()
+		got, err := c.Get(ctx, "default", "relock", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := got.GetLease(); l.GetHolderIdentity() != m.Identity() || l.GetFencingToken() != h.Token() || h.Err() != nil {
+			t.Fatalf("round %d: the new holding (token %d, err %v) was ended by the earlier release: lease %v", round, h.Token(), h.Err(), l)
+		}
+		if err := m.Unlock(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
