@@ -241,10 +241,12 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 	// A release or cleanup of the same holder's lease still on its way
 	// would end what this acquire takes.
 	if err := c.settled(ctx, key); err != nil {
-		return nil, err
+		return nil, c.gaveUp(err, 0, nil)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err // nothing sent, nothing to clean up
+		// Nothing sent, nothing to clean up. The error is the one a call
+		// cut short by ctx returns (its code as well as its kind).
+		return nil, c.gaveUp(err, 0, nil)
 	}
 	req := &pb.AcquireRequest{
 		Namespace: o.namespace, Name: name, HolderIdentity: o.identity,
