@@ -81,15 +81,39 @@
 // the failover retries on the next endpoint, as for a unary call whose
 // answer was lost. A stream keeps the credentials it was opened with.
 //
+// # Cleanup and release
+//
+// Every acquire path (Hold, Mutex.TryLock and Lock, Semaphore,
+// LeaderElector, Heartbeat) follows one rule: when the caller gives up on
+// an Acquire whose outcome it does not know (its context ended while the
+// call was on its way, or no node answered), the server may have granted
+// it, or queued it, all the same. The client then finds out and undoes it
+// in the background: it leaves the lease's queue, a log entry that the
+// leader orders after the acquire, and releases the holding that the
+// answer names if it is the caller's. Paths that try again (Lock, LeaderElector, Heartbeat) learn
+// the outcome from their next attempt, which adopts a granted holding, and
+// clean up when they give up between attempts.
+//
+// Releases (Holding.Release, Mutex.Unlock, the LeaderElector's
+// ReleaseOnCancel, Election.Resign) use the caller's context only to wait:
+// the release runs on a context of its own, bounded by
+// Config.ReleaseTimeout, so a `defer m.Unlock(ctx)` with a context that
+// has ended frees the lock. The client owns that work: a new acquire of
+// the same lease by the same holder waits for it, and Close waits for all
+// of it. Close also releases every holding the client still keeps, unless
+// Config.AbandonOnClose asks to leave them to expire.
+//
 // # Mutex order and what is not here
 //
-// Mutex waiters are woken by a watch on the lease and race: the first
-// acquire that the leader applies wins, with no queue and no fairness (see
-// Mutex). A FIFO lock needs the server to keep a queue of waiters (or a
-// "create revision" per waiter, as etcd does with keys), which the lease API
-// does not offer. Nor is there a lock delay (refusing new holdings for a
-// while after an expiry, as Consul does): it must be enforced by the leader
-// to mean anything, and a client-side imitation would only look safe.
+// Mutex waiters queue on the server (AcquireRequest.wait), first come,
+// first served: the leader hands a released or expired lease to the first
+// waiter in the same Raft entry (see Mutex). Semaphore waiters have no
+// such queue: a watch on the slots wakes them (RetryPeriod is the
+// backstop) and they race for the freed slot.
+//
+// There is no lock delay (refusing new holdings for a while after an
+// expiry, as Consul does): it must be enforced by the leader to
+// mean anything, and a client-side imitation would only look safe.
 //
 // # Metrics
 //
@@ -168,6 +192,9 @@ var (
 	// ErrAlreadyLocked means Lock or TryLock was called on a Mutex that
 	// holds its lock already.
 	ErrAlreadyLocked = errors.New("client: mutex already locked")
+	// ErrNotLeader means Election.Proclaim was called by a candidate that
+	// does not lead.
+	ErrNotLeader = errors.New("client: election: not the leader")
 	// ErrAlreadyHeld means this client already keeps a holding of the lease
 	// for the same holder identity; two local holdings of one server
 	// holding would end each other.
@@ -241,6 +268,15 @@ type Config struct {
 	// progress message; a watch silent for three intervals is given up and
 	// resumed elsewhere. 0 asks for none and never gives a watch up.
 	WatchProgressInterval time.Duration
+	// ReleaseTimeout bounds the work that a release or a cleanup does on
+	// the server on its own context, after the caller stopped waiting (see
+	// "Cleanup and release"). Close waits for that work, so it also bounds
+	// Close.
+	ReleaseTimeout time.Duration
+	// AbandonOnClose makes Close leave the holdings that the client still
+	// keeps to expire on the server after their duration and grace, as a
+	// crashed process would, instead of releasing them.
+	AbandonOnClose bool
 }
 
 // Defaults of the holding-related Config fields.
@@ -262,6 +298,9 @@ const (
 const (
 	DefaultAttemptTimeout        = 2 * time.Second
 	DefaultWatchProgressInterval = time.Second
+	// DefaultReleaseTimeout leaves a release time for a failover and an
+	// election (about a second with Raft's defaults).
+	DefaultReleaseTimeout = 5 * time.Second
 	// MinWatchProgressInterval is the shortest interval a node honours.
 	MinWatchProgressInterval = 50 * time.Millisecond
 )
@@ -281,6 +320,7 @@ func DefaultConfig() Config {
 
 		AttemptTimeout:        DefaultAttemptTimeout,
 		WatchProgressInterval: DefaultWatchProgressInterval,
+		ReleaseTimeout:        DefaultReleaseTimeout,
 	}
 }
 
@@ -312,6 +352,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("client: Config.RenewFraction must be in (0, 1-MaxDrift), got %v", c.RenewFraction)
 	case c.AttemptTimeout < 0:
 		return fmt.Errorf("client: Config.AttemptTimeout must not be negative, got %v", c.AttemptTimeout)
+	case c.ReleaseTimeout <= 0:
+		return fmt.Errorf("client: Config.ReleaseTimeout must be positive, got %v", c.ReleaseTimeout)
 	case c.WatchProgressInterval != 0 && c.WatchProgressInterval < MinWatchProgressInterval:
 		return fmt.Errorf("client: Config.WatchProgressInterval must be 0 or at least %v, got %v", MinWatchProgressInterval, c.WatchProgressInterval)
 	}
@@ -335,6 +377,10 @@ type Client struct {
 	// that answered.
 	cur    atomic.Uint32
 	closed atomic.Bool
+	// closing is set when Close begins: no new holding is taken, while the
+	// releases and cleanups under way (bg) still reach the server.
+	closing atomic.Bool
+	bg      background
 	// noWatchBatches: a node answered WatchBatches with Unimplemented, so
 	// watches use Watch.
 	noWatchBatches atomic.Bool
@@ -412,15 +458,23 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Close stops the renewal engine and closes every connection. Every holding
-// still kept ends at once with ErrClosed (its Lost channel closes), and none
-// is released: the server expires them after their duration and grace.
-// Calls after Close return ErrClosed.
+// Close stops the renewal engine, releases every holding still kept, waits
+// for the releases and cleanups under way, and closes every connection.
+// Every holding still kept ends at once with ErrClosed (its Lost channel
+// closes) and is then released on the server, unless
+// Config.AbandonOnClose is set: then the server expires it after its
+// duration and grace. The server side is bounded by
+// Config.ReleaseTimeout. Calls after Close return ErrClosed.
 func (c *Client) Close() error {
-	if c.closed.Swap(true) {
+	if c.closing.Swap(true) {
 		return nil
 	}
-	c.keeper.close()
+	hs := c.keeper.close()
+	if !c.cfg.AbandonOnClose {
+		c.releaseAll(hs)
+	}
+	c.closeBackground()
+	c.closed.Store(true)
 	c.stop()
 	for _, cn := range c.calls {
 		cn.close()
@@ -533,7 +587,9 @@ type attempt struct {
 }
 
 // attemptTimeout returns how long the next attempt of a call bounded by
-// ctx may wait, and false when ctx's deadline has passed.
+// ctx may wait, and false when ctx's deadline has passed. A Mutex's long
+// poll is not cut to a share of the time left: its node answers before
+// the limit anyway, and a poll cut short is one more log entry.
 func (c *Client) attemptTimeout(ctx context.Context) (time.Duration, bool) {
 	d := c.cfg.AttemptTimeout
 	dl, ok := ctx.Deadline()
@@ -547,7 +603,7 @@ func (c *Client) attemptTimeout(ctx context.Context) (time.Duration, bool) {
 	if d == 0 {
 		return left, true
 	}
-	if len(c.conns) > 1 {
+	if len(c.conns) > 1 && ctx.Value(longPollKey{}) == nil {
 		// Leave time for the other endpoints, as the renewal engine does.
 		d = min(d, max(left/3, minAttemptTimeout))
 	}

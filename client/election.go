@@ -9,8 +9,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/internal/labels"
 )
 
 // LeaderCallbacks are called by a LeaderElector, as in client-go.
@@ -23,6 +27,12 @@ type LeaderCallbacks struct {
 	// OnStoppedLeading is called once leadership has ended and
 	// OnStartedLeading has returned (and, with ReleaseOnCancel, after the
 	// release). Optional.
+	//
+	// Unlike client-go's, it is called only by a Run that led: client-go
+	// defers it in Run, so it runs also when Run's context ends before
+	// the candidate ever led, and it does not wait for OnStartedLeading
+	// to return. Code that cleans up leader-only work can rely on it here
+	// meaning "was leader, is no more, and the leader's work returned".
 	OnStoppedLeading func()
 	// OnNewLeader is called with the identity of each new leader that the
 	// candidate observes, itself included, and with "" when the lease
@@ -187,9 +197,12 @@ func (le *LeaderElector) Leader() string {
 }
 
 // Run campaigns until it has led once and lost the leadership, or ctx is
-// done. It returns ctx's error when ctx ended, or the reason the leadership
-// was lost (matching ErrLost); callers that want to campaign again call Run
-// again. It returns only after OnStartedLeading has returned and
+// done. As client-go's, the campaign goes on through transient errors (no
+// node answering, an answer that came too late to use) with a jittered
+// backoff; only an error that a retry cannot help (ErrInvalid,
+// ErrPermission, ErrClosed) ends it early. It returns ctx's error when ctx
+// ended, or the reason the leadership was lost (matching ErrLost); callers
+// that want to campaign again call Run again. It returns only after OnStartedLeading has returned and
 // OnStoppedLeading has been called.
 func (le *LeaderElector) Run(ctx context.Context) error {
 	if !le.running.CompareAndSwap(false, true) {
@@ -247,7 +260,7 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 	if h.Err() == nil {
 		// Run's context ended while leading.
 		if le.cfg.ReleaseOnCancel {
-			rctx, rcancel := context.WithTimeout(context.Background(), le.c.cfg.DialTimeout)
+			rctx, rcancel := le.c.releaseContext(ctx)
 			if err := h.Release(rctx); err != nil {
 				le.c.log.Debug("releasing leadership", "error", err)
 			}
@@ -268,7 +281,14 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 	return h.Err()
 }
 
-// campaign tries to take the lease until it does or ctx ends.
+// campaign tries to take the lease until it does or ctx ends. Like
+// client-go's, it keeps trying through transient errors: no node answered
+// (Unavailable, an attempt's deadline), or the answer came after the
+// local deadline it would have granted (ErrExpired; hold released that
+// holding). Those are retried after a jittered backoff that grows from
+// Config.BackoffBase to RetryPeriod; a lease held by another candidate is
+// tried again after RetryPeriod (plus up to 20%) or when the observer
+// sees it free.
 func (le *LeaderElector) campaign(ctx context.Context, wake <-chan struct{}) (*Holding, error) {
 	o := defaultOptions()
 	o.namespace = le.cfg.Namespace
@@ -278,44 +298,195 @@ func (le *LeaderElector) campaign(ctx context.Context, wake <-chan struct{}) (*H
 	o.renewEvery = le.cfg.RenewInterval
 	o.retryPeriod = le.cfg.RetryPeriod
 	o.maxValid = le.cfg.RenewDeadline
+	o.retrying = true
+	key := holdingKey{o.namespace, le.cfg.Name, o.identity}
 	start := le.c.clock.Now()
+	failures := 0
 	for {
 		h, err := le.c.hold(ctx, le.cfg.Name, o)
 		if err == nil {
 			le.c.met.lockWait.Observe(le.c.clock.Since(start).Seconds())
 			return h, nil
 		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err() // hold cleans up after the acquire
+		}
+		var wait time.Duration
+		unknown := false
 		switch {
-		case errors.Is(err, ErrLocked), errors.Is(err, ErrUnavailable):
-		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		case errors.Is(err, ErrLocked):
+			failures = 0
+			wait = le.cfg.RetryPeriod + rand.N(le.cfg.RetryPeriod/5+1)
+		case transient(err):
+			unknown = outcomeUnknown(ctx, err)
+			wait = min(le.c.backoff(failures), le.cfg.RetryPeriod)
+			failures++
+			le.c.log.Debug("campaign: transient error, trying again", "lease", le.cfg.Name, "wait", wait, "error", err)
 		default:
 			return nil, err
 		}
-		wait := le.cfg.RetryPeriod + rand.N(le.cfg.RetryPeriod/5+1)
 		t := le.clk.NewTimer(wait)
 		select {
 		case <-wake:
 		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
+			if unknown {
+				le.c.abandonAcquire(ctx, key)
+			}
 			return nil, ctx.Err()
 		}
 		t.Stop()
 	}
 }
 
-// Election names one election's lease for those who only watch it.
+// transient reports whether an acquire's error may pass by itself: no node
+// answered it in time, or it was answered too late to be used.
+func transient(err error) bool {
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, ErrExpired) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+		return true
+	}
+	return false
+}
+
+// Election is one election's lease, in the shape of etcd's
+// concurrency.Election: Campaign waits to lead, Proclaim changes the
+// leader's value, Resign steps down, and Leader, Value and Observe follow
+// the election from outside. The value is carried on the lease, as the
+// label ElectionValueLabel, so every observer reads it with the leader.
+//
+// Campaign queues on the server as Mutex.Lock does (first come, first
+// served) and keeps the leadership alive through the renewal engine; the
+// Holding tells when it is lost (Lost, Context) and carries the fencing
+// token of the term. For client-go's callback style use LeaderElector.
 type Election struct {
 	c         *Client
 	namespace string
 	name      string
+	m         *Mutex
 }
 
-// NewElection returns the election on the lease name; only WithNamespace
-// of the options matters.
+// ElectionValueLabel is the label of an election's lease that carries the
+// leader's value (Campaign, Proclaim).
+const ElectionValueLabel = "leasekeeper.io/election-value"
+
+// NewElection returns the election on the lease name. The options are
+// those of NewMutex and apply to Campaign; watching needs none of them but
+// WithNamespace. Without WithIdentity a campaign gets a unique identity.
 func NewElection(c *Client, name string, opts ...Option) *Election {
-	o := buildOptions(opts)
-	return &Election{c: c, namespace: o.namespace, name: name}
+	m := NewMutex(c, name, opts...)
+	return &Election{c: c, namespace: m.o.namespace, name: name, m: m}
+}
+
+// Identity returns the holder identity this Election campaigns as.
+func (e *Election) Identity() string { return e.m.o.identity }
+
+// Campaign waits until this candidate leads, or ctx is done, and proclaims
+// val as the leader's value. A Campaign whose ctx ends leaves the queue
+// (see Client's "Cleanup and release"). val must be a valid label value
+// (at most 63 characters: letters, digits, '-', '_', '.').
+func (e *Election) Campaign(ctx context.Context, val string) (*Holding, error) {
+	if err := labels.ValidateValue(val); err != nil {
+		return nil, fmt.Errorf("%w: election value: %v", ErrInvalid, err)
+	}
+	h, err := e.m.lock(ctx, true, withLabel(e.m.o.labels, ElectionValueLabel, val))
+	if err != nil {
+		return nil, err
+	}
+	if h.Lease().GetLabels()[ElectionValueLabel] != val {
+		// The lease was handed over with the labels of an earlier term,
+		// or this candidate led already: say val now.
+		if err := e.Proclaim(ctx, val); err != nil {
+			return h, err
+		}
+	}
+	return h, nil
+}
+
+// Proclaim changes the leader's value without giving up the leadership. It
+// fails with ErrNotLeader when this candidate does not lead, or no longer
+// leads on the server. The write names the lease's resource version and
+// the current holding, so it cannot overwrite a term that began in
+// between; it also renews the holding on the server (never shortening it).
+func (e *Election) Proclaim(ctx context.Context, val string) error {
+	if err := labels.ValidateValue(val); err != nil {
+		return fmt.Errorf("%w: election value: %v", ErrInvalid, err)
+	}
+	h := e.m.Holding()
+	if h == nil || !h.Valid() {
+		return ErrNotLeader
+	}
+	// A waiter joining the queue also moves the resource version: try
+	// again while the holding is still ours.
+	var err error
+	for range proclaimTries {
+		var resp *pb.GetResponse
+		if resp, err = e.c.Get(ctx, e.namespace, e.name, false); err != nil {
+			return err
+		}
+		l := resp.GetLease()
+		if l.GetHolderIdentity() != h.Holder() || l.GetFencingToken() != h.Token() {
+			return fmt.Errorf("%w: %s/%s is held by %q (token %d)", ErrNotLeader, e.namespace, e.name, l.GetHolderIdentity(), l.GetFencingToken())
+		}
+		_, err = e.c.Leases().Write(ctx, &pb.WriteRequest{
+			Namespace: e.namespace, Name: e.name, ResourceVersion: l.GetResourceVersion(),
+			HolderIdentity: h.Holder(), LeaseDuration: l.GetLeaseDuration(),
+			Labels: withLabel(l.GetLabels(), ElectionValueLabel, val), Object: l.GetObject(),
+		})
+		if status.Code(err) != codes.Aborted {
+			return err
+		}
+	}
+	return fmt.Errorf("client: election: the lease kept changing while proclaiming: %w", err)
+}
+
+// proclaimTries bounds Proclaim's tries against a lease that others keep
+// writing (waiters joining its queue).
+const proclaimTries = 5
+
+// Resign gives up the leadership (releasing the lease, so the next
+// candidate leads at once), or does nothing when this candidate does not
+// lead. As Mutex.Unlock, it uses ctx only to wait: the release runs on a
+// bounded context of its own.
+func (e *Election) Resign(ctx context.Context) error {
+	err := e.m.Unlock(ctx)
+	if errors.Is(err, ErrNotLocked) || errors.Is(err, ErrLost) {
+		return nil
+	}
+	return err
+}
+
+// Holding returns the leadership while this candidate leads, nil
+// otherwise.
+func (e *Election) Holding() *Holding { return e.m.Holding() }
+
+// Value returns the current leader's value, "" when there is no leader or
+// it proclaimed none.
+func (e *Election) Value(ctx context.Context) (string, error) {
+	resp, err := e.c.Get(ctx, e.namespace, e.name, false)
+	if errors.Is(err, ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if resp.GetLease().GetHolderIdentity() == "" {
+		return "", nil
+	}
+	return resp.GetLease().GetLabels()[ElectionValueLabel], nil
+}
+
+func withLabel(in map[string]string, k, v string) map[string]string {
+	out := make(map[string]string, len(in)+1)
+	for key, val := range in {
+		out[key] = val
+	}
+	out[k] = v
+	return out
 }
 
 // Leader returns the current leader's identity, "" when there is none.

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/client"
 )
 
@@ -153,7 +155,10 @@ func TestElectorFailover(t *testing.T) {
 			for i := range 3 {
 				id := fmt.Sprintf("candidate-%d", i)
 				f := &faults{}
-				c := lkClient(t, cl.Endpoints, func(cfg *client.Config) { cfg.DialOptions = []grpc.DialOption{f.dialOption()} })
+				c := lkClient(t, cl.Endpoints, func(cfg *client.Config) {
+					cfg.DialOptions = []grpc.DialOption{f.dialOption()}
+					cfg.AbandonOnClose = true // an abrupt stop: no release
+				})
 				candidates[id] = candidate{c, f}
 				le, err := client.NewLeaderElector(c, client.ElectorConfig{
 					Name: "failover", Identity: id,
@@ -311,4 +316,130 @@ func bumpRevision(t *testing.T, c *client.Client) {
 	if _, err := c.Acquire(context.Background(), "default", "revision-bump", "test", time.Minute, 0, nil); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// lateAnswers delays the answer to the first Acquire of one lease by
+// delay, as a slow network would: the server applies it at once, the
+// candidate hears of it late.
+type lateAnswers struct {
+	lease string
+	delay time.Duration
+	fired atomic.Bool
+}
+
+func (l *lateAnswers) dialOption() grpc.DialOption {
+	return grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if a, ok := req.(*pb.AcquireRequest); ok && a.GetName() == l.lease && l.fired.CompareAndSwap(false, true) {
+			select {
+			case <-time.After(l.delay):
+			case <-ctx.Done():
+			}
+		}
+		return err
+	})
+}
+
+// TestElectorKeepsCampaigningAfterALateAnswer: an acquire answered after
+// the deadline it would have granted (ErrExpired) is a transient error, as
+// in client-go; the candidate campaigns on and leads.
+func TestElectorKeepsCampaigningAfterALateAnswer(t *testing.T) {
+	cl := startCluster(t)
+	late := &lateAnswers{lease: "late", delay: 1200 * time.Millisecond}
+	c := lkClient(t, cl.Endpoints, func(cfg *client.Config) {
+		cfg.UnaryCalls = true // the interceptor sees every call
+		cfg.DialOptions = []grpc.DialOption{late.dialOption()}
+	})
+	started := make(chan struct{})
+	le, err := client.NewLeaderElector(c, client.ElectorConfig{
+		Name: "late", Identity: "slow-candidate",
+		LeaseDuration: 2 * time.Second, RenewDeadline: time.Second, RetryPeriod: 300 * time.Millisecond,
+		Callbacks: client.LeaderCallbacks{OnStartedLeading: func(ctx context.Context) {
+			close(started)
+			<-ctx.Done()
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- le.Run(ctx) }()
+	select {
+	case <-started:
+	case err := <-ran:
+		t.Fatalf("Run returned %v before leading", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("not leading 10s after a late answer")
+	}
+	if !late.fired.Load() {
+		t.Fatal("the first acquire was not answered late: the test tested nothing")
+	}
+	cancel()
+	if err := recvWithin(t, ran, 5*time.Second, "Run to return"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run = %v, want context.Canceled", err)
+	}
+}
+
+// TestElectionCampaignProclaimResign is etcd's Election cycle: the first
+// candidate leads with its value, the second waits in the queue, a
+// Proclaim changes the value within the same term, and Resign hands the
+// leadership over at once.
+func TestElectionCampaignProclaimResign(t *testing.T) {
+	cl := startCluster(t)
+	c := lkClient(t, cl.Endpoints)
+	ctx := context.Background()
+	alice := client.NewElection(c, "etcd-style", client.WithIdentity("alice"), client.WithTTL(10*time.Second))
+	bob := client.NewElection(c, "etcd-style", client.WithIdentity("bob"), client.WithTTL(10*time.Second))
+	watcher := client.NewElection(c, "etcd-style")
+
+	h, err := alice.Campaign(ctx, "alice-v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobLeads := make(chan error, 1)
+	go func() {
+		_, err := bob.Campaign(ctx, "bob-v1")
+		bobLeads <- err
+	}()
+	check := func(wantLeader, wantValue string) {
+		t.Helper()
+		if got, err := watcher.Leader(ctx); err != nil || got != wantLeader {
+			t.Fatalf("Leader = %q, %v; want %q", got, err, wantLeader)
+		}
+		if got, err := watcher.Value(ctx); err != nil || got != wantValue {
+			t.Fatalf("Value = %q, %v; want %q", got, err, wantValue)
+		}
+	}
+	check("alice", "alice-v1")
+	if err := bob.Proclaim(ctx, "bob-v0"); !errors.Is(err, client.ErrNotLeader) {
+		t.Fatalf("Proclaim by a waiting candidate = %v, want ErrNotLeader", err)
+	}
+	if err := alice.Proclaim(ctx, "alice-v2"); err != nil {
+		t.Fatal(err)
+	}
+	check("alice", "alice-v2")
+	if !h.Valid() || alice.Holding().Token() != h.Token() {
+		t.Fatal("Proclaim ended or replaced the term")
+	}
+	if err := alice.Proclaim(ctx, "not a label value!"); !errors.Is(err, client.ErrInvalid) {
+		t.Fatalf("Proclaim of a bad value = %v, want ErrInvalid", err)
+	}
+	if err := alice.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvWithin(t, bobLeads, 5*time.Second, "bob to lead after alice resigned"); err != nil {
+		t.Fatal(err)
+	}
+	check("bob", "bob-v1")
+	if bob.Holding().Token() <= h.Token() {
+		t.Fatalf("bob's term has token %d, not above alice's %d", bob.Holding().Token(), h.Token())
+	}
+	if err := alice.Resign(ctx); err != nil {
+		t.Fatalf("Resign when not leading = %v, want nil", err)
+	}
+	if err := bob.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("", "")
 }

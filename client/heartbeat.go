@@ -43,10 +43,14 @@ func NewHeartbeat(c *Client, namespace, nodeName string, opts ...Option) (*Heart
 		return nil, errors.New("client: NewHeartbeat needs a node name")
 	}
 	o := buildOptions(opts)
+	if o.identity != "" || o.namespace != DefaultNamespace {
+		return nil, errors.New("client: NewHeartbeat takes the namespace and the node name as arguments, not WithNamespace or WithIdentity")
+	}
 	o.namespace = namespace
 	o.identity = nodeName
 	// A Monitor tells a live member by the renewals it sees.
 	o.record = true
+	o.retrying = true
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
@@ -59,21 +63,14 @@ func NewHeartbeat(c *Client, namespace, nodeName string, opts ...Option) (*Heart
 // ends, or an error that a retry cannot help (ErrInvalid, ErrPermission,
 // ErrClosed).
 func (hb *Heartbeat) Run(ctx context.Context) error {
+	// unknown: the last acquire failed without an answer, so it may have
+	// been granted; the next one adopts it, and giving up cleans it up.
+	unknown := false
 	for {
-		// The acquire is not cut short by ctx: a stop that lands while
-		// the answer is on its way would leave a holding granted on the
-		// server, unknown here and so never released.
-		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), hb.c.cfg.DialTimeout)
-		h, err := hb.c.hold(hctx, hb.node, hb.o)
-		cancel()
-		if err == nil && ctx.Err() != nil {
-			rctx, cancel := context.WithTimeout(context.Background(), hb.c.cfg.DialTimeout)
-			_ = h.Release(rctx)
-			cancel()
-			return nil
-		}
+		h, err := hb.c.hold(ctx, hb.node, hb.o)
 		switch {
 		case err == nil:
+			unknown = false
 			hb.set(h)
 			select {
 			case <-h.Done():
@@ -82,21 +79,27 @@ func (hb *Heartbeat) Run(ctx context.Context) error {
 				continue
 			case <-ctx.Done():
 				hb.set(nil)
-				rctx, cancel := context.WithTimeout(context.Background(), hb.c.cfg.DialTimeout)
+				// Wait for the release (bounded), so that Run's return
+				// means the monitors can see the node gone.
+				rctx, cancel := hb.c.releaseContext(ctx)
 				_ = h.Release(rctx)
 				cancel()
 				return nil
 			}
 		case ctx.Err() != nil:
-			return nil
+			return nil // hold cleans up after the acquire it gave up
 		case errors.Is(err, ErrInvalid), errors.Is(err, ErrPermission), errors.Is(err, ErrClosed):
 			return err
 		}
+		unknown = outcomeUnknown(ctx, err)
 		t := hb.c.clock.NewTimer(hb.o.retryPeriod)
 		select {
 		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
+			if unknown {
+				hb.c.abandonAcquire(ctx, holdingKey{hb.namespace, hb.node, hb.node})
+			}
 			return nil
 		}
 	}

@@ -163,11 +163,23 @@ func (h *Holding) Context() context.Context { return h.ctx }
 // Release ends the holding: first locally (Done closes and Context is
 // cancelled, so the caller's work stops before anyone else can take the
 // lease), then on the server, so others need not wait for it to expire.
-// Releasing twice is harmless. If the holding had been lost before, Release
-// still frees the lease if the server kept it, and returns the loss.
+//
+// ctx bounds only how long Release waits for the server: the release
+// itself runs on a context of its own (ctx's values, no cancellation,
+// Config.ReleaseTimeout), so a `defer h.Release(ctx)` with a request's
+// context that has ended still frees the lease. When ctx ends first,
+// Release returns its error while the release goes on; Close waits for
+// it. Releasing twice is harmless. If the holding had been lost before,
+// Release still frees the lease if the server kept it, and returns the
+// loss.
 func (h *Holding) Release(ctx context.Context) error {
 	h.k.end(h, ErrReleased, "")
-	_, err := h.k.c.Release(ctx, h.namespace, h.name, h.holder, h.token)
+	var err error
+	select {
+	case err = <-h.k.c.release(ctx, h):
+	case <-ctx.Done():
+		return fmt.Errorf("client: stopped waiting for the release of %s/%s (it goes on): %w", h.namespace, h.name, ctx.Err())
+	}
 	prev := h.Err()
 	if errors.Is(prev, ErrLost) {
 		return prev
@@ -204,7 +216,7 @@ func (c *Client) Hold(ctx context.Context, name string, opts ...Option) (*Holdin
 }
 
 func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, error) {
-	if c.closed.Load() {
+	if c.closing.Load() {
 		return nil, ErrClosed
 	}
 	if err := o.validate(); err != nil {
@@ -226,6 +238,16 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 	if c.keeper.has(key) {
 		return nil, fmt.Errorf("%w: %s/%s as %q", ErrAlreadyHeld, o.namespace, name, o.identity)
 	}
+	// A release or cleanup of the same holder's lease still on its way
+	// would end what this acquire takes.
+	if err := c.settled(ctx, key); err != nil {
+		return nil, c.gaveUp(err, 0, nil)
+	}
+	if err := ctx.Err(); err != nil {
+		// Nothing sent, nothing to clean up. The error is the one a call
+		// cut short by ctx returns (its code as well as its kind).
+		return nil, c.gaveUp(err, 0, nil)
+	}
 	req := &pb.AcquireRequest{
 		Namespace: o.namespace, Name: name, HolderIdentity: o.identity,
 		LeaseDuration: durationpb.New(o.duration), Labels: o.labels, Wait: o.wait,
@@ -240,6 +262,12 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 	resp, err := c.acquire(ctx, req, &sent)
 	if err != nil {
 		c.met.acquires.WithLabelValues("error").Inc()
+		if outcomeUnknown(ctx, err) && (ctx.Err() != nil || !o.retrying) {
+			// The caller gives up on it. (One that retries learns the
+			// outcome from its next attempt, and cleans up when it gives
+			// up between attempts.)
+			c.abandonAcquire(ctx, key)
+		}
 		return nil, err
 	}
 	if !resp.GetAcquired() {
@@ -280,9 +308,7 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 		// deadline passed while the answer travelled, or a twin appeared):
 		// free it for others rather than let it expire.
 		if !errors.Is(err, ErrAlreadyHeld) {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.DialTimeout)
-			_, _ = c.Release(rctx, h.namespace, h.name, h.holder, h.token)
-			cancel()
+			c.release(ctx, h)
 		}
 		return nil, err
 	}

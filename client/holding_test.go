@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/client"
 	"github.com/leasekeeper/leasekeeper/clock"
 )
@@ -291,22 +292,128 @@ func TestRenewalBatches(t *testing.T) {
 	}
 }
 
-func TestCloseLosesHoldingsWithoutRelease(t *testing.T) {
+// TestCloseReleasesHoldings: Close ends the holdings it keeps and frees
+// them on the server, unless the client was built to abandon them.
+func TestCloseReleasesHoldings(t *testing.T) {
+	cl := startCluster(t)
+	other := lkClient(t, cl.Endpoints)
+	for _, abandon := range []bool{false, true} {
+		t.Run(fmt.Sprintf("AbandonOnClose=%v", abandon), func(t *testing.T) {
+			name := fmt.Sprintf("closing-%v", abandon)
+			c := lkClient(t, cl.Endpoints, func(cfg *client.Config) { cfg.AbandonOnClose = abandon })
+			h, err := c.Hold(context.Background(), name, client.WithTTL(time.Minute))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := client.NewMutex(c, name+"-mutex", client.WithTTL(time.Minute))
+			if _, err := m.Lock(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			closedWithin(t, h.Lost(), time.Second, "Lost after Close")
+			if !errors.Is(h.Err(), client.ErrClosed) {
+				t.Fatalf("Err = %v, want ErrClosed", h.Err())
+			}
+			for _, lease := range []string{name, name + "-mutex"} {
+				got, err := other.Get(context.Background(), "default", lease, false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				holder := got.GetLease().GetHolderIdentity()
+				if abandon && holder == "" {
+					t.Errorf("%s: released at Close with AbandonOnClose", lease)
+				}
+				if !abandon && holder != "" {
+					t.Errorf("%s: still held by %q after Close", lease, holder)
+				}
+			}
+		})
+	}
+}
+
+// TestUnlockWithEndedContextReleases is the `defer m.Unlock(ctx)` of a
+// request whose context has ended by then: the lock is freed all the same.
+func TestUnlockWithEndedContextReleases(t *testing.T) {
 	cl := startCluster(t)
 	c := lkClient(t, cl.Endpoints)
-	h, err := c.Hold(context.Background(), "closing", client.WithTTL(time.Minute))
+	other := lkClient(t, cl.Endpoints)
+	ctx, cancel := context.WithCancel(context.Background())
+	m := client.NewMutex(c, "deferred", client.WithTTL(time.Minute))
+	func() {
+		if _, err := m.Lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			// Whether it waited for the server or not, the release goes on.
+			if err := m.Unlock(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("Unlock: %v", err)
+			}
+		}()
+		cancel() // the request ends while the lock is held
+	}()
+	if m.Holding() != nil {
+		t.Fatal("the Mutex still keeps its holding after Unlock")
+	}
+	// A new Lock of the same Mutex waits for the release under way.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	waitUntil(t, 5*time.Second, "the lease to be free", func() bool {
+		got, err := other.Get(ctx2, "default", "deferred", false)
+		return err == nil && got.GetLease().GetHolderIdentity() == ""
+	})
+	h, err := client.NewMutex(other, "deferred").TryLock(ctx2)
 	if err != nil {
+		t.Fatalf("another Mutex cannot take the lock after the deferred Unlock: %v", err)
+	}
+	if err := h.Release(ctx2); err != nil {
 		t.Fatal(err)
 	}
-	c.Close()
-	closedWithin(t, h.Lost(), time.Second, "Lost after Close")
-	if !errors.Is(h.Err(), client.ErrClosed) {
-		t.Fatalf("Err = %v, want ErrClosed", h.Err())
-	}
-	other := lkClient(t, cl.Endpoints)
-	got, err := other.Get(context.Background(), "default", "closing", false)
-	if err != nil || got.GetLease().GetHolderIdentity() != h.Holder() {
-		t.Fatalf("after Close the lease is %v (%v), want still held by %s", got.GetLease(), err, h.Holder())
+}
+
+// TestRelockAfterUnlockWithEndedContext: the release that an Unlock with
+// an ended context leaves running must not end the next holding of the
+// same Mutex (an acquire by the current holder is a renewal of the same
+// holding, so a late release would end it): the new Lock waits for it.
+func TestRelockAfterUnlockWithEndedContext(t *testing.T) {
+	cl := startCluster(t)
+	// Releases reach the server late, as over a slow link: without the
+	// wait, the new Lock's acquire would come first.
+	slow := grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if r, ok := req.(*pb.ReleaseRequest); ok && r.GetName() == "relock" && !r.GetLeaveQueue() {
+			time.Sleep(100 * time.Millisecond)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	})
+	c := lkClient(t, cl.Endpoints, func(cfg *client.Config) {
+		cfg.UnaryCalls = true // the interceptor sees every call
+		cfg.DialOptions = []grpc.DialOption{slow}
+	})
+	ctx := context.Background()
+	m := client.NewMutex(c, "relock", client.WithTTL(time.Minute))
+	for round := range 5 {
+		if _, err := m.Lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ended, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = m.Unlock(ended) // returns at once; the release goes on
+		h, err := m.Lock(ctx)
+		if err != nil {
+			t.Fatalf("round %d: Lock after Unlock: %v", round, err)
+		}
+		c.WaitBackground()
+		got, err := c.Get(ctx, "default", "relock", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := got.GetLease(); l.GetHolderIdentity() != m.Identity() || l.GetFencingToken() != h.Token() || h.Err() != nil {
+			t.Fatalf("round %d: the new holding (token %d, err %v) was ended by the earlier release: lease %v", round, h.Token(), h.Err(), l)
+		}
+		if err := m.Unlock(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -335,5 +442,43 @@ func TestMetricsShareRegisterer(t *testing.T) {
 	<-ha.Lost()
 	if got := metricValue(t, reg, "leasekeeper_client_holdings_lost_total", "closed"); got != 1 {
 		t.Errorf("holdings lost on close = %v, want 1", got)
+	}
+}
+
+// TestConstructorsValidateOptions: a bad option is refused when the
+// Semaphore or Heartbeat is made, not at its first use, and options that
+// a constructor would ignore are refused too.
+func TestConstructorsValidateOptions(t *testing.T) {
+	c := lkClient(t, []string{"127.0.0.1:1"})
+	tests := []struct {
+		name string
+		make func() error
+	}{
+		{name: "semaphore with a negative TTL", make: func() error {
+			_, err := client.NewSemaphore(c, "s", 2, client.WithTTL(-time.Second))
+			return err
+		}},
+		{name: "semaphore with no retry period", make: func() error {
+			_, err := client.NewSemaphore(c, "s", 2, client.WithRetryPeriod(0))
+			return err
+		}},
+		{name: "heartbeat with an identity option", make: func() error {
+			_, err := client.NewHeartbeat(c, "nodes", "n1", client.WithIdentity("someone-else"))
+			return err
+		}},
+		{name: "heartbeat with a namespace option", make: func() error {
+			_, err := client.NewHeartbeat(c, "nodes", "n1", client.WithNamespace("other"))
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.make(); err == nil {
+				t.Fatal("accepted, want an error")
+			}
+		})
+	}
+	if _, err := client.NewSemaphore(c, "s", 2, client.WithTTL(time.Second)); err != nil {
+		t.Fatalf("a valid semaphore refused: %v", err)
 	}
 }

@@ -186,8 +186,9 @@ func (k *keeper) endLocked(h *Holding, err error, reason string) bool {
 
 func lostErr(cause error) error { return fmt.Errorf("%w: %w", ErrLost, cause) }
 
-// close stops the engine; every holding ends with ErrClosed.
-func (k *keeper) close() {
+// close stops the engine; every holding ends with ErrClosed. It returns
+// the holdings that it ended, for Close to release.
+func (k *keeper) close() []*Holding {
 	k.mu.Lock()
 	k.closed = true
 	k.mu.Unlock()
@@ -195,9 +196,13 @@ func (k *keeper) close() {
 	k.wg.Wait()
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	var ended []*Holding
 	for _, h := range k.holdings {
-		k.endLocked(h, lostErr(ErrClosed), "closed")
+		if k.endLocked(h, lostErr(ErrClosed), "closed") {
+			ended = append(ended, h)
+		}
 	}
+	return ended
 }
 
 func (k *keeper) run() {

@@ -16,6 +16,7 @@ type metrics struct {
 	lockWait  prometheus.Histogram
 	acquires  *prometheus.CounterVec
 	reconnect prometheus.Counter
+	cleanups  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -49,6 +50,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "leasekeeper_client_keepalive_stream_failures_total",
 			Help: "KeepAlive streams abandoned after an error or an unanswered batch.",
 		}),
+		cleanups: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "leasekeeper_client_abandoned_acquires_total",
+			Help: "Acquires given up with their outcome unknown, each followed by a cleanup that frees what it may have taken.",
+		}),
 	}
 	if reg == nil {
 		return m
@@ -60,6 +65,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.lockWait = register(reg, m.lockWait)
 	m.acquires = register(reg, m.acquires)
 	m.reconnect = register(reg, m.reconnect)
+	m.cleanups = register(reg, m.cleanups)
 	return m
 }
 

@@ -4,8 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
-
-	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"time"
 )
 
 // Mutex is a distributed lock on one lease, fenced by the lease's token.
@@ -59,16 +58,18 @@ func (m *Mutex) Identity() string { return m.o.identity }
 // Lock takes the lock, waiting while another holder has it, until ctx is
 // done. It returns the holding, which is also kept by the Mutex.
 func (m *Mutex) Lock(ctx context.Context) (*Holding, error) {
-	return m.lock(ctx, true)
+	return m.lock(ctx, true, nil)
 }
 
 // TryLock takes the lock if it is free and returns a *HeldError
 // (errors.Is(err, ErrLocked)) at once if it is not.
 func (m *Mutex) TryLock(ctx context.Context) (*Holding, error) {
-	return m.lock(ctx, false)
+	return m.lock(ctx, false, nil)
 }
 
-func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
+// lock is Lock (wait) or TryLock; labels, when set, replace the options'
+// for this holding (an Election's value).
+func (m *Mutex) lock(ctx context.Context, wait bool, labels map[string]string) (*Holding, error) {
 	m.lockMu.Lock()
 	defer m.lockMu.Unlock()
 	if h := m.Holding(); h != nil && h.Err() == nil {
@@ -77,8 +78,23 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 	start := m.c.clock.Now()
 	o := m.o
 	o.wait = wait
+	if labels != nil {
+		o.labels = labels
+	}
+	o.retrying = wait
+	key := holdingKey{o.namespace, m.name, o.identity}
+	pctx := ctx
+	if wait {
+		pctx = context.WithValue(ctx, longPollKey{}, true)
+	}
+	// interval is the least time between the starts of two calls: a poll
+	// that the node answers early (little time left to the call, a node
+	// that answers at once) is not followed by another at once, since
+	// every call is a log entry.
+	interval := minPollInterval
 	for {
-		h, err := m.c.hold(ctx, m.name, o)
+		callStart := m.c.clock.Now()
+		h, err := m.c.hold(pctx, m.name, o)
 		if err == nil {
 			m.mu.Lock()
 			m.h = h
@@ -87,64 +103,70 @@ func (m *Mutex) lock(ctx context.Context, wait bool) (*Holding, error) {
 			return h, nil
 		}
 		var held *HeldError
+		var pause time.Duration
 		switch {
 		case errors.As(err, &held):
 			if !wait {
 				return nil, err
 			}
 			// A long poll ended with the Mutex still in the queue: call
-			// again at once to keep its place.
-			continue
-		case ctx.Err() != nil:
-			// The server may have queued us, or even handed us the
-			// lease, without the answer reaching us.
-			if wait {
-				m.leaveQueue(ctx)
+			// again to keep its place.
+			if took := m.c.clock.Since(callStart); took < interval {
+				pause = interval - took
+				interval = min(interval*2, max(m.o.retryPeriod, minPollInterval))
+			} else {
+				interval = minPollInterval
 			}
+		case ctx.Err() != nil:
+			// hold has set the cleanup going: the server may have
+			// queued us, or even handed us the lease, without the
+			// answer reaching us.
 			return nil, ctx.Err()
 		case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 			if !wait {
 				return nil, err
 			}
+			pause = m.o.retryPeriod
 		default:
+			if wait && outcomeUnknown(ctx, err) {
+				m.c.abandonAcquire(ctx, key)
+			}
 			return nil, err
 		}
-		t := m.c.clock.NewTimer(m.o.retryPeriod)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl)-pause < minPollInterval {
+			// However little time is left, a call would be answered at
+			// once and cost an entry: wait for the end instead.
+			pause = max(pause, time.Until(dl)+time.Millisecond)
+		}
+		if pause <= 0 {
+			continue
+		}
+		t := m.c.clock.NewTimer(pause)
 		select {
 		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
-			if wait {
-				m.leaveQueue(ctx)
-			}
+			// In the queue (or handed the lease) as far as we know.
+			m.c.abandonAcquire(ctx, key)
 			return nil, ctx.Err()
 		}
 	}
 }
 
-// leaveQueue gives up the Mutex's place in the queue, so the lease is not
-// handed to a waiter that left. The hand-off may have happened already,
-// while the cancelled call's answer was on its way: then the lease is
-// released, rather than left to expire. Best effort: the leader also drops
-// waiters that stop calling, and an unused holding expires.
-func (m *Mutex) leaveQueue(ctx context.Context) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.c.cfg.DialTimeout)
-	defer cancel()
-	resp, err := m.c.Leases().Release(rctx, &pb.ReleaseRequest{
-		Namespace: m.o.namespace, Name: m.name, HolderIdentity: m.o.identity, LeaveQueue: true,
-	})
-	if err != nil {
-		return
-	}
-	if l := resp.GetLease(); l.GetHolderIdentity() == m.o.identity {
-		_, _ = m.c.Release(rctx, m.o.namespace, m.name, m.o.identity, l.GetFencingToken())
-	}
-}
+// minPollInterval is the least time between the starts of two calls of a
+// waiting Lock, and the least time left to its deadline for a new call to
+// be worth making (the node answers 100ms before the deadline).
+const minPollInterval = 250 * time.Millisecond
+
+// longPollKey marks the context of a Mutex's waiting acquire: its attempts
+// are long polls (see Client.attemptTimeout).
+type longPollKey struct{}
 
 // Unlock releases the lock: the holding ends locally first (Context is
-// cancelled), then on the server. It returns ErrNotLocked when the Mutex
-// holds nothing, and an error matching ErrLost when the holding had been
-// lost before.
+// cancelled), then on the server. ctx bounds only the wait for the server
+// (see Holding.Release): `defer m.Unlock(ctx)` frees the lock even when
+// ctx has ended. It returns ErrNotLocked when the Mutex holds nothing, and
+// an error matching ErrLost when the holding had been lost before.
 func (m *Mutex) Unlock(ctx context.Context) error {
 	m.mu.Lock()
 	h := m.h
@@ -195,4 +217,30 @@ func (m *Mutex) Lost() <-chan struct{} {
 	c := make(chan struct{})
 	close(c)
 	return c
+}
+
+// NewLocker returns a sync.Locker on the lease name, as etcd's
+// concurrency.NewLocker: Lock blocks until the lock is held, Unlock
+// releases it. sync.Locker cannot report an error, so both panic on one
+// (a closed client, a name the server refuses), as etcd's do; Unlock of a
+// lock that was lost meanwhile does not panic (the lock is free either
+// way). Lock waits without a deadline. Use a Mutex where errors, deadlines
+// or the fencing token matter: a Locker hands out no token, so it protects
+// nothing against a holder that was paused past its holding.
+func NewLocker(c *Client, name string, opts ...Option) sync.Locker {
+	return &locker{m: NewMutex(c, name, opts...)}
+}
+
+type locker struct{ m *Mutex }
+
+func (l *locker) Lock() {
+	if _, err := l.m.Lock(context.Background()); err != nil {
+		panic(err)
+	}
+}
+
+func (l *locker) Unlock() {
+	if err := l.m.Unlock(context.Background()); err != nil && !errors.Is(err, ErrLost) {
+		panic(err)
+	}
 }

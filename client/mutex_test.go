@@ -5,15 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/client"
+	"github.com/leasekeeper/leasekeeper/client/clienttest"
 	"github.com/leasekeeper/leasekeeper/fence"
 	"github.com/leasekeeper/leasekeeper/internal/lktest"
+	"github.com/leasekeeper/leasekeeper/node"
 )
 
 // TestMutexContention runs 8 contenders on one lock for a few seconds.
@@ -408,6 +414,8 @@ func TestCancelledLockLeavesNothingHeld(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// The cleanup after a cancelled Lock runs in the background.
+		c.WaitBackground()
 		g, err := c.Get(ctx, client.DefaultNamespace, "cancelled", false)
 		if err != nil {
 			t.Fatal(err)
@@ -415,5 +423,174 @@ func TestCancelledLockLeavesNothingHeld(t *testing.T) {
 		if h := g.GetLease().GetHolderIdentity(); h != "" {
 			t.Fatalf("round %d: lease left held by %q after its waiter gave up", round, h)
 		}
+	}
+}
+
+// TestWaitingLockCostsFewEntries: a Lock that waits 1.5s in the queue of a
+// held lock, then gives up, joins the queue once and leaves it once. Every
+// call of a waiting Lock is a log entry, so a poll answered early (little
+// time left) must not be followed by another at once.
+func TestWaitingLockCostsFewEntries(t *testing.T) {
+	cl := startCluster(t)
+	reg := prometheus.NewRegistry()
+	c := lkClient(t, cl.Endpoints, func(cfg *client.Config) { cfg.Registerer = reg })
+	ctx := context.Background()
+	if _, err := c.Hold(ctx, "busy", client.WithTTL(time.Minute), client.WithIdentity("holder")); err != nil {
+		t.Fatal(err)
+	}
+	leader := cl.Leader(5 * time.Second)
+	before := quietIndex(t, leader)
+	lctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel()
+	_, err := client.NewMutex(c, "busy", client.WithTTL(time.Minute)).Lock(lctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lock = %v, want context.DeadlineExceeded", err)
+	}
+	c.WaitBackground() // the cleanup leaves the queue
+	if !leader.IsLeader() {
+		t.Skip("the leader changed during the test: its applied index says nothing")
+	}
+	entries := leader.Raft().AppliedIndex() - before
+	t.Logf("a 1.5s Lock on a held lock: %d log entries, %v calls answered \"still queued\"", entries,
+		metricValue(t, reg, "leasekeeper_client_acquire_attempts_total", "held"))
+	if entries > 3 {
+		t.Fatalf("a 1.5s Lock on a held lock wrote %d log entries, want at most 3", entries)
+	}
+}
+
+// TestSemaphoreWatchResumesFromACurrentRevision: when the node no longer
+// keeps the revision a Semaphore's watch had (OutOfRange), the watch
+// starts again from the slots' current revision, never a fixed 0 (which a
+// real node refuses as well), and a slot freed later still wakes the
+// waiter.
+func TestSemaphoreWatchResumesFromACurrentRevision(t *testing.T) {
+	srv := clienttest.Start(t)
+	var mu sync.Mutex
+	var starts []uint64
+	capture := grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		s, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil || (method != pb.Leases_Watch_FullMethodName && method != pb.Leases_WatchBatches_FullMethodName) {
+			return s, err
+		}
+		return &captureStream{ClientStream: s, f: func(req *pb.WatchRequest) {
+			mu.Lock()
+			starts = append(starts, req.GetStartRevision())
+			mu.Unlock()
+		}}, nil
+	})
+	c := lkClient(t, []string{srv.Addr}, func(cfg *client.Config) { cfg.DialOptions = []grpc.DialOption{capture} })
+	ctx := context.Background()
+	if r, err := c.Acquire(ctx, client.DefaultNamespace, "sem-0", "other", time.Minute, 0, map[string]string{client.SemaphoreLabel: "sem"}); err != nil || !r.GetAcquired() {
+		t.Fatalf("Acquire: %v %v", r, err)
+	}
+	var refused atomic.Int32
+	outOfRange := func(context.Context) error {
+		if refused.Add(1) == 1 {
+			return status.Error(codes.OutOfRange, "test: revision compacted")
+		}
+		return nil
+	}
+	srv.Inject("Watch", outOfRange)
+	srv.Inject("WatchBatches", outOfRange)
+	s, err := client.NewSemaphore(c, "sem", 1, client.WithRetryPeriod(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		h, err := s.Acquire(ctx)
+		if err == nil {
+			err = h.Release(ctx)
+		}
+		got <- err
+	}()
+	waitUntil(t, 5*time.Second, "the watch to be opened again", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(starts) >= 2
+	})
+	if _, err := c.Release(ctx, client.DefaultNamespace, "sem-0", "other", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvWithin(t, got, 5*time.Second, "the waiter to take the freed slot"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, rev := range starts {
+		if rev == 0 {
+			t.Errorf("watch %d started from revision 0 (all starts: %v)", i+1, starts)
+		}
+	}
+}
+
+// captureStream hands every WatchRequest sent to f.
+type captureStream struct {
+	grpc.ClientStream
+	f func(*pb.WatchRequest)
+}
+
+func (s *captureStream) SendMsg(m any) error {
+	if req, ok := m.(*pb.WatchRequest); ok {
+		s.f(req)
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+// quietIndex waits until leader's log has had no new entry for 500ms and
+// returns its applied index. A new cluster writes entries of its own for a
+// while (members register their addresses and versions); what follows
+// then counts the test's entries alone.
+func quietIndex(t *testing.T, leader *node.Node) uint64 {
+	t.Helper()
+	idx := leader.Raft().AppliedIndex()
+	for quiet, deadline := time.Now(), time.Now().Add(10*time.Second); time.Since(quiet) < 500*time.Millisecond; {
+		if time.Now().After(deadline) {
+			t.Fatal("the log never went quiet for 500ms")
+		}
+		time.Sleep(20 * time.Millisecond) // no event tells of a quiet log
+		if i := leader.Raft().AppliedIndex(); i != idx {
+			idx, quiet = i, time.Now()
+		}
+	}
+	return idx
+}
+
+// TestSemaphoreWaiterCostsNoEntries: one waiter on a full 20-slot semaphore
+// for 5s (two RetryPeriods of 2s) writes no log entry: it reads the slots
+// and tries none while all are held.
+func TestSemaphoreWaiterCostsNoEntries(t *testing.T) {
+	cl := startCluster(t)
+	c := lkClient(t, cl.Endpoints)
+	ctx := context.Background()
+	const n = 20
+	for i := range n {
+		s, err := client.NewSemaphore(c, "pool", n, client.WithIdentity(fmt.Sprintf("holder-%d", i)), client.WithTTL(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Acquire(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waiter, err := client.NewSemaphore(c, "pool", n, client.WithTTL(time.Minute), client.WithRetryPeriod(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := cl.Leader(5 * time.Second)
+	before := quietIndex(t, leader)
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := waiter.Acquire(wctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire = %v, want context.DeadlineExceeded", err)
+	}
+	c.WaitBackground()
+	if !leader.IsLeader() {
+		t.Skip("the leader changed during the test: its applied index says nothing")
+	}
+	entries := leader.Raft().AppliedIndex() - before
+	t.Logf("one waiter on a full %d-slot semaphore for 5s: %d log entries", n, entries)
+	if entries > 2 {
+		t.Fatalf("the waiter wrote %d log entries, want at most 2", entries)
 	}
 }

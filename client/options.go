@@ -30,9 +30,11 @@ type Profile struct {
 	LeaseDuration time.Duration
 	// RenewFraction is how far into LeaseDuration a holding is renewed.
 	RenewFraction float64
-	// RetryPeriod is how long a waiter (Mutex.Lock's backstop, a
-	// LeaderElector candidate, a Heartbeat that lost its lease) waits
-	// between attempts when no watch event wakes it first.
+	// RetryPeriod is how long a waiter waits between attempts: a
+	// Semaphore waiter when no watch event wakes it first, a
+	// LeaderElector candidate while another leads, a Heartbeat whose
+	// acquire failed, a Mutex.Lock whose call found no node (a Lock in the
+	// server's queue long-polls instead).
 	RetryPeriod time.Duration
 	// GracePeriod is the extra time that the server waits after
 	// LeaseDuration before it expires a holding.
@@ -113,6 +115,10 @@ type options struct {
 	wait bool
 	// record sends every renewal through the server's log.
 	record bool
+	// retrying marks a caller that tries again after an acquire whose
+	// outcome is unknown (Mutex.Lock, a LeaderElector, a Heartbeat): hold
+	// leaves the cleanup to it unless ctx has ended.
+	retrying bool
 }
 
 func defaultOptions() options {
@@ -184,8 +190,8 @@ func WithRenewInterval(d time.Duration) Option { return func(o *options) { o.ren
 // extends the holding just the same.
 func WithRecordedRenewals() Option { return func(o *options) { o.record = true } }
 
-// WithRetryPeriod sets the slow backstop between attempts of a waiter that
-// no watch event woke.
+// WithRetryPeriod sets the time between attempts of a waiter (see
+// Profile.RetryPeriod).
 func WithRetryPeriod(d time.Duration) Option { return func(o *options) { o.retryPeriod = d } }
 
 // WithProfile sets the duration, grace, renewal fraction and retry period

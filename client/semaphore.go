@@ -17,8 +17,13 @@ const SemaphoreLabel = "leasekeeper.io/semaphore"
 
 // Semaphore lets up to n holders in at once. It is n Mutex-like slots, the
 // leases name-0 … name-(n-1), each with its own fencing token: a resource
-// that a slot protects fences on the slot's name (Holding.Name). Waiters are
-// woken by a watch on the slots and race, as Mutex waiters do.
+// that a slot protects fences on the slot's name (Holding.Name).
+//
+// Unlike Mutex waiters, Semaphore waiters have no queue on the server: a
+// watch on the slots wakes every waiter when a slot is freed (RetryPeriod
+// is the backstop) and they race for it. Waiting costs no log entries (a
+// waiter reads the slots before it tries the free ones), but a release
+// wakes every waiter and there is no fairness between them.
 type Semaphore struct {
 	c    *Client
 	name string
@@ -33,6 +38,9 @@ func NewSemaphore(c *Client, name string, n int, opts ...Option) (*Semaphore, er
 		return nil, fmt.Errorf("%w: a semaphore needs at least one slot, got %d", ErrInvalid, n)
 	}
 	o := buildOptions(opts)
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
 	if o.identity == "" {
 		o.identity = NewIdentity()
 	}
@@ -50,9 +58,25 @@ func (s *Semaphore) Slot(i int) string { return fmt.Sprintf("%s-%d", s.name, i) 
 
 // TryAcquire takes a free slot, trying them in random order, and returns
 // ErrLocked when every slot is held (by others, or by this Semaphore).
+//
+// It first reads the slots (a linearizable read, no log entry) and tries
+// only those that are free or already the caller's: every try is a log
+// entry, so a full semaphore costs its waiters no writes at all.
 func (s *Semaphore) TryAcquire(ctx context.Context) (*Holding, error) {
+	slots := rand.Perm(s.n)
+	if held, err := s.held(ctx); err == nil {
+		free := slots[:0]
+		for _, i := range slots {
+			if !held[s.Slot(i)] {
+				free = append(free, i)
+			}
+		}
+		slots = free
+	} else if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
 	var firstErr error
-	for _, i := range rand.Perm(s.n) {
+	for _, i := range slots {
 		h, err := s.c.hold(ctx, s.Slot(i), s.o)
 		switch {
 		case err == nil:
@@ -73,6 +97,21 @@ func (s *Semaphore) TryAcquire(ctx context.Context) (*Holding, error) {
 	return nil, fmt.Errorf("%w: all %d slots of semaphore %s", ErrLocked, s.n, s.name)
 }
 
+// held reads which slots others hold now.
+func (s *Semaphore) held(ctx context.Context) (map[string]bool, error) {
+	resp, err := s.c.List(ctx, &pb.ListRequest{Namespace: s.o.namespace, LabelSelector: SemaphoreLabel + "=" + s.name})
+	if err != nil {
+		return nil, err
+	}
+	held := make(map[string]bool, len(resp.GetLeases()))
+	for _, l := range resp.GetLeases() {
+		if h := l.GetHolderIdentity(); h != "" && h != s.o.identity {
+			held[l.GetName()] = true
+		}
+	}
+	return held, nil
+}
+
 // Acquire takes a slot, waiting until one is free or ctx is done. Release
 // the returned holding to give the slot back.
 func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
@@ -84,17 +123,44 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
 		stop()
 		wg.Wait()
 	}()
+	poke := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	// revision reads the revision that the slots' state is at: a
+	// linearizable read, so it covers every write acknowledged before it,
+	// unlike a node's local Status.
+	revision := func(ctx context.Context) (uint64, error) {
+		l, err := s.c.List(ctx, &pb.ListRequest{Namespace: s.o.namespace, LabelSelector: SemaphoreLabel + "=" + s.name})
+		return l.GetRevision(), err
+	}
+	// resume is the watch's new start when the node no longer keeps the
+	// revision it had seen (a restarted node, a long outage): the current
+	// one, read again until ctx ends. A fixed revision would be refused
+	// for good. The waiter is woken, since a slot may have been freed in
+	// the gap.
+	resume := func() uint64 {
+		for attempt := 0; ; attempt++ {
+			rev, err := revision(wctx)
+			if err == nil {
+				poke()
+				return rev
+			}
+			if s.c.sleep(wctx, s.c.backoff(attempt)) != nil {
+				return 0 // ctx ended: follow returns
+			}
+		}
+	}
 	watched := false
 	for {
 		// Watch from before the attempt, so a slot freed in between wakes
 		// the wait below.
 		var rev uint64
+		var revErr error
 		if !watched {
-			// A linearizable read: the revision covers every write
-			// acknowledged before it, unlike a node's local Status.
-			if l, err := s.c.List(ctx, &pb.ListRequest{Namespace: s.o.namespace, LabelSelector: SemaphoreLabel + "=" + s.name}); err == nil {
-				rev = l.GetRevision()
-			}
+			rev, revErr = revision(ctx)
 		}
 		h, err := s.TryAcquire(ctx)
 		if err == nil {
@@ -104,15 +170,9 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
 		if !errors.Is(err, ErrLocked) && !errors.Is(err, ErrUnavailable) {
 			return nil, err
 		}
-		if !watched {
+		if !watched && revErr == nil {
 			watched = true
 			req := &pb.WatchRequest{Namespace: s.o.namespace, LabelSelector: SemaphoreLabel + "=" + s.name, StartRevision: rev}
-			poke := func() {
-				select {
-				case wake <- struct{}{}:
-				default:
-				}
-			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -122,7 +182,7 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
 							poke()
 						}
 					},
-					func() uint64 { poke(); return 0 }, nil)
+					resume, nil)
 			}()
 		}
 		t := s.c.clock.NewTimer(s.o.retryPeriod)

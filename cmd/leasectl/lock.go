@@ -18,6 +18,11 @@ import (
 // exitNotFound is the shell's code for a command that could not be started.
 const exitNotFound = 127
 
+// defaultKillGrace is --kill-grace's default, and so --grace's: long enough
+// for a command to finish a write and exit on SIGTERM, short enough that a
+// crashed holder blocks the next one for --ttl + 5s only.
+const defaultKillGrace = 5 * time.Second
+
 func (a *app) lockCmd() *cobra.Command {
 	var (
 		ttl, grace, killGrace, wait time.Duration
@@ -37,11 +42,21 @@ LEASE_NAMESPACE.
 If the lock is lost (a renewal refused, or no renewal succeeded before the
 holding's local deadline), CMD gets SIGTERM at once and SIGKILL after
 --kill-grace; leasectl then exits with CMD's status (128+signal when killed).
-A lost lock stops CMD before another holder can be granted the lock, but CMD
-may still be running its last instructions after that: only the fencing token
-protects against them. SIGINT or SIGTERM to leasectl is passed on to CMD the
-same way. Signals reach CMD's own process only: a shell script should exec
-its long-running program.
+
+--grace and --kill-grace are tied: the server grants the lock to the next
+holder no sooner than --ttl + --grace after the last renewal, while leasectl
+gives the lock up at its local deadline, a little before --ttl has passed,
+and CMD is dead --kill-grace after that at the latest. So with --grace at
+least --kill-grace (the default: --grace follows --kill-grace unless set) CMD
+is dead before anyone else can hold the lock. A smaller --grace gives a
+faster takeover after a crash, but CMD may then still run for up to the
+difference while the next holder runs: leasectl warns of it. The lock
+cannot be held for CMD against a delete or an overwrite of the lease; only
+the fencing token protects against what CMD does after one.
+
+SIGINT or SIGTERM to leasectl is passed on to CMD the same way, and the lock
+is released once CMD has exited. Signals reach CMD's own process only: a
+shell script should exec its long-running program.
 
 Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 127 CMD could not be started.`,
@@ -54,6 +69,12 @@ Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ttl <= 0 || grace < 0 || killGrace < 0 || wait < 0 {
 				return usageErrorf("--ttl must be positive; --grace, --kill-grace and --wait must not be negative")
+			}
+			if !cmd.Flags().Changed("grace") {
+				grace = killGrace
+			} else if grace < killGrace {
+				fmt.Fprintf(a.stderr, "leasectl: warning: --grace %v is below --kill-grace %v: if the lock is lost, CMD may run for up to %v while the next holder holds it\n",
+					grace, killGrace, killGrace-grace)
 			}
 			c, err := a.client()
 			if err != nil {
@@ -104,8 +125,8 @@ Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 	}
 	f := cmd.Flags()
 	f.DurationVar(&ttl, "ttl", 10*time.Second, "lease duration: how long the lock outlives a silent holder")
-	f.DurationVar(&grace, "grace", 0, "extra time before the server expires a silent holding")
-	f.DurationVar(&killGrace, "kill-grace", 10*time.Second, "time between SIGTERM and SIGKILL when the lock is lost")
+	f.DurationVar(&grace, "grace", 0, "extra time before the server expires a silent holding (default: --kill-grace, so that a lost lock's CMD is dead before the next holder is granted it)")
+	f.DurationVar(&killGrace, "kill-grace", defaultKillGrace, "time between SIGTERM and SIGKILL when the lock is lost; keep it at most --grace")
 	f.DurationVar(&wait, "wait", 0, "give up waiting for the lock after this long (0: wait forever)")
 	f.BoolVar(&noWait, "no-wait", false, "exit 3 at once when the lock is held")
 	f.StringVar(&identity, "identity", "", "holder identity (default: host-pid-random)")

@@ -255,6 +255,9 @@ func (w *Workload) newClient() (*client.Client, error) {
 	ccfg.BackoffMax = 300 * time.Millisecond
 	ccfg.MaxDrift = w.cfg.MaxDrift
 	ccfg.Margin = w.cfg.Margin
+	// The history ends before the workers' clients close: a release at
+	// Close would be a write that no operation records.
+	ccfg.AbandonOnClose = true
 	return client.New(ccfg)
 }
 

@@ -51,6 +51,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	newClient := func() (*client.Client, error) {
 		cfg := client.DefaultConfig()
 		cfg.Endpoints = strings.Split(*endpoints, ",")
+		// Closing worker-a's client stands in for a frozen process: it
+		// must leave the lock to expire, not release it.
+		cfg.AbandonOnClose = true
 		return client.New(cfg)
 	}
 	hc := &http.Client{Timeout: 5 * time.Second}
@@ -73,7 +76,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	// The pause: worker-a's process stops, so its renewals stop. Its
 	// client notices the local deadline (Lost closes), but the paused code
 	// does not run to see it. Closing the client stands in for the frozen
-	// renewals: it does not release the lock.
+	// renewals: with AbandonOnClose it does not release the lock.
 	fmt.Fprintln(out, "worker-a: paused, keeping its token")
 	ca.Close()
 
