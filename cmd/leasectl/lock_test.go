@@ -140,8 +140,11 @@ func TestLockStopsCommandWhenLost(t *testing.T) {
 
 func TestLockInterruptStopsCommandAndReleases(t *testing.T) {
 	cl, c := cluster(t)
-	s := start(t, cl, "lock", "job", "--", "sleep", "30")
-	waitHeld(t, c, "job")
+	s := start(t, cl, "lock", "job", "--", "sh", "-c", "echo started; exec sleep 30")
+	// The command runs: the holding reached the server and leasectl heard
+	// of it (a lease held on the server alone may still be an acquire in
+	// flight, which an interrupt abandons with exit 1).
+	waitOutput(t, s.stdout, "started\n")
 	s.cancel()
 	if code := s.exit(t, 10*time.Second); code != 128+15 {
 		t.Fatalf("exit %d, want 143\nstderr: %s", code, s.stderr)
