@@ -11,7 +11,7 @@ OTHER_PKGS  := ./cmd/... ./internal/... ./fence/... ./examples/... ./jepsen-styl
 # touch the service's dependencies); `make tools` fetches and builds them.
 STATICCHECK := $(BIN)/staticcheck
 
-.PHONY: all attack tools build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls lint proto openapi clean
+.PHONY: all attack tools build run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls compose-chaos lint proto openapi clean
 
 all: build
 
@@ -59,6 +59,15 @@ jepsen-controls:
 # The full run: 5 nodes, every fault kind, 10 minutes.
 jepsen:
 	$(GO) run ./jepsen-style-tests/cmd/jepsen -nodes 5 -duration 10m
+
+# The chaos suite against the docker-compose cluster (root: it installs
+# Docker with apt-get and starts dockerd if none runs): the image built
+# without a registry, faults through compose/partition.sh, the same
+# checkers, everything torn down after. COMPOSE_DURATION sizes the
+# workload (CI: 45s). Results in jepsen-style-tests/runs/compose/latest.
+COMPOSE_DURATION ?= 45s
+compose-chaos:
+	LK_COMPOSE_DURATION=$(COMPOSE_DURATION) ./jepsen-style-tests/compose/chaos.sh
 
 # Each fuzzer for FUZZTIME (CI: 30s each). FUZZERS lists package:Fuzzer.
 FUZZTIME ?= 30s
