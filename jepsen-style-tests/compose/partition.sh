@@ -25,9 +25,9 @@ cd "$(dirname "$SCRIPT")/../.."
 
 NODES=(n1 n2 n3)
 declare -A IP=([n1]=172.28.0.11 [n2]=172.28.0.12 [n3]=172.28.0.13)
-NETWORK=${NETWORK:-${COMPOSE_PROJECT_NAME:-$(basename "$PWD")}_lk}
+NETWORK=${NETWORK:-${COMPOSE_PROJECT_NAME:-leasekeeper}_lk}
 
-usage() { sed -n '2,20p' "$SCRIPT" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,/^set /p' "$SCRIPT" | grep '^#' | sed 's/^# \{0,1\}//'; exit 2; }
 node() { [[ -n "${IP[$1]:-}" ]] || { echo "unknown node $1 (want ${NODES[*]})" >&2; exit 2; }; }
 ipt() { docker exec "lk-$1" iptables -w "${@:2}"; }
 
