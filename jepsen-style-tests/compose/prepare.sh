@@ -78,6 +78,7 @@ start_dockerd() {
 	sysctl -n net.ipv4.ip_forward >"$STATE_DIR/host-before/ip_forward"
 	iptables -w -S FORWARD 2>/dev/null | awk '$1 == "-P" {print $3}' >"$STATE_DIR/host-before/forward_policy"
 	for t in filter nat; do iptables -w -t "$t" -S >"$STATE_DIR/host-before/rules.$t" 2>/dev/null || true; done
+	iptables-save 2>/dev/null | sed -n 's/^\*//p' >"$STATE_DIR/host-before/tables" || true
 	docker_bridges >"$STATE_DIR/host-before/bridges"
 	say "starting dockerd $DOCKERD_FLAGS (log $STATE_DIR/dockerd.log)"
 	# shellcheck disable=SC2086

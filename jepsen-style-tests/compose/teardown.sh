@@ -72,6 +72,15 @@ if [ -n "$ours" ] && [ -d "$before" ]; then
 			fi
 		done
 	done
+	# A table dockerd brought into being (nat, with iptables-nft) stays,
+	# empty, after its rules go: remove it if nothing else uses it.
+	if [ -f "$before/tables" ] && iptables -V 2>/dev/null | grep -q nf_tables && command -v nft >/dev/null; then
+		for t in $(iptables-save 2>/dev/null | sed -n 's/^\*//p'); do
+			grep -qx "$t" "$before/tables" && continue
+			if iptables -w -t "$t" -S | grep -qv '^-P'; then continue; fi
+			nft delete table ip "$t" || fail "nft delete table ip $t failed"
+		done
+	fi
 	policy=$(cat "$before/forward_policy" 2>/dev/null)
 	if [ -n "$policy" ] && ! iptables -w -S FORWARD | grep -qx -- "-P FORWARD $policy"; then
 		iptables -w -P FORWARD "$policy" || fail "iptables -P FORWARD $policy failed"
