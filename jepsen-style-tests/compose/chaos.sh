@@ -33,6 +33,7 @@ elapsed() { echo "$(($(date +%s) - t0))s"; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/lk-compose-chaos.XXXXXX")
 host_state >"$work/host-before.txt"
 rundir=""
+outcome=""
 
 finish() {
 	local rc=$?
@@ -50,8 +51,10 @@ finish() {
 	else
 		say "host as before: $(sed -n 2p "$work/host-after.txt") iptables-save lines, $(grep -c . <(sed -n '/^# ip -br link/,/^# sysctl/p' "$work/host-after.txt" | grep -v '^#')) links, $(grep ip_forward "$work/host-after.txt" | grep -v '^#') (saved in $dest)"
 	fi
+	rm -f "$work/leasectl" "$work/jepsen"
 	[ "$dest" = "$work" ] || rm -rf "$work"
-	say "compose-chaos: $([ "$rc" = 0 ] && echo passed || echo FAILED) after $(elapsed)"
+	[ "$rc" = 0 ] || outcome=FAILED
+	say "compose-chaos: ${outcome:-passed} after $(elapsed)"
 	exit "$rc"
 }
 trap finish EXIT
@@ -67,6 +70,7 @@ rc=0
 if [ "$rc" = 3 ]; then
 	if [ -n "${CI:-}" ]; then die "Docker cannot run on this machine (above): compose-chaos fails in CI"; fi
 	say "Docker cannot run on this machine (above): compose-chaos skipped"
+	outcome="skipped (no Docker)"
 	exit 0
 fi
 [ "$rc" = 0 ] || die "prepare.sh failed"

@@ -93,7 +93,7 @@ start_dockerd() {
 	done
 	tail -n 20 "$STATE_DIR/dockerd.log" >&2 || true
 	kill "$pid" 2>/dev/null || true
-	nodocker "dockerd did not come up within 30 s (log above, $STATE_DIR/dockerd.log)"
+	nodocker "dockerd exited or did not answer within 30 s (log above, $STATE_DIR/dockerd.log)"
 }
 
 # mirror prints the Debian mirror that apt uses for $SUITE.
