@@ -4,7 +4,14 @@
 # docker-compose.yml grants).
 #
 #   docker build --build-arg VERSION=$(git describe --tags --dirty) -t leasekeeper .
-FROM golang:1.26 AS build
+#
+# The base images are build arguments (GO_IMAGE, BASE_IMAGE), e.g. a local
+# mirror's copies. Without a registry, Dockerfile.prebuilt makes the same
+# image from host-built binaries (jepsen-style-tests/compose/prepare.sh).
+ARG GO_IMAGE=golang:1.26
+ARG BASE_IMAGE=debian:bookworm-slim
+
+FROM ${GO_IMAGE} AS build
 # The release the binaries report (lease-node --version, leasectl version).
 ARG VERSION=devel
 WORKDIR /src
@@ -15,7 +22,7 @@ RUN CGO_ENABLED=0 go build -trimpath \
 	-ldflags "-X github.com/leasekeeper/leasekeeper/internal/buildinfo.version=${VERSION}" \
 	-o /out/ ./cmd/lease-node ./cmd/leasectl
 
-FROM debian:bookworm-slim
+FROM ${BASE_IMAGE}
 RUN apt-get update \
 	&& apt-get install -y --no-install-recommends iproute2 iptables ca-certificates \
 	&& rm -rf /var/lib/apt/lists/*

@@ -22,7 +22,7 @@ LDFLAGS := -X $(MODULE)/internal/buildinfo.version=$(VERSION) -X $(MODULE)/inter
 RELEASE_PLATFORMS := linux/amd64 linux/arm64
 RELEASE_CMDS      := lease-node leasectl
 
-.PHONY: all attack tools build release run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls jepsen-upgrade lint proto openapi clean
+.PHONY: all attack tools build release run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls jepsen-upgrade compose-chaos lint proto openapi clean
 
 all: build
 
@@ -91,6 +91,15 @@ jepsen:
 # (about 75 s of faults, plus building the release).
 jepsen-upgrade:
 	LEASEKEEPER_JEPSEN=1 $(GO) test -count=1 -v -timeout 20m -run 'TestRollingUpgrade$$' ./jepsen-style-tests/
+
+# The chaos suite against the docker-compose cluster (root: it installs
+# Docker with apt-get and starts dockerd if none runs): the image built
+# without a registry, faults through compose/partition.sh, the same
+# checkers, everything torn down after. COMPOSE_DURATION sizes the
+# workload (CI: 45s). Results in jepsen-style-tests/runs/compose/latest.
+COMPOSE_DURATION ?= 45s
+compose-chaos:
+	LK_COMPOSE_DURATION=$(COMPOSE_DURATION) ./jepsen-style-tests/compose/chaos.sh
 
 # Each fuzzer for FUZZTIME (CI: 30s each). FUZZERS lists package:Fuzzer.
 FUZZTIME ?= 30s

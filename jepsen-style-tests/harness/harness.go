@@ -294,6 +294,15 @@ func (c *Cluster) Mode() Mode { return c.net.mode() }
 // Nodes returns the node slots in order.
 func (c *Cluster) Nodes() []*Node { return append([]*Node(nil), c.nodes...) }
 
+// IDs returns the nodes' IDs in order.
+func (c *Cluster) IDs() []string {
+	ids := make([]string, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		ids = append(ids, n.ID)
+	}
+	return ids
+}
+
 // Node returns the node with the given ID, or nil.
 func (c *Cluster) Node(id string) *Node {
 	for _, n := range c.nodes {

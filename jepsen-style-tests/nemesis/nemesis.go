@@ -21,7 +21,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/harness"
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/history"
 )
 
@@ -85,6 +85,100 @@ func Known(kind string) bool {
 	return slices.Contains(Kinds, kind) || kind == ClockSkewExtreme || kind == RollingUpgrade
 }
 
+// Cluster is what every fault needs of the cluster under test: the
+// harness's processes (netns or loopback mode), or the docker compose
+// cluster, whose faults are partition.sh commands. Faults that need more
+// ask for one of the optional interfaces below; New refuses a kind the
+// cluster cannot make.
+type Cluster interface {
+	// IDs lists the nodes.
+	IDs() []string
+	// Leader returns the node that claims leadership in the highest term.
+	Leader(ctx context.Context) (string, error)
+	// WaitLeader waits, up to timeout, until some node knows a leader.
+	WaitLeader(ctx context.Context, timeout time.Duration) (string, error)
+	// WaitReady waits, up to timeout, until every running, unpaused node
+	// knows a leader.
+	WaitReady(ctx context.Context, timeout time.Duration) error
+	// Partition cuts every listed pair both ways; Heal removes every cut.
+	Partition(cut [][2]string) error
+	Heal() error
+	// Kill kills a node with SIGKILL; Restart starts it again from its
+	// data, with a clock rate (0 keeps the current one).
+	Kill(id string) error
+	Restart(id string, clockRate float64) error
+	// Pause freezes a node; Resume thaws it.
+	Pause(id string) error
+	Resume(id string) error
+}
+
+// Transferer moves the leadership to a node: clock-skew needs it (and
+// Restart with a clock rate).
+type Transferer interface {
+	TransferLeadership(ctx context.Context, id string) error
+}
+
+// Rejoiner removes a member and adds it back with empty data: membership
+// needs it.
+type Rejoiner interface {
+	RemoveMember(ctx context.Context, id string) error
+	Rejoin(ctx context.Context, id string) error
+}
+
+// Staller delays the leader's Raft entries and reads a node's status and
+// metrics: stall-raft needs it.
+type Staller interface {
+	StallRaft(id string, delay time.Duration) error
+	UnstallRaft() (int64, error)
+	Status(ctx context.Context, id string) (*pb.StatusResponse, error)
+	Metrics(ctx context.Context, id string) (map[string]float64, error)
+}
+
+// Blackholer drops every packet of one node: blackhole needs it.
+type Blackholer interface {
+	Blackhole(id string) error
+	Unblackhole() error
+}
+
+// Upgrader replaces a node's binary and reads its /readyz:
+// rolling-upgrade needs it (and Transferer).
+type Upgrader interface {
+	Binary(id string) string
+	SetBinary(id, bin string) error
+	Stop(id string) error
+	Readyz(ctx context.Context, id string) (bool, string, error)
+}
+
+// Commander is a cluster that carries faults out by commands worth
+// recording (partition.sh's). TakeCommands returns the commands run since
+// its last call, which go into the fault's detail.
+type Commander interface {
+	TakeCommands() []string
+}
+
+// supported reports whether c can make faults of kind.
+func supported(c Cluster, kind string) bool {
+	switch kind {
+	case ClockSkew, ClockSkewExtreme:
+		_, ok := c.(Transferer)
+		return ok
+	case Membership:
+		_, ok := c.(Rejoiner)
+		return ok
+	case StallRaft:
+		_, ok := c.(Staller)
+		return ok
+	case Blackhole:
+		_, ok := c.(Blackholer)
+		return ok
+	case RollingUpgrade:
+		_, ok := c.(Upgrader)
+		_, tok := c.(Transferer)
+		return ok && tok
+	}
+	return true
+}
+
 // Clients is what the nemesis needs of the workload.
 type Clients interface {
 	// PauseClient pauses one client for d and names it.
@@ -122,8 +216,14 @@ type Config struct {
 	Downgrade              bool
 	// RecoverTimeout bounds the wait for the cluster after a heal.
 	RecoverTimeout time.Duration
-	Seed           uint64
-	Logf           func(string, ...any)
+	// RequireLeaderChange makes it an error when the others elect no new
+	// leader while the leader is cut off (partition-isolate-leader,
+	// partition-leader-minority); either way the detail says who led.
+	// LeaderChangeTimeout bounds the wait for it after the hold.
+	RequireLeaderChange bool
+	LeaderChangeTimeout time.Duration
+	Seed                uint64
+	Logf                func(string, ...any)
 }
 
 // DefaultConfig returns the nemesis of a normal run.
@@ -140,6 +240,8 @@ func DefaultConfig() Config {
 		ExtremeRate:     3,
 		ProposeTimeout:  250 * time.Millisecond,
 		RecoverTimeout:  30 * time.Second,
+		// Several election timeouts: the hold already gave it seconds.
+		LeaderChangeTimeout: 10 * time.Second,
 	}
 }
 
@@ -154,7 +256,7 @@ func (c Config) stallDelay() time.Duration {
 // Nemesis injects faults.
 type Nemesis struct {
 	cfg     Config
-	c       *harness.Cluster
+	c       Cluster
 	rec     *history.Recorder
 	clients Clients
 	rng     *rand.Rand
@@ -167,7 +269,7 @@ type Nemesis struct {
 }
 
 // New returns a Nemesis for cluster c, recording into rec.
-func New(cfg Config, c *harness.Cluster, rec *history.Recorder, clients Clients) (*Nemesis, error) {
+func New(cfg Config, c Cluster, rec *history.Recorder, clients Clients) (*Nemesis, error) {
 	for _, k := range cfg.Kinds {
 		if !Known(k) {
 			return nil, fmt.Errorf("nemesis: unknown fault kind %q (known: %s, %s)", k, strings.Join(Kinds, ", "), ClockSkewExtreme)
@@ -189,6 +291,13 @@ func New(cfg Config, c *harness.Cluster, rec *history.Recorder, clients Clients)
 	logf := cfg.Logf
 	if logf == nil {
 		logf = func(string, ...any) {}
+	}
+	if c != nil {
+		for _, k := range cfg.Kinds {
+			if !supported(c, k) {
+				return nil, fmt.Errorf("nemesis: this cluster (%T) cannot make %s faults", c, k)
+			}
+		}
 	}
 	return &Nemesis{cfg: cfg, c: c, rec: rec, clients: clients, rng: rand.New(rand.NewPCG(seed, 7)), logf: logf, toward: cfg.UpgradeTo}, nil
 }
@@ -244,6 +353,9 @@ type fault struct {
 	// ring is set for the majorities ring, where every node sees a
 	// majority but no majority sees all of itself.
 	ring bool
+	// oldLeader is the leader that the fault cuts off from a majority,
+	// which must elect another.
+	oldLeader string
 }
 
 // Apply injects one fault of kind, holds it, heals it and waits for the
@@ -251,6 +363,10 @@ type fault struct {
 func (n *Nemesis) Apply(ctx context.Context, kind string) {
 	f := &fault{Fault: history.Fault{Kind: kind}}
 	n.logf("nemesis: %s", kind)
+	cmds, _ := n.c.(Commander)
+	if cmds != nil {
+		cmds.TakeCommands() // not this fault's
+	}
 	f.Start = n.rec.Now()
 	err := n.start(ctx, f)
 	if err != nil && ctx.Err() != nil {
@@ -264,6 +380,9 @@ func (n *Nemesis) Apply(ctx context.Context, kind string) {
 		f.Outside = n.outside(f)
 		n.logf("nemesis: %s applied: %s (majority connected: %v)", kind, f.Detail, f.MajorityConnected)
 		n.sleep(ctx, f.hold)
+		if f.oldLeader != "" {
+			err = n.newLeader(ctx, f)
+		}
 	}
 	// Heal even when the run is over, so nothing stays broken.
 	hctx, cancel := context.WithTimeout(context.Background(), n.cfg.RecoverTimeout)
@@ -277,6 +396,11 @@ func (n *Nemesis) Apply(ctx context.Context, kind string) {
 	if rerr := n.c.WaitReady(hctx, n.cfg.RecoverTimeout); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("recovery: %w", rerr))
 	}
+	if cmds != nil {
+		if c := cmds.TakeCommands(); len(c) > 0 {
+			f.Detail += " [" + strings.Join(c, "; ") + "]"
+		}
+	}
 	if err != nil {
 		f.Err = err.Error()
 		n.logf("nemesis: %s: %v", kind, err)
@@ -285,13 +409,43 @@ func (n *Nemesis) Apply(ctx context.Context, kind string) {
 	n.rec.AddFault(f.Fault)
 }
 
-func (n *Nemesis) ids() []string {
-	var out []string
-	for _, nd := range n.c.Nodes() {
-		out = append(out, nd.ID)
+// newLeader waits, up to LeaderChangeTimeout, for the nodes cut off from
+// f.oldLeader to elect another leader, and notes in f's detail who led.
+// Not finding one is an error only with RequireLeaderChange, or when the
+// run ended meanwhile (the wait uses the run's context).
+func (n *Nemesis) newLeader(ctx context.Context, f *fault) error {
+	if ctx.Err() != nil {
+		f.Detail += "; leader change not checked: the run ended during the hold"
+		return nil
 	}
-	return out
+	wctx, cancel := context.WithTimeout(ctx, n.cfg.LeaderChangeTimeout)
+	defer cancel()
+	last := ""
+	for {
+		if l, err := n.c.Leader(wctx); err == nil {
+			last = l
+			if l != f.oldLeader {
+				f.Detail += fmt.Sprintf("; new leader %s (was %s)", l, f.oldLeader)
+				return nil
+			}
+		}
+		select {
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				f.Detail += "; leader change not checked: the run ended before a new leader was seen"
+				return nil
+			}
+			f.Detail += fmt.Sprintf("; no new leader within %v (last seen: %q)", n.cfg.LeaderChangeTimeout, last)
+			if n.cfg.RequireLeaderChange {
+				return fmt.Errorf("nemesis: no leader other than the cut-off %s within %v of the hold's end", f.oldLeader, n.cfg.LeaderChangeTimeout)
+			}
+			return nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
+
+func (n *Nemesis) ids() []string { return n.c.IDs() }
 
 func (n *Nemesis) shuffled() []string {
 	ids := n.ids()
@@ -365,8 +519,10 @@ func groups(gs ...[]string) string {
 func (n *Nemesis) start(ctx context.Context, f *fault) error {
 	switch f.Kind {
 	case PartitionHalves:
+		// The larger half first: a cluster that cuts one group from the
+		// rest (partition.sh split) cuts that one.
 		ids := n.shuffled()
-		a, b := ids[:len(ids)/2], ids[len(ids)/2:]
+		a, b := ids[:(len(ids)+1)/2], ids[(len(ids)+1)/2:]
 		f.Nodes = ids
 		return n.partition(f, cutBetween(a, b), groups(a, b))
 
@@ -376,7 +532,7 @@ func (n *Nemesis) start(ctx context.Context, f *fault) error {
 			return err
 		}
 		rest := without(n.ids(), l)
-		f.Nodes = []string{l}
+		f.Nodes, f.oldLeader = []string{l}, l
 		return n.partition(f, cutBetween([]string{l}, rest), groups([]string{l}, rest))
 
 	case PartitionLeaderMinority:
@@ -388,7 +544,7 @@ func (n *Nemesis) start(ctx context.Context, f *fault) error {
 		k := (len(others)+1)/2 - 1 // the leader plus k others stay a minority
 		minority := append([]string{l}, others[:k]...)
 		majority := others[k:]
-		f.Nodes = minority
+		f.Nodes, f.oldLeader = minority, l
 		return n.partition(f, cutBetween(minority, majority), groups(minority, majority))
 
 	case PartitionBridge:
@@ -481,8 +637,9 @@ func (n *Nemesis) start(ctx context.Context, f *fault) error {
 		f.cut = cutBetween([]string{id}, without(n.ids(), id))
 		f.Detail = fmt.Sprintf("drop all traffic to and from %s %s, clients' included, no RST", role, id)
 		f.hold = n.between(n.cfg.FaultMin, n.cfg.FaultMax)
-		f.heal = func(context.Context) error { return n.c.Unblackhole() }
-		return n.c.Blackhole(id)
+		bh := n.c.(Blackholer)
+		f.heal = func(context.Context) error { return bh.Unblackhole() }
+		return bh.Blackhole(id)
 
 	case PauseClient:
 		d := n.cfg.LeaseDuration + time.Second
@@ -541,8 +698,9 @@ func (n *Nemesis) start(ctx context.Context, f *fault) error {
 		f.Nodes, f.down = []string{id}, []string{id}
 		f.Detail = "remove member " + id + ", then re-add it with an empty data dir"
 		f.hold = n.between(n.cfg.FaultMin/2, n.cfg.FaultMax/2)
-		f.heal = func(ctx context.Context) error { return n.c.Rejoin(ctx, id) }
-		return n.c.RemoveMember(ctx, id)
+		rj := n.c.(Rejoiner)
+		f.heal = func(ctx context.Context) error { return rj.Rejoin(ctx, id) }
+		return rj.RemoveMember(ctx, id)
 	}
 	return fmt.Errorf("nemesis: unknown fault kind %q", f.Kind)
 }
@@ -558,11 +716,12 @@ func (n *Nemesis) stallRaft(ctx context.Context, f *fault) error {
 		return err
 	}
 	d := n.cfg.stallDelay()
-	st, err := n.c.Status(ctx, l)
+	sc := n.c.(Staller)
+	st, err := sc.Status(ctx, l)
 	if err != nil {
 		return err
 	}
-	before, err := n.c.Metrics(ctx, l)
+	before, err := sc.Metrics(ctx, l)
 	if err != nil {
 		return err
 	}
@@ -570,11 +729,11 @@ func (n *Nemesis) stallRaft(ctx context.Context, f *fault) error {
 	f.hold = n.between(n.cfg.FaultMin, n.cfg.FaultMax)
 	f.Detail = fmt.Sprintf("entries from leader %s (term %d) delayed %v, expiry propose timeout %v; heartbeats and gRPC on time", l, st.GetTerm(), d, n.cfg.ProposeTimeout)
 	f.heal = func(ctx context.Context) error {
-		after, merr := n.c.Metrics(ctx, l)
-		held, err := n.c.UnstallRaft()
+		after, merr := sc.Metrics(ctx, l)
+		held, err := sc.UnstallRaft()
 		detail := f.Detail
 		f.Detail += fmt.Sprintf(": %d packets delayed", held)
-		if now, serr := n.c.Status(ctx, l); serr == nil && now.GetTerm() == st.GetTerm() && now.GetLeader() == l {
+		if now, serr := sc.Status(ctx, l); serr == nil && now.GetTerm() == st.GetTerm() && now.GetLeader() == l {
 			f.Detail += "; leader kept"
 		} else {
 			f.Detail += "; leadership lost"
@@ -589,7 +748,7 @@ func (n *Nemesis) stallRaft(ctx context.Context, f *fault) error {
 		n.logf("nemesis: %s ends:%s", StallRaft, strings.TrimPrefix(f.Detail, detail))
 		return err
 	}
-	return n.c.StallRaft(l, d)
+	return sc.StallRaft(l, d)
 }
 
 // rollingUpgrade moves one more node to n.toward: a follower while one is
@@ -602,6 +761,7 @@ func (n *Nemesis) stallRaft(ctx context.Context, f *fault) error {
 // is recorded, the node goes back to the newer binary, and the upgrade
 // stays there.
 func (n *Nemesis) rollingUpgrade(ctx context.Context, f *fault) error {
+	up := n.c.(Upgrader) // New checked it
 	to := n.toward
 	if n.refused {
 		to = n.cfg.UpgradeTo
@@ -612,7 +772,7 @@ func (n *Nemesis) rollingUpgrade(ctx context.Context, f *fault) error {
 	}
 	var pending []string
 	for _, id := range n.ids() {
-		if n.c.Binary(id) != to {
+		if up.Binary(id) != to {
 			pending = append(pending, id)
 		}
 	}
@@ -639,7 +799,7 @@ func (n *Nemesis) rollingUpgrade(ctx context.Context, f *fault) error {
 		role = "leader"
 		var target string
 		for _, o := range n.ids() {
-			if o != id && n.c.Binary(o) == to {
+			if o != id && up.Binary(o) == to {
 				target = o
 				break
 			}
@@ -652,7 +812,7 @@ func (n *Nemesis) rollingUpgrade(ctx context.Context, f *fault) error {
 		}
 		role = "leader, after handing the leadership to " + target
 	}
-	from := n.c.Binary(id)
+	from := up.Binary(id)
 	f.Nodes, f.down = []string{id}, []string{id}
 	f.Detail = fmt.Sprintf("%s (%s): %s -> %s", id, role, binName(from), binName(to))
 	f.hold = n.between(0, n.cfg.FaultMin/2) // the binary being replaced
@@ -664,22 +824,22 @@ func (n *Nemesis) rollingUpgrade(ctx context.Context, f *fault) error {
 		if werr == nil || to != n.cfg.UpgradeFrom {
 			return werr
 		}
-		_, why, _ := n.c.Readyz(ctx, id)
+		_, why, _ := up.Readyz(ctx, id)
 		if !strings.Contains(why, "upgrade this node") {
 			return werr
 		}
 		// Refused: the older binary met an entry it cannot apply.
 		n.refused = true
 		f.Detail += fmt.Sprintf("; refused by the older binary (%s); back to %s", why, binName(n.cfg.UpgradeTo))
-		if err := n.c.SetBinary(id, n.cfg.UpgradeTo); err != nil {
+		if err := up.SetBinary(id, n.cfg.UpgradeTo); err != nil {
 			return err
 		}
 		return n.c.Restart(id, 0)
 	}
-	if err := n.c.Stop(id); err != nil {
+	if err := up.Stop(id); err != nil {
 		return err
 	}
-	return n.c.SetBinary(id, to)
+	return up.SetBinary(id, to)
 }
 
 // binName is how a fault's detail names a binary: its directory's name
@@ -692,7 +852,7 @@ func binName(path string) string {
 func (n *Nemesis) transfer(ctx context.Context, id string) error {
 	var err error
 	for i := 0; i < 10; i++ {
-		if err = n.c.TransferLeadership(ctx, id); err == nil {
+		if err = n.c.(Transferer).TransferLeadership(ctx, id); err == nil {
 			if l, lerr := n.c.WaitLeader(ctx, 5*time.Second); lerr == nil && l == id {
 				return nil
 			}

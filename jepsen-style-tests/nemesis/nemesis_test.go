@@ -1,9 +1,15 @@
 package nemesis
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/history"
 )
 
 func TestRingCut(t *testing.T) {
@@ -132,5 +138,96 @@ func TestBlackholeKeepsAMajority(t *testing.T) {
 	}
 	if majorityConnected(ids, []string{"n1"}, cutBetween([]string{"n2"}, without(ids, "n2"))) {
 		t.Error("a majority left with one node down and another black-holed")
+	}
+}
+
+// leaderCluster is a Cluster whose leader is scripted: leaders[i] answers
+// the i-th Leader call, the last one every later call.
+type leaderCluster struct {
+	leaders []string
+	calls   int
+	cuts    [][][2]string
+	heals   int
+}
+
+func (c *leaderCluster) IDs() []string { return []string{"n1", "n2", "n3"} }
+func (c *leaderCluster) Leader(context.Context) (string, error) {
+	l := c.leaders[min(c.calls, len(c.leaders)-1)]
+	c.calls++
+	if l == "" {
+		return "", errors.New("no leader")
+	}
+	return l, nil
+}
+func (c *leaderCluster) WaitLeader(ctx context.Context, _ time.Duration) (string, error) {
+	return c.Leader(ctx)
+}
+func (c *leaderCluster) WaitReady(context.Context, time.Duration) error { return nil }
+func (c *leaderCluster) Partition(cut [][2]string) error {
+	c.cuts = append(c.cuts, cut)
+	return nil
+}
+func (c *leaderCluster) Heal() error                   { c.heals++; return nil }
+func (c *leaderCluster) Kill(string) error             { return nil }
+func (c *leaderCluster) Restart(string, float64) error { return nil }
+func (c *leaderCluster) Pause(string) error            { return nil }
+func (c *leaderCluster) Resume(string) error           { return nil }
+
+// TestLeaderChangeUnderIsolation: isolating the leader notes the leader
+// the others elected, and with RequireLeaderChange a leader that stays is
+// the fault's error.
+func TestLeaderChangeUnderIsolation(t *testing.T) {
+	tests := []struct {
+		name       string
+		leaders    []string
+		require    bool
+		wantDetail string
+		wantErr    bool
+	}{
+		{"new leader", []string{"n1", "n1", "n3"}, true, "new leader n3 (was n1)", false},
+		{"none, required", []string{"n1"}, true, "no new leader within", true},
+		{"none, not required", []string{"n1"}, false, "no new leader within", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Kinds = []string{PartitionIsolateLeader}
+			cfg.FaultMin, cfg.FaultMax = time.Millisecond, time.Millisecond
+			cfg.LeaderChangeTimeout = 300 * time.Millisecond
+			cfg.RequireLeaderChange = tt.require
+			c := &leaderCluster{leaders: tt.leaders}
+			rec := history.NewRecorder()
+			n, err := New(cfg, c, rec, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.Apply(context.Background(), PartitionIsolateLeader)
+			h := rec.History(history.Meta{})
+			if len(h.Faults) != 1 {
+				t.Fatalf("%d faults recorded, want 1", len(h.Faults))
+			}
+			f := h.Faults[0]
+			if !strings.Contains(f.Detail, tt.wantDetail) {
+				t.Errorf("detail %q, want it to contain %q", f.Detail, tt.wantDetail)
+			}
+			if got := f.Err != ""; got != tt.wantErr {
+				t.Errorf("fault error %q, want an error: %v", f.Err, tt.wantErr)
+			}
+			if len(c.cuts) != 1 || c.heals != 1 {
+				t.Errorf("%d partitions and %d heals, want 1 each", len(c.cuts), c.heals)
+			}
+		})
+	}
+}
+
+// TestUnsupportedKinds: a cluster without the optional abilities cannot
+// be given the faults that need them.
+func TestUnsupportedKinds(t *testing.T) {
+	for _, k := range []string{ClockSkew, Membership, StallRaft, Blackhole} {
+		cfg := DefaultConfig()
+		cfg.Kinds = []string{k}
+		if _, err := New(cfg, &leaderCluster{leaders: []string{"n1"}}, nil, nil); err == nil {
+			t.Errorf("New accepted %s for a cluster that cannot make it", k)
+		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ import (
 	"time"
 
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/checker"
+	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/compose"
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/harness"
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/history"
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/nemesis"
@@ -39,9 +41,15 @@ import (
 type Config struct {
 	Nodes int
 	// Endpoints, when set, name an external cluster's gRPC addresses: the
-	// run makes no cluster and runs no nemesis.
+	// run makes no cluster, and runs no nemesis unless PartitionScript is
+	// set too.
 	Endpoints []string
-	Duration  time.Duration
+	// PartitionScript, with Endpoints, is the docker compose cluster's
+	// jepsen-style-tests/compose/partition.sh: the nemesis makes its
+	// faults (compose.Kinds) through it, on nodes n1, n2, ... in the
+	// order of Endpoints, and each leader isolation must see a new leader.
+	PartitionScript string
+	Duration        time.Duration
 	// Mode is the network mode: auto, netns or loopback.
 	Mode string
 	// Binary is a lease-node to use; empty builds one into the run dir.
@@ -194,11 +202,20 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	// checkers only; its faults come from outside (compose/partition.sh).
 	var cluster *harness.Cluster
 	var upgradeFrom, upgradeTo string
+	// nc is what the nemesis drives: the harness's cluster or compose's.
+	var nc nemesis.Cluster
 	endpoints := cfg.Endpoints
 	mode := "external"
-	if len(endpoints) > 0 {
+	if len(endpoints) > 0 && cfg.PartitionScript != "" {
+		cc, err := newCompose(ctx, cfg, logf)
+		if err != nil {
+			return nil, err
+		}
+		defer cc.Close()
+		nc, mode = cc, "compose"
+	} else if len(endpoints) > 0 {
 		if len(cfg.Nemesis) > 0 {
-			return nil, errors.New("runner: the nemesis needs the harness's cluster; with Endpoints inject faults by hand (compose/partition.sh)")
+			return nil, errors.New("runner: the nemesis needs the harness's cluster or, for docker compose, PartitionScript (-partition-script); else inject faults by hand (compose/partition.sh)")
 		}
 		logf("external cluster at %s: no nemesis", strings.Join(endpoints, ","))
 	} else {
@@ -232,6 +249,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		logf("cluster ready in %s mode, leader %s", cluster.Mode(), leader)
 		endpoints = cluster.Endpoints()
 		mode = string(cluster.Mode())
+		nc = cluster
 	}
 
 	rec := history.NewRecorder()
@@ -268,7 +286,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		ncfg.ProposeTimeout = harness.DefaultConfig().ExpiryProposeTimeout
 		ncfg.Seed, ncfg.Logf = cfg.Seed, logf
 		ncfg.UpgradeFrom, ncfg.UpgradeTo, ncfg.Downgrade = upgradeFrom, upgradeTo, cfg.Downgrade
-		if nem, err = nemesis.New(ncfg, cluster, rec, wl); err != nil {
+		// In compose runs partition.sh's isolations must be seen to work.
+		ncfg.RequireLeaderChange = mode == "compose"
+		if nem, err = nemesis.New(ncfg, nc, rec, wl); err != nil {
 			return nil, err
 		}
 	}
@@ -393,6 +413,33 @@ func (l *leaderTracker) follow(ctx context.Context, c *harness.Cluster) {
 		case <-t.C:
 		}
 	}
+}
+
+// newCompose returns the docker compose cluster at cfg.Endpoints, driven
+// through cfg.PartitionScript, once it has a leader.
+func newCompose(ctx context.Context, cfg Config, logf func(string, ...any)) (*compose.Cluster, error) {
+	for _, k := range cfg.Nemesis {
+		if !slices.Contains(compose.Kinds, k) {
+			return nil, fmt.Errorf("runner: partition.sh cannot make %s faults (compose kinds: %s)", k, strings.Join(compose.Kinds, ", "))
+		}
+	}
+	ccfg := compose.DefaultConfig()
+	ccfg.Script, ccfg.Endpoints, ccfg.Logf = cfg.PartitionScript, cfg.Endpoints, logf
+	ccfg.IDs = nil
+	for i := range cfg.Endpoints {
+		ccfg.IDs = append(ccfg.IDs, fmt.Sprintf("n%d", i+1))
+	}
+	cc, err := compose.New(ccfg)
+	if err != nil {
+		return nil, err
+	}
+	leader, err := cc.WaitLeader(ctx, 30*time.Second)
+	if err != nil {
+		cc.Close()
+		return nil, fmt.Errorf("runner: compose cluster at %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	logf("compose cluster at %s (%s), leader %s; faults through %s", strings.Join(cfg.Endpoints, ","), strings.Join(ccfg.IDs, " "), leader, cfg.PartitionScript)
+	return cc, nil
 }
 
 // Check runs the checkers on h and fills in res's counts and verdicts.

@@ -21,6 +21,7 @@ import (
 	"syscall"
 
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/checker"
+	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/compose"
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/nemesis"
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/runner"
 )
@@ -67,7 +68,8 @@ func run() int {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "lease-node --log-level")
 	fs.StringVar(&cfg.UpgradeFrom, "upgrade-from", "", "rolling upgrade: start the cluster on lease-node built from this git tag (e.g. "+runner.PreviousRelease+") and move it to the current tree's one node at a time (nemesis default: "+nemesis.RollingUpgrade+")")
 	fs.BoolVar(&cfg.Downgrade, "downgrade", false, "with -upgrade-from: go back to the older release after the upgrade, and forth again")
-	endpoints := fs.String("endpoints", "", "run the workload against this external cluster (host:port,...), e.g. docker compose; no nemesis")
+	endpoints := fs.String("endpoints", "", "run the workload against this external cluster (host:port,...), e.g. docker compose; no nemesis unless -partition-script")
+	fs.StringVar(&cfg.PartitionScript, "partition-script", "", "with -endpoints: the docker compose cluster's compose/partition.sh, through which the nemesis makes its faults (default kinds: "+strings.Join(compose.ShortKinds, ",")+")")
 	check := fs.String("check", "", "only re-run the checkers on this run directory's history.jsonl")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -87,6 +89,10 @@ func run() int {
 		return exitCode(res)
 	}
 
+	if cfg.PartitionScript != "" && *endpoints == "" {
+		fmt.Fprintln(os.Stderr, "jepsen: -partition-script drives a docker compose cluster: it needs -endpoints")
+		return 2
+	}
 	nemSet := false
 	fs.Visit(func(f *flag.Flag) { nemSet = nemSet || f.Name == "nemesis" })
 	if cfg.UpgradeFrom != "" && !nemSet {
@@ -94,7 +100,11 @@ func run() int {
 	}
 	if *endpoints != "" {
 		cfg.Endpoints = strings.Split(*endpoints, ",")
-		if !nemSet {
+		switch {
+		case nemSet:
+		case cfg.PartitionScript != "":
+			*nem = strings.Join(compose.ShortKinds, ",")
+		default:
 			*nem = "none"
 		}
 	}
