@@ -101,22 +101,42 @@ func mapRaftError(err error) error {
 
 // ProposeExpire implements leasing.Proposer. The command names term, the
 // one the manager was promoted for, so the FSM ignores it if it reaches the
-// log in any other term.
+// log in any other term. The holdings that are lock delays the leader saw
+// run out are ended by an EndDelay of the same term, after the Expire.
 func (n *Node) ProposeExpire(ctx context.Context, term uint64, hs []leasing.Holding) error {
 	if n.raft.CurrentTerm() != term {
 		return ErrNotLeader
 	}
-	e := &fsmpb.Expire{Term: term, Entries: make([]*fsmpb.ExpireEntry, len(hs))}
-	for i, h := range hs {
-		e.Entries[i] = &fsmpb.ExpireEntry{
+	// Expired holdings with a lock delay leave their leases delayed
+	// (dropped by Fit while a member runs an older binary).
+	e := &fsmpb.Expire{Term: term, LockDelays: n.cfg.Fault != FaultSkipLockDelay}
+	d := &fsmpb.EndDelay{Term: term}
+	for _, h := range hs {
+		if h.Delay {
+			d.Entries = append(d.Entries, &fsmpb.EndDelayEntry{Namespace: h.Key.Namespace, Name: h.Key.Name, Token: h.Token})
+			continue
+		}
+		e.Entries = append(e.Entries, &fsmpb.ExpireEntry{
 			Namespace: h.Key.Namespace, Name: h.Key.Name, Token: h.Token, RenewIndex: h.RenewIndex,
+		})
+	}
+	if len(e.Entries) > 0 {
+		res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Expire{Expire: e}})
+		if err != nil {
+			return err
+		}
+		if res.Err != nil {
+			return res.Err
 		}
 	}
-	res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Expire{Expire: e}})
-	if err != nil {
-		return err
+	if len(d.Entries) > 0 {
+		res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_EndDelay{EndDelay: d}})
+		if err != nil {
+			return err
+		}
+		return res.Err
 	}
-	return res.Err
+	return nil
 }
 
 // ReadBarrier returns once a read of the local FSM is linearizable: this
