@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/leasekeeper/leasekeeper/clock"
 	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/fsm/fsmpb"
@@ -80,7 +83,10 @@ func TestLockDelayOnRealRaft(t *testing.T) {
 		t.Fatalf("lock delay %v, want 3s", a.LockDelay)
 	}
 	acquireDelay(t, leader, "db", "w", time.Minute, 0, true)
-	clk.Advance(2*time.Second + time.Nanosecond)
+	acquireDelay(t, leader, "plain", "p", 1500*time.Millisecond, 0, false)
+	clk.Advance(1500*time.Millisecond + time.Nanosecond)
+	waitLease(t, c, "plain", "free at once (no lock delay)", func(l *fsm.Lease) bool { return l.Holder == "" && !l.Delayed })
+	clk.Advance(500 * time.Millisecond)
 	waitLease(t, c, "db", "delayed after the expiry", func(l *fsm.Lease) bool {
 		return l.Delayed && l.Holder == "" && l.Token == a.Token && len(l.Waiters) == 1
 	})
@@ -115,4 +121,46 @@ func TestLockDelayOnRealRaft(t *testing.T) {
 	waitLease(t, c, "db", "held by the waiter", func(l *fsm.Lease) bool {
 		return !l.Delayed && l.Holder == "w" && l.Token > a.Token
 	})
+
+	// In the log: the Expire of db started a delay and needs version 3;
+	// the earlier one of plain (and old), without a delay, stays readable by an older
+	// binary (a downgrade); the EndDelay needs 3.
+	expires := map[string]*fsmpb.Command{}
+	var endDelay *fsmpb.Command
+	log := c.Log(c.Index(nl))
+	first, _ := log.FirstIndex()
+	last, _ := log.LastIndex()
+	for i := first; i <= last; i++ {
+		var e raft.Log
+		if err := log.GetLog(i, &e); err != nil || e.Type != raft.LogCommand {
+			continue
+		}
+		var top fsmpb.Command
+		if err := proto.Unmarshal(e.Data, &top); err != nil {
+			t.Fatal(err)
+		}
+		cmds := []*fsmpb.Command{&top}
+		if b := top.GetBatch(); b != nil {
+			cmds = b.Commands
+		}
+		for _, cmd := range cmds {
+			if ex := cmd.GetExpire(); ex != nil {
+				for _, en := range ex.Entries {
+					expires[en.Name] = cmd
+				}
+			}
+			if cmd.GetEndDelay() != nil {
+				endDelay = cmd
+			}
+		}
+	}
+	if ex := expires["db"]; ex == nil || !ex.GetExpire().LockDelays || ex.RequiredVersion != 3 {
+		t.Errorf("Expire of db: %v, want lock_delays and version 3", ex)
+	}
+	if ex := expires["plain"]; ex == nil || ex == expires["db"] || ex.GetExpire().LockDelays || ex.RequiredVersion > 2 {
+		t.Errorf("Expire of plain (and old), without db: %v, want no lock_delays and version 2 at most", ex)
+	}
+	if endDelay == nil || endDelay.RequiredVersion != 3 {
+		t.Errorf("EndDelay: %v, want version 3", endDelay)
+	}
 }

@@ -107,9 +107,7 @@ func (n *Node) ProposeExpire(ctx context.Context, term uint64, hs []leasing.Hold
 	if n.raft.CurrentTerm() != term {
 		return ErrNotLeader
 	}
-	// Expired holdings with a lock delay leave their leases delayed
-	// (dropped by Fit while a member runs an older binary).
-	e := &fsmpb.Expire{Term: term, LockDelays: n.cfg.Fault != FaultSkipLockDelay}
+	e := &fsmpb.Expire{Term: term}
 	d := &fsmpb.EndDelay{Term: term}
 	for _, h := range hs {
 		if h.Delay {
@@ -119,6 +117,16 @@ func (n *Node) ProposeExpire(ctx context.Context, term uint64, hs []leasing.Hold
 		e.Entries = append(e.Entries, &fsmpb.ExpireEntry{
 			Namespace: h.Key.Namespace, Name: h.Key.Name, Token: h.Token, RenewIndex: h.RenewIndex,
 		})
+		// Expired holdings with a lock delay leave their leases delayed
+		// (Fit drops the flag while a member runs an older binary). The
+		// flag is set only when a named holding has a delay, so an
+		// Expire of holdings without one stays readable by an older
+		// binary (a downgrade). A holding's lock delay changes only with
+		// its token or renew index, which the Expire names: if the table
+		// has moved past them, the Expire does nothing to that lease.
+		if l, ok := n.fsm.Get(h.Key.Namespace, h.Key.Name); ok && l.Token == h.Token && l.RenewIndex == h.RenewIndex && l.LockDelay > 0 {
+			e.LockDelays = n.cfg.Fault != FaultSkipLockDelay
+		}
 	}
 	if len(e.Entries) > 0 {
 		res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Expire{Expire: e}})
