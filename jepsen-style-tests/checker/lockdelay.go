@@ -112,7 +112,7 @@ func LockDelay(h *history.History) Result {
 	}
 	r.Stats = map[string]any{"holdings_with_lock_delay": delayed, "expired_holdings_checked": checked}
 	if r.Valid {
-		r.Summary = fmt.Sprintf("%d holdings with a lock delay; after the %d that were not released, no new holding began within the delay", delayed, checked)
+		r.Summary = fmt.Sprintf("%d holdings with a lock delay, %d of them ended unreleased and followed by another: none followed within the delay", delayed, checked)
 	} else {
 		r.Summary = fmt.Sprintf("%d new holdings began within a lock delay", r.ViolationCount)
 	}
