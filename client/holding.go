@@ -255,6 +255,9 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 	if o.grace > 0 {
 		req.GracePeriod = durationpb.New(o.grace)
 	}
+	if o.lockDelay > 0 {
+		req.LockDelay = durationpb.New(o.lockDelay)
+	}
 	// sent is read before each attempt: the answered one was sent last,
 	// and the node applied it (as a renewal, if an earlier attempt had
 	// begun the holding) after that.

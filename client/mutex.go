@@ -18,6 +18,10 @@ import (
 // there; a waiter that stops calling for longer than its duration plus
 // grace loses its place. A Lock whose ctx ends leaves the queue.
 //
+// With WithLockDelay, a holding that ends by expiry (the holder failed,
+// not Unlock) keeps the lease from every waiter for the lock delay; the
+// first waiter gets it when the delay is over.
+//
 // A held lock ends when Unlock is called or when the holding is lost:
 // Context is then cancelled and Lost closed. Pass FencingToken to every
 // resource that the lock protects (see package fence), because a process

@@ -119,6 +119,8 @@ type options struct {
 	// outcome is unknown (Mutex.Lock, a LeaderElector, a Heartbeat): hold
 	// leaves the cleanup to it unless ctx has ended.
 	retrying bool
+	// lockDelay is asked of the server with every acquire (0: none).
+	lockDelay time.Duration
 }
 
 func defaultOptions() options {
@@ -146,6 +148,8 @@ func (o options) validate() error {
 		return fmt.Errorf("%w: lease duration must be positive, got %v", ErrInvalid, o.duration)
 	case o.grace < 0:
 		return fmt.Errorf("%w: grace period must not be negative, got %v", ErrInvalid, o.grace)
+	case o.lockDelay < 0:
+		return fmt.Errorf("%w: lock delay must not be negative, got %v", ErrInvalid, o.lockDelay)
 	case o.renewEvery < 0:
 		return fmt.Errorf("%w: renew interval must not be negative, got %v", ErrInvalid, o.renewEvery)
 	case o.renewFraction < 0 || o.renewFraction >= 1:
@@ -177,6 +181,16 @@ func WithGrace(d time.Duration) Option { return func(o *options) { o.grace = d }
 func WithLabels(labels map[string]string) Option {
 	return func(o *options) { o.labels = labels }
 }
+
+// WithLockDelay asks for a lock delay (Consul's and Chubby's lock-delay):
+// if this holder's holding ends by expiry, because it stopped renewing,
+// rather than by Unlock or Release, the server keeps the lease from
+// everyone, waiters included, for d after it expired the holding, so that
+// work the lost holder still has in flight drains before the next holder
+// starts. An Unlock hands the lease on at once. The server bounds d
+// (lease-node --max-lock-delay, 1 minute by default) and refuses a larger
+// one with ErrInvalid; 0, the default, asks for none.
+func WithLockDelay(d time.Duration) Option { return func(o *options) { o.lockDelay = d } }
 
 // WithRenewInterval sets how often the renewal engine renews the holding,
 // instead of a fraction of the duration (Config.RenewFraction, or a

@@ -39,6 +39,9 @@ var (
 	ErrBadCommand = errors.New("fsm: malformed command")
 	// ErrExists: a create named a lease that exists.
 	ErrExists = errors.New("fsm: lease already exists")
+	// ErrLockDelayed: a whole-object write named a holder while the lease
+	// is in the lock delay after its last holder expired.
+	ErrLockDelayed = errors.New("fsm: lease is in its lock delay after its last holding expired; nobody can hold it until the delay ends")
 )
 
 // EventType says what a write did to a lease.
@@ -104,6 +107,8 @@ type Result struct {
 	Renews []Result
 	// Expired counts the holdings an Expire ended.
 	Expired int
+	// DelaysEnded counts the lock delays an EndDelay ended.
+	DelaysEnded int
 	// Batch has one result per command of a Batch, in order.
 	Batch []*Result
 	// Queued: an Acquire with wait put (or kept) the caller in the queue,
@@ -251,6 +256,8 @@ func (f *FSM) apply(c *fsmpb.Command, index, term uint64) *Result {
 		return f.write(op.Write, index, now)
 	case *fsmpb.Command_Dequeue:
 		return f.dequeue(op.Dequeue)
+	case *fsmpb.Command_EndDelay:
+		return f.endDelay(op.EndDelay, index, term, now)
 	case *fsmpb.Command_Batch:
 		r := &Result{Batch: make([]*Result, len(op.Batch.Commands))}
 		for i, sub := range op.Batch.Commands {
@@ -308,6 +315,7 @@ func (f *FSM) acquire(a *fsmpb.Acquire, index uint64, now int64) *Result {
 			CreateTime:     now,
 			CreateRevision: f.revision + 1,
 			RenewIndex:     index,
+			LockDelay:      time.Duration(a.LockDelayNs),
 		}
 		f.newHolding(l, a.Holder, now)
 		f.store(l, EventAdded)
@@ -320,12 +328,14 @@ func (f *FSM) acquire(a *fsmpb.Acquire, index uint64, now int64) *Result {
 		l.RenewIndex = index
 		l.Duration = time.Duration(a.DurationNs)
 		l.Grace = time.Duration(a.GraceNs)
+		l.LockDelay = time.Duration(a.LockDelayNs)
 		f.store(l, EventRenewed)
 		return &Result{Lease: l, Acquired: true, Renewed: true}
-	case old.Holder == "":
+	case old.Holder == "" && !old.Delayed:
 		l := old.clone()
 		l.Duration = time.Duration(a.DurationNs)
 		l.Grace = time.Duration(a.GraceNs)
+		l.LockDelay = time.Duration(a.LockDelayNs)
 		l.RenewIndex = index
 		if len(a.Labels) > 0 {
 			l.Labels = a.Labels
@@ -347,10 +357,13 @@ func (f *FSM) acquire(a *fsmpb.Acquire, index uint64, now int64) *Result {
 		// quadratic. See Lease.Waiters for why that is safe.
 		l.Waiters = append(old.Waiters, Waiter{
 			Holder: a.Holder, Duration: time.Duration(a.DurationNs), Grace: time.Duration(a.GraceNs), Labels: a.Labels,
+			LockDelay: time.Duration(a.LockDelayNs),
 		})
 		f.store(l, EventModified)
 		return &Result{Lease: l, Queued: true, Position: len(l.Waiters)}
 	default:
+		// Held by another, or delayed: refused, and the caller learns why
+		// from the lease.
 		return &Result{Lease: old}
 	}
 }
@@ -366,7 +379,7 @@ func (f *FSM) ended(l *Lease, t EventType, index uint64, now int64) *Lease {
 	next := l.clone()
 	w := next.Waiters[0]
 	next.Waiters = next.Waiters[1:]
-	next.Duration, next.Grace = w.Duration, w.Grace
+	next.Duration, next.Grace, next.LockDelay = w.Duration, w.Grace, w.LockDelay
 	if len(w.Labels) > 0 {
 		next.Labels = w.Labels
 	}
@@ -454,8 +467,39 @@ func (f *FSM) expire(e *fsmpb.Expire, index, term uint64, now int64) *Result {
 		l := old.clone()
 		l.endHolding(now, EndExpired)
 		l.Holder = ""
-		f.ended(l, EventExpired, index, now)
 		r.Expired++
+		if e.LockDelays && l.LockDelay > 0 {
+			// The holder failed rather than let go: its work may still be
+			// in flight, so nobody gets the lease until the leader, on
+			// its own clock, ends the delay. The waiters keep their places.
+			l.Delayed = true
+			f.store(l, EventExpired)
+			continue
+		}
+		f.ended(l, EventExpired, index, now)
+	}
+	return r
+}
+
+// endDelay ends the lock delays named in e: each lease goes to its first
+// waiter, or is free. Like an Expire, it counts only in a log entry of its
+// leader's term, and only for the very delay it names (the token of the
+// holding whose expiry began it): ending a delay late is safe, ending it
+// early is not, and a later leader gave every delay a fresh full length.
+func (f *FSM) endDelay(e *fsmpb.EndDelay, index, term uint64, now int64) *Result {
+	r := &Result{}
+	if e.Term != term {
+		return r
+	}
+	for _, x := range e.Entries {
+		old := f.leases.get(x.Namespace, x.Name)
+		if old == nil || !old.Delayed || old.Token != x.Token {
+			continue
+		}
+		l := old.clone()
+		l.Delayed = false
+		f.ended(l, EventModified, index, now)
+		r.DelaysEnded++
 	}
 	return r
 }
@@ -486,6 +530,8 @@ func (f *FSM) write(w *fsmpb.Write, index uint64, now int64) *Result {
 		}
 		f.newHolding(l, w.Holder, now)
 		l.RenewIndex = index
+		// A whole-object writer has no lock delay to ask for.
+		l.LockDelay = 0
 		t = EventAcquired
 	case w.Holder != "" && w.Holder == prev:
 		l.RenewTime = now
@@ -519,6 +565,10 @@ func checkWrite(w *fsmpb.Write, old *Lease) *Result {
 		return &Result{Err: ErrConflict, Lease: old}
 	case w.CheckHolding && holdingToken(old) != w.HoldingToken:
 		return &Result{Err: ErrConflict, Lease: old}
+	case old != nil && old.Delayed && w.Holder != "":
+		// A writer may not let a new holder in before the delay is over,
+		// any more than an acquirer may.
+		return &Result{Err: ErrLockDelayed, Lease: old}
 	}
 	return nil
 }
@@ -633,6 +683,20 @@ func (f *FSM) Held() []*Lease {
 	out := make([]*Lease, 0, f.leases.held)
 	for l := range f.leases.all() {
 		if l.Holder != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Delayed returns every lease in its lock delay, in no particular order.
+// The leader tracks their delays as it tracks holdings.
+func (f *FSM) Delayed() []*Lease {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []*Lease
+	for l := range f.leases.all() {
+		if l.Delayed {
 			out = append(out, l)
 		}
 	}

@@ -41,8 +41,17 @@ type Lease struct {
 	// Object is the representation a whole-object writer (the Kubernetes
 	// Lease API) stored, as it gave it; nil for leases written otherwise.
 	Object []byte
+	// LockDelay is the lock delay its acquirer asked for: after the
+	// holding ends by expiry (not a release), the lease stays delayed this
+	// long. Kept while the lease is free, as Token is.
+	LockDelay time.Duration
+	// Delayed: the lease is free but in the lock delay that the expiry of
+	// the holding of Token began. Nobody is granted it, not a waiter nor a
+	// new acquirer, until the leader ends the delay (EndDelay).
+	Delayed bool
 	// Waiters queue for the lease, first in line first. They are never
-	// empty while the lease is free: a holding that ends goes to the first.
+	// empty while the lease is free and not delayed: a holding that ends
+	// goes to the first, and so does a lock delay that ends.
 	//
 	// Versions of a lease share the queue's array: a new waiter is
 	// appended in place, and the first leaves by reslicing. That is safe
@@ -70,6 +79,9 @@ type Waiter struct {
 	Duration time.Duration
 	Grace    time.Duration
 	Labels   map[string]string
+	// LockDelay is the lock delay the waiter asked for, the lease's once
+	// it is handed the lease.
+	LockDelay time.Duration
 }
 
 // WaitingPosition returns the place (1 = next) of holder in the queue, or
@@ -187,10 +199,13 @@ func (l *Lease) toRecord() *fsmpb.LeaseRecord {
 		CreateRevision:  l.CreateRevision,
 		RenewIndex:      l.RenewIndex,
 		Object:          l.Object,
+		LockDelayNs:     int64(l.LockDelay),
+		Delayed:         l.Delayed,
 	}
 	for _, w := range l.Waiters {
 		r.Waiters = append(r.Waiters, &fsmpb.WaiterRecord{
 			Holder: w.Holder, DurationNs: int64(w.Duration), GraceNs: int64(w.Grace), Labels: w.Labels,
+			LockDelayNs: int64(w.LockDelay),
 		})
 	}
 	for _, h := range l.History {
@@ -218,12 +233,15 @@ func leaseFromRecord(r *fsmpb.LeaseRecord) *Lease {
 		CreateRevision:  r.CreateRevision,
 		RenewIndex:      r.RenewIndex,
 		Object:          r.Object,
+		LockDelay:       time.Duration(r.LockDelayNs),
+		Delayed:         r.Delayed,
 	}
 	if len(r.Waiters) > 0 {
 		l.Waiters = make([]Waiter, len(r.Waiters))
 		for i, w := range r.Waiters {
 			l.Waiters[i] = Waiter{
 				Holder: w.Holder, Duration: time.Duration(w.DurationNs), Grace: time.Duration(w.GraceNs), Labels: w.Labels,
+				LockDelay: time.Duration(w.LockDelayNs),
 			}
 		}
 	}

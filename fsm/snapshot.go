@@ -29,11 +29,21 @@ import (
 // corrupt one.
 const snapshotMagic = "LKSNAP1\n"
 
-// SnapshotFormat is the snapshot layout this binary writes, and the newest
-// it reads (SnapshotHeader.format). A layout change that an older binary
+// SnapshotFormat is the newest snapshot layout this binary writes and
+// reads (SnapshotHeader.format). A layout change that an older binary
 // would misread (a field it ignores but must not, a record of another
 // shape) raises it.
-const SnapshotFormat uint32 = 1
+//
+//  1. The original layout.
+//  2. The same records, with a lease in its lock delay
+//     (LeaseRecord.delayed): a binary of format 1 would read that lease
+//     as free and grant it, so it must refuse the snapshot. A snapshot
+//     without a delayed lease is written as format 1
+//     (snapshotFormatPlain), which such a binary still reads.
+const SnapshotFormat uint32 = 2
+
+// snapshotFormatPlain is the format of a snapshot without a delayed lease.
+const snapshotFormatPlain uint32 = 1
 
 // Errors of snapshots and restores.
 var (
@@ -88,7 +98,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 func newSnapshot(leases *table, members map[string]string, memberVersions map[string]uint32, revision, lastToken, applied uint64) *snapshot {
 	s := &snapshot{
 		header: &fsmpb.SnapshotHeader{
-			Format:       SnapshotFormat,
+			Format:       snapshotFormatPlain,
 			Revision:     revision,
 			LastToken:    lastToken,
 			LeaseCount:   uint64(leases.count),
@@ -101,6 +111,9 @@ func newSnapshot(leases *table, members map[string]string, memberVersions map[st
 	}
 	for l := range leases.all() {
 		s.leases = append(s.leases, l)
+		if l.Delayed {
+			s.header.Format = SnapshotFormat
+		}
 	}
 	return s
 }
@@ -299,7 +312,7 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	if h.Format > SnapshotFormat {
 		return nil, fmt.Errorf("%w: it has format %d; upgrade this node", ErrSnapshotTooNew, h.Format)
 	}
-	if h.Format != SnapshotFormat {
+	if h.Format < snapshotFormatPlain {
 		return nil, fmt.Errorf("%w: unknown format %d", ErrCorruptSnapshot, h.Format)
 	}
 	st := &State{

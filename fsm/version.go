@@ -22,6 +22,9 @@ import (
 //     leave the label out (the write would mean another thing), so the
 //     leader refuses such a command (Check) until every member applies
 //     version 3.
+//     Also lock delay: Acquire.lock_delay_ns, Expire.lock_delays and the
+//     EndDelay command (an expired holding leaves its lease delayed until
+//     the leader ends the delay).
 //
 // Every node of a cluster must apply a command alike, or their tables
 // diverge: an FSM of version 1 ignores the fields of version 2 and would
@@ -59,7 +62,22 @@ func Fit(c *fsmpb.Command, cluster uint32) *fsmpb.Command {
 }
 
 // fit clears the fields above v in c and returns the version c needs.
+// Each version's fields are fitted by a function of their own.
 func fit(c *fsmpb.Command, v uint32) uint32 {
+	if b := c.GetBatch(); b != nil {
+		need := uint32(0)
+		for _, sub := range b.Commands {
+			sub.RequiredVersion = fit(sub, v)
+			need = max(need, sub.RequiredVersion)
+		}
+		return need
+	}
+	return max(fitV2(c, v), fitLockDelay(c, v))
+}
+
+// fitV2 fits the fields of version 2, and the record label of version 3
+// (which has nothing to clear).
+func fitV2(c *fsmpb.Command, v uint32) uint32 {
 	need := uint32(0)
 	uses := func(set bool) {
 		if set {
@@ -93,10 +111,42 @@ func fit(c *fsmpb.Command, v uint32) uint32 {
 		// address alike (nothing it decides reads member versions), and
 		// without it no cluster could ever learn that its members were
 		// upgraded.
-	case *fsmpb.Command_Batch:
-		for _, sub := range op.Batch.Commands {
-			sub.RequiredVersion = fit(sub, v)
-			need = max(need, sub.RequiredVersion)
+	}
+	return need
+}
+
+// fitLockDelay fits the lock-delay fields of version 3. Below it, an
+// acquire carries no lock delay and an Expire starts none, so a cluster
+// with an older member never delays a lease.
+func fitLockDelay(c *fsmpb.Command, v uint32) uint32 {
+	need := uint32(0)
+	switch op := c.Op.(type) {
+	case *fsmpb.Command_Acquire:
+		if v < 3 {
+			op.Acquire.LockDelayNs = 0
+		}
+		if op.Acquire.LockDelayNs != 0 {
+			need = 3
+		}
+	case *fsmpb.Command_Expire:
+		if v < 3 {
+			op.Expire.LockDelays = false
+		}
+		if op.Expire.LockDelays {
+			need = 3
+		}
+	case *fsmpb.Command_EndDelay:
+		// A whole command, with nothing to clear. Only an Expire of
+		// version 3 delays a lease, and a member that applies less halts
+		// at that entry (or refuses a snapshot that holds a delay), so a
+		// member of a lower version that still applies entries has no
+		// delay to end, and takes the command it does not know for a
+		// malformed one that changes nothing: alike. So below version 3
+		// (an older member joined during the delay) the command needs
+		// nothing and the leader may still end the delay; otherwise the
+		// lease would stay delayed until that member left.
+		if v >= 3 {
+			need = 3
 		}
 	}
 	return need

@@ -147,7 +147,7 @@ func TestRestoreRefusesNewerSnapshotFormat(t *testing.T) {
 	src := newHarness(t)
 	src.apply(1, acquire("default", "new", "a", time.Minute))
 	good := snapshotBytes(t, src.f)
-	if same := withFormat(t, good, SnapshotFormat); !bytes.Equal(same, good) {
+	if same := withFormat(t, good, snapshotFormatPlain); !bytes.Equal(same, good) {
 		t.Fatal("withFormat changed a snapshot it kept the format of")
 	}
 

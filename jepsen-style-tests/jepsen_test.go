@@ -198,6 +198,10 @@ func TestNegativeServerFaults(t *testing.T) {
 		// this, about once a minute of stalls (3 times in 150 s). Hence
 		// the longer run, nearly all of it stalled: a run without a single
 		// such renewal should be rare (about 3% if it comes once a minute).
+		// The leader's Expire starts no lock delay: a mutex client paused
+		// past its lease on the lock with a lock delay is replaced at once
+		// by another that was trying to take it.
+		{"skip-lock-delay", []string{nemesis.PauseClient}, 30 * time.Second, []string{"lock-delay"}, nil},
 		{"ignore-expire-doubt", []string{nemesis.StallRaft}, 180 * time.Second, []string{"lost-renewal", "mutual-exclusion", "linearizability"}, func(c *runner.Config) {
 			c.QuietMin, c.QuietMax = time.Second, 2*time.Second
 			c.FaultMin, c.FaultMax = 5*time.Second, 7*time.Second

@@ -104,6 +104,12 @@ func (h *handler) present(l *pb.Lease, rv uint64) *coordinationv1.Lease {
 		}
 		out.Annotations[FencingTokenAnnotation] = strconv.FormatUint(l.FencingToken, 10)
 	}
+	if l.LockDelayed {
+		if out.Annotations == nil {
+			out.Annotations = map[string]string{}
+		}
+		out.Annotations[LockDelayedAnnotation] = "true"
+	}
 	return out
 }
 
@@ -129,7 +135,7 @@ func reconcileHolder(s *coordinationv1.LeaseSpec, l *pb.Lease) {
 
 // storedObject is what the service keeps of a Lease: what the client wrote
 // and the server does not own, and the managedFields of server-side apply. Labels are kept by the service itself, and
-// the fencing-token annotation is the server's.
+// the fencing-token and lock-delayed annotations are the server's.
 func storedObject(obj *coordinationv1.Lease) ([]byte, error) {
 	s := coordinationv1.Lease{
 		TypeMeta: leaseTypeMeta,
@@ -141,9 +147,12 @@ func storedObject(obj *coordinationv1.Lease) ([]byte, error) {
 		},
 		Spec: obj.Spec,
 	}
-	if _, ok := obj.Annotations[FencingTokenAnnotation]; ok {
+	_, token := obj.Annotations[FencingTokenAnnotation]
+	_, delayed := obj.Annotations[LockDelayedAnnotation]
+	if token || delayed {
 		s.Annotations = maps.Clone(obj.Annotations)
 		delete(s.Annotations, FencingTokenAnnotation)
+		delete(s.Annotations, LockDelayedAnnotation)
 	}
 	if len(s.Annotations) == 0 {
 		s.Annotations = nil

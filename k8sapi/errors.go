@@ -13,6 +13,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 )
 
 // clusterTooOld is in the service's refusal of a record lease while a
@@ -22,6 +24,20 @@ const clusterTooOld = "too old for this command"
 // optimisticLockErrorMsg is the API server's message for a stale
 // resourceVersion, which clients and people recognise.
 const optimisticLockErrorMsg = "the object has been modified; please apply your changes to the latest version and try again"
+
+// lockDelayedMsg is the 409's message for a write that names a holder
+// while the lease is in its lock delay.
+const lockDelayedMsg = "the lease is in its lock delay: its last holder's lease expired, and no new holder may be set until the delay ends; retry after it"
+
+// leaseDetail is the lease that rides along with a service error, or nil.
+func leaseDetail(st *status.Status) *pb.Lease {
+	for _, d := range st.Details() {
+		if l, ok := d.(*pb.Lease); ok {
+			return l
+		}
+	}
+	return nil
+}
 
 // The one table where the service's gRPC codes become Kubernetes Status
 // errors. name is the lease the request was about ("" for lists).
@@ -49,6 +65,12 @@ func statusFor(err error, name string) *apierrors.StatusError {
 		if strings.Contains(msg, clusterTooOld) {
 			return apierrors.NewInvalid(leaseKind, name, field.ErrorList{
 				field.Forbidden(field.NewPath("metadata", "labels").Key(RecordLabel), msg)})
+		}
+		if l := leaseDetail(st); l != nil && l.LockDelayed {
+			// Still a 409, as for any write that lost to the lease's
+			// state, but saying what to wait for: a fresh read and an
+			// immediate retry meet the same delay.
+			return apierrors.NewConflict(leaseResource, name, errors.New(lockDelayedMsg))
 		}
 		return apierrors.NewConflict(leaseResource, name, errors.New(optimisticLockErrorMsg))
 	case codes.Aborted:

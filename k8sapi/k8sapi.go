@@ -62,6 +62,12 @@ const FencingTokenAnnotation = "leasekeeper.io/fencing-token"
 // member of the cluster runs a binary that honours it.
 const RecordLabel = "leasekeeper.io/record"
 
+// LockDelayedAnnotation is "true" on a Lease while it is in its lock delay
+// (its holderIdentity is empty: the last holding expired, and no holder
+// may be set until the leader ends the delay). Like the fencing token it
+// is the server's and never stored.
+const LockDelayedAnnotation = "leasekeeper.io/lock-delayed"
+
 // Config is what the handler needs.
 type Config struct {
 	// Client reaches the lease service. A client of the local node's own

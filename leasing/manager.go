@@ -46,16 +46,23 @@ type Key struct{ Namespace, Name string }
 // String returns "namespace/name", the form used in logs.
 func (k Key) String() string { return k.Namespace + "/" + k.Name }
 
-// Holding is one live holding as the FSM applied it.
+// Holding is one live holding as the FSM applied it, or, with Delay set,
+// one lease in its lock delay.
 type Holding struct {
 	Key        Key
-	Token      uint64        // fencing token of the holding
+	Token      uint64        // fencing token of the holding (for a delay: of the expired one)
 	RenewIndex uint64        // Raft index of the holding's last acquire/renew
-	TTL        time.Duration // lease duration + grace period
+	TTL        time.Duration // lease duration + grace period (for a delay: the lock delay)
+	// Delay: the lease is free but in the lock delay that the expiry of
+	// the holding of Token began. Its deadline is the delay's end, and
+	// the proposer ends the delay (EndDelay) instead of expiring.
+	Delay bool
 }
 
 // Proposer proposes an Expire command for the given holdings through Raft and
 // returns once it is committed and applied (or failed). Implemented by the node.
+// For the holdings with Delay set it proposes an EndDelay instead, under the
+// same term rule.
 //
 // term is the one given to Promote. The proposer stamps it on the command,
 // and the FSM ignores an Expire that lands in a log entry of another term,
@@ -298,6 +305,48 @@ func (m *Manager) Held(h Holding) {
 	}
 }
 
+// Delayed records that a lease is in its lock delay (applied by the FSM):
+// h names the delay by the token of the holding whose expiry began it, and
+// h.TTL is the lock delay. A promoted manager ends it at now + TTL on its
+// monotonic clock, as it would expire a holding; Promote gives it a fresh
+// full delay, so a leader change can lengthen a delay, never shorten it.
+// An event of the same delay (a waiter joining the queue) does not move
+// its end. A demoted manager only tracks the delay.
+func (m *Manager) Delayed(h Holding) {
+	h.Delay, h.RenewIndex = true, 0
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.entries[h.Key]
+	if ok && e.h == h {
+		return
+	}
+	if !m.active {
+		if ok {
+			e.h, e.doubt = h, false
+		} else {
+			m.entries[h.Key] = &entry{h: h, index: -1}
+		}
+		return
+	}
+	d := deadline(m.now(), h.TTL)
+	switch {
+	case !ok:
+		e = &entry{h: h, deadline: d}
+		m.entries[h.Key] = e
+		m.heap.push(e)
+		m.met.size.Set(float64(len(m.entries)))
+	case e.index < 0:
+		e.h, e.doubt, e.deadline = h, false, d
+		m.heap.push(e)
+	default:
+		e.h, e.doubt, e.deadline = h, false, d
+		m.heap.fix(e.index)
+	}
+	if e.index == 0 {
+		m.signal()
+	}
+}
+
 // Extend restarts the deadline of the holding h (same key, token and renew
 // index as the table has) at now + TTL, for a renewal the leader confirmed
 // without a log write. It reports false, changing nothing, when the caller
@@ -348,9 +397,10 @@ func (m *Manager) Ended(k Key) {
 	m.met.size.Set(float64(len(m.entries)))
 }
 
-// Remaining reports the time left before the leader would expire the holding of k.
-// ok is false when not promoted or k is not held. It is 0 once the deadline
-// has passed, while the Expire is being proposed.
+// Remaining reports the time left before the leader would expire the holding of k,
+// or end its lock delay when k is delayed.
+// ok is false when not promoted or k is neither held nor delayed. It is 0 once the deadline
+// has passed, while the Expire (or EndDelay) is being proposed.
 func (m *Manager) Remaining(k Key) (d time.Duration, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

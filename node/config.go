@@ -100,15 +100,18 @@ const (
 	// so that Expire can end a holding whose renewal was acknowledged
 	// (leasing.Config.UnsafeIgnoreDoubt).
 	FaultIgnoreExpireDoubt Fault = "ignore-expire-doubt"
+	// FaultSkipLockDelay: the leader's Expire starts no lock delay, so a
+	// lease whose holder failed goes to the next holder at once.
+	FaultSkipLockDelay Fault = "skip-lock-delay"
 )
 
 // ParseFault checks a fault name.
 func ParseFault(s string) (Fault, error) {
 	switch f := Fault(s); f {
-	case FaultNone, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens, FaultNoConfirm, FaultIgnoreExpireDoubt:
+	case FaultNone, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens, FaultNoConfirm, FaultIgnoreExpireDoubt, FaultSkipLockDelay:
 		return f, nil
 	}
-	return "", fmt.Errorf("node: unknown fault %q (want %s, %s, %s, %s or %s)", s, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens, FaultNoConfirm, FaultIgnoreExpireDoubt)
+	return "", fmt.Errorf("node: unknown fault %q (want %s, %s, %s, %s, %s or %s)", s, FaultNoFreshDuration, FaultEarlyExpiry, FaultReuseTokens, FaultNoConfirm, FaultIgnoreExpireDoubt, FaultSkipLockDelay)
 }
 
 // DefaultConfig returns the defaults for a node on a LAN.

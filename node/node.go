@@ -471,18 +471,33 @@ func (n *Node) promote(term uint64) {
 
 func (n *Node) loadHoldings() []leasing.Holding {
 	held := n.fsm.Held()
-	out := make([]leasing.Holding, 0, len(held))
+	delayed := n.fsm.Delayed()
+	out := make([]leasing.Holding, 0, len(held)+len(delayed))
 	for _, l := range held {
 		if l.Record() {
 			continue // never expired
 		}
-		h := n.holding(l)
-		if n.cfg.Fault == FaultNoFreshDuration {
-			h.TTL = 0
+		out = append(out, n.holding(l))
+	}
+	for _, l := range delayed {
+		out = append(out, lockDelay(l))
+	}
+	if n.cfg.Fault == FaultNoFreshDuration {
+		for i := range out {
+			out[i].TTL = 0
 		}
-		out = append(out, h)
 	}
 	return out
+}
+
+// lockDelay is the delay of the delayed lease l, as the manager tracks it.
+func lockDelay(l *fsm.Lease) leasing.Holding {
+	return leasing.Holding{
+		Key:   leasing.Key{Namespace: l.Namespace, Name: l.Name},
+		Token: l.Token,
+		TTL:   l.LockDelay,
+		Delay: true,
+	}
 }
 
 func (n *Node) holding(l *fsm.Lease) leasing.Holding {
@@ -575,6 +590,10 @@ func (l *listener) Applied(evs []fsm.Event) {
 	mgr := l.n.mgr
 	for _, ev := range evs {
 		switch {
+		case ev.Type != fsm.EventDeleted && ev.Lease.Delayed:
+			// An expiry began a lock delay, or a waiter joined a delayed
+			// lease (which leaves the delay's end where it was).
+			mgr.Delayed(lockDelay(ev.Lease))
 		case ev.Type == fsm.EventDeleted || !ev.Lease.Held() || ev.Lease.Record():
 			// A record's holding is never expired: the manager does not
 			// track it. Labels change only by a whole-object write, which

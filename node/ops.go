@@ -101,22 +101,50 @@ func mapRaftError(err error) error {
 
 // ProposeExpire implements leasing.Proposer. The command names term, the
 // one the manager was promoted for, so the FSM ignores it if it reaches the
-// log in any other term.
+// log in any other term. The holdings that are lock delays the leader saw
+// run out are ended by an EndDelay of the same term, after the Expire.
 func (n *Node) ProposeExpire(ctx context.Context, term uint64, hs []leasing.Holding) error {
 	if n.raft.CurrentTerm() != term {
 		return ErrNotLeader
 	}
-	e := &fsmpb.Expire{Term: term, Entries: make([]*fsmpb.ExpireEntry, len(hs))}
-	for i, h := range hs {
-		e.Entries[i] = &fsmpb.ExpireEntry{
+	e := &fsmpb.Expire{Term: term}
+	d := &fsmpb.EndDelay{Term: term}
+	for _, h := range hs {
+		if h.Delay {
+			d.Entries = append(d.Entries, &fsmpb.EndDelayEntry{Namespace: h.Key.Namespace, Name: h.Key.Name, Token: h.Token})
+			continue
+		}
+		e.Entries = append(e.Entries, &fsmpb.ExpireEntry{
 			Namespace: h.Key.Namespace, Name: h.Key.Name, Token: h.Token, RenewIndex: h.RenewIndex,
+		})
+		// Expired holdings with a lock delay leave their leases delayed
+		// (Fit drops the flag while a member runs an older binary). The
+		// flag is set only when a named holding has a delay, so an
+		// Expire of holdings without one stays readable by an older
+		// binary (a downgrade). A holding's lock delay changes only with
+		// its token or renew index, which the Expire names: if the table
+		// has moved past them, the Expire does nothing to that lease.
+		if l, ok := n.fsm.Get(h.Key.Namespace, h.Key.Name); ok && l.Token == h.Token && l.RenewIndex == h.RenewIndex && l.LockDelay > 0 {
+			e.LockDelays = n.cfg.Fault != FaultSkipLockDelay
 		}
 	}
-	res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Expire{Expire: e}})
-	if err != nil {
-		return err
+	if len(e.Entries) > 0 {
+		res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Expire{Expire: e}})
+		if err != nil {
+			return err
+		}
+		if res.Err != nil {
+			return res.Err
+		}
 	}
-	return res.Err
+	if len(d.Entries) > 0 {
+		res, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_EndDelay{EndDelay: d}})
+		if err != nil {
+			return err
+		}
+		return res.Err
+	}
+	return nil
 }
 
 // ReadBarrier returns once a read of the local FSM is linearizable: this

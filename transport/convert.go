@@ -59,6 +59,10 @@ func writtenPB(l *fsm.Lease) *pb.Lease {
 		CreateRevision:   l.CreateRevision,
 		CreateTime:       ts(l.CreateTime),
 		Object:           l.Object,
+		LockDelayed:      l.Delayed,
+	}
+	if l.LockDelay > 0 {
+		out.LockDelay = durationpb.New(l.LockDelay)
 	}
 	for _, w := range l.Waiters {
 		out.Waiters = append(out.Waiters, w.Holder)

@@ -39,6 +39,9 @@ var codeTable = []struct {
 	{fsm.ErrConflict, codes.Aborted},
 	{fsm.ErrExists, codes.AlreadyExists},
 	{fsm.ErrQueueFull, codes.ResourceExhausted},
+	// Not Aborted: a fresh read and a retry do not help before the
+	// delay ends, so writers that retry conflicts must not spin on it.
+	{fsm.ErrLockDelayed, codes.FailedPrecondition},
 	{fsm.ErrBadCommand, codes.Internal},
 	{fsm.ErrClusterTooOld, codes.FailedPrecondition},
 	{node.ErrNotLeader, codes.Unavailable},

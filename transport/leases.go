@@ -42,6 +42,10 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 	if req.GracePeriod == nil {
 		grace = s.cfg.DefaultGracePeriod
 	}
+	lockDelay, err := s.validateDuration("lock_delay", req.LockDelay, false)
+	if err != nil {
+		return nil, invalidErr(err)
+	}
 	if err := validateLabels(req.Labels); err != nil {
 		return nil, invalidErr(err)
 	}
@@ -67,7 +71,7 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 	cmd := &fsmpb.Acquire{
 		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity,
 		DurationNs: int64(dur), GraceNs: int64(grace), Labels: req.Labels, Wait: req.Wait,
-		MaxWaiters: uint32(s.cfg.MaxWaiters),
+		MaxWaiters: uint32(s.cfg.MaxWaiters), LockDelayNs: int64(lockDelay),
 	}
 	if req.Wait {
 		if err := s.queueFull(ns, req.Name, req.HolderIdentity); err != nil {
@@ -89,7 +93,7 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 // stamped in the command, still decides the race.)
 func (s *Server) queueFull(ns, name, holder string) error {
 	l, ok := s.node.FSM().Get(ns, name)
-	if s.cfg.MaxWaiters == 0 || !ok || len(l.Waiters) < s.cfg.MaxWaiters || l.Holder == "" || l.Holder == holder || l.WaitingPosition(holder) > 0 {
+	if s.cfg.MaxWaiters == 0 || !ok || len(l.Waiters) < s.cfg.MaxWaiters || (l.Holder == "" && !l.Delayed) || l.Holder == holder || l.WaitingPosition(holder) > 0 {
 		return nil
 	}
 	return toStatus(fmt.Errorf("%w: %d waiters on %s/%s", fsm.ErrQueueFull, len(l.Waiters), ns, name), l)

@@ -61,6 +61,9 @@ type Config struct {
 	MinLeaseDuration   time.Duration
 	MaxLeaseDuration   time.Duration
 	MaxGracePeriod     time.Duration
+	// MaxLockDelay bounds an Acquire's lock_delay: how long a lease whose
+	// holder failed may stay unavailable to everyone.
+	MaxLockDelay time.Duration
 	// MaxWriteLeaseDuration bounds the duration of a whole-object write
 	// (Write: the Kubernetes Lease API's create, update and patch) in
 	// place of MaxLeaseDuration. Its default is the Lease type's own bound
@@ -115,6 +118,7 @@ func DefaultConfig() Config {
 		MinLeaseDuration:      10 * time.Millisecond,
 		MaxLeaseDuration:      24 * time.Hour,
 		MaxGracePeriod:        time.Hour,
+		MaxLockDelay:          time.Minute,
 		MaxKeepAliveBatch:     10000,
 		MaxRecvMsgSize:        4 << 20,
 		MaxWaiters:            1000,
@@ -150,6 +154,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxGracePeriod < 0 {
 		errs = append(errs, errors.New("transport: MaxGracePeriod must not be negative"))
+	}
+	if c.MaxLockDelay < 0 {
+		errs = append(errs, errors.New("transport: MaxLockDelay must not be negative"))
 	}
 	if c.DefaultLeaseDuration != 0 && (c.DefaultLeaseDuration < c.MinLeaseDuration || c.DefaultLeaseDuration > c.MaxLeaseDuration) {
 		errs = append(errs, fmt.Errorf("transport: DefaultLeaseDuration (%v) must lie within [MinLeaseDuration, MaxLeaseDuration] = [%v, %v]", c.DefaultLeaseDuration, c.MinLeaseDuration, c.MaxLeaseDuration))

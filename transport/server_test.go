@@ -158,6 +158,18 @@ func TestBadInput(t *testing.T) {
 		{"zero duration", func() error { _, err := f.Acquire(ctx(t), acq("db", "a", 0)); return err }, codes.InvalidArgument},
 		{"negative duration", func() error { _, err := f.Acquire(ctx(t), acq("db", "a", -time.Second)); return err }, codes.InvalidArgument},
 		{"absurd duration", func() error { _, err := f.Acquire(ctx(t), acq("db", "a", 1000*time.Hour)); return err }, codes.InvalidArgument},
+		{"negative lock delay", func() error {
+			r := acq("db", "a", time.Second)
+			r.LockDelay = durationpb.New(-time.Second)
+			_, err := f.Acquire(ctx(t), r)
+			return err
+		}, codes.InvalidArgument},
+		{"lock delay above the maximum", func() error {
+			r := acq("db", "a", time.Second)
+			r.LockDelay = durationpb.New(time.Minute + time.Nanosecond) // the default maximum
+			_, err := f.Acquire(ctx(t), r)
+			return err
+		}, codes.InvalidArgument},
 		{"no duration", func() error {
 			_, err := f.Acquire(ctx(t), &pb.AcquireRequest{Name: "db", HolderIdentity: "a"})
 			return err

@@ -111,6 +111,13 @@ func (s *Server) validateDuration(field string, d *durationpb.Duration, required
 		if v < lim.MinLeaseDuration || v > maxDur {
 			return 0, fmt.Errorf("lease_duration %v is outside [%v, %v]", v, lim.MinLeaseDuration, maxDur)
 		}
+	case "lock_delay":
+		if v < 0 {
+			return 0, fmt.Errorf("lock_delay must not be negative, got %v", v)
+		}
+		if v > lim.MaxLockDelay {
+			return 0, fmt.Errorf("lock_delay %v is above the maximum %v", v, lim.MaxLockDelay)
+		}
 	default:
 		if v < 0 {
 			return 0, fmt.Errorf("%s must not be negative, got %v", field, v)

@@ -111,6 +111,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.server.MaxLeaseDuration, "max-lease-duration", o.server.MaxLeaseDuration, "longest lease duration accepted")
 	fs.DurationVar(&o.server.MaxWriteLeaseDuration, "max-write-lease-duration", o.server.MaxWriteLeaseDuration, "longest lease duration a whole-object write (the Kubernetes Lease API) may set (default: any leaseDurationSeconds Kubernetes accepts)")
 	fs.DurationVar(&o.server.MaxGracePeriod, "max-grace-period", o.server.MaxGracePeriod, "longest grace period accepted")
+	fs.DurationVar(&o.server.MaxLockDelay, "max-lock-delay", o.server.MaxLockDelay, "longest lock delay an acquirer may ask for (a lease whose holder expired stays unavailable that long)")
 	fs.IntVar(&o.server.MaxWaiters, "max-waiters", o.server.MaxWaiters, "longest wait queue of one lease; a wait past it fails with ResourceExhausted (0: no limit)")
 	fs.IntVar(&o.node.Leasing.ExpiryBatchSize, "expiry-batch-size", o.node.Leasing.ExpiryBatchSize, "most leases expired by one Raft entry")
 	fs.Float64Var(&o.node.Leasing.MaxExpiryRate, "max-expiry-rate", o.node.Leasing.MaxExpiryRate, "most leases expired per second (0: no cap)")
@@ -128,7 +129,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.gcFloor, "gc-heap-floor", "0", "let the heap grow to this size before the collector runs, however little is live: less collector CPU for more memory (0: GOGC alone decides; ignored when GOGC is set)")
 	fs.StringVar(&o.memLimit, "memory-limit", "", "soft memory limit of the Go runtime, e.g. 900MiB; the collector works harder near it, so the heap's headroom shrinks instead of doubling a large table (default: GOMEMLIMIT, or none)")
 	fs.Float64Var(&o.clockRate, "clock-rate", 1, "testing: run this node's clock at this rate (1.01 = 1% fast)")
-	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens, no-confirm, ignore-expire-doubt)")
+	fs.StringVar(&o.fault, "unsafe-test-fault", "", "testing only: break a safety rule on purpose (no-fresh-duration, early-expiry, reuse-tokens, no-confirm, ignore-expire-doubt, skip-lock-delay)")
 	var configPath, profile string
 	var print, version bool
 	fs.StringVar(&configPath, "config", "", "YAML config file; keys are flag names (flags > LEASE_NODE_* env > file > profile > defaults)")

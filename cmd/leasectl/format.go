@@ -122,8 +122,17 @@ func describeLease(w io.Writer, l *pb.Lease, remaining *durationpb.Duration) err
 	field("Grace Period", shortDuration(l.GetGracePeriod().AsDuration()))
 	field("Acquire Time", longTime(l.GetAcquireTime()))
 	field("Renew Time", longTime(l.GetRenewTime()))
+	lockDelay := "<none>"
+	if d := l.GetLockDelay(); d != nil {
+		lockDelay = shortDuration(d.AsDuration())
+	}
+	field("Lock Delay", lockDelay)
 	rem := "<unknown>"
 	switch {
+	case l.GetLockDelayed() && remaining != nil:
+		rem = "<lock delay, ends in " + shortDuration(remaining.AsDuration()) + ">"
+	case l.GetLockDelayed():
+		rem = "<lock delay>"
 	case l.GetHolderIdentity() == "":
 		rem = "<free>"
 	case remaining != nil:

@@ -26,6 +26,7 @@ const defaultKillGrace = 5 * time.Second
 func (a *app) lockCmd() *cobra.Command {
 	var (
 		ttl, grace, killGrace, wait time.Duration
+		lockDelay                   time.Duration
 		identity                    string
 		noWait                      bool
 	)
@@ -67,8 +68,8 @@ Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if ttl <= 0 || grace < 0 || killGrace < 0 || wait < 0 {
-				return usageErrorf("--ttl must be positive; --grace, --kill-grace and --wait must not be negative")
+			if ttl <= 0 || grace < 0 || killGrace < 0 || wait < 0 || lockDelay < 0 {
+				return usageErrorf("--ttl must be positive; --grace, --kill-grace, --wait and --lock-delay must not be negative")
 			}
 			if !cmd.Flags().Changed("grace") {
 				grace = killGrace
@@ -85,7 +86,7 @@ Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 				identity = client.NewIdentity()
 			}
 			m := client.NewMutex(c, args[0], client.WithNamespace(a.namespace), client.WithTTL(ttl),
-				client.WithGrace(grace), client.WithIdentity(identity))
+				client.WithGrace(grace), client.WithIdentity(identity), client.WithLockDelay(lockDelay))
 			ctx := a.ctx
 			if wait > 0 {
 				var cancel context.CancelFunc
@@ -99,6 +100,11 @@ Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 				h, err = m.Lock(ctx)
 			}
 			var held *client.HeldError
+			if errors.As(err, &held) && held.Lease.GetLockDelayed() {
+				fmt.Fprintf(a.stderr, "leasectl: %s/%s is in its lock delay: its last holder expired (token %d)\n", a.namespace, args[0],
+					held.Lease.GetFencingToken())
+				return &exitCodeError{code: exitHeld}
+			}
 			if errors.As(err, &held) {
 				fmt.Fprintf(a.stderr, "leasectl: %s/%s is held by %s (token %d)\n", a.namespace, args[0],
 					held.Lease.GetHolderIdentity(), held.Lease.GetFencingToken())
@@ -128,7 +134,8 @@ Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 	f.DurationVar(&grace, "grace", 0, "extra time before the server expires a silent holding (default: --kill-grace, so that a lost lock's CMD is dead before the next holder is granted it)")
 	f.DurationVar(&killGrace, "kill-grace", defaultKillGrace, "time between SIGTERM and SIGKILL when the lock is lost; keep it at most --grace")
 	f.DurationVar(&wait, "wait", 0, "give up waiting for the lock after this long (0: wait forever)")
-	f.BoolVar(&noWait, "no-wait", false, "exit 3 at once when the lock is held")
+	f.BoolVar(&noWait, "no-wait", false, "exit 3 at once when the lock is held (or in its lock delay)")
+	f.DurationVar(&lockDelay, "lock-delay", 0, "if this holder dies without releasing, keep the lock from everyone for this long after it expires, so its last writes drain (server maximum: lease-node --max-lock-delay)")
 	f.StringVar(&identity, "identity", "", "holder identity (default: host-pid-random)")
 	return cmd
 }

@@ -173,6 +173,7 @@ func TestLockUsage(t *testing.T) {
 		{"lock", "job"},
 		{"lock", "job", "sleep", "1"},
 		{"lock", "--", "sleep", "1"},
+		{"lock", "--lock-delay", "-1s", "job", "--", "true"},
 		{"elect", "e"},
 		{"elect", "e", "--identity", "a", "extra"},
 		{"observe"},

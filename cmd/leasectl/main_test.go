@@ -641,3 +641,18 @@ func TestOneShotCommandsFailOver(t *testing.T) {
 	}
 	t.Logf("leasectl gave up with: %s", strings.TrimSpace(errOut.String()))
 }
+
+func TestDescribeLockDelay(t *testing.T) {
+	srv := clienttest.Start(t)
+	srv.Put(&pb.Lease{Name: "db", FencingToken: 7, LeaseDuration: durationpb.New(10 * time.Second), LockDelay: durationpb.New(15 * time.Second), LockDelayed: true})
+	srv.Put(&pb.Lease{Name: "plain", HolderIdentity: "alice", FencingToken: 8, LeaseDuration: durationpb.New(10 * time.Second)})
+	out := mustRun(t, srv, exitOK, "describe", "lease", "db")
+	for _, want := range []string{"Lock Delay:", "15s", "Remaining:", "<lock delay"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("describe of a delayed lease lacks %q:\n%s", want, out)
+		}
+	}
+	if out := mustRun(t, srv, exitOK, "describe", "lease", "plain"); !strings.Contains(out, "Lock Delay:") || !strings.Contains(out, "<none>") {
+		t.Errorf("describe of a lease without a lock delay:\n%s", out)
+	}
+}

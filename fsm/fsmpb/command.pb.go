@@ -45,6 +45,7 @@ type Command struct {
 	//	*Command_Batch
 	//	*Command_Write
 	//	*Command_Dequeue
+	//	*Command_EndDelay
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -191,6 +192,15 @@ func (x *Command) GetDequeue() *Dequeue {
 	return nil
 }
 
+func (x *Command) GetEndDelay() *EndDelay {
+	if x != nil {
+		if x, ok := x.Op.(*Command_EndDelay); ok {
+			return x.EndDelay
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -235,6 +245,10 @@ type Command_Dequeue struct {
 	Dequeue *Dequeue `protobuf:"bytes,11,opt,name=dequeue,proto3,oneof"`
 }
 
+type Command_EndDelay struct {
+	EndDelay *EndDelay `protobuf:"bytes,13,opt,name=end_delay,json=endDelay,proto3,oneof"`
+}
+
 func (*Command_Acquire) isCommand_Op() {}
 
 func (*Command_Renew) isCommand_Op() {}
@@ -254,6 +268,8 @@ func (*Command_Batch) isCommand_Op() {}
 func (*Command_Write) isCommand_Op() {}
 
 func (*Command_Dequeue) isCommand_Op() {}
+
+func (*Command_EndDelay) isCommand_Op() {}
 
 // Write replaces a whole lease object, as the Kubernetes Lease API does:
 // optimistic concurrency on the resource version, and the holder set by
@@ -442,7 +458,10 @@ type Acquire struct {
 	// max_waiters, when non-zero, is the longest the queue may grow: a wait
 	// that would make it longer fails with ErrQueueFull. The leader stamps
 	// its configured limit, so every node applies the same one.
-	MaxWaiters    uint32 `protobuf:"varint,8,opt,name=max_waiters,json=maxWaiters,proto3" json:"max_waiters,omitempty"`
+	MaxWaiters uint32 `protobuf:"varint,8,opt,name=max_waiters,json=maxWaiters,proto3" json:"max_waiters,omitempty"`
+	// lock_delay_ns is the acquirer's lock delay: after its holding ends by
+	// expiry, the lease stays unavailable this long (command version 3).
+	LockDelayNs   int64 `protobuf:"varint,9,opt,name=lock_delay_ns,json=lockDelayNs,proto3" json:"lock_delay_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -529,6 +548,13 @@ func (x *Acquire) GetWait() bool {
 func (x *Acquire) GetMaxWaiters() uint32 {
 	if x != nil {
 		return x.MaxWaiters
+	}
+	return 0
+}
+
+func (x *Acquire) GetLockDelayNs() int64 {
+	if x != nil {
+		return x.LockDelayNs
 	}
 	return 0
 }
@@ -851,7 +877,12 @@ type Expire struct {
 	// only in a log entry of that term: one that reached the log in a later
 	// term (held up across an election) does nothing. 0 (older logs) means
 	// unchecked.
-	Term          uint64 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	Term uint64 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	// lock_delays makes an expired holding whose lease has a lock delay
+	// leave the lease delayed (no holder, waiters kept) until an EndDelay,
+	// instead of handing it to the first waiter (command version 3). The
+	// leader clears it while any member runs an older binary.
+	LockDelays    bool `protobuf:"varint,3,opt,name=lock_delays,json=lockDelays,proto3" json:"lock_delays,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -900,6 +931,130 @@ func (x *Expire) GetTerm() uint64 {
 	return 0
 }
 
+func (x *Expire) GetLockDelays() bool {
+	if x != nil {
+		return x.LockDelays
+	}
+	return false
+}
+
+// EndDelayEntry names a delayed lease by the token of the holding whose
+// expiry began the delay.
+type EndDelayEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Token         uint64                 `protobuf:"varint,3,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndDelayEntry) Reset() {
+	*x = EndDelayEntry{}
+	mi := &file_command_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndDelayEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndDelayEntry) ProtoMessage() {}
+
+func (x *EndDelayEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndDelayEntry.ProtoReflect.Descriptor instead.
+func (*EndDelayEntry) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *EndDelayEntry) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *EndDelayEntry) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EndDelayEntry) GetToken() uint64 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
+// EndDelay ends lock delays the leader saw run out: the lease goes to its
+// first waiter, or is free (command version 3). Like an Expire it counts
+// only in a log entry of its term.
+type EndDelay struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*EndDelayEntry       `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	Term          uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndDelay) Reset() {
+	*x = EndDelay{}
+	mi := &file_command_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndDelay) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndDelay) ProtoMessage() {}
+
+func (x *EndDelay) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndDelay.ProtoReflect.Descriptor instead.
+func (*EndDelay) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *EndDelay) GetEntries() []*EndDelayEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *EndDelay) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
 type Delete struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Namespace       string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -911,7 +1066,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1078,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1091,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{10}
+	return file_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Delete) GetNamespace() string {
@@ -973,7 +1128,7 @@ type SetMember struct {
 
 func (x *SetMember) Reset() {
 	*x = SetMember{}
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1140,7 @@ func (x *SetMember) String() string {
 func (*SetMember) ProtoMessage() {}
 
 func (x *SetMember) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1153,7 @@ func (x *SetMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMember.ProtoReflect.Descriptor instead.
 func (*SetMember) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{11}
+	return file_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetMember) GetId() string {
@@ -1031,7 +1186,7 @@ type RemoveMember struct {
 
 func (x *RemoveMember) Reset() {
 	*x = RemoveMember{}
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1198,7 @@ func (x *RemoveMember) String() string {
 func (*RemoveMember) ProtoMessage() {}
 
 func (x *RemoveMember) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1211,7 @@ func (x *RemoveMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMember.ProtoReflect.Descriptor instead.
 func (*RemoveMember) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{12}
+	return file_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RemoveMember) GetId() string {
@@ -1079,7 +1234,7 @@ type HoldingRecord struct {
 
 func (x *HoldingRecord) Reset() {
 	*x = HoldingRecord{}
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1246,7 @@ func (x *HoldingRecord) String() string {
 func (*HoldingRecord) ProtoMessage() {}
 
 func (x *HoldingRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1259,7 @@ func (x *HoldingRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldingRecord.ProtoReflect.Descriptor instead.
 func (*HoldingRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{13}
+	return file_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HoldingRecord) GetHolder() string {
@@ -1162,13 +1317,17 @@ type LeaseRecord struct {
 	History         []*HoldingRecord       `protobuf:"bytes,15,rep,name=history,proto3" json:"history,omitempty"`
 	Object          []byte                 `protobuf:"bytes,16,opt,name=object,proto3" json:"object,omitempty"`
 	Waiters         []*WaiterRecord        `protobuf:"bytes,17,rep,name=waiters,proto3" json:"waiters,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	LockDelayNs     int64                  `protobuf:"varint,18,opt,name=lock_delay_ns,json=lockDelayNs,proto3" json:"lock_delay_ns,omitempty"`
+	// delayed: free, but in the lock delay that the expiry of the holding
+	// of token began.
+	Delayed       bool `protobuf:"varint,19,opt,name=delayed,proto3" json:"delayed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1339,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1352,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{14}
+	return file_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LeaseRecord) GetNamespace() string {
@@ -1315,19 +1474,34 @@ func (x *LeaseRecord) GetWaiters() []*WaiterRecord {
 	return nil
 }
 
+func (x *LeaseRecord) GetLockDelayNs() int64 {
+	if x != nil {
+		return x.LockDelayNs
+	}
+	return 0
+}
+
+func (x *LeaseRecord) GetDelayed() bool {
+	if x != nil {
+		return x.Delayed
+	}
+	return false
+}
+
 type WaiterRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Holder        string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
 	DurationNs    int64                  `protobuf:"varint,2,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
 	GraceNs       int64                  `protobuf:"varint,3,opt,name=grace_ns,json=graceNs,proto3" json:"grace_ns,omitempty"`
 	Labels        map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	LockDelayNs   int64                  `protobuf:"varint,5,opt,name=lock_delay_ns,json=lockDelayNs,proto3" json:"lock_delay_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WaiterRecord) Reset() {
 	*x = WaiterRecord{}
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1513,7 @@ func (x *WaiterRecord) String() string {
 func (*WaiterRecord) ProtoMessage() {}
 
 func (x *WaiterRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1526,7 @@ func (x *WaiterRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaiterRecord.ProtoReflect.Descriptor instead.
 func (*WaiterRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{15}
+	return file_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WaiterRecord) GetHolder() string {
@@ -1383,6 +1557,13 @@ func (x *WaiterRecord) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *WaiterRecord) GetLockDelayNs() int64 {
+	if x != nil {
+		return x.LockDelayNs
+	}
+	return 0
+}
+
 type MemberRecord struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1394,7 +1575,7 @@ type MemberRecord struct {
 
 func (x *MemberRecord) Reset() {
 	*x = MemberRecord{}
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1587,7 @@ func (x *MemberRecord) String() string {
 func (*MemberRecord) ProtoMessage() {}
 
 func (x *MemberRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1600,7 @@ func (x *MemberRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberRecord.ProtoReflect.Descriptor instead.
 func (*MemberRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{16}
+	return file_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MemberRecord) GetId() string {
@@ -1461,7 +1642,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1654,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1667,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{17}
+	return file_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1535,7 +1716,7 @@ var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\x12leasekeeper.fsm.v1\"\x9c\x05\n" +
+	"\rcommand.proto\x12\x12leasekeeper.fsm.v1\"\xd9\x05\n" +
 	"\aCommand\x12\"\n" +
 	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x12)\n" +
 	"\x10required_version\x18\f \x01(\rR\x0frequiredVersion\x127\n" +
@@ -1550,7 +1731,8 @@ const file_command_proto_rawDesc = "" +
 	"\x05batch\x18\t \x01(\v2\x19.leasekeeper.fsm.v1.BatchH\x00R\x05batch\x121\n" +
 	"\x05write\x18\n" +
 	" \x01(\v2\x19.leasekeeper.fsm.v1.WriteH\x00R\x05write\x127\n" +
-	"\adequeue\x18\v \x01(\v2\x1b.leasekeeper.fsm.v1.DequeueH\x00R\adequeueB\x04\n" +
+	"\adequeue\x18\v \x01(\v2\x1b.leasekeeper.fsm.v1.DequeueH\x00R\adequeue\x12;\n" +
+	"\tend_delay\x18\r \x01(\v2\x1c.leasekeeper.fsm.v1.EndDelayH\x00R\bendDelayB\x04\n" +
 	"\x02op\"\x91\x03\n" +
 	"\x05Write\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
@@ -1569,7 +1751,7 @@ const file_command_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"@\n" +
 	"\x05Batch\x127\n" +
-	"\bcommands\x18\x01 \x03(\v2\x1b.leasekeeper.fsm.v1.CommandR\bcommands\"\xc0\x02\n" +
+	"\bcommands\x18\x01 \x03(\v2\x1b.leasekeeper.fsm.v1.CommandR\bcommands\"\xe4\x02\n" +
 	"\aAcquire\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1580,7 +1762,8 @@ const file_command_proto_rawDesc = "" +
 	"\x06labels\x18\x06 \x03(\v2'.leasekeeper.fsm.v1.Acquire.LabelsEntryR\x06labels\x12\x12\n" +
 	"\x04wait\x18\a \x01(\bR\x04wait\x12\x1f\n" +
 	"\vmax_waiters\x18\b \x01(\rR\n" +
-	"maxWaiters\x1a9\n" +
+	"maxWaiters\x12\"\n" +
+	"\rlock_delay_ns\x18\t \x01(\x03R\vlockDelayNs\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
@@ -1606,9 +1789,18 @@ const file_command_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\x12\x1f\n" +
 	"\vrenew_index\x18\x04 \x01(\x04R\n" +
-	"renewIndex\"W\n" +
+	"renewIndex\"x\n" +
 	"\x06Expire\x129\n" +
 	"\aentries\x18\x01 \x03(\v2\x1f.leasekeeper.fsm.v1.ExpireEntryR\aentries\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x1f\n" +
+	"\vlock_delays\x18\x03 \x01(\bR\n" +
+	"lockDelays\"W\n" +
+	"\rEndDelayEntry\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\x04R\x05token\"[\n" +
+	"\bEndDelay\x12;\n" +
+	"\aentries\x18\x01 \x03(\v2!.leasekeeper.fsm.v1.EndDelayEntryR\aentries\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\"e\n" +
 	"\x06Delete\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
@@ -1626,7 +1818,7 @@ const file_command_proto_rawDesc = "" +
 	"\x0fstart_unix_nano\x18\x03 \x01(\x03R\rstartUnixNano\x12\"\n" +
 	"\rend_unix_nano\x18\x04 \x01(\x03R\vendUnixNano\x12\x1d\n" +
 	"\n" +
-	"end_reason\x18\x05 \x01(\tR\tendReason\"\xcf\x05\n" +
+	"end_reason\x18\x05 \x01(\tR\tendReason\"\x8d\x06\n" +
 	"\vLeaseRecord\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1647,16 +1839,19 @@ const file_command_proto_rawDesc = "" +
 	"renewIndex\x12;\n" +
 	"\ahistory\x18\x0f \x03(\v2!.leasekeeper.fsm.v1.HoldingRecordR\ahistory\x12\x16\n" +
 	"\x06object\x18\x10 \x01(\fR\x06object\x12:\n" +
-	"\awaiters\x18\x11 \x03(\v2 .leasekeeper.fsm.v1.WaiterRecordR\awaiters\x1a9\n" +
+	"\awaiters\x18\x11 \x03(\v2 .leasekeeper.fsm.v1.WaiterRecordR\awaiters\x12\"\n" +
+	"\rlock_delay_ns\x18\x12 \x01(\x03R\vlockDelayNs\x12\x18\n" +
+	"\adelayed\x18\x13 \x01(\bR\adelayed\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x02\n" +
 	"\fWaiterRecord\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x1f\n" +
 	"\vduration_ns\x18\x02 \x01(\x03R\n" +
 	"durationNs\x12\x19\n" +
 	"\bgrace_ns\x18\x03 \x01(\x03R\agraceNs\x12D\n" +
-	"\x06labels\x18\x04 \x03(\v2,.leasekeeper.fsm.v1.WaiterRecord.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x04 \x03(\v2,.leasekeeper.fsm.v1.WaiterRecord.LabelsEntryR\x06labels\x12\"\n" +
+	"\rlock_delay_ns\x18\x05 \x01(\x03R\vlockDelayNs\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"d\n" +
@@ -1686,7 +1881,7 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_command_proto_goTypes = []any{
 	(*Command)(nil),        // 0: leasekeeper.fsm.v1.Command
 	(*Write)(nil),          // 1: leasekeeper.fsm.v1.Write
@@ -1698,45 +1893,49 @@ var file_command_proto_goTypes = []any{
 	(*Release)(nil),        // 7: leasekeeper.fsm.v1.Release
 	(*ExpireEntry)(nil),    // 8: leasekeeper.fsm.v1.ExpireEntry
 	(*Expire)(nil),         // 9: leasekeeper.fsm.v1.Expire
-	(*Delete)(nil),         // 10: leasekeeper.fsm.v1.Delete
-	(*SetMember)(nil),      // 11: leasekeeper.fsm.v1.SetMember
-	(*RemoveMember)(nil),   // 12: leasekeeper.fsm.v1.RemoveMember
-	(*HoldingRecord)(nil),  // 13: leasekeeper.fsm.v1.HoldingRecord
-	(*LeaseRecord)(nil),    // 14: leasekeeper.fsm.v1.LeaseRecord
-	(*WaiterRecord)(nil),   // 15: leasekeeper.fsm.v1.WaiterRecord
-	(*MemberRecord)(nil),   // 16: leasekeeper.fsm.v1.MemberRecord
-	(*SnapshotHeader)(nil), // 17: leasekeeper.fsm.v1.SnapshotHeader
-	nil,                    // 18: leasekeeper.fsm.v1.Write.LabelsEntry
-	nil,                    // 19: leasekeeper.fsm.v1.Acquire.LabelsEntry
-	nil,                    // 20: leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
-	nil,                    // 21: leasekeeper.fsm.v1.WaiterRecord.LabelsEntry
+	(*EndDelayEntry)(nil),  // 10: leasekeeper.fsm.v1.EndDelayEntry
+	(*EndDelay)(nil),       // 11: leasekeeper.fsm.v1.EndDelay
+	(*Delete)(nil),         // 12: leasekeeper.fsm.v1.Delete
+	(*SetMember)(nil),      // 13: leasekeeper.fsm.v1.SetMember
+	(*RemoveMember)(nil),   // 14: leasekeeper.fsm.v1.RemoveMember
+	(*HoldingRecord)(nil),  // 15: leasekeeper.fsm.v1.HoldingRecord
+	(*LeaseRecord)(nil),    // 16: leasekeeper.fsm.v1.LeaseRecord
+	(*WaiterRecord)(nil),   // 17: leasekeeper.fsm.v1.WaiterRecord
+	(*MemberRecord)(nil),   // 18: leasekeeper.fsm.v1.MemberRecord
+	(*SnapshotHeader)(nil), // 19: leasekeeper.fsm.v1.SnapshotHeader
+	nil,                    // 20: leasekeeper.fsm.v1.Write.LabelsEntry
+	nil,                    // 21: leasekeeper.fsm.v1.Acquire.LabelsEntry
+	nil,                    // 22: leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	nil,                    // 23: leasekeeper.fsm.v1.WaiterRecord.LabelsEntry
 }
 var file_command_proto_depIdxs = []int32{
 	3,  // 0: leasekeeper.fsm.v1.Command.acquire:type_name -> leasekeeper.fsm.v1.Acquire
 	6,  // 1: leasekeeper.fsm.v1.Command.renew:type_name -> leasekeeper.fsm.v1.RenewBatch
 	7,  // 2: leasekeeper.fsm.v1.Command.release:type_name -> leasekeeper.fsm.v1.Release
 	9,  // 3: leasekeeper.fsm.v1.Command.expire:type_name -> leasekeeper.fsm.v1.Expire
-	10, // 4: leasekeeper.fsm.v1.Command.delete:type_name -> leasekeeper.fsm.v1.Delete
-	11, // 5: leasekeeper.fsm.v1.Command.set_member:type_name -> leasekeeper.fsm.v1.SetMember
-	12, // 6: leasekeeper.fsm.v1.Command.remove_member:type_name -> leasekeeper.fsm.v1.RemoveMember
+	12, // 4: leasekeeper.fsm.v1.Command.delete:type_name -> leasekeeper.fsm.v1.Delete
+	13, // 5: leasekeeper.fsm.v1.Command.set_member:type_name -> leasekeeper.fsm.v1.SetMember
+	14, // 6: leasekeeper.fsm.v1.Command.remove_member:type_name -> leasekeeper.fsm.v1.RemoveMember
 	2,  // 7: leasekeeper.fsm.v1.Command.batch:type_name -> leasekeeper.fsm.v1.Batch
 	1,  // 8: leasekeeper.fsm.v1.Command.write:type_name -> leasekeeper.fsm.v1.Write
 	4,  // 9: leasekeeper.fsm.v1.Command.dequeue:type_name -> leasekeeper.fsm.v1.Dequeue
-	18, // 10: leasekeeper.fsm.v1.Write.labels:type_name -> leasekeeper.fsm.v1.Write.LabelsEntry
-	0,  // 11: leasekeeper.fsm.v1.Batch.commands:type_name -> leasekeeper.fsm.v1.Command
-	19, // 12: leasekeeper.fsm.v1.Acquire.labels:type_name -> leasekeeper.fsm.v1.Acquire.LabelsEntry
-	5,  // 13: leasekeeper.fsm.v1.RenewBatch.renews:type_name -> leasekeeper.fsm.v1.Renew
-	8,  // 14: leasekeeper.fsm.v1.Expire.entries:type_name -> leasekeeper.fsm.v1.ExpireEntry
-	20, // 15: leasekeeper.fsm.v1.LeaseRecord.labels:type_name -> leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
-	13, // 16: leasekeeper.fsm.v1.LeaseRecord.history:type_name -> leasekeeper.fsm.v1.HoldingRecord
-	15, // 17: leasekeeper.fsm.v1.LeaseRecord.waiters:type_name -> leasekeeper.fsm.v1.WaiterRecord
-	21, // 18: leasekeeper.fsm.v1.WaiterRecord.labels:type_name -> leasekeeper.fsm.v1.WaiterRecord.LabelsEntry
-	16, // 19: leasekeeper.fsm.v1.SnapshotHeader.members:type_name -> leasekeeper.fsm.v1.MemberRecord
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	11, // 10: leasekeeper.fsm.v1.Command.end_delay:type_name -> leasekeeper.fsm.v1.EndDelay
+	20, // 11: leasekeeper.fsm.v1.Write.labels:type_name -> leasekeeper.fsm.v1.Write.LabelsEntry
+	0,  // 12: leasekeeper.fsm.v1.Batch.commands:type_name -> leasekeeper.fsm.v1.Command
+	21, // 13: leasekeeper.fsm.v1.Acquire.labels:type_name -> leasekeeper.fsm.v1.Acquire.LabelsEntry
+	5,  // 14: leasekeeper.fsm.v1.RenewBatch.renews:type_name -> leasekeeper.fsm.v1.Renew
+	8,  // 15: leasekeeper.fsm.v1.Expire.entries:type_name -> leasekeeper.fsm.v1.ExpireEntry
+	10, // 16: leasekeeper.fsm.v1.EndDelay.entries:type_name -> leasekeeper.fsm.v1.EndDelayEntry
+	22, // 17: leasekeeper.fsm.v1.LeaseRecord.labels:type_name -> leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	15, // 18: leasekeeper.fsm.v1.LeaseRecord.history:type_name -> leasekeeper.fsm.v1.HoldingRecord
+	17, // 19: leasekeeper.fsm.v1.LeaseRecord.waiters:type_name -> leasekeeper.fsm.v1.WaiterRecord
+	23, // 20: leasekeeper.fsm.v1.WaiterRecord.labels:type_name -> leasekeeper.fsm.v1.WaiterRecord.LabelsEntry
+	18, // 21: leasekeeper.fsm.v1.SnapshotHeader.members:type_name -> leasekeeper.fsm.v1.MemberRecord
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -1755,6 +1954,7 @@ func file_command_proto_init() {
 		(*Command_Batch)(nil),
 		(*Command_Write)(nil),
 		(*Command_Dequeue)(nil),
+		(*Command_EndDelay)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1762,7 +1962,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

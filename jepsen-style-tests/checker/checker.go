@@ -18,6 +18,9 @@
 //   - mutual-exclusion: no two mutex clients believed they held the same
 //     lock at the same instant, each belief ending at the client's safe
 //     deadline.
+//   - lock-delay: after a holding with a lock delay ends other than by its
+//     holder's release, no new holding of the lease starts before its
+//     guaranteed end plus the delay.
 //   - availability: the share of calls answered while a majority of nodes
 //     ran and reached each other, and how long service took to come back
 //     after each fault.
@@ -89,6 +92,7 @@ func All(h *history.History, opts Options) []Result {
 		FencedRegister(h),
 		LostRenewal(h),
 		MutualExclusion(h),
+		LockDelay(h),
 		Availability(h, opts.MinAvailability),
 		RenewalRetry(h),
 	}

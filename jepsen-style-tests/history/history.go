@@ -110,6 +110,10 @@ type Op struct {
 	ResHolder      string `json:"res_holder,omitempty"`
 	ResToken       uint64 `json:"res_token,omitempty"`
 	ResTransitions int64  `json:"res_transitions,omitempty"`
+	// ResLockDelay is the lock delay the answer's lease showed: for an
+	// acquire that took the lease, the delay the server kept for the new
+	// holding (0 when it dropped it, as a cluster with an older member does).
+	ResLockDelay time.Duration `json:"res_lock_delay_ns,omitempty"`
 
 	// Deadline is, for an OK acquire or renew of the mutex workload, the
 	// client's safe deadline (sent + duration*(1-maxDrift) - margin) on the

@@ -258,6 +258,14 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	wcfg.Clients, wcfg.MutexClients = cfg.Clients, cfg.MutexClients
 	wcfg.LeaseDuration, wcfg.MaxDrift = cfg.LeaseDuration, cfg.MaxDrift
 	wcfg.Guard, wcfg.StaleWriter = cfg.Guard, cfg.StaleWriter
+	if cfg.UpgradeFrom != "" {
+		// A downgrade lowers the cluster's command version, and a cluster
+		// with an older member drops lock delays (as designed) even for
+		// holdings that began with one: the history cannot tell which
+		// Expire still delayed, so the lock-delay checker would flag a
+		// correct cluster. Upgrade runs ask for no lock delay.
+		wcfg.LockDelay = 0
+	}
 	if wcfg.Locker, err = workload.LockerByName(cfg.Mutex); err != nil {
 		return nil, err
 	}

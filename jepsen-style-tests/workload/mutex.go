@@ -8,6 +8,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/client"
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/history"
 )
@@ -48,6 +51,8 @@ type LockAnswer struct {
 	Holder      string
 	Token       uint64
 	Transitions int64
+	// LockDelay is the lock delay the answer's lease showed.
+	LockDelay time.Duration
 }
 
 // LockerFactory makes the Locker for one holder of one lock. rec lets an
@@ -72,7 +77,7 @@ func LockerByName(name string) (LockerFactory, error) {
 // deadlines it observes, not the engine's renewals.
 func ClientLocker(c *client.Client, cfg Config, name, holder string, _ int, _ *history.Recorder) Locker {
 	m := client.NewMutex(c, name, client.WithNamespace(cfg.Namespace), client.WithIdentity(holder),
-		client.WithTTL(cfg.LeaseDuration), client.WithGrace(0))
+		client.WithTTL(cfg.LeaseDuration), client.WithGrace(0), client.WithLockDelay(cfg.lockDelay(name)))
 	return clientLocker{m}
 }
 
@@ -89,7 +94,8 @@ func (l clientLocker) TryLock(ctx context.Context) (Held, LockAnswer, error) {
 		return nil, LockAnswer{}, err
 	}
 	ls := h.Lease()
-	return clientHeld{m: l.m, h: h}, LockAnswer{Acquired: true, Found: true, Holder: h.Holder(), Token: h.Token(), Transitions: ls.GetLeaseTransitions()}, nil
+	return clientHeld{m: l.m, h: h}, LockAnswer{Acquired: true, Found: true, Holder: h.Holder(), Token: h.Token(), Transitions: ls.GetLeaseTransitions(),
+		LockDelay: ls.GetLockDelay().AsDuration()}, nil
 }
 
 type clientHeld struct {
@@ -124,14 +130,20 @@ func (l *baseLocker) deadline(sent time.Time) time.Time {
 }
 
 func (l *baseLocker) TryLock(ctx context.Context) (Held, LockAnswer, error) {
+	req := &pb.AcquireRequest{Namespace: l.cfg.Namespace, Name: l.name, HolderIdentity: l.holder,
+		LeaseDuration: durationpb.New(l.cfg.LeaseDuration)}
+	if d := l.cfg.lockDelay(l.name); d > 0 {
+		req.LockDelay = durationpb.New(d)
+	}
 	sent := time.Now()
-	resp, err := l.c.Acquire(ctx, l.cfg.Namespace, l.name, l.holder, l.cfg.LeaseDuration, 0, nil)
+	resp, err := l.c.Leases().Acquire(ctx, req)
 	if err != nil {
 		return nil, LockAnswer{}, err
 	}
 	ls := resp.GetLease()
 	ans := LockAnswer{Acquired: resp.GetAcquired(), Renewed: resp.GetRenewed(), Found: ls != nil,
-		Holder: ls.GetHolderIdentity(), Token: ls.GetFencingToken(), Transitions: ls.GetLeaseTransitions()}
+		Holder: ls.GetHolderIdentity(), Token: ls.GetFencingToken(), Transitions: ls.GetLeaseTransitions(),
+		LockDelay: ls.GetLockDelay().AsDuration()}
 	if !ans.Acquired {
 		return nil, ans, nil
 	}
@@ -254,6 +266,7 @@ func (mw *mutexWorker) lock(ctx context.Context, l Locker, lock string) Held {
 		if err == nil {
 			op.Acquired, op.Renewed = ans.Acquired, ans.Renewed
 			op.ResFound, op.ResHolder, op.ResToken, op.ResTransitions = ans.Found, ans.Holder, ans.Token, ans.Transitions
+			op.ResLockDelay = ans.LockDelay
 			if h != nil {
 				op.Deadline = rec.At(h.Deadline())
 			}

@@ -78,6 +78,9 @@ type Config struct {
 	// Guard fences the registers: "monotonic", or "broken" for the
 	// negative control.
 	Guard string
+	// LockDelay is the lock delay that the mutex workers ask for on the
+	// first lock (mutex-0); the others ask for none. 0: no lock delays.
+	LockDelay time.Duration
 	// StaleWriter makes one mutex worker keep writing with its old token
 	// after each holding, ignoring its deadline (negative control).
 	StaleWriter bool
@@ -115,6 +118,7 @@ func DefaultConfig() Config {
 		MaxDrift:          0.01,
 		Margin:            50 * time.Millisecond,
 		Guard:             "monotonic",
+		LockDelay:         time.Second,
 	}
 }
 
@@ -135,6 +139,8 @@ func (c Config) Validate() error {
 		return errors.New("workload: need 0 <= ThinkMin <= ThinkMax and 0 <= HoldMin <= HoldMax")
 	case c.MaxDrift < 0 || c.MaxDrift >= 1 || c.Margin < 0:
 		return errors.New("workload: need 0 <= MaxDrift < 1 and Margin >= 0")
+	case c.LockDelay < 0:
+		return errors.New("workload: Config.LockDelay must not be negative")
 	}
 	return nil
 }
@@ -160,6 +166,14 @@ func (c Config) LeaseNames() []string { return c.leaseNames() }
 
 // LockNames returns the mutex workload's lock names.
 func (c Config) LockNames() []string { return c.lockNames() }
+
+// lockDelay is the lock delay the mutex workers ask for on lock.
+func (c Config) lockDelay(lock string) time.Duration {
+	if lock == c.lockNames()[0] {
+		return c.LockDelay
+	}
+	return 0
+}
 
 // Workload is a set of workers ready to run.
 type Workload struct {

@@ -245,6 +245,9 @@ func (w tWriter) Write(p []byte) (int, error) {
 
 var _ io.Writer = tWriter{}
 
+// Log returns node i's Raft log store, for tests that read the entries.
+func (c *Cluster) Log(i int) raft.LogStore { return c.logs[i] }
+
 // stallStore is a Raft log store whose writes can be held up.
 type stallStore struct {
 	*raft.InmemStore

@@ -136,7 +136,14 @@ type Lease struct {
 	Waiters []string `protobuf:"bytes,16,rep,name=waiters,proto3" json:"waiters,omitempty"`
 	// object is what a whole-object writer (Write, the Kubernetes Lease API)
 	// stored, as it gave it.
-	Object        []byte `protobuf:"bytes,15,opt,name=object,proto3" json:"object,omitempty"`
+	Object []byte `protobuf:"bytes,15,opt,name=object,proto3" json:"object,omitempty"`
+	// lock_delay is the lock delay the current (or, when free, the last)
+	// holder asked for; unset when none.
+	LockDelay *durationpb.Duration `protobuf:"bytes,17,opt,name=lock_delay,json=lockDelay,proto3" json:"lock_delay,omitempty"`
+	// lock_delayed is true while the lease is in its lock delay: its last
+	// holding expired, and nobody is granted it (waiters keep their places)
+	// until the leader ends the delay.
+	LockDelayed   bool `protobuf:"varint,18,opt,name=lock_delayed,json=lockDelayed,proto3" json:"lock_delayed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -283,6 +290,20 @@ func (x *Lease) GetObject() []byte {
 	return nil
 }
 
+func (x *Lease) GetLockDelay() *durationpb.Duration {
+	if x != nil {
+		return x.LockDelay
+	}
+	return nil
+}
+
+func (x *Lease) GetLockDelayed() bool {
+	if x != nil {
+		return x.LockDelayed
+	}
+	return false
+}
+
 // Holding is one past or present holding of a lease.
 type Holding struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -379,7 +400,16 @@ type AcquireRequest struct {
 	// leader hands the lease to the first waiter in the same log entry. A
 	// waiter that stops calling for longer than lease_duration + grace_period
 	// loses its place.
-	Wait          bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	Wait bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	// lock_delay (Consul and Chubby's lock-delay): if this holding ends by
+	// expiry rather than a release, the lease stays unavailable for this
+	// long after the leader expired it, so that work the failed holder
+	// still has in flight can drain before anyone else holds the lease.
+	// Waiters and new acquirers get it only after the delay. A release
+	// hands the lease on at once. 0 or unset: no delay. At most the
+	// server's maximum (lease-node --max-lock-delay); a negative or larger
+	// value is InvalidArgument.
+	LockDelay     *durationpb.Duration `protobuf:"bytes,8,opt,name=lock_delay,json=lockDelay,proto3" json:"lock_delay,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -463,11 +493,19 @@ func (x *AcquireRequest) GetWait() bool {
 	return false
 }
 
+func (x *AcquireRequest) GetLockDelay() *durationpb.Duration {
+	if x != nil {
+		return x.LockDelay
+	}
+	return nil
+}
+
 type AcquireResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// acquired is true when the caller holds the lease now (a new holding or
 	// a renewal of its own holding). When false, lease names the current
-	// holder and remaining says how long its holding has left at most.
+	// holder and remaining says how long its holding has left at most; or
+	// lease.lock_delayed is set and remaining is the lock delay's time left.
 	Acquired  bool                 `protobuf:"varint,1,opt,name=acquired,proto3" json:"acquired,omitempty"`
 	Lease     *Lease               `protobuf:"bytes,2,opt,name=lease,proto3" json:"lease,omitempty"`
 	Remaining *durationpb.Duration `protobuf:"bytes,3,opt,name=remaining,proto3" json:"remaining,omitempty"`
@@ -867,8 +905,9 @@ func (x *GetRequest) GetSerializable() bool {
 type GetResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Lease *Lease                 `protobuf:"bytes,1,opt,name=lease,proto3" json:"lease,omitempty"`
-	// remaining is the leader's estimate of the time left to the holding;
-	// unset on serializable reads from followers and for free leases.
+	// remaining is the leader's estimate of the time left to the holding
+	// (or, while lease.lock_delayed, to the lock delay); unset on
+	// serializable reads from followers and for free leases.
 	Remaining     *durationpb.Duration `protobuf:"bytes,2,opt,name=remaining,proto3" json:"remaining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3072,7 +3111,7 @@ var File_leasekeeper_v1_leasekeeper_proto protoreflect.FileDescriptor
 
 const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\n" +
-	" leasekeeper/v1/leasekeeper.proto\x12\x0eleasekeeper.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x06\n" +
+	" leasekeeper/v1/leasekeeper.proto\x12\x0eleasekeeper.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x06\n" +
 	"\x05Lease\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
@@ -3092,7 +3131,10 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"createTime\x121\n" +
 	"\ahistory\x18\x0e \x03(\v2\x17.leasekeeper.v1.HoldingR\ahistory\x12\x18\n" +
 	"\awaiters\x18\x10 \x03(\tR\awaiters\x12\x16\n" +
-	"\x06object\x18\x0f \x01(\fR\x06object\x1a9\n" +
+	"\x06object\x18\x0f \x01(\fR\x06object\x128\n" +
+	"\n" +
+	"lock_delay\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\tlockDelay\x12!\n" +
+	"\flock_delayed\x18\x12 \x01(\bR\vlockDelayed\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe8\x01\n" +
@@ -3103,7 +3145,7 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1d\n" +
 	"\n" +
-	"end_reason\x18\x05 \x01(\tR\tendReason\"\xfe\x02\n" +
+	"end_reason\x18\x05 \x01(\tR\tendReason\"\xb8\x03\n" +
 	"\x0eAcquireRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
@@ -3111,7 +3153,9 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x0elease_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12<\n" +
 	"\fgrace_period\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vgracePeriod\x12B\n" +
 	"\x06labels\x18\x06 \x03(\v2*.leasekeeper.v1.AcquireRequest.LabelsEntryR\x06labels\x12\x12\n" +
-	"\x04wait\x18\a \x01(\bR\x04wait\x1a9\n" +
+	"\x04wait\x18\a \x01(\bR\x04wait\x128\n" +
+	"\n" +
+	"lock_delay\x18\b \x01(\v2\x19.google.protobuf.DurationR\tlockDelay\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x01\n" +
@@ -3401,89 +3445,91 @@ var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
 	41, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
 	46, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 6: leasekeeper.v1.Lease.history:type_name -> leasekeeper.v1.Holding
-	46, // 7: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
-	46, // 8: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
-	45, // 9: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
-	45, // 10: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
-	42, // 11: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
-	1,  // 12: leasekeeper.v1.AcquireResponse.lease:type_name -> leasekeeper.v1.Lease
-	45, // 13: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
-	1,  // 14: leasekeeper.v1.RenewResponse.lease:type_name -> leasekeeper.v1.Lease
-	1,  // 15: leasekeeper.v1.ReleaseResponse.lease:type_name -> leasekeeper.v1.Lease
-	1,  // 16: leasekeeper.v1.GetResponse.lease:type_name -> leasekeeper.v1.Lease
-	45, // 17: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
-	1,  // 18: leasekeeper.v1.ListResponse.leases:type_name -> leasekeeper.v1.Lease
-	43, // 19: leasekeeper.v1.ListResponse.remaining:type_name -> leasekeeper.v1.ListResponse.RemainingEntry
-	1,  // 20: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
-	45, // 21: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
-	44, // 22: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
-	1,  // 23: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
-	45, // 24: leasekeeper.v1.WatchRequest.progress_interval:type_name -> google.protobuf.Duration
-	0,  // 25: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
-	1,  // 26: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
-	18, // 27: leasekeeper.v1.WatchEventBatch.events:type_name -> leasekeeper.v1.WatchEvent
-	20, // 28: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
-	45, // 29: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
-	22, // 30: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
-	45, // 31: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
-	3,  // 32: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
-	5,  // 33: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
-	7,  // 34: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
-	9,  // 35: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
-	13, // 36: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
-	15, // 37: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
-	47, // 38: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
-	25, // 39: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
-	4,  // 40: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
-	6,  // 41: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
-	8,  // 42: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
-	10, // 43: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
-	14, // 44: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
-	16, // 45: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
-	27, // 46: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
-	30, // 47: leasekeeper.v1.StatusResponse.build:type_name -> leasekeeper.v1.BuildInfo
-	27, // 48: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
-	27, // 49: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
-	45, // 50: leasekeeper.v1.ListResponse.RemainingEntry.value:type_name -> google.protobuf.Duration
-	3,  // 51: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
-	5,  // 52: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
-	7,  // 53: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
-	9,  // 54: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
-	11, // 55: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
-	13, // 56: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
-	15, // 57: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
-	17, // 58: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
-	17, // 59: leasekeeper.v1.Leases.WatchBatches:input_type -> leasekeeper.v1.WatchRequest
-	21, // 60: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
-	24, // 61: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
-	28, // 62: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
-	39, // 63: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
-	31, // 64: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
-	33, // 65: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
-	35, // 66: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
-	37, // 67: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
-	4,  // 68: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
-	6,  // 69: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
-	8,  // 70: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
-	10, // 71: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
-	12, // 72: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
-	14, // 73: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
-	16, // 74: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
-	18, // 75: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
-	19, // 76: leasekeeper.v1.Leases.WatchBatches:output_type -> leasekeeper.v1.WatchEventBatch
-	23, // 77: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
-	26, // 78: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
-	29, // 79: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
-	40, // 80: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
-	32, // 81: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
-	34, // 82: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
-	36, // 83: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
-	38, // 84: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
-	68, // [68:85] is the sub-list for method output_type
-	51, // [51:68] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	45, // 7: leasekeeper.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
+	46, // 8: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
+	46, // 9: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
+	45, // 10: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
+	45, // 11: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
+	42, // 12: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
+	45, // 13: leasekeeper.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
+	1,  // 14: leasekeeper.v1.AcquireResponse.lease:type_name -> leasekeeper.v1.Lease
+	45, // 15: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
+	1,  // 16: leasekeeper.v1.RenewResponse.lease:type_name -> leasekeeper.v1.Lease
+	1,  // 17: leasekeeper.v1.ReleaseResponse.lease:type_name -> leasekeeper.v1.Lease
+	1,  // 18: leasekeeper.v1.GetResponse.lease:type_name -> leasekeeper.v1.Lease
+	45, // 19: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
+	1,  // 20: leasekeeper.v1.ListResponse.leases:type_name -> leasekeeper.v1.Lease
+	43, // 21: leasekeeper.v1.ListResponse.remaining:type_name -> leasekeeper.v1.ListResponse.RemainingEntry
+	1,  // 22: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
+	45, // 23: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
+	44, // 24: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
+	1,  // 25: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
+	45, // 26: leasekeeper.v1.WatchRequest.progress_interval:type_name -> google.protobuf.Duration
+	0,  // 27: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
+	1,  // 28: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
+	18, // 29: leasekeeper.v1.WatchEventBatch.events:type_name -> leasekeeper.v1.WatchEvent
+	20, // 30: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
+	45, // 31: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
+	22, // 32: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
+	45, // 33: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
+	3,  // 34: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
+	5,  // 35: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
+	7,  // 36: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
+	9,  // 37: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
+	13, // 38: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
+	15, // 39: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
+	47, // 40: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
+	25, // 41: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
+	4,  // 42: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
+	6,  // 43: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
+	8,  // 44: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
+	10, // 45: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
+	14, // 46: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
+	16, // 47: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
+	27, // 48: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
+	30, // 49: leasekeeper.v1.StatusResponse.build:type_name -> leasekeeper.v1.BuildInfo
+	27, // 50: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
+	27, // 51: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
+	45, // 52: leasekeeper.v1.ListResponse.RemainingEntry.value:type_name -> google.protobuf.Duration
+	3,  // 53: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
+	5,  // 54: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
+	7,  // 55: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
+	9,  // 56: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
+	11, // 57: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
+	13, // 58: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
+	15, // 59: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
+	17, // 60: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
+	17, // 61: leasekeeper.v1.Leases.WatchBatches:input_type -> leasekeeper.v1.WatchRequest
+	21, // 62: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
+	24, // 63: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
+	28, // 64: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
+	39, // 65: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
+	31, // 66: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
+	33, // 67: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
+	35, // 68: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
+	37, // 69: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
+	4,  // 70: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
+	6,  // 71: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
+	8,  // 72: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
+	10, // 73: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
+	12, // 74: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
+	14, // 75: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
+	16, // 76: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
+	18, // 77: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
+	19, // 78: leasekeeper.v1.Leases.WatchBatches:output_type -> leasekeeper.v1.WatchEventBatch
+	23, // 79: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
+	26, // 80: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
+	29, // 81: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
+	40, // 82: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
+	32, // 83: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
+	34, // 84: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
+	36, // 85: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
+	38, // 86: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
+	70, // [70:87] is the sub-list for method output_type
+	53, // [53:70] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_leasekeeper_v1_leasekeeper_proto_init() }

@@ -60,7 +60,7 @@ func run() int {
 	fs.StringVar(&cfg.Guard, "guard", cfg.Guard, "fenced register guard: monotonic, or broken (negative control)")
 	fs.BoolVar(&cfg.StaleWriter, "stale-writer", false, "one mutex client ignores its deadline and keeps writing (negative control)")
 	fs.StringVar(&cfg.CorruptHistory, "corrupt-history", "", "tamper with the history before checking: swap-tokens (negative control)")
-	fs.StringVar(&cfg.Fault, "unsafe-test-fault", "", "start every node with lease-node --unsafe-test-fault, which breaks one safety rule (negative control): no-fresh-duration, early-expiry, reuse-tokens, no-confirm, ignore-expire-doubt")
+	fs.StringVar(&cfg.Fault, "unsafe-test-fault", "", "start every node with lease-node --unsafe-test-fault, which breaks one safety rule (negative control): no-fresh-duration, early-expiry, reuse-tokens, no-confirm, ignore-expire-doubt, skip-lock-delay")
 	fs.DurationVar(&cfg.LinearizabilityTimeout, "lin-timeout", cfg.LinearizabilityTimeout, "bound on porcupine's search (0: none)")
 	fs.Float64Var(&cfg.MinAvailability, "min-availability", cfg.MinAvailability, "share of calls that must be answered while a majority is connected")
 	fs.Float64Var(&cfg.MaxDrift, "max-drift", cfg.MaxDrift, "documented clock drift bound")
