@@ -10,6 +10,7 @@ OTHER_PKGS  := ./cmd/... ./internal/... ./fence/... ./examples/... ./jepsen-styl
 # Lint tools are pinned in tools/go.mod (a module of its own, so they do not
 # touch the service's dependencies); `make tools` fetches and builds them.
 STATICCHECK := $(BIN)/staticcheck
+KUBECTL     := $(BIN)/kubectl
 
 # Build info stamped into both binaries (internal/buildinfo): the release
 # tag (git describe; "devel" before the first tag or outside git) and the
@@ -135,7 +136,14 @@ check-deploy:
 	@command -v systemd-analyze >/dev/null || echo "systemd-analyze not installed (apt-get install systemd): the unit is not verified"
 	$(GO) test -count=1 ./deploy/...
 
-tools: $(STATICCHECK)
+tools: $(STATICCHECK) $(KUBECTL)
+
+# kubectl for the Kubernetes Lease API tests (integration TestK8sKubectl),
+# built from k8s.io/kubectl at the Kubernetes release of go.mod, in a module
+# of its own (tools/kubectl), so that no machine needs a kubectl package.
+$(KUBECTL): tools/kubectl/go.mod tools/kubectl/go.sum tools/kubectl/main.go
+	@cd tools/kubectl && $(GO) mod download || { echo "tools: cannot fetch the modules in tools/kubectl/go.mod (k8s.io/kubectl)"; exit 1; }
+	$(GO) build -C tools/kubectl -o ../../$(KUBECTL) .
 
 $(STATICCHECK): tools/go.mod tools/go.sum
 	@cd tools && $(GO) mod download || { echo "tools: cannot fetch the modules in tools/go.mod (honnef.co/go/tools, staticcheck)"; exit 1; }

@@ -419,10 +419,17 @@ func ptr[T any](v T) *T { return &v }
 // OpenAPI documents included): leases made through the Kubernetes API and
 // through gRPC both show.
 func TestK8sKubectl(t *testing.T) {
-	kubectl, err := exec.LookPath("kubectl")
-	if err != nil {
-		t.Skip("kubectl is not installed; skipping the kubectl checks")
+	// make tools builds bin/kubectl (tools/kubectl); else one on PATH.
+	kubectl, err := filepath.Abs(filepath.Join("..", "bin", "kubectl"))
+	if _, serr := os.Stat(kubectl); err != nil || serr != nil {
+		if kubectl, err = exec.LookPath("kubectl"); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatal("kubectl is missing: make tools builds bin/kubectl")
+			}
+			t.Skip("kubectl is not installed (make tools builds bin/kubectl); skipping the kubectl checks")
+		}
 	}
+	t.Logf("kubectl: %s", kubectl)
 	c := startCluster(t, 3)
 	ready(t, c)
 	url := k8sAPI(t, c.procs[0])
