@@ -204,6 +204,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	var upgradeFrom, upgradeTo string
 	// nc is what the nemesis drives: the harness's cluster or compose's.
 	var nc nemesis.Cluster
+	var composeIDs map[string]string
 	endpoints := cfg.Endpoints
 	mode := "external"
 	if len(endpoints) > 0 && cfg.PartitionScript != "" {
@@ -213,6 +214,12 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		}
 		defer cc.Close()
 		nc, mode = cc, "compose"
+		// The checkers must know which node each endpoint is, to tell an
+		// attempt through a node a fault cut off from the majority.
+		composeIDs = map[string]string{}
+		for i, ep := range endpoints {
+			composeIDs[ep] = fmt.Sprintf("n%d", i+1) // as newCompose names them
+		}
 	} else if len(endpoints) > 0 {
 		if len(cfg.Nemesis) > 0 {
 			return nil, errors.New("runner: the nemesis needs the harness's cluster or, for docker compose, PartitionScript (-partition-script); else inject faults by hand (compose/partition.sh)")
@@ -335,7 +342,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	h := rec.History(history.Meta{
 		Mode: mode, Nodes: len(endpoints), MaxDrift: cfg.MaxDrift, Margin: wcfg.Margin,
 		Leases: wcfg.LeaseNames(), Locks: wcfg.LockNames(), Started: rec.Start(),
-		ElectionTimeout: harness.DefaultConfig().ElectionTimeout, NodeIDs: nodeIDs(cluster),
+		ElectionTimeout: harness.DefaultConfig().ElectionTimeout, NodeIDs: nodeIDs(cluster, composeIDs),
 	})
 	res := &Results{RunDir: runDir, Mode: mode, Nodes: len(endpoints), DurationS: time.Duration(h.End).Seconds(), Crashes: crashes}
 	if cfg.CorruptHistory != "" {
@@ -382,11 +389,11 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	return res, nil
 }
 
-// nodeIDs maps each node's client endpoint to its ID (nil without a
-// cluster of the harness's).
-func nodeIDs(c *harness.Cluster) map[string]string {
+// nodeIDs maps each node's client endpoint to its ID: the harness's
+// cluster's, or else compose's (nil for another external cluster).
+func nodeIDs(c *harness.Cluster, compose map[string]string) map[string]string {
 	if c == nil {
-		return nil
+		return compose
 	}
 	m := map[string]string{}
 	for _, n := range c.Nodes() {
