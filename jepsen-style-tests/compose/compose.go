@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"os/exec"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/harness"
 	"github.com/leasekeeper/leasekeeper/jepsen-style-tests/nemesis"
 )
 
@@ -314,35 +314,17 @@ func (c *Cluster) Status(ctx context.Context, id string) (*pb.StatusResponse, er
 // Leader returns the node that claims leadership in the highest term
 // among the running, unpaused nodes that answer.
 func (c *Cluster) Leader(ctx context.Context) (string, error) {
-	type claim struct {
-		id   string
-		term uint64
-	}
-	var mu sync.Mutex
-	var claims []claim
-	var wg sync.WaitGroup
+	var ids []string
 	for _, id := range c.cfg.IDs {
-		if !c.up(id) {
-			continue
+		if c.up(id) {
+			ids = append(ids, id)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			st, err := c.Status(ctx, id)
-			if err != nil || st.GetLeader() == "" {
-				return
-			}
-			mu.Lock()
-			claims = append(claims, claim{st.GetLeader(), st.GetTerm()})
-			mu.Unlock()
-		}()
 	}
-	wg.Wait()
-	if len(claims) == 0 {
+	id, ok := harness.HighestClaim(ctx, ids, c.Status)
+	if !ok {
 		return "", errors.New("compose: no node knows a leader")
 	}
-	sort.Slice(claims, func(i, j int) bool { return claims[i].term > claims[j].term })
-	return claims[0].id, nil
+	return id, nil
 }
 
 // WaitLeader waits until some node knows a leader, up to timeout.

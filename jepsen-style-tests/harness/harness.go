@@ -28,7 +28,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -678,35 +677,43 @@ func (c *Cluster) Status(ctx context.Context, id string) (*pb.StatusResponse, er
 // term among the running, unpaused nodes that answer. A cut-off old leader
 // may still claim an older term; the highest term wins.
 func (c *Cluster) Leader(ctx context.Context) (string, error) {
-	type claim struct {
-		id   string
-		term uint64
-	}
-	var mu sync.Mutex
-	var claims []claim
-	var wg sync.WaitGroup
+	var ids []string
 	for _, n := range c.nodes {
-		if !n.Running() || n.Paused() {
-			continue
+		if n.Running() && !n.Paused() {
+			ids = append(ids, n.ID)
 		}
-		wg.Add(1)
-		go func(n *Node) {
-			defer wg.Done()
-			st, err := c.Status(ctx, n.ID)
+	}
+	id, ok := HighestClaim(ctx, ids, c.Status)
+	if !ok {
+		return "", errors.New("harness: no node knows a leader")
+	}
+	return id, nil
+}
+
+// HighestClaim asks every node in ids for its status at once and returns
+// the leader named in the highest term; ok is false when none names one.
+// A cut-off old leader may still claim an older term; the highest wins.
+func HighestClaim(ctx context.Context, ids []string, status func(context.Context, string) (*pb.StatusResponse, error)) (leader string, ok bool) {
+	var (
+		mu   sync.Mutex
+		term uint64
+		wg   sync.WaitGroup
+	)
+	for _, id := range ids {
+		wg.Go(func() {
+			st, err := status(ctx, id)
 			if err != nil || st.GetLeader() == "" {
 				return
 			}
 			mu.Lock()
-			claims = append(claims, claim{st.GetLeader(), st.GetTerm()})
-			mu.Unlock()
-		}(n)
+			defer mu.Unlock()
+			if !ok || st.GetTerm() > term {
+				leader, term, ok = st.GetLeader(), st.GetTerm(), true
+			}
+		})
 	}
 	wg.Wait()
-	if len(claims) == 0 {
-		return "", errors.New("harness: no node knows a leader")
-	}
-	sort.Slice(claims, func(i, j int) bool { return claims[i].term > claims[j].term })
-	return claims[0].id, nil
+	return leader, ok
 }
 
 // WaitLeader waits until some node knows a leader, up to timeout.
