@@ -241,7 +241,7 @@ func (f *FSM) apply(c *fsmpb.Command, index, term uint64) *Result {
 	case *fsmpb.Command_Expire:
 		return f.expire(op.Expire, index, term, now)
 	case *fsmpb.Command_Delete:
-		return f.delete(op.Delete, now)
+		return f.delete(op.Delete, index, now)
 	case *fsmpb.Command_SetMember:
 		f.members[op.SetMember.Id] = op.SetMember.GrpcAddr
 		if op.SetMember.CommandVersion != 0 {
@@ -255,6 +255,9 @@ func (f *FSM) apply(c *fsmpb.Command, index, term uint64) *Result {
 	case *fsmpb.Command_Write:
 		return f.write(op.Write, index, now)
 	case *fsmpb.Command_Dequeue:
+		if op.Dequeue.Semaphore {
+			return f.dequeueSlot(op.Dequeue)
+		}
 		return f.dequeue(op.Dequeue)
 	case *fsmpb.Command_EndDelay:
 		return f.endDelay(op.EndDelay, index, term, now)
@@ -300,6 +303,9 @@ func (f *FSM) newHolding(l *Lease, holder string, now int64) {
 }
 
 func (f *FSM) acquire(a *fsmpb.Acquire, index uint64, now int64) *Result {
+	if a.Slots > 0 {
+		return f.acquireSlot(a, index, now)
+	}
 	if a.Name == "" || a.Holder == "" {
 		return &Result{Err: fmt.Errorf("%w: acquire needs a name and a holder", ErrBadCommand)}
 	}
@@ -374,6 +380,7 @@ func (f *FSM) acquire(a *fsmpb.Acquire, index uint64, now int64) *Result {
 func (f *FSM) ended(l *Lease, t EventType, index uint64, now int64) *Lease {
 	f.store(l, t)
 	if len(l.Waiters) == 0 {
+		f.slotFreed(l, index, now)
 		return l
 	}
 	next := l.clone()
@@ -635,7 +642,7 @@ func holdingToken(l *Lease) uint64 {
 	return l.Token
 }
 
-func (f *FSM) delete(d *fsmpb.Delete, now int64) *Result {
+func (f *FSM) delete(d *fsmpb.Delete, index uint64, now int64) *Result {
 	old := f.leases.get(d.Namespace, d.Name)
 	if r := checkDelete(d, old); r != nil {
 		return r
@@ -648,6 +655,9 @@ func (f *FSM) delete(d *fsmpb.Delete, now int64) *Result {
 	}
 	f.revision++
 	f.events = append(f.events, Event{Type: EventDeleted, Lease: l, Prev: old, Revision: f.revision})
+	// A deleted slot is a freed one: the semaphore's next waiter gets it
+	// anew.
+	f.slotFreed(l, index, now)
 	return &Result{Lease: l}
 }
 
@@ -712,9 +722,11 @@ type Stats struct {
 	AppliedIndex uint64
 }
 
-// QueuedWaiter is one waiter of one lease.
+// QueuedWaiter is one waiter of one lease, or with Semaphore of one
+// semaphore (Name is then the semaphore's).
 type QueuedWaiter struct {
 	Namespace, Name string
+	Semaphore       bool
 	Waiter
 }
 
@@ -727,6 +739,11 @@ func (f *FSM) Waiters() []QueuedWaiter {
 		l := f.leases.get(k.namespace, k.name)
 		for _, w := range l.Waiters {
 			out = append(out, QueuedWaiter{Namespace: l.Namespace, Name: l.Name, Waiter: w})
+		}
+	}
+	for k, q := range f.leases.sems {
+		for _, w := range q {
+			out = append(out, QueuedWaiter{Namespace: k.namespace, Name: k.name, Semaphore: true, Waiter: w})
 		}
 	}
 	return out

@@ -82,6 +82,24 @@ type Waiter struct {
 	// LockDelay is the lock delay the waiter asked for, the lease's once
 	// it is handed the lease.
 	LockDelay time.Duration
+	// Slots, for a semaphore's waiter, is the semaphore's size: it takes
+	// any of the slots name-0 … name-(Slots-1). 0 for a lease's waiter.
+	Slots int
+}
+
+// waiterRecord and waiterFromRecord convert a waiter for snapshots.
+func waiterRecord(w Waiter) *fsmpb.WaiterRecord {
+	return &fsmpb.WaiterRecord{
+		Holder: w.Holder, DurationNs: int64(w.Duration), GraceNs: int64(w.Grace), Labels: w.Labels,
+		LockDelayNs: int64(w.LockDelay), Slots: uint32(w.Slots),
+	}
+}
+
+func waiterFromRecord(w *fsmpb.WaiterRecord) Waiter {
+	return Waiter{
+		Holder: internHolder(w.Holder), Duration: time.Duration(w.DurationNs), Grace: time.Duration(w.GraceNs), Labels: w.Labels,
+		LockDelay: time.Duration(w.LockDelayNs), Slots: int(w.Slots),
+	}
 }
 
 // WaitingPosition returns the place (1 = next) of holder in the queue, or
@@ -203,10 +221,7 @@ func (l *Lease) toRecord() *fsmpb.LeaseRecord {
 		Delayed:         l.Delayed,
 	}
 	for _, w := range l.Waiters {
-		r.Waiters = append(r.Waiters, &fsmpb.WaiterRecord{
-			Holder: w.Holder, DurationNs: int64(w.Duration), GraceNs: int64(w.Grace), Labels: w.Labels,
-			LockDelayNs: int64(w.LockDelay),
-		})
+		r.Waiters = append(r.Waiters, waiterRecord(w))
 	}
 	for _, h := range l.History {
 		r.History = append(r.History, &fsmpb.HoldingRecord{
@@ -239,10 +254,7 @@ func leaseFromRecord(r *fsmpb.LeaseRecord) *Lease {
 	if len(r.Waiters) > 0 {
 		l.Waiters = make([]Waiter, len(r.Waiters))
 		for i, w := range r.Waiters {
-			l.Waiters[i] = Waiter{
-				Holder: w.Holder, Duration: time.Duration(w.DurationNs), Grace: time.Duration(w.GraceNs), Labels: w.Labels,
-				LockDelay: time.Duration(w.LockDelayNs),
-			}
+			l.Waiters[i] = waiterFromRecord(w)
 		}
 	}
 	if len(r.History) > 0 {

@@ -190,8 +190,8 @@ func TestLockDelaySnapshot(t *testing.T) {
 	}
 	h.apply(4, expireDelaying("m", a.Token, a.RenewIndex, 1))
 	f, buf := format()
-	if f != SnapshotFormat {
-		t.Fatalf("format %d with a delay, want %d", f, SnapshotFormat)
+	if f != snapshotFormatDelayed {
+		t.Fatalf("format %d with a delay, want %d", f, snapshotFormatDelayed)
 	}
 	g := New(nil)
 	if err := g.Restore(io.NopCloser(buf)); err != nil {

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"maps"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -40,7 +42,15 @@ const snapshotMagic = "LKSNAP1\n"
 //     as free and grant it, so it must refuse the snapshot. A snapshot
 //     without a delayed lease is written as format 1
 //     (snapshotFormatPlain), which such a binary still reads.
-const SnapshotFormat uint32 = 2
+//  3. Semaphore queues (SnapshotHeader.semaphore_queues): a binary of an
+//     older format would drop them, and then hand a freed slot to nobody
+//     where the others hand it to a waiter. Written only while some
+//     semaphore has waiters; otherwise the format above applies.
+const SnapshotFormat uint32 = 3
+
+// snapshotFormatDelayed is the format of a snapshot with a delayed lease
+// and no semaphore queue.
+const snapshotFormatDelayed uint32 = 2
 
 // snapshotFormatPlain is the format of a snapshot without a delayed lease.
 const snapshotFormatPlain uint32 = 1
@@ -80,6 +90,7 @@ var recordEncoding = protodelim.MarshalOptions{MarshalOptions: proto.MarshalOpti
 type snapshot struct {
 	header *fsmpb.SnapshotHeader
 	leases []*Lease
+	sems   map[leaseKey][]Waiter
 	done   func(time.Duration) // records a finished Persist
 }
 
@@ -112,8 +123,14 @@ func newSnapshot(leases *table, members map[string]string, memberVersions map[st
 	for l := range leases.all() {
 		s.leases = append(s.leases, l)
 		if l.Delayed {
-			s.header.Format = SnapshotFormat
+			s.header.Format = snapshotFormatDelayed
 		}
+	}
+	if len(leases.sems) > 0 {
+		// The queues change in place between snapshots; the slice headers
+		// copied here keep what they hold now (table.setSem).
+		s.sems = maps.Clone(leases.sems)
+		s.header.Format = SnapshotFormat
 	}
 	return s
 }
@@ -161,6 +178,7 @@ func (s *snapshot) Release() {}
 // encode writes the snapshot to w.
 func (s *snapshot) encode(w io.Writer) error {
 	sortLeases(s.leases)
+	s.header.SemaphoreQueues = semRecords(s.sems)
 	members := s.header.Members
 	// Members sorted too, so equal states give equal bytes.
 	for i := 1; i < len(members); i++ {
@@ -340,6 +358,20 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		}
 		st.leases.put(l)
 	}
+	for _, r := range h.SemaphoreQueues {
+		k := leaseKey{r.Namespace, r.Name}
+		if r.Name == "" || len(r.Waiters) == 0 || st.leases.sems[k] != nil {
+			return nil, fmt.Errorf("%w: semaphore queue %q/%q empty, unnamed or repeated", ErrCorruptSnapshot, r.Namespace, r.Name)
+		}
+		q := make([]Waiter, len(r.Waiters))
+		for i, w := range r.Waiters {
+			q[i] = waiterFromRecord(w)
+			if q[i].Slots < 1 || q[i].Slots > MaxSlots {
+				return nil, fmt.Errorf("%w: semaphore %s/%s: a waiter of %d slots", ErrCorruptSnapshot, r.Namespace, r.Name, q[i].Slots)
+			}
+		}
+		st.leases.sems[k] = q
+	}
 	sum := crc.Sum32()
 	var want uint32
 	if err := binary.Read(br.r, binary.BigEndian, &want); err != nil {
@@ -372,4 +404,21 @@ func (c *crcReader) ReadByte() (byte, error) {
 		c.crc.Write(c.one[:])
 	}
 	return b, err
+}
+
+// semRecords returns the semaphore queues as snapshot records, sorted by
+// namespace and name so that equal states give equal bytes.
+func semRecords(sems map[leaseKey][]Waiter) []*fsmpb.SemaphoreQueueRecord {
+	keys := slices.SortedFunc(maps.Keys(sems), func(a, b leaseKey) int {
+		return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+	})
+	out := make([]*fsmpb.SemaphoreQueueRecord, 0, len(keys))
+	for _, k := range keys {
+		r := &fsmpb.SemaphoreQueueRecord{Namespace: k.namespace, Name: k.name}
+		for _, w := range sems[k] {
+			r.Waiters = append(r.Waiters, waiterRecord(w))
+		}
+		out = append(out, r)
+	}
+	return out
 }

@@ -22,6 +22,9 @@ type table struct {
 	held   int                   // leases with a holder
 	queued map[leaseKey]struct{} // leases with waiters
 	labels labelSets
+	// sems holds the queue of every semaphore with waiters, by namespace
+	// and semaphore name (semaphore.go).
+	sems map[leaseKey][]Waiter
 }
 
 // space is the leases of one namespace, by name.
@@ -37,6 +40,7 @@ func newTable() *table {
 		spaces: make(map[string]*space),
 		queued: make(map[leaseKey]struct{}),
 		labels: make(labelSets),
+		sems:   make(map[leaseKey][]Waiter),
 	}
 }
 

@@ -25,6 +25,11 @@ import (
 //     Also lock delay: Acquire.lock_delay_ns, Expire.lock_delays and the
 //     EndDelay command (an expired holding leaves its lease delayed until
 //     the leader ends the delay).
+//  4. Semaphores: Acquire.slots (a semaphore's acquire, queued in the
+//     semaphore's one queue) and Dequeue.semaphore. An older FSM would
+//     take either for a command on a lease named after the semaphore, so
+//     Fit cannot clear them: the leader refuses them (Check) until every
+//     member applies version 4.
 //
 // Every node of a cluster must apply a command alike, or their tables
 // diverge: an FSM of version 1 ignores the fields of version 2 and would
@@ -33,7 +38,7 @@ import (
 // (Fit), and an FSM that meets a command above its version halts (Halted)
 // instead of misapplying it: it applies nothing from there on, so its
 // table stays the one the entries before left.
-const CommandVersion uint32 = 3
+const CommandVersion uint32 = 4
 
 // ErrTooNew: a log entry needs a newer binary than this one.
 var ErrTooNew = fmt.Errorf("fsm: command needs a newer leasekeeper (this one applies command version %d)", CommandVersion)
@@ -72,7 +77,16 @@ func fit(c *fsmpb.Command, v uint32) uint32 {
 		}
 		return need
 	}
-	return max(fitV2(c, v), fitLockDelay(c, v))
+	return max(fitV2(c, v), fitLockDelay(c, v), fitSemaphore(c))
+}
+
+// fitSemaphore reports the version of a semaphore command: 4, with
+// nothing to clear.
+func fitSemaphore(c *fsmpb.Command) uint32 {
+	if c.GetAcquire().GetSlots() > 0 || c.GetDequeue().GetSemaphore() {
+		return 4
+	}
+	return 0
 }
 
 // fitV2 fits the fields of version 2, and the record label of version 3

@@ -461,7 +461,13 @@ type Acquire struct {
 	MaxWaiters uint32 `protobuf:"varint,8,opt,name=max_waiters,json=maxWaiters,proto3" json:"max_waiters,omitempty"`
 	// lock_delay_ns is the acquirer's lock delay: after its holding ends by
 	// expiry, the lease stays unavailable this long (command version 3).
-	LockDelayNs   int64 `protobuf:"varint,9,opt,name=lock_delay_ns,json=lockDelayNs,proto3" json:"lock_delay_ns,omitempty"`
+	LockDelayNs int64 `protobuf:"varint,9,opt,name=lock_delay_ns,json=lockDelayNs,proto3" json:"lock_delay_ns,omitempty"`
+	// slots, when non-zero, makes this a semaphore's acquire (command
+	// version 4): name is the semaphore, and the holder gets one of the
+	// leases name-0 … name-(slots-1), or waits (wait) in the semaphore's one
+	// queue for the first of them that is freed. A holder of one of them
+	// renews it instead.
+	Slots         uint32 `protobuf:"varint,10,opt,name=slots,proto3" json:"slots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -559,12 +565,21 @@ func (x *Acquire) GetLockDelayNs() int64 {
 	return 0
 }
 
-// Dequeue takes a waiter out of a lease's queue.
+func (x *Acquire) GetSlots() uint32 {
+	if x != nil {
+		return x.Slots
+	}
+	return 0
+}
+
+// Dequeue takes a waiter out of a lease's queue, or with semaphore out of
+// the queue of the semaphore name (command version 4).
 type Dequeue struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Holder        string                 `protobuf:"bytes,3,opt,name=holder,proto3" json:"holder,omitempty"`
+	Semaphore     bool                   `protobuf:"varint,4,opt,name=semaphore,proto3" json:"semaphore,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -618,6 +633,13 @@ func (x *Dequeue) GetHolder() string {
 		return x.Holder
 	}
 	return ""
+}
+
+func (x *Dequeue) GetSemaphore() bool {
+	if x != nil {
+		return x.Semaphore
+	}
+	return false
 }
 
 type Renew struct {
@@ -1489,12 +1511,14 @@ func (x *LeaseRecord) GetDelayed() bool {
 }
 
 type WaiterRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Holder        string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
-	DurationNs    int64                  `protobuf:"varint,2,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
-	GraceNs       int64                  `protobuf:"varint,3,opt,name=grace_ns,json=graceNs,proto3" json:"grace_ns,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	LockDelayNs   int64                  `protobuf:"varint,5,opt,name=lock_delay_ns,json=lockDelayNs,proto3" json:"lock_delay_ns,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Holder      string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	DurationNs  int64                  `protobuf:"varint,2,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
+	GraceNs     int64                  `protobuf:"varint,3,opt,name=grace_ns,json=graceNs,proto3" json:"grace_ns,omitempty"`
+	Labels      map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	LockDelayNs int64                  `protobuf:"varint,5,opt,name=lock_delay_ns,json=lockDelayNs,proto3" json:"lock_delay_ns,omitempty"`
+	// slots: a semaphore's waiter, for the slots name-0 … name-(slots-1).
+	Slots         uint32 `protobuf:"varint,6,opt,name=slots,proto3" json:"slots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1564,6 +1588,74 @@ func (x *WaiterRecord) GetLockDelayNs() int64 {
 	return 0
 }
 
+func (x *WaiterRecord) GetSlots() uint32 {
+	if x != nil {
+		return x.Slots
+	}
+	return 0
+}
+
+// SemaphoreQueueRecord is the queue of one semaphore, first in line first.
+type SemaphoreQueueRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Waiters       []*WaiterRecord        `protobuf:"bytes,3,rep,name=waiters,proto3" json:"waiters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SemaphoreQueueRecord) Reset() {
+	*x = SemaphoreQueueRecord{}
+	mi := &file_command_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SemaphoreQueueRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SemaphoreQueueRecord) ProtoMessage() {}
+
+func (x *SemaphoreQueueRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SemaphoreQueueRecord.ProtoReflect.Descriptor instead.
+func (*SemaphoreQueueRecord) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SemaphoreQueueRecord) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *SemaphoreQueueRecord) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SemaphoreQueueRecord) GetWaiters() []*WaiterRecord {
+	if x != nil {
+		return x.Waiters
+	}
+	return nil
+}
+
 type MemberRecord struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1575,7 +1667,7 @@ type MemberRecord struct {
 
 func (x *MemberRecord) Reset() {
 	*x = MemberRecord{}
-	mi := &file_command_proto_msgTypes[18]
+	mi := &file_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1587,7 +1679,7 @@ func (x *MemberRecord) String() string {
 func (*MemberRecord) ProtoMessage() {}
 
 func (x *MemberRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[18]
+	mi := &file_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1600,7 +1692,7 @@ func (x *MemberRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberRecord.ProtoReflect.Descriptor instead.
 func (*MemberRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{18}
+	return file_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MemberRecord) GetId() string {
@@ -1635,14 +1727,17 @@ type SnapshotHeader struct {
 	// applied_index is the last Raft index the FSM had applied when the
 	// snapshot was taken: Raft does not tell FSM.Restore the index it
 	// restores at.
-	AppliedIndex  uint64 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AppliedIndex uint64 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// semaphore_queues: every semaphore with waiters, sorted by namespace
+	// and name (format 3).
+	SemaphoreQueues []*SemaphoreQueueRecord `protobuf:"bytes,7,rep,name=semaphore_queues,json=semaphoreQueues,proto3" json:"semaphore_queues,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_command_proto_msgTypes[19]
+	mi := &file_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +1749,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[19]
+	mi := &file_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +1762,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{19}
+	return file_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1712,6 +1807,13 @@ func (x *SnapshotHeader) GetAppliedIndex() uint64 {
 	return 0
 }
 
+func (x *SnapshotHeader) GetSemaphoreQueues() []*SemaphoreQueueRecord {
+	if x != nil {
+		return x.SemaphoreQueues
+	}
+	return nil
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
@@ -1751,7 +1853,7 @@ const file_command_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"@\n" +
 	"\x05Batch\x127\n" +
-	"\bcommands\x18\x01 \x03(\v2\x1b.leasekeeper.fsm.v1.CommandR\bcommands\"\xe4\x02\n" +
+	"\bcommands\x18\x01 \x03(\v2\x1b.leasekeeper.fsm.v1.CommandR\bcommands\"\xfa\x02\n" +
 	"\aAcquire\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1763,14 +1865,17 @@ const file_command_proto_rawDesc = "" +
 	"\x04wait\x18\a \x01(\bR\x04wait\x12\x1f\n" +
 	"\vmax_waiters\x18\b \x01(\rR\n" +
 	"maxWaiters\x12\"\n" +
-	"\rlock_delay_ns\x18\t \x01(\x03R\vlockDelayNs\x1a9\n" +
+	"\rlock_delay_ns\x18\t \x01(\x03R\vlockDelayNs\x12\x14\n" +
+	"\x05slots\x18\n" +
+	" \x01(\rR\x05slots\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"q\n" +
 	"\aDequeue\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
-	"\x06holder\x18\x03 \x01(\tR\x06holder\"g\n" +
+	"\x06holder\x18\x03 \x01(\tR\x06holder\x12\x1c\n" +
+	"\tsemaphore\x18\x04 \x01(\bR\tsemaphore\"g\n" +
 	"\x05Renew\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1844,21 +1949,26 @@ const file_command_proto_rawDesc = "" +
 	"\adelayed\x18\x13 \x01(\bR\adelayed\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9d\x02\n" +
 	"\fWaiterRecord\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x1f\n" +
 	"\vduration_ns\x18\x02 \x01(\x03R\n" +
 	"durationNs\x12\x19\n" +
 	"\bgrace_ns\x18\x03 \x01(\x03R\agraceNs\x12D\n" +
 	"\x06labels\x18\x04 \x03(\v2,.leasekeeper.fsm.v1.WaiterRecord.LabelsEntryR\x06labels\x12\"\n" +
-	"\rlock_delay_ns\x18\x05 \x01(\x03R\vlockDelayNs\x1a9\n" +
+	"\rlock_delay_ns\x18\x05 \x01(\x03R\vlockDelayNs\x12\x14\n" +
+	"\x05slots\x18\x06 \x01(\rR\x05slots\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"d\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x84\x01\n" +
+	"\x14SemaphoreQueueRecord\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12:\n" +
+	"\awaiters\x18\x03 \x03(\v2 .leasekeeper.fsm.v1.WaiterRecordR\awaiters\"d\n" +
 	"\fMemberRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12'\n" +
-	"\x0fcommand_version\x18\x03 \x01(\rR\x0ecommandVersion\"\xe5\x01\n" +
+	"\x0fcommand_version\x18\x03 \x01(\rR\x0ecommandVersion\"\xba\x02\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x1d\n" +
@@ -1867,7 +1977,8 @@ const file_command_proto_rawDesc = "" +
 	"\vlease_count\x18\x04 \x01(\x04R\n" +
 	"leaseCount\x12:\n" +
 	"\amembers\x18\x05 \x03(\v2 .leasekeeper.fsm.v1.MemberRecordR\amembers\x12#\n" +
-	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndexB.Z,github.com/leasekeeper/leasekeeper/fsm/fsmpbb\x06proto3"
+	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12S\n" +
+	"\x10semaphore_queues\x18\a \x03(\v2(.leasekeeper.fsm.v1.SemaphoreQueueRecordR\x0fsemaphoreQueuesB.Z,github.com/leasekeeper/leasekeeper/fsm/fsmpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -1881,32 +1992,33 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_command_proto_goTypes = []any{
-	(*Command)(nil),        // 0: leasekeeper.fsm.v1.Command
-	(*Write)(nil),          // 1: leasekeeper.fsm.v1.Write
-	(*Batch)(nil),          // 2: leasekeeper.fsm.v1.Batch
-	(*Acquire)(nil),        // 3: leasekeeper.fsm.v1.Acquire
-	(*Dequeue)(nil),        // 4: leasekeeper.fsm.v1.Dequeue
-	(*Renew)(nil),          // 5: leasekeeper.fsm.v1.Renew
-	(*RenewBatch)(nil),     // 6: leasekeeper.fsm.v1.RenewBatch
-	(*Release)(nil),        // 7: leasekeeper.fsm.v1.Release
-	(*ExpireEntry)(nil),    // 8: leasekeeper.fsm.v1.ExpireEntry
-	(*Expire)(nil),         // 9: leasekeeper.fsm.v1.Expire
-	(*EndDelayEntry)(nil),  // 10: leasekeeper.fsm.v1.EndDelayEntry
-	(*EndDelay)(nil),       // 11: leasekeeper.fsm.v1.EndDelay
-	(*Delete)(nil),         // 12: leasekeeper.fsm.v1.Delete
-	(*SetMember)(nil),      // 13: leasekeeper.fsm.v1.SetMember
-	(*RemoveMember)(nil),   // 14: leasekeeper.fsm.v1.RemoveMember
-	(*HoldingRecord)(nil),  // 15: leasekeeper.fsm.v1.HoldingRecord
-	(*LeaseRecord)(nil),    // 16: leasekeeper.fsm.v1.LeaseRecord
-	(*WaiterRecord)(nil),   // 17: leasekeeper.fsm.v1.WaiterRecord
-	(*MemberRecord)(nil),   // 18: leasekeeper.fsm.v1.MemberRecord
-	(*SnapshotHeader)(nil), // 19: leasekeeper.fsm.v1.SnapshotHeader
-	nil,                    // 20: leasekeeper.fsm.v1.Write.LabelsEntry
-	nil,                    // 21: leasekeeper.fsm.v1.Acquire.LabelsEntry
-	nil,                    // 22: leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
-	nil,                    // 23: leasekeeper.fsm.v1.WaiterRecord.LabelsEntry
+	(*Command)(nil),              // 0: leasekeeper.fsm.v1.Command
+	(*Write)(nil),                // 1: leasekeeper.fsm.v1.Write
+	(*Batch)(nil),                // 2: leasekeeper.fsm.v1.Batch
+	(*Acquire)(nil),              // 3: leasekeeper.fsm.v1.Acquire
+	(*Dequeue)(nil),              // 4: leasekeeper.fsm.v1.Dequeue
+	(*Renew)(nil),                // 5: leasekeeper.fsm.v1.Renew
+	(*RenewBatch)(nil),           // 6: leasekeeper.fsm.v1.RenewBatch
+	(*Release)(nil),              // 7: leasekeeper.fsm.v1.Release
+	(*ExpireEntry)(nil),          // 8: leasekeeper.fsm.v1.ExpireEntry
+	(*Expire)(nil),               // 9: leasekeeper.fsm.v1.Expire
+	(*EndDelayEntry)(nil),        // 10: leasekeeper.fsm.v1.EndDelayEntry
+	(*EndDelay)(nil),             // 11: leasekeeper.fsm.v1.EndDelay
+	(*Delete)(nil),               // 12: leasekeeper.fsm.v1.Delete
+	(*SetMember)(nil),            // 13: leasekeeper.fsm.v1.SetMember
+	(*RemoveMember)(nil),         // 14: leasekeeper.fsm.v1.RemoveMember
+	(*HoldingRecord)(nil),        // 15: leasekeeper.fsm.v1.HoldingRecord
+	(*LeaseRecord)(nil),          // 16: leasekeeper.fsm.v1.LeaseRecord
+	(*WaiterRecord)(nil),         // 17: leasekeeper.fsm.v1.WaiterRecord
+	(*SemaphoreQueueRecord)(nil), // 18: leasekeeper.fsm.v1.SemaphoreQueueRecord
+	(*MemberRecord)(nil),         // 19: leasekeeper.fsm.v1.MemberRecord
+	(*SnapshotHeader)(nil),       // 20: leasekeeper.fsm.v1.SnapshotHeader
+	nil,                          // 21: leasekeeper.fsm.v1.Write.LabelsEntry
+	nil,                          // 22: leasekeeper.fsm.v1.Acquire.LabelsEntry
+	nil,                          // 23: leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	nil,                          // 24: leasekeeper.fsm.v1.WaiterRecord.LabelsEntry
 }
 var file_command_proto_depIdxs = []int32{
 	3,  // 0: leasekeeper.fsm.v1.Command.acquire:type_name -> leasekeeper.fsm.v1.Acquire
@@ -1920,22 +2032,24 @@ var file_command_proto_depIdxs = []int32{
 	1,  // 8: leasekeeper.fsm.v1.Command.write:type_name -> leasekeeper.fsm.v1.Write
 	4,  // 9: leasekeeper.fsm.v1.Command.dequeue:type_name -> leasekeeper.fsm.v1.Dequeue
 	11, // 10: leasekeeper.fsm.v1.Command.end_delay:type_name -> leasekeeper.fsm.v1.EndDelay
-	20, // 11: leasekeeper.fsm.v1.Write.labels:type_name -> leasekeeper.fsm.v1.Write.LabelsEntry
+	21, // 11: leasekeeper.fsm.v1.Write.labels:type_name -> leasekeeper.fsm.v1.Write.LabelsEntry
 	0,  // 12: leasekeeper.fsm.v1.Batch.commands:type_name -> leasekeeper.fsm.v1.Command
-	21, // 13: leasekeeper.fsm.v1.Acquire.labels:type_name -> leasekeeper.fsm.v1.Acquire.LabelsEntry
+	22, // 13: leasekeeper.fsm.v1.Acquire.labels:type_name -> leasekeeper.fsm.v1.Acquire.LabelsEntry
 	5,  // 14: leasekeeper.fsm.v1.RenewBatch.renews:type_name -> leasekeeper.fsm.v1.Renew
 	8,  // 15: leasekeeper.fsm.v1.Expire.entries:type_name -> leasekeeper.fsm.v1.ExpireEntry
 	10, // 16: leasekeeper.fsm.v1.EndDelay.entries:type_name -> leasekeeper.fsm.v1.EndDelayEntry
-	22, // 17: leasekeeper.fsm.v1.LeaseRecord.labels:type_name -> leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
+	23, // 17: leasekeeper.fsm.v1.LeaseRecord.labels:type_name -> leasekeeper.fsm.v1.LeaseRecord.LabelsEntry
 	15, // 18: leasekeeper.fsm.v1.LeaseRecord.history:type_name -> leasekeeper.fsm.v1.HoldingRecord
 	17, // 19: leasekeeper.fsm.v1.LeaseRecord.waiters:type_name -> leasekeeper.fsm.v1.WaiterRecord
-	23, // 20: leasekeeper.fsm.v1.WaiterRecord.labels:type_name -> leasekeeper.fsm.v1.WaiterRecord.LabelsEntry
-	18, // 21: leasekeeper.fsm.v1.SnapshotHeader.members:type_name -> leasekeeper.fsm.v1.MemberRecord
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	24, // 20: leasekeeper.fsm.v1.WaiterRecord.labels:type_name -> leasekeeper.fsm.v1.WaiterRecord.LabelsEntry
+	17, // 21: leasekeeper.fsm.v1.SemaphoreQueueRecord.waiters:type_name -> leasekeeper.fsm.v1.WaiterRecord
+	19, // 22: leasekeeper.fsm.v1.SnapshotHeader.members:type_name -> leasekeeper.fsm.v1.MemberRecord
+	18, // 23: leasekeeper.fsm.v1.SnapshotHeader.semaphore_queues:type_name -> leasekeeper.fsm.v1.SemaphoreQueueRecord
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -1962,7 +2076,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

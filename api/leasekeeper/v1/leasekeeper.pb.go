@@ -96,7 +96,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{17, 0}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{18, 0}
 }
 
 // Lease is one named lease. Its fields follow the Kubernetes Lease object
@@ -500,6 +500,128 @@ func (x *AcquireRequest) GetLockDelay() *durationpb.Duration {
 	return nil
 }
 
+// AcquireSlotRequest asks for one slot of a semaphore: one of the leases
+// name-0 … name-(slots-1), each an ordinary lease with its own fencing
+// token. The slot goes to the caller when one is free; with wait, when all
+// are held the caller joins the semaphore's one first-in first-out queue,
+// and the leader hands it the first slot that is freed (released, expired,
+// deleted) in the same log entry. Like AcquireRequest.wait, the call is a
+// long poll: it answers when the caller holds a slot, or after at most a
+// third of lease_duration with queued=true (call again to keep the place;
+// a waiter that stops calling for lease_duration + grace_period loses it).
+// A caller that already holds a slot renews it. The slot leases carry the
+// label leasekeeper.io/semaphore=<name>. AcquireResponse.lease is the slot
+// the caller holds, or when it does not, one of the slots.
+type AcquireSlotRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// name is the semaphore's; "<name>-<slots-1>" must be a valid lease name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// slots is the semaphore's size, 1 to 256.
+	Slots          uint32               `protobuf:"varint,3,opt,name=slots,proto3" json:"slots,omitempty"`
+	HolderIdentity string               `protobuf:"bytes,4,opt,name=holder_identity,json=holderIdentity,proto3" json:"holder_identity,omitempty"`
+	LeaseDuration  *durationpb.Duration `protobuf:"bytes,5,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
+	GracePeriod    *durationpb.Duration `protobuf:"bytes,6,opt,name=grace_period,json=gracePeriod,proto3" json:"grace_period,omitempty"`
+	Labels         map[string]string    `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Wait           bool                 `protobuf:"varint,8,opt,name=wait,proto3" json:"wait,omitempty"`
+	LockDelay      *durationpb.Duration `protobuf:"bytes,9,opt,name=lock_delay,json=lockDelay,proto3" json:"lock_delay,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AcquireSlotRequest) Reset() {
+	*x = AcquireSlotRequest{}
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireSlotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireSlotRequest) ProtoMessage() {}
+
+func (x *AcquireSlotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireSlotRequest.ProtoReflect.Descriptor instead.
+func (*AcquireSlotRequest) Descriptor() ([]byte, []int) {
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AcquireSlotRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *AcquireSlotRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AcquireSlotRequest) GetSlots() uint32 {
+	if x != nil {
+		return x.Slots
+	}
+	return 0
+}
+
+func (x *AcquireSlotRequest) GetHolderIdentity() string {
+	if x != nil {
+		return x.HolderIdentity
+	}
+	return ""
+}
+
+func (x *AcquireSlotRequest) GetLeaseDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseDuration
+	}
+	return nil
+}
+
+func (x *AcquireSlotRequest) GetGracePeriod() *durationpb.Duration {
+	if x != nil {
+		return x.GracePeriod
+	}
+	return nil
+}
+
+func (x *AcquireSlotRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *AcquireSlotRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+func (x *AcquireSlotRequest) GetLockDelay() *durationpb.Duration {
+	if x != nil {
+		return x.LockDelay
+	}
+	return nil
+}
+
 type AcquireResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// acquired is true when the caller holds the lease now (a new holding or
@@ -522,7 +644,7 @@ type AcquireResponse struct {
 
 func (x *AcquireResponse) Reset() {
 	*x = AcquireResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[3]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -534,7 +656,7 @@ func (x *AcquireResponse) String() string {
 func (*AcquireResponse) ProtoMessage() {}
 
 func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[3]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -547,7 +669,7 @@ func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireResponse.ProtoReflect.Descriptor instead.
 func (*AcquireResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{3}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AcquireResponse) GetAcquired() bool {
@@ -610,7 +732,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[4]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +744,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[4]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +757,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{4}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RenewRequest) GetNamespace() string {
@@ -682,7 +804,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[5]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +816,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[5]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +829,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{5}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RenewResponse) GetLease() *Lease {
@@ -726,14 +848,17 @@ type ReleaseRequest struct {
 	// leave_queue takes the caller out of the lease's queue of waiters
 	// (see AcquireRequest.wait) instead of ending a holding; fencing_token is
 	// then not needed.
-	LeaveQueue    bool `protobuf:"varint,5,opt,name=leave_queue,json=leaveQueue,proto3" json:"leave_queue,omitempty"`
+	LeaveQueue bool `protobuf:"varint,5,opt,name=leave_queue,json=leaveQueue,proto3" json:"leave_queue,omitempty"`
+	// semaphore, with leave_queue, leaves the queue of the semaphore name
+	// (see AcquireSlotRequest) instead of a lease's.
+	Semaphore     bool `protobuf:"varint,6,opt,name=semaphore,proto3" json:"semaphore,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[6]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +870,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[6]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +883,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{6}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReleaseRequest) GetNamespace() string {
@@ -796,6 +921,13 @@ func (x *ReleaseRequest) GetLeaveQueue() bool {
 	return false
 }
 
+func (x *ReleaseRequest) GetSemaphore() bool {
+	if x != nil {
+		return x.Semaphore
+	}
+	return false
+}
+
 type ReleaseResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Lease         *Lease                 `protobuf:"bytes,1,opt,name=lease,proto3" json:"lease,omitempty"`
@@ -805,7 +937,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[7]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +949,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[7]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +962,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{7}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReleaseResponse) GetLease() *Lease {
@@ -853,7 +985,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[8]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +997,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[8]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1010,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{8}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetRequest) GetNamespace() string {
@@ -915,7 +1047,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[9]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1059,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[9]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1072,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{9}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetResponse) GetLease() *Lease {
@@ -984,7 +1116,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[10]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1128,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[10]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1141,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{10}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListRequest) GetNamespace() string {
@@ -1076,7 +1208,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[11]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1220,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[11]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1233,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{11}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListResponse) GetLeases() []*Lease {
@@ -1140,7 +1272,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[12]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1284,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[12]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1297,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{12}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteRequest) GetNamespace() string {
@@ -1205,7 +1337,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[13]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1349,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[13]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1362,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{13}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteResponse) GetLease() *Lease {
@@ -1270,7 +1402,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[14]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1414,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[14]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1427,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{14}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WriteRequest) GetNamespace() string {
@@ -1370,7 +1502,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[15]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1514,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[15]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1527,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{15}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WriteResponse) GetLease() *Lease {
@@ -1430,7 +1562,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[16]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1442,7 +1574,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[16]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1455,7 +1587,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{16}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchRequest) GetNamespace() string {
@@ -1518,7 +1650,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[17]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +1662,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[17]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +1675,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{17}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1577,7 +1709,7 @@ type WatchEventBatch struct {
 
 func (x *WatchEventBatch) Reset() {
 	*x = WatchEventBatch{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1721,7 @@ func (x *WatchEventBatch) String() string {
 func (*WatchEventBatch) ProtoMessage() {}
 
 func (x *WatchEventBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[18]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1734,7 @@ func (x *WatchEventBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventBatch.ProtoReflect.Descriptor instead.
 func (*WatchEventBatch) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{18}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchEventBatch) GetEvents() []*WatchEvent {
@@ -1627,7 +1759,7 @@ type LeaseRef struct {
 
 func (x *LeaseRef) Reset() {
 	*x = LeaseRef{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1771,7 @@ func (x *LeaseRef) String() string {
 func (*LeaseRef) ProtoMessage() {}
 
 func (x *LeaseRef) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[19]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1784,7 @@ func (x *LeaseRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRef.ProtoReflect.Descriptor instead.
 func (*LeaseRef) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{19}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LeaseRef) GetNamespace() string {
@@ -1701,7 +1833,7 @@ type KeepAliveRequest struct {
 
 func (x *KeepAliveRequest) Reset() {
 	*x = KeepAliveRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1845,7 @@ func (x *KeepAliveRequest) String() string {
 func (*KeepAliveRequest) ProtoMessage() {}
 
 func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[20]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1858,7 @@ func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*KeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{20}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *KeepAliveRequest) GetId() uint64 {
@@ -1759,7 +1891,7 @@ type KeepAliveResult struct {
 
 func (x *KeepAliveResult) Reset() {
 	*x = KeepAliveResult{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1903,7 @@ func (x *KeepAliveResult) String() string {
 func (*KeepAliveResult) ProtoMessage() {}
 
 func (x *KeepAliveResult) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[21]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1916,7 @@ func (x *KeepAliveResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveResult.ProtoReflect.Descriptor instead.
 func (*KeepAliveResult) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{21}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *KeepAliveResult) GetNamespace() string {
@@ -1839,7 +1971,7 @@ type KeepAliveResponse struct {
 
 func (x *KeepAliveResponse) Reset() {
 	*x = KeepAliveResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1851,7 +1983,7 @@ func (x *KeepAliveResponse) String() string {
 func (*KeepAliveResponse) ProtoMessage() {}
 
 func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[22]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1864,7 +1996,7 @@ func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*KeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{22}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *KeepAliveResponse) GetId() uint64 {
@@ -1906,7 +2038,7 @@ type CallRequest struct {
 
 func (x *CallRequest) Reset() {
 	*x = CallRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1918,7 +2050,7 @@ func (x *CallRequest) String() string {
 func (*CallRequest) ProtoMessage() {}
 
 func (x *CallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[23]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1931,7 +2063,7 @@ func (x *CallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallRequest.ProtoReflect.Descriptor instead.
 func (*CallRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{23}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CallRequest) GetId() uint64 {
@@ -2068,7 +2200,7 @@ type CallError struct {
 
 func (x *CallError) Reset() {
 	*x = CallError{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2212,7 @@ func (x *CallError) String() string {
 func (*CallError) ProtoMessage() {}
 
 func (x *CallError) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[24]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2225,7 @@ func (x *CallError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallError.ProtoReflect.Descriptor instead.
 func (*CallError) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{24}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CallError) GetCode() int32 {
@@ -2140,7 +2272,7 @@ type CallResponse struct {
 
 func (x *CallResponse) Reset() {
 	*x = CallResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2284,7 @@ func (x *CallResponse) String() string {
 func (*CallResponse) ProtoMessage() {}
 
 func (x *CallResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[25]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2297,7 @@ func (x *CallResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallResponse.ProtoReflect.Descriptor instead.
 func (*CallResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{25}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CallResponse) GetId() uint64 {
@@ -2305,7 +2437,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2449,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[26]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2462,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{26}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Member) GetId() string {
@@ -2376,7 +2508,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2388,7 +2520,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[27]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +2533,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{27}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{28}
 }
 
 type StatusResponse struct {
@@ -2425,7 +2557,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2437,7 +2569,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[28]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2450,7 +2582,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{28}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatusResponse) GetId() string {
@@ -2550,7 +2682,7 @@ type BuildInfo struct {
 
 func (x *BuildInfo) Reset() {
 	*x = BuildInfo{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2562,7 +2694,7 @@ func (x *BuildInfo) String() string {
 func (*BuildInfo) ProtoMessage() {}
 
 func (x *BuildInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[29]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2575,7 +2707,7 @@ func (x *BuildInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildInfo.ProtoReflect.Descriptor instead.
 func (*BuildInfo) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{29}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *BuildInfo) GetVersion() string {
@@ -2629,7 +2761,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2641,7 +2773,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[30]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2654,7 +2786,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{30}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -2701,7 +2833,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2713,7 +2845,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[31]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2726,7 +2858,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{31}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -2745,7 +2877,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2757,7 +2889,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[32]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2770,7 +2902,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{32}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -2789,7 +2921,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2801,7 +2933,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[33]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2814,7 +2946,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{33}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RemoveMemberResponse) GetMembers() []*Member {
@@ -2834,7 +2966,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2846,7 +2978,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[34]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2859,7 +2991,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{34}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -2878,7 +3010,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2890,7 +3022,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[35]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2903,7 +3035,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{35}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TransferLeadershipResponse) GetLeader() string {
@@ -2928,7 +3060,7 @@ type FollowsTermRequest struct {
 
 func (x *FollowsTermRequest) Reset() {
 	*x = FollowsTermRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2940,7 +3072,7 @@ func (x *FollowsTermRequest) String() string {
 func (*FollowsTermRequest) ProtoMessage() {}
 
 func (x *FollowsTermRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[36]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2953,7 +3085,7 @@ func (x *FollowsTermRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowsTermRequest.ProtoReflect.Descriptor instead.
 func (*FollowsTermRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{36}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *FollowsTermRequest) GetTerm() uint64 {
@@ -2982,7 +3114,7 @@ type FollowsTermResponse struct {
 
 func (x *FollowsTermResponse) Reset() {
 	*x = FollowsTermResponse{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2994,7 +3126,7 @@ func (x *FollowsTermResponse) String() string {
 func (*FollowsTermResponse) ProtoMessage() {}
 
 func (x *FollowsTermResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[37]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3007,7 +3139,7 @@ func (x *FollowsTermResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowsTermResponse.ProtoReflect.Descriptor instead.
 func (*FollowsTermResponse) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{37}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *FollowsTermResponse) GetTerm() uint64 {
@@ -3032,7 +3164,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[38]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3044,7 +3176,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[38]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3057,7 +3189,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{38}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{39}
 }
 
 // SnapshotChunk is one piece of a backup. The pieces, concatenated, are a
@@ -3072,7 +3204,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[39]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3084,7 +3216,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[39]
+	mi := &file_leasekeeper_v1_leasekeeper_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3097,7 +3229,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{39}
+	return file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -3158,6 +3290,20 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"lock_delay\x18\b \x01(\v2\x19.google.protobuf.DurationR\tlockDelay\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd6\x03\n" +
+	"\x12AcquireSlotRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05slots\x18\x03 \x01(\rR\x05slots\x12'\n" +
+	"\x0fholder_identity\x18\x04 \x01(\tR\x0eholderIdentity\x12@\n" +
+	"\x0elease_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12<\n" +
+	"\fgrace_period\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vgracePeriod\x12F\n" +
+	"\x06labels\x18\a \x03(\v2..leasekeeper.v1.AcquireSlotRequest.LabelsEntryR\x06labels\x12\x12\n" +
+	"\x04wait\x18\b \x01(\bR\x04wait\x128\n" +
+	"\n" +
+	"lock_delay\x18\t \x01(\v2\x19.google.protobuf.DurationR\tlockDelay\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x01\n" +
 	"\x0fAcquireResponse\x12\x1a\n" +
 	"\bacquired\x18\x01 \x01(\bR\bacquired\x12+\n" +
@@ -3173,14 +3319,15 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\rfencing_token\x18\x04 \x01(\x04R\ffencingToken\x12\x16\n" +
 	"\x06record\x18\x05 \x01(\bR\x06record\"<\n" +
 	"\rRenewResponse\x12+\n" +
-	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\xb1\x01\n" +
+	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"\xcf\x01\n" +
 	"\x0eReleaseRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
 	"\x0fholder_identity\x18\x03 \x01(\tR\x0eholderIdentity\x12#\n" +
 	"\rfencing_token\x18\x04 \x01(\x04R\ffencingToken\x12\x1f\n" +
 	"\vleave_queue\x18\x05 \x01(\bR\n" +
-	"leaveQueue\">\n" +
+	"leaveQueue\x12\x1c\n" +
+	"\tsemaphore\x18\x06 \x01(\bR\tsemaphore\">\n" +
 	"\x0fReleaseResponse\x12+\n" +
 	"\x05lease\x18\x01 \x01(\v2\x15.leasekeeper.v1.LeaseR\x05lease\"b\n" +
 	"\n" +
@@ -3352,9 +3499,10 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\x11\n" +
 	"\x0fSnapshotRequest\"#\n" +
 	"\rSnapshotChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xac\x06\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\x80\a\n" +
 	"\x06Leases\x12J\n" +
-	"\aAcquire\x12\x1e.leasekeeper.v1.AcquireRequest\x1a\x1f.leasekeeper.v1.AcquireResponse\x12D\n" +
+	"\aAcquire\x12\x1e.leasekeeper.v1.AcquireRequest\x1a\x1f.leasekeeper.v1.AcquireResponse\x12R\n" +
+	"\vAcquireSlot\x12\".leasekeeper.v1.AcquireSlotRequest\x1a\x1f.leasekeeper.v1.AcquireResponse\x12D\n" +
 	"\x05Renew\x12\x1c.leasekeeper.v1.RenewRequest\x1a\x1d.leasekeeper.v1.RenewResponse\x12J\n" +
 	"\aRelease\x12\x1e.leasekeeper.v1.ReleaseRequest\x1a\x1f.leasekeeper.v1.ReleaseResponse\x12>\n" +
 	"\x03Get\x12\x1a.leasekeeper.v1.GetRequest\x1a\x1b.leasekeeper.v1.GetResponse\x12A\n" +
@@ -3386,150 +3534,158 @@ func file_leasekeeper_v1_leasekeeper_proto_rawDescGZIP() []byte {
 }
 
 var file_leasekeeper_v1_leasekeeper_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_leasekeeper_v1_leasekeeper_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_leasekeeper_v1_leasekeeper_proto_goTypes = []any{
 	(WatchEvent_Type)(0),               // 0: leasekeeper.v1.WatchEvent.Type
 	(*Lease)(nil),                      // 1: leasekeeper.v1.Lease
 	(*Holding)(nil),                    // 2: leasekeeper.v1.Holding
 	(*AcquireRequest)(nil),             // 3: leasekeeper.v1.AcquireRequest
-	(*AcquireResponse)(nil),            // 4: leasekeeper.v1.AcquireResponse
-	(*RenewRequest)(nil),               // 5: leasekeeper.v1.RenewRequest
-	(*RenewResponse)(nil),              // 6: leasekeeper.v1.RenewResponse
-	(*ReleaseRequest)(nil),             // 7: leasekeeper.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),            // 8: leasekeeper.v1.ReleaseResponse
-	(*GetRequest)(nil),                 // 9: leasekeeper.v1.GetRequest
-	(*GetResponse)(nil),                // 10: leasekeeper.v1.GetResponse
-	(*ListRequest)(nil),                // 11: leasekeeper.v1.ListRequest
-	(*ListResponse)(nil),               // 12: leasekeeper.v1.ListResponse
-	(*DeleteRequest)(nil),              // 13: leasekeeper.v1.DeleteRequest
-	(*DeleteResponse)(nil),             // 14: leasekeeper.v1.DeleteResponse
-	(*WriteRequest)(nil),               // 15: leasekeeper.v1.WriteRequest
-	(*WriteResponse)(nil),              // 16: leasekeeper.v1.WriteResponse
-	(*WatchRequest)(nil),               // 17: leasekeeper.v1.WatchRequest
-	(*WatchEvent)(nil),                 // 18: leasekeeper.v1.WatchEvent
-	(*WatchEventBatch)(nil),            // 19: leasekeeper.v1.WatchEventBatch
-	(*LeaseRef)(nil),                   // 20: leasekeeper.v1.LeaseRef
-	(*KeepAliveRequest)(nil),           // 21: leasekeeper.v1.KeepAliveRequest
-	(*KeepAliveResult)(nil),            // 22: leasekeeper.v1.KeepAliveResult
-	(*KeepAliveResponse)(nil),          // 23: leasekeeper.v1.KeepAliveResponse
-	(*CallRequest)(nil),                // 24: leasekeeper.v1.CallRequest
-	(*CallError)(nil),                  // 25: leasekeeper.v1.CallError
-	(*CallResponse)(nil),               // 26: leasekeeper.v1.CallResponse
-	(*Member)(nil),                     // 27: leasekeeper.v1.Member
-	(*StatusRequest)(nil),              // 28: leasekeeper.v1.StatusRequest
-	(*StatusResponse)(nil),             // 29: leasekeeper.v1.StatusResponse
-	(*BuildInfo)(nil),                  // 30: leasekeeper.v1.BuildInfo
-	(*JoinRequest)(nil),                // 31: leasekeeper.v1.JoinRequest
-	(*JoinResponse)(nil),               // 32: leasekeeper.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),        // 33: leasekeeper.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 34: leasekeeper.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 35: leasekeeper.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 36: leasekeeper.v1.TransferLeadershipResponse
-	(*FollowsTermRequest)(nil),         // 37: leasekeeper.v1.FollowsTermRequest
-	(*FollowsTermResponse)(nil),        // 38: leasekeeper.v1.FollowsTermResponse
-	(*SnapshotRequest)(nil),            // 39: leasekeeper.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),              // 40: leasekeeper.v1.SnapshotChunk
-	nil,                                // 41: leasekeeper.v1.Lease.LabelsEntry
-	nil,                                // 42: leasekeeper.v1.AcquireRequest.LabelsEntry
-	nil,                                // 43: leasekeeper.v1.ListResponse.RemainingEntry
-	nil,                                // 44: leasekeeper.v1.WriteRequest.LabelsEntry
-	(*durationpb.Duration)(nil),        // 45: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 46: google.protobuf.Timestamp
-	(*anypb.Any)(nil),                  // 47: google.protobuf.Any
+	(*AcquireSlotRequest)(nil),         // 4: leasekeeper.v1.AcquireSlotRequest
+	(*AcquireResponse)(nil),            // 5: leasekeeper.v1.AcquireResponse
+	(*RenewRequest)(nil),               // 6: leasekeeper.v1.RenewRequest
+	(*RenewResponse)(nil),              // 7: leasekeeper.v1.RenewResponse
+	(*ReleaseRequest)(nil),             // 8: leasekeeper.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),            // 9: leasekeeper.v1.ReleaseResponse
+	(*GetRequest)(nil),                 // 10: leasekeeper.v1.GetRequest
+	(*GetResponse)(nil),                // 11: leasekeeper.v1.GetResponse
+	(*ListRequest)(nil),                // 12: leasekeeper.v1.ListRequest
+	(*ListResponse)(nil),               // 13: leasekeeper.v1.ListResponse
+	(*DeleteRequest)(nil),              // 14: leasekeeper.v1.DeleteRequest
+	(*DeleteResponse)(nil),             // 15: leasekeeper.v1.DeleteResponse
+	(*WriteRequest)(nil),               // 16: leasekeeper.v1.WriteRequest
+	(*WriteResponse)(nil),              // 17: leasekeeper.v1.WriteResponse
+	(*WatchRequest)(nil),               // 18: leasekeeper.v1.WatchRequest
+	(*WatchEvent)(nil),                 // 19: leasekeeper.v1.WatchEvent
+	(*WatchEventBatch)(nil),            // 20: leasekeeper.v1.WatchEventBatch
+	(*LeaseRef)(nil),                   // 21: leasekeeper.v1.LeaseRef
+	(*KeepAliveRequest)(nil),           // 22: leasekeeper.v1.KeepAliveRequest
+	(*KeepAliveResult)(nil),            // 23: leasekeeper.v1.KeepAliveResult
+	(*KeepAliveResponse)(nil),          // 24: leasekeeper.v1.KeepAliveResponse
+	(*CallRequest)(nil),                // 25: leasekeeper.v1.CallRequest
+	(*CallError)(nil),                  // 26: leasekeeper.v1.CallError
+	(*CallResponse)(nil),               // 27: leasekeeper.v1.CallResponse
+	(*Member)(nil),                     // 28: leasekeeper.v1.Member
+	(*StatusRequest)(nil),              // 29: leasekeeper.v1.StatusRequest
+	(*StatusResponse)(nil),             // 30: leasekeeper.v1.StatusResponse
+	(*BuildInfo)(nil),                  // 31: leasekeeper.v1.BuildInfo
+	(*JoinRequest)(nil),                // 32: leasekeeper.v1.JoinRequest
+	(*JoinResponse)(nil),               // 33: leasekeeper.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),        // 34: leasekeeper.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 35: leasekeeper.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 36: leasekeeper.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 37: leasekeeper.v1.TransferLeadershipResponse
+	(*FollowsTermRequest)(nil),         // 38: leasekeeper.v1.FollowsTermRequest
+	(*FollowsTermResponse)(nil),        // 39: leasekeeper.v1.FollowsTermResponse
+	(*SnapshotRequest)(nil),            // 40: leasekeeper.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 41: leasekeeper.v1.SnapshotChunk
+	nil,                                // 42: leasekeeper.v1.Lease.LabelsEntry
+	nil,                                // 43: leasekeeper.v1.AcquireRequest.LabelsEntry
+	nil,                                // 44: leasekeeper.v1.AcquireSlotRequest.LabelsEntry
+	nil,                                // 45: leasekeeper.v1.ListResponse.RemainingEntry
+	nil,                                // 46: leasekeeper.v1.WriteRequest.LabelsEntry
+	(*durationpb.Duration)(nil),        // 47: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 48: google.protobuf.Timestamp
+	(*anypb.Any)(nil),                  // 49: google.protobuf.Any
 }
 var file_leasekeeper_v1_leasekeeper_proto_depIdxs = []int32{
-	45, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
-	45, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
-	46, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
-	46, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
-	41, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
-	46, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
+	47, // 0: leasekeeper.v1.Lease.lease_duration:type_name -> google.protobuf.Duration
+	47, // 1: leasekeeper.v1.Lease.grace_period:type_name -> google.protobuf.Duration
+	48, // 2: leasekeeper.v1.Lease.acquire_time:type_name -> google.protobuf.Timestamp
+	48, // 3: leasekeeper.v1.Lease.renew_time:type_name -> google.protobuf.Timestamp
+	42, // 4: leasekeeper.v1.Lease.labels:type_name -> leasekeeper.v1.Lease.LabelsEntry
+	48, // 5: leasekeeper.v1.Lease.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 6: leasekeeper.v1.Lease.history:type_name -> leasekeeper.v1.Holding
-	45, // 7: leasekeeper.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
-	46, // 8: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
-	46, // 9: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
-	45, // 10: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
-	45, // 11: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
-	42, // 12: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
-	45, // 13: leasekeeper.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
-	1,  // 14: leasekeeper.v1.AcquireResponse.lease:type_name -> leasekeeper.v1.Lease
-	45, // 15: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
-	1,  // 16: leasekeeper.v1.RenewResponse.lease:type_name -> leasekeeper.v1.Lease
-	1,  // 17: leasekeeper.v1.ReleaseResponse.lease:type_name -> leasekeeper.v1.Lease
-	1,  // 18: leasekeeper.v1.GetResponse.lease:type_name -> leasekeeper.v1.Lease
-	45, // 19: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
-	1,  // 20: leasekeeper.v1.ListResponse.leases:type_name -> leasekeeper.v1.Lease
-	43, // 21: leasekeeper.v1.ListResponse.remaining:type_name -> leasekeeper.v1.ListResponse.RemainingEntry
-	1,  // 22: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
-	45, // 23: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
-	44, // 24: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
-	1,  // 25: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
-	45, // 26: leasekeeper.v1.WatchRequest.progress_interval:type_name -> google.protobuf.Duration
-	0,  // 27: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
-	1,  // 28: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
-	18, // 29: leasekeeper.v1.WatchEventBatch.events:type_name -> leasekeeper.v1.WatchEvent
-	20, // 30: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
-	45, // 31: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
-	22, // 32: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
-	45, // 33: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
-	3,  // 34: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
-	5,  // 35: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
-	7,  // 36: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
-	9,  // 37: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
-	13, // 38: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
-	15, // 39: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
-	47, // 40: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
-	25, // 41: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
-	4,  // 42: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
-	6,  // 43: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
-	8,  // 44: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
-	10, // 45: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
-	14, // 46: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
-	16, // 47: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
-	27, // 48: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
-	30, // 49: leasekeeper.v1.StatusResponse.build:type_name -> leasekeeper.v1.BuildInfo
-	27, // 50: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
-	27, // 51: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
-	45, // 52: leasekeeper.v1.ListResponse.RemainingEntry.value:type_name -> google.protobuf.Duration
-	3,  // 53: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
-	5,  // 54: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
-	7,  // 55: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
-	9,  // 56: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
-	11, // 57: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
-	13, // 58: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
-	15, // 59: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
-	17, // 60: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
-	17, // 61: leasekeeper.v1.Leases.WatchBatches:input_type -> leasekeeper.v1.WatchRequest
-	21, // 62: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
-	24, // 63: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
-	28, // 64: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
-	39, // 65: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
-	31, // 66: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
-	33, // 67: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
-	35, // 68: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
-	37, // 69: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
-	4,  // 70: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
-	6,  // 71: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
-	8,  // 72: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
-	10, // 73: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
-	12, // 74: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
-	14, // 75: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
-	16, // 76: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
-	18, // 77: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
-	19, // 78: leasekeeper.v1.Leases.WatchBatches:output_type -> leasekeeper.v1.WatchEventBatch
-	23, // 79: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
-	26, // 80: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
-	29, // 81: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
-	40, // 82: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
-	32, // 83: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
-	34, // 84: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
-	36, // 85: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
-	38, // 86: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
-	70, // [70:87] is the sub-list for method output_type
-	53, // [53:70] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	47, // 7: leasekeeper.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
+	48, // 8: leasekeeper.v1.Holding.start_time:type_name -> google.protobuf.Timestamp
+	48, // 9: leasekeeper.v1.Holding.end_time:type_name -> google.protobuf.Timestamp
+	47, // 10: leasekeeper.v1.AcquireRequest.lease_duration:type_name -> google.protobuf.Duration
+	47, // 11: leasekeeper.v1.AcquireRequest.grace_period:type_name -> google.protobuf.Duration
+	43, // 12: leasekeeper.v1.AcquireRequest.labels:type_name -> leasekeeper.v1.AcquireRequest.LabelsEntry
+	47, // 13: leasekeeper.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
+	47, // 14: leasekeeper.v1.AcquireSlotRequest.lease_duration:type_name -> google.protobuf.Duration
+	47, // 15: leasekeeper.v1.AcquireSlotRequest.grace_period:type_name -> google.protobuf.Duration
+	44, // 16: leasekeeper.v1.AcquireSlotRequest.labels:type_name -> leasekeeper.v1.AcquireSlotRequest.LabelsEntry
+	47, // 17: leasekeeper.v1.AcquireSlotRequest.lock_delay:type_name -> google.protobuf.Duration
+	1,  // 18: leasekeeper.v1.AcquireResponse.lease:type_name -> leasekeeper.v1.Lease
+	47, // 19: leasekeeper.v1.AcquireResponse.remaining:type_name -> google.protobuf.Duration
+	1,  // 20: leasekeeper.v1.RenewResponse.lease:type_name -> leasekeeper.v1.Lease
+	1,  // 21: leasekeeper.v1.ReleaseResponse.lease:type_name -> leasekeeper.v1.Lease
+	1,  // 22: leasekeeper.v1.GetResponse.lease:type_name -> leasekeeper.v1.Lease
+	47, // 23: leasekeeper.v1.GetResponse.remaining:type_name -> google.protobuf.Duration
+	1,  // 24: leasekeeper.v1.ListResponse.leases:type_name -> leasekeeper.v1.Lease
+	45, // 25: leasekeeper.v1.ListResponse.remaining:type_name -> leasekeeper.v1.ListResponse.RemainingEntry
+	1,  // 26: leasekeeper.v1.DeleteResponse.lease:type_name -> leasekeeper.v1.Lease
+	47, // 27: leasekeeper.v1.WriteRequest.lease_duration:type_name -> google.protobuf.Duration
+	46, // 28: leasekeeper.v1.WriteRequest.labels:type_name -> leasekeeper.v1.WriteRequest.LabelsEntry
+	1,  // 29: leasekeeper.v1.WriteResponse.lease:type_name -> leasekeeper.v1.Lease
+	47, // 30: leasekeeper.v1.WatchRequest.progress_interval:type_name -> google.protobuf.Duration
+	0,  // 31: leasekeeper.v1.WatchEvent.type:type_name -> leasekeeper.v1.WatchEvent.Type
+	1,  // 32: leasekeeper.v1.WatchEvent.lease:type_name -> leasekeeper.v1.Lease
+	19, // 33: leasekeeper.v1.WatchEventBatch.events:type_name -> leasekeeper.v1.WatchEvent
+	21, // 34: leasekeeper.v1.KeepAliveRequest.leases:type_name -> leasekeeper.v1.LeaseRef
+	47, // 35: leasekeeper.v1.KeepAliveResult.lease_duration:type_name -> google.protobuf.Duration
+	23, // 36: leasekeeper.v1.KeepAliveResponse.results:type_name -> leasekeeper.v1.KeepAliveResult
+	47, // 37: leasekeeper.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
+	3,  // 38: leasekeeper.v1.CallRequest.acquire:type_name -> leasekeeper.v1.AcquireRequest
+	6,  // 39: leasekeeper.v1.CallRequest.renew:type_name -> leasekeeper.v1.RenewRequest
+	8,  // 40: leasekeeper.v1.CallRequest.release:type_name -> leasekeeper.v1.ReleaseRequest
+	10, // 41: leasekeeper.v1.CallRequest.get:type_name -> leasekeeper.v1.GetRequest
+	14, // 42: leasekeeper.v1.CallRequest.delete:type_name -> leasekeeper.v1.DeleteRequest
+	16, // 43: leasekeeper.v1.CallRequest.write:type_name -> leasekeeper.v1.WriteRequest
+	49, // 44: leasekeeper.v1.CallError.details:type_name -> google.protobuf.Any
+	26, // 45: leasekeeper.v1.CallResponse.error:type_name -> leasekeeper.v1.CallError
+	5,  // 46: leasekeeper.v1.CallResponse.acquire:type_name -> leasekeeper.v1.AcquireResponse
+	7,  // 47: leasekeeper.v1.CallResponse.renew:type_name -> leasekeeper.v1.RenewResponse
+	9,  // 48: leasekeeper.v1.CallResponse.release:type_name -> leasekeeper.v1.ReleaseResponse
+	11, // 49: leasekeeper.v1.CallResponse.get:type_name -> leasekeeper.v1.GetResponse
+	15, // 50: leasekeeper.v1.CallResponse.delete:type_name -> leasekeeper.v1.DeleteResponse
+	17, // 51: leasekeeper.v1.CallResponse.write:type_name -> leasekeeper.v1.WriteResponse
+	28, // 52: leasekeeper.v1.StatusResponse.members:type_name -> leasekeeper.v1.Member
+	31, // 53: leasekeeper.v1.StatusResponse.build:type_name -> leasekeeper.v1.BuildInfo
+	28, // 54: leasekeeper.v1.JoinResponse.members:type_name -> leasekeeper.v1.Member
+	28, // 55: leasekeeper.v1.RemoveMemberResponse.members:type_name -> leasekeeper.v1.Member
+	47, // 56: leasekeeper.v1.ListResponse.RemainingEntry.value:type_name -> google.protobuf.Duration
+	3,  // 57: leasekeeper.v1.Leases.Acquire:input_type -> leasekeeper.v1.AcquireRequest
+	4,  // 58: leasekeeper.v1.Leases.AcquireSlot:input_type -> leasekeeper.v1.AcquireSlotRequest
+	6,  // 59: leasekeeper.v1.Leases.Renew:input_type -> leasekeeper.v1.RenewRequest
+	8,  // 60: leasekeeper.v1.Leases.Release:input_type -> leasekeeper.v1.ReleaseRequest
+	10, // 61: leasekeeper.v1.Leases.Get:input_type -> leasekeeper.v1.GetRequest
+	12, // 62: leasekeeper.v1.Leases.List:input_type -> leasekeeper.v1.ListRequest
+	14, // 63: leasekeeper.v1.Leases.Delete:input_type -> leasekeeper.v1.DeleteRequest
+	16, // 64: leasekeeper.v1.Leases.Write:input_type -> leasekeeper.v1.WriteRequest
+	18, // 65: leasekeeper.v1.Leases.Watch:input_type -> leasekeeper.v1.WatchRequest
+	18, // 66: leasekeeper.v1.Leases.WatchBatches:input_type -> leasekeeper.v1.WatchRequest
+	22, // 67: leasekeeper.v1.Leases.KeepAlive:input_type -> leasekeeper.v1.KeepAliveRequest
+	25, // 68: leasekeeper.v1.Leases.Calls:input_type -> leasekeeper.v1.CallRequest
+	29, // 69: leasekeeper.v1.Cluster.Status:input_type -> leasekeeper.v1.StatusRequest
+	40, // 70: leasekeeper.v1.Cluster.Snapshot:input_type -> leasekeeper.v1.SnapshotRequest
+	32, // 71: leasekeeper.v1.Cluster.Join:input_type -> leasekeeper.v1.JoinRequest
+	34, // 72: leasekeeper.v1.Cluster.RemoveMember:input_type -> leasekeeper.v1.RemoveMemberRequest
+	36, // 73: leasekeeper.v1.Cluster.TransferLeadership:input_type -> leasekeeper.v1.TransferLeadershipRequest
+	38, // 74: leasekeeper.v1.Cluster.FollowsTerm:input_type -> leasekeeper.v1.FollowsTermRequest
+	5,  // 75: leasekeeper.v1.Leases.Acquire:output_type -> leasekeeper.v1.AcquireResponse
+	5,  // 76: leasekeeper.v1.Leases.AcquireSlot:output_type -> leasekeeper.v1.AcquireResponse
+	7,  // 77: leasekeeper.v1.Leases.Renew:output_type -> leasekeeper.v1.RenewResponse
+	9,  // 78: leasekeeper.v1.Leases.Release:output_type -> leasekeeper.v1.ReleaseResponse
+	11, // 79: leasekeeper.v1.Leases.Get:output_type -> leasekeeper.v1.GetResponse
+	13, // 80: leasekeeper.v1.Leases.List:output_type -> leasekeeper.v1.ListResponse
+	15, // 81: leasekeeper.v1.Leases.Delete:output_type -> leasekeeper.v1.DeleteResponse
+	17, // 82: leasekeeper.v1.Leases.Write:output_type -> leasekeeper.v1.WriteResponse
+	19, // 83: leasekeeper.v1.Leases.Watch:output_type -> leasekeeper.v1.WatchEvent
+	20, // 84: leasekeeper.v1.Leases.WatchBatches:output_type -> leasekeeper.v1.WatchEventBatch
+	24, // 85: leasekeeper.v1.Leases.KeepAlive:output_type -> leasekeeper.v1.KeepAliveResponse
+	27, // 86: leasekeeper.v1.Leases.Calls:output_type -> leasekeeper.v1.CallResponse
+	30, // 87: leasekeeper.v1.Cluster.Status:output_type -> leasekeeper.v1.StatusResponse
+	41, // 88: leasekeeper.v1.Cluster.Snapshot:output_type -> leasekeeper.v1.SnapshotChunk
+	33, // 89: leasekeeper.v1.Cluster.Join:output_type -> leasekeeper.v1.JoinResponse
+	35, // 90: leasekeeper.v1.Cluster.RemoveMember:output_type -> leasekeeper.v1.RemoveMemberResponse
+	37, // 91: leasekeeper.v1.Cluster.TransferLeadership:output_type -> leasekeeper.v1.TransferLeadershipResponse
+	39, // 92: leasekeeper.v1.Cluster.FollowsTerm:output_type -> leasekeeper.v1.FollowsTermResponse
+	75, // [75:93] is the sub-list for method output_type
+	57, // [57:75] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_leasekeeper_v1_leasekeeper_proto_init() }
@@ -3537,7 +3693,7 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 	if File_leasekeeper_v1_leasekeeper_proto != nil {
 		return
 	}
-	file_leasekeeper_v1_leasekeeper_proto_msgTypes[23].OneofWrappers = []any{
+	file_leasekeeper_v1_leasekeeper_proto_msgTypes[24].OneofWrappers = []any{
 		(*CallRequest_Acquire)(nil),
 		(*CallRequest_Renew)(nil),
 		(*CallRequest_Release)(nil),
@@ -3545,7 +3701,7 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 		(*CallRequest_Delete)(nil),
 		(*CallRequest_Write)(nil),
 	}
-	file_leasekeeper_v1_leasekeeper_proto_msgTypes[25].OneofWrappers = []any{
+	file_leasekeeper_v1_leasekeeper_proto_msgTypes[26].OneofWrappers = []any{
 		(*CallResponse_Acquire)(nil),
 		(*CallResponse_Renew)(nil),
 		(*CallResponse_Release)(nil),
@@ -3559,7 +3715,7 @@ func file_leasekeeper_v1_leasekeeper_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasekeeper_v1_leasekeeper_proto_rawDesc), len(file_leasekeeper_v1_leasekeeper_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   44,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Leases_Acquire_FullMethodName      = "/leasekeeper.v1.Leases/Acquire"
+	Leases_AcquireSlot_FullMethodName  = "/leasekeeper.v1.Leases/AcquireSlot"
 	Leases_Renew_FullMethodName        = "/leasekeeper.v1.Leases/Renew"
 	Leases_Release_FullMethodName      = "/leasekeeper.v1.Leases/Release"
 	Leases_Get_FullMethodName          = "/leasekeeper.v1.Leases/Get"
@@ -43,6 +44,8 @@ const (
 // are served by the Raft leader.
 type LeasesClient interface {
 	Acquire(ctx context.Context, in *AcquireRequest, opts ...grpc.CallOption) (*AcquireResponse, error)
+	// AcquireSlot takes a slot of a semaphore, or queues for one.
+	AcquireSlot(ctx context.Context, in *AcquireSlotRequest, opts ...grpc.CallOption) (*AcquireResponse, error)
 	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error)
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*GetResponse, error)
@@ -78,6 +81,16 @@ func (c *leasesClient) Acquire(ctx context.Context, in *AcquireRequest, opts ...
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AcquireResponse)
 	err := c.cc.Invoke(ctx, Leases_Acquire_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leasesClient) AcquireSlot(ctx context.Context, in *AcquireSlotRequest, opts ...grpc.CallOption) (*AcquireResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AcquireResponse)
+	err := c.cc.Invoke(ctx, Leases_AcquireSlot_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -216,6 +229,8 @@ type Leases_CallsClient = grpc.BidiStreamingClient[CallRequest, CallResponse]
 // are served by the Raft leader.
 type LeasesServer interface {
 	Acquire(context.Context, *AcquireRequest) (*AcquireResponse, error)
+	// AcquireSlot takes a slot of a semaphore, or queues for one.
+	AcquireSlot(context.Context, *AcquireSlotRequest) (*AcquireResponse, error)
 	Renew(context.Context, *RenewRequest) (*RenewResponse, error)
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	Get(context.Context, *GetRequest) (*GetResponse, error)
@@ -249,6 +264,9 @@ type UnimplementedLeasesServer struct{}
 
 func (UnimplementedLeasesServer) Acquire(context.Context, *AcquireRequest) (*AcquireResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Acquire not implemented")
+}
+func (UnimplementedLeasesServer) AcquireSlot(context.Context, *AcquireSlotRequest) (*AcquireResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AcquireSlot not implemented")
 }
 func (UnimplementedLeasesServer) Renew(context.Context, *RenewRequest) (*RenewResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Renew not implemented")
@@ -315,6 +333,24 @@ func _Leases_Acquire_Handler(srv interface{}, ctx context.Context, dec func(inte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(LeasesServer).Acquire(ctx, req.(*AcquireRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Leases_AcquireSlot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AcquireSlotRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeasesServer).AcquireSlot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Leases_AcquireSlot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeasesServer).AcquireSlot(ctx, req.(*AcquireSlotRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -473,6 +509,10 @@ var Leases_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Acquire",
 			Handler:    _Leases_Acquire_Handler,
+		},
+		{
+			MethodName: "AcquireSlot",
+			Handler:    _Leases_AcquireSlot_Handler,
 		},
 		{
 			MethodName: "Renew",
