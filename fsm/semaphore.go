@@ -221,16 +221,29 @@ func (f *FSM) dequeueSlot(d *fsmpb.Dequeue) *Result {
 
 // SemaphoreWait reports, for a long poll of a semaphore's waiter, the
 // place of holder in the queue of namespace/name (1 = next; 0 when it is
-// not queued), and whether a slot among the first slots is free to be
-// handed out now.
-func (f *FSM) SemaphoreWait(namespace, name, holder string, slots int) (position int, slotFreeNow bool) {
+// not queued), whether one of the first slots is free to be handed out
+// now, and the slot a queued answer reports (nil when some slot does not
+// exist).
+func (f *FSM) SemaphoreWait(namespace, name, holder string, slots int) (position int, slotFreeNow bool, slot *Lease) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	for i := 0; i < min(slots, MaxSlots); i++ {
+	slots = min(slots, MaxSlots)
+	for i := 0; i < slots; i++ {
 		if slotFree(f.leases.get(namespace, SlotName(name, i))) {
 			slotFreeNow = true
 			break
 		}
 	}
-	return f.leases.semPosition(leaseKey{namespace, name}, holder), slotFreeNow
+	return f.leases.semPosition(leaseKey{namespace, name}, holder), slotFreeNow, f.someSlot(namespace, name, slots)
+}
+
+// SlotOf returns i when lease is slot i of the semaphore name, else -1.
+func SlotOf(name, lease string) int { return slotIndex(name, lease) }
+
+// SemaphoreQueueLen returns how many wait in the queue of the semaphore
+// namespace/name.
+func (f *FSM) SemaphoreQueueLen(namespace, name string) int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return len(f.leases.sems[leaseKey{namespace, name}])
 }

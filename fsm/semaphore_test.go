@@ -126,7 +126,7 @@ func TestSemaphoreDequeue(t *testing.T) {
 	h.mustQueue(3, acquireSlot("s", "c", 1, true), 2)
 	h.apply(4, leaveSem("s", "b"))
 	h.apply(5, leaveSem("s", "nobody"))
-	if pos, free := h.f.SemaphoreWait("default", "s", "c", 1); pos != 1 || free {
+	if pos, free, _ := h.f.SemaphoreWait("default", "s", "c", 1); pos != 1 || free {
 		t.Fatalf("c at %d (free %v), want 1, no free slot", pos, free)
 	}
 	ws := h.f.Waiters()
@@ -177,7 +177,7 @@ func TestSemaphoreLockDelay(t *testing.T) {
 	}
 	// Not free while delayed: a new acquirer queues behind b.
 	h.mustQueue(4, acquireSlot("s", "c", 1, true), 2)
-	if _, free := h.f.SemaphoreWait("default", "s", "b", 1); free {
+	if _, free, _ := h.f.SemaphoreWait("default", "s", "b", 1); free {
 		t.Fatal("a delayed slot reported free")
 	}
 	h.apply(5, endDelay("s-0", a.Token, 1))
@@ -232,10 +232,10 @@ func TestSemaphoreQueueSnapshot(t *testing.T) {
 	if err := g.Restore(io.NopCloser(bytes.NewReader(snap))); err != nil {
 		t.Fatal(err)
 	}
-	if pos, _ := g.SemaphoreWait("default", "s", "c", 1); pos != 2 {
+	if pos, _, _ := g.SemaphoreWait("default", "s", "c", 1); pos != 2 {
 		t.Fatalf("c at %d after restore, want 2", pos)
 	}
-	if pos, _ := g.SemaphoreWait("default", "s", "late", 1); pos != 0 {
+	if pos, _, _ := g.SemaphoreWait("default", "s", "late", 1); pos != 0 {
 		t.Fatalf("late at %d in a snapshot taken before it queued", pos)
 	}
 	h2 := &harness{t: t, f: g, index: 10}

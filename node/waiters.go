@@ -13,7 +13,10 @@ import (
 // calling.
 const reapInterval = time.Second
 
-type waiterKey struct{ namespace, name, holder string }
+type waiterKey struct {
+	namespace, name, holder string
+	semaphore               bool // name is a semaphore's
+}
 
 // waiters remembers, on the leader, when each queued waiter last called, so
 // that a waiter that went away loses its place instead of being handed a
@@ -24,11 +27,12 @@ type waiters struct {
 	seen map[waiterKey]time.Time
 }
 
-// SawWaiter records that a queued waiter called (an Acquire with wait).
-func (n *Node) SawWaiter(namespace, name, holder string) {
+// SawWaiter records that a queued waiter called (an Acquire with wait);
+// with semaphore, a waiter of the semaphore name.
+func (n *Node) SawWaiter(namespace, name, holder string, semaphore bool) {
 	n.waiters.mu.Lock()
 	defer n.waiters.mu.Unlock()
-	n.waiters.seen[waiterKey{namespace, name, holder}] = n.clk.Now()
+	n.waiters.seen[waiterKey{namespace, name, holder, semaphore}] = n.clk.Now()
 }
 
 // reapWaiters runs on the leader: it proposes a Dequeue for every waiter
@@ -45,7 +49,7 @@ func (n *Node) reapWaiters(ctx context.Context) {
 	present := map[waiterKey]bool{}
 	n.waiters.mu.Lock()
 	for _, w := range n.fsm.Waiters() {
-		k := waiterKey{w.Namespace, w.Name, w.Holder}
+		k := waiterKey{w.Namespace, w.Name, w.Holder, w.Semaphore}
 		present[k] = true
 		last, ok := n.waiters.seen[k]
 		if !ok {
@@ -64,7 +68,7 @@ func (n *Node) reapWaiters(ctx context.Context) {
 	n.waiters.mu.Unlock()
 	for _, w := range stale {
 		if _, err := n.Propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Dequeue{Dequeue: &fsmpb.Dequeue{
-			Namespace: w.Namespace, Name: w.Name, Holder: w.Holder,
+			Namespace: w.Namespace, Name: w.Name, Holder: w.Holder, Semaphore: w.Semaphore,
 		}}}); err != nil {
 			n.log.Warn("dropping a waiter that stopped calling", "lease", w.Namespace+"/"+w.Name, "holder", w.Holder, "error", err)
 			return

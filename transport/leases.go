@@ -25,30 +25,11 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 	if err != nil {
 		return nil, invalidErr(err)
 	}
-	if err := validateHolder(req.HolderIdentity); err != nil {
-		return nil, invalidErr(err)
-	}
-	dur, err := s.validateDuration("lease_duration", req.LeaseDuration, s.cfg.DefaultLeaseDuration == 0)
+	t, err := s.acquireTerms(req.HolderIdentity, req.LeaseDuration, req.GracePeriod, req.LockDelay, req.Labels)
 	if err != nil {
 		return nil, invalidErr(err)
 	}
-	if req.LeaseDuration == nil {
-		dur = s.cfg.DefaultLeaseDuration
-	}
-	grace, err := s.validateDuration("grace_period", req.GracePeriod, false)
-	if err != nil {
-		return nil, invalidErr(err)
-	}
-	if req.GracePeriod == nil {
-		grace = s.cfg.DefaultGracePeriod
-	}
-	lockDelay, err := s.validateDuration("lock_delay", req.LockDelay, false)
-	if err != nil {
-		return nil, invalidErr(err)
-	}
-	if err := validateLabels(req.Labels); err != nil {
-		return nil, invalidErr(err)
-	}
+	dur, grace, lockDelay := t.dur, t.grace, t.lockDelay
 	if !s.node.IsLeader() {
 		// An acquire by the holder is a renewal, and a waiter already
 		// queued keeps its place: safe to send twice.
@@ -87,6 +68,34 @@ func (s *Server) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acqui
 	return s.acquireResponse(res), nil
 }
 
+// terms are an acquirer's checked terms, defaults applied.
+type terms struct{ dur, grace, lockDelay time.Duration }
+
+// acquireTerms checks what an Acquire or AcquireSlot asks for.
+func (s *Server) acquireTerms(holder string, duration, grace, lockDelay *durationpb.Duration, lbl map[string]string) (terms, error) {
+	var t terms
+	if err := validateHolder(holder); err != nil {
+		return t, err
+	}
+	var err error
+	if t.dur, err = s.validateDuration("lease_duration", duration, s.cfg.DefaultLeaseDuration == 0); err != nil {
+		return t, err
+	}
+	if duration == nil {
+		t.dur = s.cfg.DefaultLeaseDuration
+	}
+	if t.grace, err = s.validateDuration("grace_period", grace, false); err != nil {
+		return t, err
+	}
+	if grace == nil {
+		t.grace = s.cfg.DefaultGracePeriod
+	}
+	if t.lockDelay, err = s.validateDuration("lock_delay", lockDelay, false); err != nil {
+		return t, err
+	}
+	return t, validateLabels(lbl)
+}
+
 // queueFull refuses, without a log write, a wait that the FSM would refuse
 // for the queue limit as the leader's table stands: a flood of waits past
 // the limit must not become a flood of Raft entries. (The FSM's check,
@@ -112,10 +121,19 @@ func (s *Server) acquireResponse(res *fsm.Result) *pb.AcquireResponse {
 		Queued: res.Queued, QueuePosition: int32(res.Position)}
 	if res.Acquired {
 		out.Remaining = durationpb.New(res.Lease.TTL())
-	} else if d, ok := s.node.Remaining(res.Lease.Namespace, res.Lease.Name); ok {
+	} else if d, ok := s.remaining(res.Lease); ok {
 		out.Remaining = durationpb.New(d)
 	}
 	return out
+}
+
+// remaining is the time l's holding (or lock delay) has left; false for
+// nil (a semaphore reports no slot when it has none yet).
+func (s *Server) remaining(l *fsm.Lease) (time.Duration, bool) {
+	if l == nil {
+		return 0, false
+	}
+	return s.node.Remaining(l.Namespace, l.Name)
 }
 
 // pollMargin is how long before the caller's deadline a long poll answers.
@@ -125,28 +143,45 @@ const pollMargin = 100 * time.Millisecond
 // (thousands of events) cost a large allocation per call.
 const waitBuffer = 64
 
-// acquireWait queues the caller when the lease is held and answers when
-// the leader hands it the lease, or after a third of the duration (a long
-// poll, so the caller's send time stays close to any grant and its own
-// deadline stays useful).
+// acquireWait queues the caller when the lease (or every slot of the
+// semaphore, for cmd.Slots > 0) is held and answers when the leader hands
+// it the lease, or after a third of the duration (a long poll, so the
+// caller's send time stays close to any grant and its own deadline stays
+// useful).
+//
+// A caller already in the queue whose lease is still not free is answered
+// from this leader's table, without a log entry: asking again would change
+// nothing but cost a write per poll (docs/design.md, "Waiting without log
+// writes"). Only a grant counts as an answer of substance, and it is only
+// ever read from an applied entry.
 func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.Duration) (*pb.AcquireResponse, error) {
+	sem := cmd.Slots > 0
+	mine := func(l *fsm.Lease) bool { return l.Namespace == cmd.Namespace && l.Name == cmd.Name }
+	if sem {
+		mine = func(l *fsm.Lease) bool {
+			i := fsm.SlotOf(cmd.Name, l.Name)
+			return l.Namespace == cmd.Namespace && i >= 0 && i < int(cmd.Slots)
+		}
+	}
 	// Watch the lease before queueing, so the hand-off cannot slip by.
 	// One lease makes few events while a call waits; a queue that fills
 	// anyway drops the watcher, and the call answers "still queued".
-	w, _, err := s.hub.subscribeBuf(s.watchOwner(ctx), 0, 0, false, func(l *fsm.Lease) bool { return l.Namespace == cmd.Namespace && l.Name == cmd.Name }, waitBuffer)
+	w, _, err := s.hub.subscribeBuf(s.watchOwner(ctx), 0, 0, false, mine, waitBuffer)
 	if err != nil {
 		return nil, toStatus(err, nil)
 	}
 	defer s.hub.unsubscribe(w)
-	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: cmd}})
-	if err != nil {
-		s.met.acquires.WithLabelValues("error").Inc()
-		return nil, err
+	res := s.stillQueued(cmd)
+	if res == nil {
+		if res, err = s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Acquire{Acquire: cmd}}); err != nil {
+			s.met.acquires.WithLabelValues("error").Inc()
+			return nil, err
+		}
+		if !res.Queued {
+			return s.acquireResponse(res), nil
+		}
 	}
-	if !res.Queued {
-		return s.acquireResponse(res), nil
-	}
-	s.node.SawWaiter(cmd.Namespace, cmd.Name, cmd.Holder)
+	s.node.SawWaiter(cmd.Namespace, cmd.Name, cmd.Holder, sem)
 	// Answer "still queued" before the caller's own deadline, so a short
 	// call learns its place instead of timing out.
 	wait := dur / 3
@@ -156,6 +191,15 @@ func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.D
 	poll := time.NewTimer(wait)
 	defer poll.Stop()
 	last := res
+	answer := func() (*pb.AcquireResponse, error) {
+		if sem {
+			// The semaphore's queue makes no events: read the place now.
+			if pos, _, l := s.node.FSM().SemaphoreWait(cmd.Namespace, cmd.Name, cmd.Holder, int(cmd.Slots)); pos > 0 && l != nil {
+				last = &fsm.Result{Lease: l, Queued: true, Position: pos}
+			}
+		}
+		return s.acquireResponse(last), nil
+	}
 	var evs []fsm.Event
 	for {
 		select {
@@ -163,26 +207,51 @@ func (s *Server) acquireWait(ctx context.Context, cmd *fsmpb.Acquire, dur time.D
 			var closed bool
 			evs, closed, _ = w.take(evs[:0], waitBuffer)
 			for _, ev := range evs {
-				if ev.Lease.Holder == cmd.Holder && ev.Type == fsm.EventAcquired {
+				if ev.Lease.Holder == cmd.Holder && (ev.Type == fsm.EventAcquired || (sem && ev.Type == fsm.EventAdded)) {
 					s.met.acquires.WithLabelValues("acquired").Inc()
 					return &pb.AcquireResponse{Acquired: true, Lease: writtenPB(ev.Lease), Remaining: durationpb.New(ev.Lease.TTL())}, nil
 				}
-				if ev.Type == fsm.EventDeleted {
+				if ev.Type == fsm.EventDeleted && !sem {
+					// A semaphore's deleted slot goes to its next waiter.
 					return nil, status.Errorf(codes.NotFound, "%v: %s/%s was deleted while waiting", fsm.ErrNotFound, cmd.Namespace, cmd.Name)
 				}
-				if pos := ev.Lease.WaitingPosition(cmd.Holder); pos > 0 {
+				if pos := ev.Lease.WaitingPosition(cmd.Holder); pos > 0 && !sem {
 					last = &fsm.Result{Lease: ev.Lease, Queued: true, Position: pos}
 				}
 			}
 			if closed {
-				return s.acquireResponse(last), nil
+				return answer()
 			}
 		case <-poll.C:
-			return s.acquireResponse(last), nil
+			return answer()
 		case <-ctx.Done():
 			return nil, toStatus(ctx.Err(), nil)
 		}
 	}
+}
+
+// stillQueued answers a waiter's repeated call from this leader's table:
+// the caller is in the queue and the lease (every slot) is still taken, so
+// the Acquire would change nothing. It returns nil when the call must go
+// through the log: the caller is not queued (or no longer), or the lease or
+// a slot is free, which only an entry can hand out.
+func (s *Server) stillQueued(cmd *fsmpb.Acquire) *fsm.Result {
+	if cmd.Slots > 0 {
+		pos, free, l := s.node.FSM().SemaphoreWait(cmd.Namespace, cmd.Name, cmd.Holder, int(cmd.Slots))
+		if pos == 0 || free || l == nil {
+			return nil
+		}
+		return &fsm.Result{Lease: l, Queued: true, Position: pos}
+	}
+	l, ok := s.node.FSM().Get(cmd.Namespace, cmd.Name)
+	if !ok || (l.Holder == "" && !l.Delayed) {
+		return nil
+	}
+	pos := l.WaitingPosition(cmd.Holder)
+	if pos == 0 {
+		return nil
+	}
+	return &fsm.Result{Lease: l, Queued: true, Position: pos}
 }
 
 func validateHolding(namespace, name, holder string, token uint64) (string, error) {
@@ -777,7 +846,7 @@ func (s *Server) leaveQueue(ctx context.Context, req *pb.ReleaseRequest) (*pb.Re
 		})
 	}
 	res, err := s.commit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Dequeue{Dequeue: &fsmpb.Dequeue{
-		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity,
+		Namespace: ns, Name: req.Name, Holder: req.HolderIdentity, Semaphore: req.Semaphore,
 	}}})
 	if err != nil {
 		return nil, err

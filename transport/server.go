@@ -43,7 +43,7 @@ type Node interface {
 	RenewLocal(ctx context.Context, rs []*fsmpb.Renew) []*fsm.Lease
 	Term() uint64
 	Remaining(namespace, name string) (time.Duration, bool)
-	SawWaiter(namespace, name, holder string)
+	SawWaiter(namespace, name, holder string, semaphore bool)
 	FSM() *fsm.FSM
 	Status() (node.Status, error)
 	Join(ctx context.Context, id, raftAddr, grpcAddr string, nonvoter bool, version uint32) error
