@@ -187,6 +187,9 @@ func (c *Client) settleLogged(ctx context.Context, key holdingKey) {
 // the applied state while the acquire may still wait to be proposed, and
 // on a real cluster one in three such cleanups missed a holding that way.
 func (c *Client) settle(ctx context.Context, key holdingKey) error {
+	if key.semaphore {
+		return c.settleSlot(ctx, key)
+	}
 	resp, err := c.leases.Release(ctx, &pb.ReleaseRequest{
 		Namespace: key.namespace, Name: key.name, HolderIdentity: key.holder, LeaveQueue: true,
 	})
@@ -210,11 +213,39 @@ func (c *Client) settle(ctx context.Context, key holdingKey) error {
 	return nil
 }
 
+// settleSlot is settle for a semaphore's acquire: it leaves the
+// semaphore's queue (an entry behind the acquire, as with a lease), then
+// reads the slots and releases those granted to key's holder that the
+// client does not keep.
+func (c *Client) settleSlot(ctx context.Context, key holdingKey) error {
+	_, err := c.leases.Release(ctx, &pb.ReleaseRequest{
+		Namespace: key.namespace, Name: key.name, HolderIdentity: key.holder, LeaveQueue: true, Semaphore: true,
+	})
+	if err != nil && !noSemaphoreQueue(err) {
+		return err
+	}
+	resp, err := c.List(ctx, &pb.ListRequest{Namespace: key.namespace, LabelSelector: SemaphoreLabel + "=" + key.name})
+	if err != nil {
+		return err
+	}
+	for _, l := range resp.GetLeases() {
+		slot := holdingKey{namespace: key.namespace, name: l.GetName(), holder: key.holder}
+		if l.GetHolderIdentity() != key.holder || c.keeper.has(slot) {
+			continue
+		}
+		_, err := c.Release(ctx, key.namespace, l.GetName(), key.holder, l.GetFencingToken())
+		if err != nil && !errors.Is(err, ErrStaleToken) && !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("releasing slot %s, token %d: %w", l.GetName(), l.GetFencingToken(), err)
+		}
+	}
+	return nil
+}
+
 // release ends h on the server in the background, on its own bounded
 // context, and returns a channel that delivers the outcome.
 func (c *Client) release(ctx context.Context, h *Holding) <-chan error {
 	res := make(chan error, 1)
-	c.track(holdingKey{h.namespace, h.name, h.holder}, func(<-chan struct{}) {
+	c.track(holdingKey{namespace: h.namespace, name: h.name, holder: h.holder}, func(<-chan struct{}) {
 		rctx, cancel := c.releaseContext(ctx)
 		defer cancel()
 		_, err := c.Release(rctx, h.namespace, h.name, h.holder, h.token)

@@ -40,8 +40,14 @@ func (g *giveUp) arm(lease string, cancel context.CancelFunc, reached func() boo
 func (g *giveUp) dialOption() grpc.DialOption {
 	return grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		g.mu.Lock()
-		a, ok := req.(*pb.AcquireRequest)
-		armed := ok && method == pb.Leases_Acquire_FullMethodName && g.cancel != nil && a.GetName() == g.lease
+		var name string
+		switch a := req.(type) {
+		case *pb.AcquireRequest:
+			name = a.GetName()
+		case *pb.AcquireSlotRequest:
+			name = a.GetName() // the semaphore's
+		}
+		armed := (method == pb.Leases_Acquire_FullMethodName || method == pb.Leases_AcquireSlot_FullMethodName) && g.cancel != nil && name != "" && name == g.lease
 		cancel, reached, fired := g.cancel, g.reached, g.fired
 		if armed {
 			g.cancel = nil
@@ -137,7 +143,19 @@ func TestEveryAcquirePathCleansUpAfterGivingUp(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			g.arm("gu-sem-0", cancel, nil)
+			g.arm("gu-sem", cancel, nil)
+			_, err = s.Acquire(ctx)
+			return err
+		}},
+		{name: "Semaphore queued", lease: "gu-semq-0", held: true, run: func(t *testing.T, ctx context.Context, cancel context.CancelFunc, id string) error {
+			s, err := client.NewSemaphore(c, "gu-semq", 1, client.WithIdentity(id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.arm("gu-semq", cancel, func() bool {
+				pos, _, _ := cl.Leader(time.Second).FSM().SemaphoreWait(client.DefaultNamespace, "gu-semq", id, 1)
+				return pos > 0
+			})
 			_, err = s.Acquire(ctx)
 			return err
 		}},
@@ -196,6 +214,11 @@ func TestEveryAcquirePathCleansUpAfterGivingUp(t *testing.T) {
 			}
 			if slices.Contains(l.GetWaiters(), id) {
 				t.Errorf("lease %s still has %s in its queue %v after it gave up", tt.lease, id, l.GetWaiters())
+			}
+			for _, w := range cl.Leader(time.Second).FSM().Waiters() {
+				if w.Holder == id {
+					t.Errorf("%s still waits for %s after it gave up", id, w.Name)
+				}
 			}
 			if blocker != nil {
 				if got := l.GetHolderIdentity(); got != "blocker" {

@@ -103,17 +103,18 @@
 // of it. Close also releases every holding the client still keeps, unless
 // Config.AbandonOnClose asks to leave them to expire.
 //
-// # Mutex order and what is not here
+// # Queues and lock delay
 //
-// Mutex waiters queue on the server (AcquireRequest.wait), first come,
-// first served: the leader hands a released or expired lease to the first
-// waiter in the same Raft entry (see Mutex). Semaphore waiters have no
-// such queue: a watch on the slots wakes them (RetryPeriod is the
-// backstop) and they race for the freed slot.
+// Mutex and Semaphore waiters queue on the server (AcquireRequest.wait,
+// AcquireSlot), first come, first served: the leader hands a released or
+// expired lease, or semaphore slot, to the first waiter in the same Raft
+// entry (see Mutex and Semaphore), and answers a waiter's polls without a
+// log entry while it is still in line. Against a cluster too old for
+// semaphore queues, Semaphore waiters race for freed slots instead.
 //
-// There is no lock delay (refusing new holdings for a while after an
-// expiry, as Consul does): it must be enforced by the leader to
-// mean anything, and a client-side imitation would only look safe.
+// A lock delay (WithLockDelay; Consul's and Chubby's lock-delay) is
+// enforced by the leader: after a holding expires, nobody gets the lease
+// until the delay is over.
 //
 // # Metrics
 //

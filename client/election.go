@@ -299,7 +299,7 @@ func (le *LeaderElector) campaign(ctx context.Context, wake <-chan struct{}) (*H
 	o.retryPeriod = le.cfg.RetryPeriod
 	o.maxValid = le.cfg.RenewDeadline
 	o.retrying = true
-	key := holdingKey{o.namespace, le.cfg.Name, o.identity}
+	key := holdingKey{namespace: o.namespace, name: le.cfg.Name, holder: o.identity}
 	start := le.c.clock.Now()
 	failures := 0
 	for {

@@ -98,7 +98,7 @@ func (hb *Heartbeat) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			t.Stop()
 			if unknown {
-				hb.c.abandonAcquire(ctx, holdingKey{hb.namespace, hb.node, hb.node})
+				hb.c.abandonAcquire(ctx, holdingKey{namespace: hb.namespace, name: hb.node, holder: hb.node})
 			}
 			return nil
 		}

@@ -19,6 +19,7 @@ import (
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/client"
 	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/internal/lktest"
 )
 
@@ -93,7 +94,22 @@ func startCluster(t *testing.T) *lktest.Cluster {
 	c := lktest.Start(t, 3, clock.New())
 	c.Leader(10 * time.Second)
 	waitLeaderKnown(t, c.Endpoints)
+	waitNewestCommands(t, c)
 	return c
+}
+
+// waitNewestCommands waits until every member has registered this binary's
+// command version, so that the leader takes every command (semaphore
+// queues need version 4; before it, Semaphore falls back to racing).
+func waitNewestCommands(t testing.TB, c *lktest.Cluster) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Leader(10*time.Second).CommandVersion() != fsm.CommandVersion {
+		if time.Now().After(deadline) {
+			t.Fatalf("the cluster applies command version %d after 10s, want %d", c.Leader(time.Second).CommandVersion(), fsm.CommandVersion)
+		}
+		time.Sleep(10 * time.Millisecond) // members register every 200ms
+	}
 }
 
 // waitLeaderKnown polls every node's status until each reports the

@@ -234,7 +234,7 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 		return nil, fmt.Errorf("%w: lease duration %v leaves a local deadline of %v (Config.MaxDrift %v, Config.Margin %v), not after the renewal interval %v",
 			ErrInvalid, o.duration, w, c.cfg.MaxDrift, c.cfg.Margin, renewEvery)
 	}
-	key := holdingKey{namespace: o.namespace, name: name, holder: o.identity}
+	key := o.acquireKey(name)
 	if c.keeper.has(key) {
 		return nil, fmt.Errorf("%w: %s/%s as %q", ErrAlreadyHeld, o.namespace, name, o.identity)
 	}
@@ -248,21 +248,11 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 		// cut short by ctx returns (its code as well as its kind).
 		return nil, c.gaveUp(err, 0, nil)
 	}
-	req := &pb.AcquireRequest{
-		Namespace: o.namespace, Name: name, HolderIdentity: o.identity,
-		LeaseDuration: durationpb.New(o.duration), Labels: o.labels, Wait: o.wait,
-	}
-	if o.grace > 0 {
-		req.GracePeriod = durationpb.New(o.grace)
-	}
-	if o.lockDelay > 0 {
-		req.LockDelay = durationpb.New(o.lockDelay)
-	}
 	// sent is read before each attempt: the answered one was sent last,
 	// and the node applied it (as a renewal, if an earlier attempt had
 	// begun the holding) after that.
 	var sent time.Time
-	resp, err := c.acquire(ctx, req, &sent)
+	resp, err := c.acquireFor(ctx, name, o, &sent)
 	if err != nil {
 		c.met.acquires.WithLabelValues("error").Inc()
 		if outcomeUnknown(ctx, err) && (ctx.Err() != nil || !o.retrying) {
@@ -306,6 +296,9 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 		h.name = name
 	}
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())
+	if key.semaphore {
+		key = holdingKey{namespace: h.namespace, name: h.name, holder: h.holder}
+	}
 	if err := c.keeper.add(h, key, sent); err != nil {
 		// The server granted a holding that this client cannot use (its
 		// deadline passed while the answer travelled, or a twin appeared):
@@ -316,4 +309,33 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 		return nil, err
 	}
 	return h, nil
+}
+
+// acquireKey is the key of an acquire of name with o: the holding's, or
+// for a semaphore the semaphore's.
+func (o options) acquireKey(name string) holdingKey {
+	return holdingKey{namespace: o.namespace, name: name, holder: o.identity, semaphore: o.slots > 0}
+}
+
+// acquireFor sends the Acquire (or for o.slots > 0 the AcquireSlot) of
+// name with o.
+func (c *Client) acquireFor(ctx context.Context, name string, o options, sent *time.Time) (*pb.AcquireResponse, error) {
+	var grace, lockDelay *durationpb.Duration
+	if o.grace > 0 {
+		grace = durationpb.New(o.grace)
+	}
+	if o.lockDelay > 0 {
+		lockDelay = durationpb.New(o.lockDelay)
+	}
+	if o.slots > 0 {
+		// Unary only: the Calls stream does not carry it.
+		return pb.NewLeasesClient(failoverConn{c: c, sent: sent}).AcquireSlot(ctx, &pb.AcquireSlotRequest{
+			Namespace: o.namespace, Name: name, Slots: uint32(o.slots), HolderIdentity: o.identity,
+			LeaseDuration: durationpb.New(o.duration), GracePeriod: grace, LockDelay: lockDelay, Labels: o.labels, Wait: o.wait,
+		})
+	}
+	return c.acquire(ctx, &pb.AcquireRequest{
+		Namespace: o.namespace, Name: name, HolderIdentity: o.identity,
+		LeaseDuration: durationpb.New(o.duration), GracePeriod: grace, LockDelay: lockDelay, Labels: o.labels, Wait: o.wait,
+	}, sent)
 }

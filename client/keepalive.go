@@ -65,7 +65,12 @@ type keeper struct {
 	wg     sync.WaitGroup
 }
 
-type holdingKey struct{ namespace, name, holder string }
+// holdingKey names a holding, or with semaphore the acquire of a slot of
+// the semaphore name (whose slot is not known until it is granted).
+type holdingKey struct {
+	namespace, name, holder string
+	semaphore               bool
+}
 
 // batch is one KeepAlive message in flight.
 type batch struct {
@@ -169,7 +174,7 @@ func (k *keeper) endLocked(h *Holding, err error, reason string) bool {
 	}
 	h.ended = true
 	h.err = err
-	key := holdingKey{h.namespace, h.name, h.holder}
+	key := holdingKey{namespace: h.namespace, name: h.name, holder: h.holder}
 	if k.holdings[key] == h {
 		delete(k.holdings, key)
 		k.met.holdings.Dec()

@@ -79,31 +79,41 @@ func (m *Mutex) lock(ctx context.Context, wait bool, labels map[string]string) (
 	if h := m.Holding(); h != nil && h.Err() == nil {
 		return nil, ErrAlreadyLocked
 	}
-	start := m.c.clock.Now()
 	o := m.o
-	o.wait = wait
 	if labels != nil {
 		o.labels = labels
 	}
+	h, err := m.c.holdWaiting(ctx, m.name, o, wait)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.h = h
+	m.mu.Unlock()
+	return h, nil
+}
+
+// holdWaiting is hold that, with wait, queues behind the current holder and
+// long-polls until it holds the lease (a slot, for o.slots > 0) or ctx is
+// done. Mutex.Lock and Semaphore.Acquire wait with it.
+func (c *Client) holdWaiting(ctx context.Context, name string, o options, wait bool) (*Holding, error) {
+	start := c.clock.Now()
+	o.wait = wait
 	o.retrying = wait
-	key := holdingKey{o.namespace, m.name, o.identity}
+	key := o.acquireKey(name)
 	pctx := ctx
 	if wait {
 		pctx = context.WithValue(ctx, longPollKey{}, true)
 	}
 	// interval is the least time between the starts of two calls: a poll
 	// that the node answers early (little time left to the call, a node
-	// that answers at once) is not followed by another at once, since
-	// every call is a log entry.
+	// that answers at once) is not followed by another at once.
 	interval := minPollInterval
 	for {
-		callStart := m.c.clock.Now()
-		h, err := m.c.hold(pctx, m.name, o)
+		callStart := c.clock.Now()
+		h, err := c.hold(pctx, name, o)
 		if err == nil {
-			m.mu.Lock()
-			m.h = h
-			m.mu.Unlock()
-			m.c.met.lockWait.Observe(m.c.clock.Since(start).Seconds())
+			c.met.lockWait.Observe(c.clock.Since(start).Seconds())
 			return h, nil
 		}
 		var held *HeldError
@@ -113,11 +123,11 @@ func (m *Mutex) lock(ctx context.Context, wait bool, labels map[string]string) (
 			if !wait {
 				return nil, err
 			}
-			// A long poll ended with the Mutex still in the queue: call
+			// A long poll ended with the caller still in the queue: call
 			// again to keep its place.
-			if took := m.c.clock.Since(callStart); took < interval {
+			if took := c.clock.Since(callStart); took < interval {
 				pause = interval - took
-				interval = min(interval*2, max(m.o.retryPeriod, minPollInterval))
+				interval = min(interval*2, max(o.retryPeriod, minPollInterval))
 			} else {
 				interval = minPollInterval
 			}
@@ -130,28 +140,28 @@ func (m *Mutex) lock(ctx context.Context, wait bool, labels map[string]string) (
 			if !wait {
 				return nil, err
 			}
-			pause = m.o.retryPeriod
+			pause = o.retryPeriod
 		default:
 			if wait && outcomeUnknown(ctx, err) {
-				m.c.abandonAcquire(ctx, key)
+				c.abandonAcquire(ctx, key)
 			}
 			return nil, err
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl)-pause < minPollInterval {
 			// However little time is left, a call would be answered at
-			// once and cost an entry: wait for the end instead.
+			// once: wait for the end instead.
 			pause = max(pause, time.Until(dl)+time.Millisecond)
 		}
 		if pause <= 0 {
 			continue
 		}
-		t := m.c.clock.NewTimer(pause)
+		t := c.clock.NewTimer(pause)
 		select {
 		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
 			// In the queue (or handed the lease) as far as we know.
-			m.c.abandonAcquire(ctx, key)
+			c.abandonAcquire(ctx, key)
 			return nil, ctx.Err()
 		}
 	}

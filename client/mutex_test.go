@@ -374,10 +374,16 @@ func TestSemaphore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.TryAcquire(ctx); err != nil {
+	// One slot per Semaphore, as one lock per Mutex.
+	if _, err := s.TryAcquire(ctx); !errors.Is(err, client.ErrAlreadyHeld) {
+		t.Fatalf("second TryAcquire of one Semaphore = %v, want ErrAlreadyHeld", err)
+	}
+	s2, _ := client.NewSemaphore(c, "pool", 2)
+	if _, err := s2.TryAcquire(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.TryAcquire(ctx); !errors.Is(err, client.ErrLocked) {
+	s3, _ := client.NewSemaphore(c, "pool", 2)
+	if _, err := s3.TryAcquire(ctx); !errors.Is(err, client.ErrLocked) {
 		t.Fatalf("third TryAcquire = %v, want ErrLocked", err)
 	}
 	if a.Lease().GetLabels()[client.SemaphoreLabel] != "pool" {

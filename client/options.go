@@ -31,7 +31,8 @@ type Profile struct {
 	// RenewFraction is how far into LeaseDuration a holding is renewed.
 	RenewFraction float64
 	// RetryPeriod is how long a waiter waits between attempts: a
-	// Semaphore waiter when no watch event wakes it first, a
+	// Semaphore waiter of a cluster without semaphore queues when no
+	// watch event wakes it first, a
 	// LeaderElector candidate while another leads, a Heartbeat whose
 	// acquire failed, a Mutex.Lock whose call found no node (a Lock in the
 	// server's queue long-polls instead).
@@ -113,6 +114,9 @@ type options struct {
 	maxValid time.Duration
 	// wait queues the acquire behind the current holder (Mutex.Lock).
 	wait bool
+	// slots, when non-zero, makes the acquire a semaphore's: the name is
+	// the semaphore's, and the holding is of one of its slots.
+	slots int
 	// record sends every renewal through the server's log.
 	record bool
 	// retrying marks a caller that tries again after an acquire whose

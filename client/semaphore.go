@@ -8,22 +8,33 @@ import (
 	"math/rand/v2"
 	"sync"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 )
 
 // SemaphoreLabel marks the slot leases of a Semaphore; its value is the
-// semaphore's name.
+// semaphore's name. The server sets it on every slot it grants.
 const SemaphoreLabel = "leasekeeper.io/semaphore"
 
 // Semaphore lets up to n holders in at once. It is n Mutex-like slots, the
 // leases name-0 … name-(n-1), each with its own fencing token: a resource
 // that a slot protects fences on the slot's name (Holding.Name).
 //
-// Unlike Mutex waiters, Semaphore waiters have no queue on the server: a
-// watch on the slots wakes every waiter when a slot is freed (RetryPeriod
-// is the backstop) and they race for it. Waiting costs no log entries (a
-// waiter reads the slots before it tries the free ones), but a release
-// wakes every waiter and there is no fairness between them.
+// Waiters queue on the server (AcquireSlot), in one first-in first-out
+// queue for the whole semaphore: when a slot's holding ends (released,
+// expired, its lock delay over, the slot deleted), the leader hands the
+// slot to the first waiter in the same Raft entry. Waiting costs no log
+// entries after the first, and a release wakes one waiter. As with Mutex,
+// Acquire long-polls to keep its place; a waiter that stops calling for
+// longer than its duration plus grace loses it; an Acquire whose ctx ends
+// leaves the queue and gives back a slot granted as it gave up.
+//
+// Against a cluster with a member too old for semaphore queues (or a node
+// without AcquireSlot), waiters fall back to racing for free slots: they
+// read the slots, try only free ones, and are woken by a watch when one
+// is freed; no fairness then.
 type Semaphore struct {
 	c    *Client
 	name string
@@ -56,13 +67,54 @@ func NewSemaphore(c *Client, name string, n int, opts ...Option) (*Semaphore, er
 // Slot returns the lease name of slot i.
 func (s *Semaphore) Slot(i int) string { return fmt.Sprintf("%s-%d", s.name, i) }
 
-// TryAcquire takes a free slot, trying them in random order, and returns
-// ErrLocked when every slot is held (by others, or by this Semaphore).
+// TryAcquire takes a free slot and returns ErrLocked (a *HeldError) when
+// every slot is held by others. It is one log entry. A Semaphore holds one
+// slot at a time (ErrAlreadyHeld while it holds one): use one Semaphore,
+// or one identity, per contender.
+func (s *Semaphore) TryAcquire(ctx context.Context) (*Holding, error) {
+	if err := s.holdsNone(); err != nil {
+		return nil, err
+	}
+	o := s.o
+	o.slots = s.n
+	h, err := s.c.holdWaiting(ctx, s.name, o, false)
+	if noSemaphoreQueue(err) {
+		return s.tryRacing(ctx)
+	}
+	return h, err
+}
+
+// holdsNone returns ErrAlreadyHeld when this Semaphore's identity holds a
+// slot through this client: an identity holds one slot at a time (the
+// server renews the slot a holder asks for again, so that a retried
+// acquire cannot take a second one).
+func (s *Semaphore) holdsNone() error {
+	for i := range s.n {
+		if s.c.keeper.has(holdingKey{namespace: s.o.namespace, name: s.Slot(i), holder: s.o.identity}) {
+			return fmt.Errorf("%w: slot %s as %q; one slot per Semaphore, as one lock per Mutex", ErrAlreadyHeld, s.Slot(i), s.o.identity)
+		}
+	}
+	return nil
+}
+
+// noSemaphoreQueue reports an answer of a node or cluster that does not
+// keep semaphore queues: Unimplemented (no AcquireSlot), or
+// FailedPrecondition (a member applies too old a command version; an
+// AcquireSlot has no token to be stale).
+func noSemaphoreQueue(err error) bool {
+	switch status.Code(err) {
+	case codes.Unimplemented, codes.FailedPrecondition:
+		return true
+	}
+	return false
+}
+
+// tryRacing is TryAcquire without the server's queue.
 //
 // It first reads the slots (a linearizable read, no log entry) and tries
 // only those that are free or already the caller's: every try is a log
 // entry, so a full semaphore costs its waiters no writes at all.
-func (s *Semaphore) TryAcquire(ctx context.Context) (*Holding, error) {
+func (s *Semaphore) tryRacing(ctx context.Context) (*Holding, error) {
 	slots := rand.Perm(s.n)
 	if held, err := s.held(ctx); err == nil {
 		free := slots[:0]
@@ -112,9 +164,26 @@ func (s *Semaphore) held(ctx context.Context) (map[string]bool, error) {
 	return held, nil
 }
 
-// Acquire takes a slot, waiting until one is free or ctx is done. Release
-// the returned holding to give the slot back.
+// Acquire takes a slot, waiting in the semaphore's queue until one is
+// handed to it or ctx is done. Release the returned holding to give the
+// slot back.
 func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
+	if err := s.holdsNone(); err != nil {
+		return nil, err
+	}
+	o := s.o
+	o.slots = s.n
+	h, err := s.c.holdWaiting(ctx, s.name, o, true)
+	if noSemaphoreQueue(err) {
+		return s.acquireRacing(ctx)
+	}
+	return h, err
+}
+
+// acquireRacing is Acquire without the server's queue: a watch on the
+// slots wakes the waiter when one is freed (RetryPeriod is the backstop),
+// and it races the other waiters for it.
+func (s *Semaphore) acquireRacing(ctx context.Context) (*Holding, error) {
 	start := s.c.clock.Now()
 	wake := make(chan struct{}, 1)
 	wctx, stop := context.WithCancel(ctx)
@@ -162,7 +231,7 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
 		if !watched {
 			rev, revErr = revision(ctx)
 		}
-		h, err := s.TryAcquire(ctx)
+		h, err := s.tryRacing(ctx)
 		if err == nil {
 			s.c.met.lockWait.Observe(s.c.clock.Since(start).Seconds())
 			return h, nil
