@@ -47,7 +47,11 @@ func TestCancelledAcquiresLeaveNothing(t *testing.T) {
 		// run makes one call of the path on lease i with ctx; it returns
 		// the call's error (nil: it took the lease, and released it).
 		run func(c *client.Client, ns string, i int, ctx context.Context) error
+		// after, when set, checks what a List cannot see (a semaphore's
+		// queue) and returns how many were left behind.
+		after func(t *testing.T, ns string) int
 	}
+	var semBlocker *client.Holding
 	done := func(h interface{ Release(context.Context) error }, err error) error {
 		if err != nil {
 			return err
@@ -89,6 +93,37 @@ func TestCancelledAcquiresLeaveNothing(t *testing.T) {
 			}
 			h, err := s.Acquire(ctx)
 			return done(h, err)
+		}},
+		{name: "semaphore-queued", setup: func(t *testing.T, ns string) {
+			s, err := client.NewSemaphore(blockers, "s", 1, client.WithNamespace(ns), client.WithIdentity("blocker"), client.WithTTL(time.Minute))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if semBlocker, err = s.TryAcquire(bg); err != nil {
+				t.Fatal(err)
+			}
+		}, run: func(c *client.Client, ns string, i int, ctx context.Context) error {
+			s, err := client.NewSemaphore(c, "s", 1, client.WithNamespace(ns))
+			if err != nil {
+				return err
+			}
+			h, err := s.Acquire(ctx)
+			return done(h, err)
+		}, after: func(t *testing.T, ns string) int {
+			// The queue is not listed: free the slot, and see that it
+			// goes to nobody (a waiter left in the queue would get it).
+			if err := semBlocker.Release(bg); err != nil {
+				t.Fatal(err)
+			}
+			g, err := blockers.Get(bg, ns, "s-0", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h := g.GetLease().GetHolderIdentity(); h != "" {
+				t.Errorf("left behind: a waiter of semaphore s, handed s-0 as %q (token %d)", h, g.GetLease().GetFencingToken())
+				return 1
+			}
+			return 0
 		}},
 		{name: "elector", run: func(c *client.Client, ns string, i int, ctx context.Context) error {
 			le, err := client.NewLeaderElector(c, client.ElectorConfig{
@@ -161,6 +196,9 @@ func TestCancelledAcquiresLeaveNothing(t *testing.T) {
 						t.Errorf("left behind: %s held by %q (token %d), waiters %v", l.GetName(), h, l.GetFencingToken(), l.GetWaiters())
 					}
 				}
+			}
+			if p.after != nil {
+				leaks += p.after(t, ns)
 			}
 			t.Logf("%s: %d calls cancelled, %d acquires given up on their way, %d answered first, %d leases left behind",
 				p.name, cancelled, abandoned(t, reg), answered, leaks)
