@@ -23,6 +23,11 @@ func FuzzApply(f *testing.F) {
 		expire("default", "x", 1, 1),
 		del("default", "x", 0),
 		{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Commands: []*fsmpb.Command{acquire("n", "y", "b", time.Second), renew("n", "y", "b", 2)}}}},
+		acquireSlot("s", "b", 2, true),
+		leaveSem("s", "b"),
+		{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Commands: []*fsmpb.Command{
+			acquireSlot("x", "b", 1, true), acquireSlot("x", "c", 1, true), release("default", "x-0", "b", 2), del("default", "x-0", 0),
+		}}}},
 	} {
 		data, _ := proto.Marshal(c)
 		f.Add(data)

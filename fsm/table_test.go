@@ -66,6 +66,23 @@ func checkTable(t testing.TB, tb *table) {
 	if !maps.Equal(queued, tb.queued) {
 		t.Errorf("queued set %v, want %v", tb.queued, queued)
 	}
+	for k, q := range tb.sems {
+		if len(q) == 0 {
+			t.Errorf("semaphore %v kept with an empty queue", k)
+		}
+		seen := map[string]bool{}
+		for _, w := range q {
+			if w.Slots < 1 || w.Slots > MaxSlots || w.Holder == "" || seen[w.Holder] {
+				t.Errorf("semaphore %v: waiter %q of %d slots (twice: %v)", k, w.Holder, w.Slots, seen[w.Holder])
+			}
+			seen[w.Holder] = true
+			for i := 0; i < w.Slots; i++ {
+				if l := tb.get(k.namespace, SlotName(k.name, i)); l != nil && l.Holder == w.Holder {
+					t.Errorf("semaphore %v: %q waits while it holds %s", k, w.Holder, l.Name)
+				}
+			}
+		}
+	}
 	for h, e := range tb.labels {
 		for ; e != nil; e = e.next {
 			if labelsHash(e.labels) != h {
