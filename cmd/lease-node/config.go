@@ -86,6 +86,31 @@ func envValues(fs *flag.FlagSet) map[string]string {
 	return out
 }
 
+// notSettings are LEASE_NODE_* variables that are known not to be settings:
+// scripts/cluster.sh passes extra flags in LEASE_NODE_ARGS.
+var notSettings = map[string]bool{envPrefix + "ARGS": true}
+
+// unknownEnv returns the names of the LEASE_NODE_* variables in environ
+// that set no flag, sorted. A command-line-only flag's variable counts as
+// unknown too: it sets nothing.
+func unknownEnv(fs *flag.FlagSet, environ []string) []string {
+	known := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if !cliOnly[f.Name] {
+			known[envName(f.Name)] = true
+		}
+	})
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, envPrefix) && !known[name] && !notSettings[name] {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 func envName(flagName string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }

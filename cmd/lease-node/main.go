@@ -46,6 +46,9 @@ func main() {
 }
 
 type options struct {
+	// unknownEnv lists the LEASE_NODE_* variables that name no setting
+	// (a misspelt one would otherwise be ignored without a word).
+	unknownEnv []string
 	sec        securityFlags
 	k8sAPIAddr string
 	node       node.Config
@@ -148,6 +151,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	if err := layer(fs, set, envValues(fs), "environment"); err != nil {
 		return nil, err
 	}
+	o.unknownEnv = unknownEnv(fs, os.Environ())
 	if configPath != "" {
 		vals, err := fileValues(configPath)
 		if err != nil {
@@ -264,6 +268,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		JSONFormat: o.logJSON,
 		Output:     stderr,
 	}).With("id", o.node.ID)
+	for _, name := range o.unknownEnv {
+		log.Warn("ignoring an environment variable that names no setting", "variable", name)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := serve(ctx, o, log); err != nil {

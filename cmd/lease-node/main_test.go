@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,26 @@ func TestConfigPrecedence(t *testing.T) {
 		if tc.got != tc.want {
 			t.Errorf("%s: got %v, want %v", tc.name, tc.got, tc.want)
 		}
+	}
+}
+
+// TestUnknownEnvironmentIsNamed: a LEASE_NODE_* variable that sets nothing
+// (a misspelt setting) is listed for the startup warning; the settings'
+// own variables, LEASE_NODE_ARGS and other prefixes are not.
+func TestUnknownEnvironmentIsNamed(t *testing.T) {
+	t.Setenv("LEASE_NODE_GRPC_ADDR", "127.0.0.1:2")
+	t.Setenv("LEASE_NODE_ELECTON_TIMEOUT", "900ms")
+	t.Setenv("LEASE_NODE_VERSION", "true")
+	t.Setenv("LEASE_NODE_ARGS", "--enable-pprof")
+	t.Setenv("LEASE_NODES", "3")
+	var out bytes.Buffer
+	o, err := parse([]string{"--id", "a"}, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"LEASE_NODE_ELECTON_TIMEOUT", "LEASE_NODE_VERSION"}
+	if !slices.Equal(o.unknownEnv, want) {
+		t.Fatalf("unknown variables %v, want %v", o.unknownEnv, want)
 	}
 }
 
