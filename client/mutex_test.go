@@ -563,8 +563,9 @@ func quietIndex(t *testing.T, leader *node.Node) uint64 {
 }
 
 // TestSemaphoreWaiterCostsNoEntries: one waiter on a full 20-slot semaphore
-// for 5s (two RetryPeriods of 2s) writes no log entry: it reads the slots
-// and tries none while all are held.
+// for 5s writes two log entries: it joins the queue, and leaves it when it
+// gives up. Its polls (one a second, a third of its 3s duration) are
+// answered from the leader's table.
 func TestSemaphoreWaiterCostsNoEntries(t *testing.T) {
 	cl := startCluster(t)
 	c := lkClient(t, cl.Endpoints)
@@ -579,7 +580,7 @@ func TestSemaphoreWaiterCostsNoEntries(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waiter, err := client.NewSemaphore(c, "pool", n, client.WithTTL(time.Minute), client.WithRetryPeriod(2*time.Second))
+	waiter, err := client.NewSemaphore(c, "pool", n, client.WithTTL(3*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -124,5 +125,52 @@ func TestSemaphoreCancelledWaiterLeavesTheQueue(t *testing.T) {
 	}
 	if who := g.GetLease().GetHolderIdentity(); who != "" {
 		t.Fatalf("the slot went to %q, a waiter that gave up", who)
+	}
+}
+
+// TestContendedSemaphoreEntries: six workers share a semaphore of two
+// slots, each taking a slot, holding it briefly and releasing it, for 3s.
+// With the server's queue an acquisition costs about two log entries (the
+// wait's enqueue, and the release that hands the slot on); racing waiters
+// cost a try per waiter per release.
+func TestContendedSemaphoreEntries(t *testing.T) {
+	cl := startCluster(t)
+	c := lkClient(t, cl.Endpoints)
+	leader := cl.Leader(5 * time.Second)
+	before := quietIndex(t, leader)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	acquired := 0
+	var wg sync.WaitGroup
+	for i := range 6 {
+		s, err := client.NewSemaphore(c, "busy", 2, client.WithTTL(10*time.Second), client.WithIdentity(fmt.Sprintf("w%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				h, err := s.Acquire(ctx)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				acquired++
+				mu.Unlock()
+				time.Sleep(10 * time.Millisecond) // the work under the slot
+				_ = h.Release(context.Background())
+			}
+		})
+	}
+	wg.Wait()
+	c.WaitBackground()
+	if !leader.IsLeader() {
+		t.Skip("the leader changed during the test: its applied index says nothing")
+	}
+	entries := leader.Raft().AppliedIndex() - before
+	per := float64(entries) / float64(max(acquired, 1))
+	t.Logf("6 workers on a 2-slot semaphore for 3s: %d acquisitions, %d log entries, %.2f per acquisition", acquired, entries, per)
+	if acquired < 10 || per > 3 {
+		t.Fatalf("%d acquisitions at %.2f log entries each, want at least 10 at most 3 each", acquired, per)
 	}
 }
