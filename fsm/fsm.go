@@ -749,6 +749,21 @@ func (f *FSM) Waiters() []QueuedWaiter {
 	return out
 }
 
+// WaiterCounts returns how many wait in leases' own queues and in
+// semaphores' queues, in time linear in the leases and semaphores that
+// have waiters.
+func (f *FSM) WaiterCounts() (lease, semaphore int) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for k := range f.leases.queued {
+		lease += len(f.leases.get(k.namespace, k.name).Waiters)
+	}
+	for _, q := range f.leases.sems {
+		semaphore += len(q)
+	}
+	return lease, semaphore
+}
+
 // Stats summarises the table in O(1).
 func (f *FSM) Stats() Stats {
 	f.mu.RLock()

@@ -66,6 +66,9 @@ func TestSemaphoreQueueIsFIFO(t *testing.T) {
 	h.mustQueue(3, acquireSlot("s", "c", 2, true), 1)
 	h.mustQueue(4, acquireSlot("s", "d", 2, true), 2)
 	h.mustQueue(5, acquireSlot("s", "e", 2, true), 3)
+	if l, s := h.f.WaiterCounts(); l != 0 || s != 3 {
+		t.Fatalf("waiter counts %d and %d, want 0 and 3", l, s)
+	}
 	// Asking again keeps the place, and writes nothing.
 	events := len(h.events)
 	h.mustQueue(6, acquireSlot("s", "d", 2, true), 2)

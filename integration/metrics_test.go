@@ -112,7 +112,8 @@ func TestMetricsMoveWithTheWorkload(t *testing.T) {
 			t.Errorf("%s moved by %v, want %v", tc.metric, got, tc.want)
 		}
 	}
-	for _, k := range []string{`leasekeeper_raft_state{state="leader"}`, `leasekeeper_leases{state="held"}`, "leasekeeper_deadline_table_size"} {
+	for _, k := range []string{`leasekeeper_raft_state{state="leader"}`, `leasekeeper_leases{state="held"}`, "leasekeeper_deadline_table_size",
+		`leasekeeper_waiters{queue="lease"}`, `leasekeeper_waiters{queue="semaphore"}`} {
 		if _, ok := after[k]; !ok {
 			t.Errorf("metric %s missing", k)
 		}

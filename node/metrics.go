@@ -102,11 +102,12 @@ var (
 	descHasLeader = prometheus.NewDesc("leasekeeper_has_leader", "1 when this node knows a leader.", nil, nil)
 	descSnaps     = prometheus.NewDesc("leasekeeper_fsm_snapshots_total", "Snapshots this node's FSM has written.", nil, nil)
 	descSnapDur   = prometheus.NewDesc("leasekeeper_fsm_snapshot_last_duration_seconds", "Time the last snapshot took to write.", nil, nil)
+	descWaiters   = prometheus.NewDesc("leasekeeper_waiters", "Waiters queued: queue=lease (a lease's own queue) or semaphore (a semaphore's).", []string{"queue"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descTerm, descCommit, descApplied, descLastIndex, descContact,
-		descSnapIdx, descPeers, descLeases, descRevision, descToken, descHasLeader, descSnaps, descSnapDur} {
+		descSnapIdx, descPeers, descLeases, descRevision, descToken, descHasLeader, descSnaps, descSnapDur, descWaiters} {
 		ch <- d
 	}
 }
@@ -148,6 +149,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.n.fsm.Stats()
 	gauge(descLeases, float64(s.Held), "held")
 	gauge(descLeases, float64(s.Leases-s.Held), "free")
+	leaseWaiters, semWaiters := c.n.fsm.WaiterCounts()
+	gauge(descWaiters, float64(leaseWaiters), "lease")
+	gauge(descWaiters, float64(semWaiters), "semaphore")
 	gauge(descRevision, float64(s.Revision))
 	gauge(descToken, float64(s.LastToken))
 	id, _ := c.n.Leader()
