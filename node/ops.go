@@ -124,6 +124,10 @@ func (n *Node) ProposeExpire(ctx context.Context, term uint64, hs []leasing.Hold
 		// binary (a downgrade). A holding's lock delay changes only with
 		// its token or renew index, which the Expire names: if the table
 		// has moved past them, the Expire does nothing to that lease.
+		// Once one holding sets it, the rest need no lookup.
+		if e.LockDelays {
+			continue
+		}
 		if l, ok := n.fsm.Get(h.Key.Namespace, h.Key.Name); ok && l.Token == h.Token && l.RenewIndex == h.RenewIndex && l.LockDelay > 0 {
 			e.LockDelays = n.cfg.Fault != FaultSkipLockDelay
 		}
