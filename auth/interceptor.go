@@ -41,7 +41,12 @@ var methods = map[string]MethodRule{
 	// which only the leader knows: the interceptor requires one of the two,
 	// and the server calls AuthorizeContext(ctx, AcquireVerb(exists), ns,
 	// name) on the leader.
-	pb.Leases_Acquire_FullMethodName:      {Namespaced: true, AnyVerb: []string{VerbCreate, VerbUpdate}, BindHolder: true, ServerAuthorizes: true},
+	pb.Leases_Acquire_FullMethodName: {Namespaced: true, AnyVerb: []string{VerbCreate, VerbUpdate}, BindHolder: true, ServerAuthorizes: true},
+	// AcquireSlot may grant any slot of the semaphore (name-0 …): the
+	// server authorizes create or update on each (a policy names the
+	// slots, say "pool-*", not the semaphore); the interceptor binds the
+	// holder.
+	pb.Leases_AcquireSlot_FullMethodName:  {BindHolder: true, ServerAuthorizes: true},
 	pb.Leases_Renew_FullMethodName:        {Verb: VerbUpdate, Namespaced: true, BindHolder: true},
 	pb.Leases_Release_FullMethodName:      {Verb: VerbUpdate, Namespaced: true, BindHolder: true},
 	pb.Leases_Get_FullMethodName:          {Verb: VerbGet, Namespaced: true},
@@ -85,6 +90,9 @@ type (
 	nameGetter      interface{ GetName() string }
 	allNsGetter     interface{ GetAllNamespaces() bool }
 	holderGetter    interface{ GetHolderIdentity() string }
+	// semaphoreGetter: a Release that leaves a semaphore's queue names
+	// the semaphore, and is scoped to its first slot.
+	semaphoreGetter interface{ GetSemaphore() bool }
 )
 
 // RequestScope returns the namespace and lease name a request names, with
@@ -100,6 +108,9 @@ func RequestScope(req any) (namespace, name string) {
 	}
 	if r, ok := req.(nameGetter); ok {
 		name = r.GetName()
+	}
+	if r, ok := req.(semaphoreGetter); ok && r.GetSemaphore() && name != "" {
+		name += "-0"
 	}
 	return namespace, name
 }

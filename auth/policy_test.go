@@ -203,3 +203,21 @@ func TestEveryMethodHasARule(t *testing.T) {
 		}
 	}
 }
+
+// TestSemaphoreReleaseScope: leaving a semaphore's queue is scoped to its
+// first slot, which a policy names ("pool-*"), not to the semaphore's
+// name; other requests keep their own name.
+func TestSemaphoreReleaseScope(t *testing.T) {
+	for _, c := range []struct {
+		req  any
+		want string
+	}{
+		{&pb.ReleaseRequest{Namespace: "a", Name: "pool", LeaveQueue: true, Semaphore: true}, "pool-0"},
+		{&pb.ReleaseRequest{Namespace: "a", Name: "pool", LeaveQueue: true}, "pool"},
+		{&pb.AcquireRequest{Namespace: "a", Name: "pool"}, "pool"},
+	} {
+		if ns, name := RequestScope(c.req); ns != "a" || name != c.want {
+			t.Errorf("RequestScope(%v) = %s/%s, want a/%s", c.req, ns, name, c.want)
+		}
+	}
+}

@@ -132,6 +132,20 @@ func TestMutualTLSAndRBAC(t *testing.T) {
 		time.Sleep(100 * time.Millisecond) // polling other processes
 	}
 
+	// Every member registers its binary's command version with the
+	// leader (semaphores need 4); until then the leader refuses them.
+	for {
+		_, err := admin.Leases().AcquireSlot(ctxT(t, time.Second), &pb.AcquireSlotRequest{Namespace: "probe", Name: "version", Slots: 1,
+			HolderIdentity: "admin", LeaseDuration: durationpb.New(time.Minute)})
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline) {
+			t.Fatalf("a semaphore acquire by the admin: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling other processes
+	}
+
 	alice := c.as(pki, pki, "alice")
 	a, err := alice.Acquire(ctxT(t, 10*time.Second), "team-a", "job", "alice", time.Minute, 0, nil)
 	if err != nil || !a.Acquired {
@@ -197,6 +211,26 @@ func TestMutualTLSAndRBAC(t *testing.T) {
 				HolderIdentity: "alice", LeaseDuration: durationpb.New(30 * time.Second)})
 			return err
 		}, codes.OK},
+		{"alice takes a semaphore's slot in team-a", func() error {
+			_, err := alice.Leases().AcquireSlot(ctxT(t, 5*time.Second), &pb.AcquireSlotRequest{Namespace: "team-a", Name: "pool", Slots: 2,
+				HolderIdentity: "alice", LeaseDuration: durationpb.New(time.Minute)})
+			return err
+		}, codes.OK},
+		{"alice leaves a semaphore's queue in team-a", func() error {
+			_, err := alice.Leases().Release(ctxT(t, 5*time.Second), &pb.ReleaseRequest{Namespace: "team-a", Name: "pool",
+				HolderIdentity: "alice", LeaveQueue: true, Semaphore: true})
+			return err
+		}, codes.OK},
+		{"reader takes a semaphore's slot in team-a", func() error {
+			_, err := reader.Leases().AcquireSlot(ctxT(t, 5*time.Second), &pb.AcquireSlotRequest{Namespace: "team-a", Name: "pool", Slots: 2,
+				HolderIdentity: "reader", LeaseDuration: durationpb.New(time.Minute)})
+			return err
+		}, codes.PermissionDenied},
+		{"bob takes a semaphore's slot as alice", func() error {
+			_, err := bob.Leases().AcquireSlot(ctxT(t, 5*time.Second), &pb.AcquireSlotRequest{Namespace: "team-a", Name: "pool", Slots: 2,
+				HolderIdentity: "alice", LeaseDuration: durationpb.New(time.Minute)})
+			return err
+		}, codes.PermissionDenied},
 		{"admin (who may delete) ends alice's holding with a write", func() error {
 			_, err := admin.Leases().Write(ctxT(t, 5*time.Second), &pb.WriteRequest{Namespace: "team-a", Name: "job"})
 			return err
