@@ -243,7 +243,10 @@ type Member struct {
 	RaftAddr string
 	GRPCAddr string
 	Suffrage string
-	State    string
+	// CommandVersion is the command version the member registered (1
+	// when none).
+	CommandVersion uint32
+	State          string
 }
 
 // Status is a node's view of the cluster.
@@ -286,11 +289,12 @@ func (n *Node) Members() ([]Member, error) {
 	var out []Member
 	for _, srv := range f.Configuration().Servers {
 		m := Member{
-			ID:       string(srv.ID),
-			RaftAddr: string(srv.Address),
-			GRPCAddr: addrs[string(srv.ID)],
-			Suffrage: suffrageName(srv.Suffrage),
-			State:    "follower",
+			ID:             string(srv.ID),
+			RaftAddr:       string(srv.Address),
+			GRPCAddr:       addrs[string(srv.ID)],
+			Suffrage:       suffrageName(srv.Suffrage),
+			State:          "follower",
+			CommandVersion: n.fsm.MemberVersion(string(srv.ID)),
 		}
 		switch {
 		case m.ID == leaderID:

@@ -54,7 +54,7 @@ func BuildInfo() *pb.BuildInfo {
 func membersPB(ms []node.Member) []*pb.Member {
 	out := make([]*pb.Member, len(ms))
 	for i, m := range ms {
-		out[i] = &pb.Member{Id: m.ID, RaftAddr: m.RaftAddr, GrpcAddr: m.GRPCAddr, Suffrage: m.Suffrage, State: m.State}
+		out[i] = &pb.Member{Id: m.ID, RaftAddr: m.RaftAddr, GrpcAddr: m.GRPCAddr, Suffrage: m.Suffrage, State: m.State, CommandVersion: m.CommandVersion}
 	}
 	return out
 }

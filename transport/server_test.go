@@ -18,6 +18,7 @@ import (
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/internal/lktest"
 )
 
@@ -397,7 +398,9 @@ func TestStatusListsMembers(t *testing.T) {
 			return false
 		}
 		for _, m := range st.Members {
-			if m.GrpcAddr == "" {
+			// Every member registers its address and its binary's
+			// command version; a follower reports them too.
+			if m.GrpcAddr == "" || m.CommandVersion != fsm.CommandVersion {
 				return false
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -221,9 +222,13 @@ func (a *app) memberCmd() *cobra.Command {
 
 func writeMembers(a *app, ms []*pb.Member) error {
 	tw := newTable(a.stdout)
-	fmt.Fprintln(tw, "ID\tRAFT ADDR\tGRPC ADDR\tSUFFRAGE\tSTATE")
+	fmt.Fprintln(tw, "ID\tRAFT ADDR\tGRPC ADDR\tSUFFRAGE\tSTATE\tCMD VERSION")
 	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.GetId(), orDash(m.GetRaftAddr()), orDash(m.GetGrpcAddr()), orDash(m.GetSuffrage()), orDash(m.GetState()))
+		version := "-" // a server that does not report it
+		if v := m.GetCommandVersion(); v != 0 {
+			version = strconv.FormatUint(uint64(v), 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.GetId(), orDash(m.GetRaftAddr()), orDash(m.GetGrpcAddr()), orDash(m.GetSuffrage()), orDash(m.GetState()), version)
 	}
 	return tw.Flush()
 }

@@ -31,6 +31,8 @@ type memberJSON struct {
 	GRPCAddr string `json:"grpcAddr"`
 	Suffrage string `json:"suffrage"`
 	State    string `json:"state"`
+	// CommandVersion: 0 from a server that does not report it.
+	CommandVersion uint32 `json:"commandVersion,omitempty"`
 }
 
 func newStatusJSON(st *pb.StatusResponse) statusJSON {
@@ -49,7 +51,7 @@ func newStatusJSON(st *pb.StatusResponse) statusJSON {
 	for _, m := range st.GetMembers() {
 		j.Members = append(j.Members, memberJSON{
 			ID: m.GetId(), RaftAddr: m.GetRaftAddr(), GRPCAddr: m.GetGrpcAddr(),
-			Suffrage: m.GetSuffrage(), State: m.GetState(),
+			Suffrage: m.GetSuffrage(), State: m.GetState(), CommandVersion: m.GetCommandVersion(),
 		})
 	}
 	return j
@@ -106,10 +108,5 @@ func writeStatus(a *app, st *pb.StatusResponse) error {
 		return err
 	}
 	fmt.Fprintln(a.stdout)
-	tw = newTable(a.stdout)
-	fmt.Fprintln(tw, "ID\tRAFT ADDR\tGRPC ADDR\tSUFFRAGE\tSTATE")
-	for _, m := range st.GetMembers() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.GetId(), orDash(m.GetRaftAddr()), orDash(m.GetGrpcAddr()), orDash(m.GetSuffrage()), orDash(m.GetState()))
-	}
-	return tw.Flush()
+	return writeMembers(a, st.GetMembers())
 }

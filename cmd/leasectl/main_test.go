@@ -357,13 +357,13 @@ func TestClusterStatus(t *testing.T) {
 		Id: "n2", Leader: "n1", LeaderGrpcAddr: "127.0.0.1:7001", Term: 4, CommitIndex: 42, AppliedIndex: 41, State: "follower",
 		Members: []*pb.Member{
 			{Id: "n1", RaftAddr: "127.0.0.1:8001", GrpcAddr: "127.0.0.1:7001", Suffrage: "voter", State: "leader"},
-			{Id: "n2", RaftAddr: "127.0.0.1:8002", GrpcAddr: "127.0.0.1:7002", Suffrage: "voter", State: "follower"},
+			{Id: "n2", RaftAddr: "127.0.0.1:8002", GrpcAddr: "127.0.0.1:7002", Suffrage: "voter", State: "follower", CommandVersion: 3},
 		},
 	})
 
 	out := mustRun(t, srv, exitOK, "cluster", "status")
 	for _, want := range []string{"Leader:", "n1 (127.0.0.1:7001)", "Term:", "4", "Commit Index:", "42", "Applied Index:", "41",
-		"ID", "RAFT ADDR", "GRPC ADDR", "SUFFRAGE", "STATE", "127.0.0.1:8002", "follower"} {
+		"ID", "RAFT ADDR", "GRPC ADDR", "SUFFRAGE", "STATE", "CMD VERSION", "127.0.0.1:8002", "follower   3"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("cluster status lacks %q:\n%s", want, out)
 		}
@@ -378,11 +378,11 @@ func TestClusterStatus(t *testing.T) {
 		t.Errorf("keys = %v, want %v first", keys, want)
 	}
 	var st struct {
-		Leader       string              `json:"leader"`
-		Term         uint64              `json:"term"`
-		CommitIndex  uint64              `json:"commitIndex"`
-		AppliedIndex uint64              `json:"appliedIndex"`
-		Members      []map[string]string `json:"members"`
+		Leader       string           `json:"leader"`
+		Term         uint64           `json:"term"`
+		CommitIndex  uint64           `json:"commitIndex"`
+		AppliedIndex uint64           `json:"appliedIndex"`
+		Members      []map[string]any `json:"members"`
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatal(err)
@@ -390,7 +390,7 @@ func TestClusterStatus(t *testing.T) {
 	if st.Leader != "n1" || st.Term != 4 || st.CommitIndex != 42 || st.AppliedIndex != 41 || len(st.Members) != 2 {
 		t.Errorf("status = %+v", st)
 	}
-	wantMember := map[string]string{"id": "n2", "raftAddr": "127.0.0.1:8002", "grpcAddr": "127.0.0.1:7002", "suffrage": "voter", "state": "follower"}
+	wantMember := map[string]any{"id": "n2", "raftAddr": "127.0.0.1:8002", "grpcAddr": "127.0.0.1:7002", "suffrage": "voter", "state": "follower", "commandVersion": 3.0}
 	if fmt.Sprint(st.Members[1]) != fmt.Sprint(wantMember) {
 		t.Errorf("members[1] = %v, want %v", st.Members[1], wantMember)
 	}

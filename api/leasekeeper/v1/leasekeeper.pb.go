@@ -2430,9 +2430,14 @@ type Member struct {
 	// suffrage is "voter", "nonvoter" or "staging".
 	Suffrage string `protobuf:"bytes,4,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
 	// state is "leader", "follower", "candidate", "shutdown" or "unknown".
-	State         string `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	State string `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
+	// command_version is the Raft command version the member's binary
+	// registered (1 for one that registers none). The leader proposes only
+	// what the lowest among the members applies: features of a newer
+	// version are refused until every member runs a binary that has them.
+	CommandVersion uint32 `protobuf:"varint,6,opt,name=command_version,json=commandVersion,proto3" json:"command_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
@@ -2498,6 +2503,13 @@ func (x *Member) GetState() string {
 		return x.State
 	}
 	return ""
+}
+
+func (x *Member) GetCommandVersion() uint32 {
+	if x != nil {
+		return x.CommandVersion
+	}
+	return 0
 }
 
 type StatusRequest struct {
@@ -3447,13 +3459,14 @@ const file_leasekeeper_v1_leasekeeper_proto_rawDesc = "" +
 	"\x06delete\x18\x0e \x01(\v2\x1e.leasekeeper.v1.DeleteResponseH\x00R\x06delete\x125\n" +
 	"\x05write\x18\x0f \x01(\v2\x1d.leasekeeper.v1.WriteResponseH\x00R\x05writeB\n" +
 	"\n" +
-	"\bresponse\"\x84\x01\n" +
+	"\bresponse\"\xad\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1b\n" +
 	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\x12\x1a\n" +
 	"\bsuffrage\x18\x04 \x01(\tR\bsuffrage\x12\x14\n" +
-	"\x05state\x18\x05 \x01(\tR\x05state\"\x0f\n" +
+	"\x05state\x18\x05 \x01(\tR\x05state\x12'\n" +
+	"\x0fcommand_version\x18\x06 \x01(\rR\x0ecommandVersion\"\x0f\n" +
 	"\rStatusRequest\"\xeb\x02\n" +
 	"\x0eStatusResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
