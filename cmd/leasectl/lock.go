@@ -29,6 +29,7 @@ func (a *app) lockCmd() *cobra.Command {
 		lockDelay                   time.Duration
 		identity                    string
 		noWait                      bool
+		slots                       int
 	)
 	cmd := &cobra.Command{
 		Use:   "lock NAME [--ttl 10s] -- CMD [ARGS...]",
@@ -59,6 +60,11 @@ SIGINT or SIGTERM to leasectl is passed on to CMD the same way, and the lock
 is released once CMD has exited. Signals reach CMD's own process only: a
 shell script should exec its long-running program.
 
+With --slots N (N > 1), NAME is a semaphore of N slots, the leases NAME-0 …
+NAME-(N-1): at most N such commands run at once. Waiters queue on the server
+and get freed slots first come, first served. LEASE_NAME is the slot's lease,
+and LEASE_FENCING_TOKEN its token.
+
 Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 127 CMD could not be started.`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -68,8 +74,8 @@ Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if ttl <= 0 || grace < 0 || killGrace < 0 || wait < 0 || lockDelay < 0 {
-				return usageErrorf("--ttl must be positive; --grace, --kill-grace, --wait and --lock-delay must not be negative")
+			if ttl <= 0 || grace < 0 || killGrace < 0 || wait < 0 || lockDelay < 0 || slots < 1 {
+				return usageErrorf("--ttl and --slots must be positive; --grace, --kill-grace, --wait and --lock-delay must not be negative")
 			}
 			if !cmd.Flags().Changed("grace") {
 				grace = killGrace
@@ -85,24 +91,24 @@ Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 			if identity == "" {
 				identity = client.NewIdentity()
 			}
-			m := client.NewMutex(c, args[0], client.WithNamespace(a.namespace), client.WithTTL(ttl),
-				client.WithGrace(grace), client.WithIdentity(identity), client.WithLockDelay(lockDelay))
+			opts := []client.Option{client.WithNamespace(a.namespace), client.WithTTL(ttl),
+				client.WithGrace(grace), client.WithIdentity(identity), client.WithLockDelay(lockDelay)}
 			ctx := a.ctx
 			if wait > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, wait)
 				defer cancel()
 			}
-			var h *client.Holding
-			if noWait {
-				h, err = m.TryLock(ctx)
-			} else {
-				h, err = m.Lock(ctx)
-			}
+			h, err := take(ctx, c, args[0], slots, noWait, opts)
 			var held *client.HeldError
 			if errors.As(err, &held) && held.Lease.GetLockDelayed() {
 				fmt.Fprintf(a.stderr, "leasectl: %s/%s is in its lock delay: its last holder expired (token %d)\n", a.namespace, args[0],
 					held.Lease.GetFencingToken())
+				return &exitCodeError{code: exitHeld}
+			}
+			if errors.As(err, &held) && slots > 1 {
+				fmt.Fprintf(a.stderr, "leasectl: all %d slots of %s/%s are held (%s by %s, token %d)\n", slots, a.namespace, args[0],
+					held.Lease.GetName(), held.Lease.GetHolderIdentity(), held.Lease.GetFencingToken())
 				return &exitCodeError{code: exitHeld}
 			}
 			if errors.As(err, &held) {
@@ -123,7 +129,7 @@ Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.timeout)
 			defer cancel()
-			if err := m.Unlock(rctx); err != nil && !errors.Is(err, client.ErrLost) {
+			if err := h.Release(rctx); err != nil && !errors.Is(err, client.ErrLost) {
 				fmt.Fprintf(a.stderr, "leasectl: release: %v\n", err)
 			}
 			return &exitCodeError{code: code}
@@ -137,7 +143,28 @@ Exit codes besides CMD's: 1 error, 2 usage, 3 lock held (--no-wait),
 	f.BoolVar(&noWait, "no-wait", false, "exit 3 at once when the lock is held (or in its lock delay)")
 	f.DurationVar(&lockDelay, "lock-delay", 0, "if this holder dies without releasing, keep the lock from everyone for this long after it expires, so its last writes drain (server maximum: lease-node --max-lock-delay)")
 	f.StringVar(&identity, "identity", "", "holder identity (default: host-pid-random)")
+	f.IntVar(&slots, "slots", 1, "let up to this many commands hold NAME at once (a semaphore of NAME-0 … NAME-<slots-1>)")
 	return cmd
+}
+
+// take takes the lock name, or with slots > 1 a slot of the semaphore
+// name; with noWait it does not queue.
+func take(ctx context.Context, c *client.Client, name string, slots int, noWait bool, opts []client.Option) (*client.Holding, error) {
+	if slots > 1 {
+		s, err := client.NewSemaphore(c, name, slots, opts...)
+		if err != nil {
+			return nil, err
+		}
+		if noWait {
+			return s.TryAcquire(ctx)
+		}
+		return s.Acquire(ctx)
+	}
+	m := client.NewMutex(c, name, opts...)
+	if noWait {
+		return m.TryLock(ctx)
+	}
+	return m.Lock(ctx)
 }
 
 // runCommand runs argv with the holding's environment until it exits

@@ -9,6 +9,7 @@ import (
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
 	"github.com/leasekeeper/leasekeeper/client"
 	"github.com/leasekeeper/leasekeeper/clock"
+	"github.com/leasekeeper/leasekeeper/fsm"
 	"github.com/leasekeeper/leasekeeper/internal/lktest"
 )
 
@@ -19,6 +20,14 @@ func cluster(t *testing.T) (*lktest.Cluster, *client.Client) {
 	t.Helper()
 	cl := lktest.Start(t, 3, clock.New())
 	cl.Leader(10 * time.Second)
+	// Every member registers its command version (semaphore queues need
+	// the newest); before that the leader refuses the newer commands.
+	for deadline := time.Now().Add(10 * time.Second); cl.Leader(10*time.Second).CommandVersion() != fsm.CommandVersion; {
+		if time.Now().After(deadline) {
+			t.Fatal("the cluster never applied the newest command version")
+		}
+		time.Sleep(10 * time.Millisecond) // members register every 200ms
+	}
 	cfg := client.DefaultConfig()
 	cfg.Endpoints = cl.Endpoints
 	c, err := client.New(cfg)
@@ -168,12 +177,53 @@ func TestLockNoWaitWhenHeld(t *testing.T) {
 	}
 }
 
+// TestLockSlots: with --slots 2, two commands run at once on the two
+// slots of a semaphore, a third waits until one exits and then gets its
+// slot, and --no-wait on a full semaphore exits 3.
+func TestLockSlots(t *testing.T) {
+	cl, c := cluster(t)
+	run := func(id string) *started {
+		return start(t, cl, "lock", "pool", "--slots", "2", "--identity", id, "--",
+			"sh", "-c", `echo "$LEASE_HOLDER on $LEASE_NAME token $LEASE_FENCING_TOKEN"; exec sleep 30`)
+	}
+	a, b := run("a"), run("b")
+	waitOutput(t, a.stdout, "a on pool-")
+	waitOutput(t, b.stdout, "b on pool-")
+	third := run("c")
+	full := start(t, cl, "lock", "pool", "--slots", "2", "--no-wait", "--", "true")
+	if code := full.exit(t, 10*time.Second); code != exitHeld {
+		t.Fatalf("--no-wait on a full semaphore: exit %d, want %d\nstderr: %s", code, exitHeld, full.stderr)
+	}
+	if !strings.Contains(full.stderr.String(), "all 2 slots of default/pool are held") {
+		t.Fatalf("stderr = %s, want the full semaphore named", full.stderr)
+	}
+	if strings.Contains(third.stdout.String(), "c on") {
+		t.Fatalf("a third command ran while two held the slots: %s", third.stdout)
+	}
+	slot := strings.Fields(a.stdout.String())[2]
+	a.cancel()
+	if code := a.exit(t, 10*time.Second); code != 128+15 {
+		t.Fatalf("a: exit %d, want 143\nstderr: %s", code, a.stderr)
+	}
+	waitOutput(t, third.stdout, "c on "+slot+" token ")
+	for _, p := range []*started{b, third} {
+		p.cancel()
+		p.exit(t, 10*time.Second)
+	}
+	for _, s := range []string{"pool-0", "pool-1"} {
+		if h := holderOf(t, c, s); h != "" {
+			t.Fatalf("%s still held by %q after every command ended", s, h)
+		}
+	}
+}
+
 func TestLockUsage(t *testing.T) {
 	for _, args := range [][]string{
 		{"lock", "job"},
 		{"lock", "job", "sleep", "1"},
 		{"lock", "--", "sleep", "1"},
 		{"lock", "--lock-delay", "-1s", "job", "--", "true"},
+		{"lock", "--slots", "0", "job", "--", "true"},
 		{"elect", "e"},
 		{"elect", "e", "--identity", "a", "extra"},
 		{"observe"},
