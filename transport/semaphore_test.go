@@ -10,7 +10,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/clock"
 	"github.com/leasekeeper/leasekeeper/fsm"
+	"github.com/leasekeeper/leasekeeper/internal/lktest"
+	"github.com/leasekeeper/leasekeeper/node/nodetest"
+	"github.com/leasekeeper/leasekeeper/transport"
 )
 
 func slotReq(name, holder string, slots uint32, wait bool) *pb.AcquireSlotRequest {
@@ -187,5 +191,38 @@ func TestSemaphoreBadInput(t *testing.T) {
 		if _, err := f.AcquireSlot(ctx(t), c.req); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("%s: %v, want InvalidArgument", c.why, err)
 		}
+	}
+}
+
+// TestSemaphoreQueueLimit: a semaphore's queue is bounded by MaxWaiters;
+// the waiter past it gets ResourceExhausted and writes nothing.
+func TestSemaphoreQueueLimit(t *testing.T) {
+	c := lktest.StartWith(t, 3, clock.New(), nodetest.Options{}, func(cfg *transport.Config) { cfg.MaxWaiters = 2 })
+	leader := c.Leader(10 * time.Second)
+	waitFor(t, func() bool { return leader.CommandVersion() == fsm.CommandVersion })
+	f := dial(t, c.Endpoints[c.Index(leader)])
+	if r, err := f.AcquireSlot(ctx(t), slotReq("full", "holder", 1, false)); err != nil || !r.Acquired {
+		t.Fatalf("holder: %v %+v", err, r)
+	}
+	poll := func(who string) (*pb.AcquireResponse, error) {
+		qctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		return f.AcquireSlot(qctx, slotReq("full", who, 1, true))
+	}
+	for _, who := range []string{"w1", "w2"} {
+		if r, err := poll(who); err != nil || !r.Queued {
+			t.Fatalf("%s: %v %+v", who, err, r)
+		}
+	}
+	before := leader.FSM().AppliedIndex()
+	if _, err := poll("w3"); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a third waiter past a limit of 2: %v, want ResourceExhausted", err)
+	}
+	if after := leader.FSM().AppliedIndex(); after != before {
+		t.Errorf("the refused waiter wrote %d log entries", after-before)
+	}
+	// A waiter already in line keeps its place at the limit.
+	if r, err := poll("w2"); err != nil || !r.Queued || r.QueuePosition != 2 {
+		t.Fatalf("w2 again at the limit: %v %+v", err, r)
 	}
 }
