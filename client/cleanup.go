@@ -221,7 +221,10 @@ func (c *Client) settleSlot(ctx context.Context, key holdingKey) error {
 	_, err := c.leases.Release(ctx, &pb.ReleaseRequest{
 		Namespace: key.namespace, Name: key.name, HolderIdentity: key.holder, LeaveQueue: true, Semaphore: true,
 	})
-	if err != nil && !noSemaphoreQueue(err) {
+	// A node without semaphore queues has none to leave: it answers
+	// Unimplemented, or (an older one that takes the request for a
+	// lease's) NotFound. The slots are looked at all the same.
+	if err != nil && !noSemaphoreQueue(err) && !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	resp, err := c.List(ctx, &pb.ListRequest{Namespace: key.namespace, LabelSelector: SemaphoreLabel + "=" + key.name})
