@@ -92,6 +92,7 @@ func All(h *history.History, opts Options) []Result {
 		FencedRegister(h),
 		LostRenewal(h),
 		MutualExclusion(h),
+		SemaphoreBound(h),
 		LockDelay(h),
 		Availability(h, opts.MinAvailability),
 		RenewalRetry(h),

@@ -159,7 +159,7 @@ func beliefs(h *history.History) []belief {
 	}
 	for i := range h.Ops {
 		o := &h.Ops[i]
-		if o.Workload != history.WorkloadMutex {
+		if o.Workload != history.WorkloadMutex && o.Workload != history.WorkloadSemaphore {
 			continue
 		}
 		c := state[o.Process]

@@ -54,6 +54,10 @@ const (
 	// `leasectl renew` makes it), retrying a renewal that went unanswered
 	// on the next follower: Chain and Attempt tie the attempts together.
 	WorkloadOneShot = "oneshot"
+	// WorkloadSemaphore is acquire/release cycles on a client.Semaphore,
+	// waiting in the server's queue: Lease is the slot taken (the
+	// semaphore's name when none was), Slots the semaphore's size.
+	WorkloadSemaphore = "semaphore"
 )
 
 // Error classes of a Fail or Info outcome.
@@ -99,6 +103,8 @@ type Op struct {
 	// Attempt counts them from 1.
 	Chain   int64 `json:"chain,omitempty"`
 	Attempt int   `json:"attempt,omitempty"`
+	// Slots is the size of the semaphore of a semaphore operation.
+	Slots int `json:"slots,omitempty"`
 
 	// Acquired is acquire's answer; Renewed whether it said "renewed".
 	Acquired bool `json:"acquired,omitempty"`

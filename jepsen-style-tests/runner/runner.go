@@ -312,7 +312,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if nemList == "" {
 		nemList = "none"
 	}
-	logf("running %d clients (%d on mutexes) and %d one-shot holders for %v, nemesis: %s", cfg.Clients, cfg.MutexClients, cfg.OneShotClients, cfg.Duration, nemList)
+	logf("running %d clients (%d on mutexes), %d one-shot holders and %d semaphore waiters for %v, nemesis: %s", cfg.Clients, cfg.MutexClients, cfg.OneShotClients, wcfg.SemaphoreClients, cfg.Duration, nemList)
 	runCtx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	var wg sync.WaitGroup
 	if cluster != nil {

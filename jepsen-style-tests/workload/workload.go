@@ -53,6 +53,10 @@ type Config struct {
 	OneShotRenewEvery time.Duration
 	OneShotRetryDelay time.Duration
 	OneShotGiveUp     time.Duration
+	// SemaphoreClients workers share a semaphore of SemaphoreSlots slots
+	// (SemaphoreName), waiting in its queue on the server.
+	SemaphoreClients int
+	SemaphoreSlots   int
 	// Leader, when set, returns the endpoint of the cluster's leader as
 	// last seen ("" when unknown); the one-shot holders call the others.
 	Leader func() string
@@ -105,20 +109,23 @@ func DefaultConfig() Config {
 		OneShotRenewEvery: 400 * time.Millisecond,
 		OneShotRetryDelay: 50 * time.Millisecond,
 		OneShotGiveUp:     4 * time.Second,
-		Leases:            3,
-		Locks:             2,
-		Namespace:         "jepsen",
-		LeaseDuration:     2 * time.Second,
-		OpTimeout:         time.Second,
-		ThinkMin:          20 * time.Millisecond,
-		ThinkMax:          120 * time.Millisecond,
-		LockWait:          5 * time.Second,
-		HoldMin:           100 * time.Millisecond,
-		HoldMax:           3 * time.Second,
-		MaxDrift:          0.01,
-		Margin:            50 * time.Millisecond,
-		Guard:             "monotonic",
-		LockDelay:         time.Second,
+		// More workers than slots, so that some always wait in the queue.
+		SemaphoreClients: 3,
+		SemaphoreSlots:   2,
+		Leases:           3,
+		Locks:            2,
+		Namespace:        "jepsen",
+		LeaseDuration:    2 * time.Second,
+		OpTimeout:        time.Second,
+		ThinkMin:         20 * time.Millisecond,
+		ThinkMax:         120 * time.Millisecond,
+		LockWait:         5 * time.Second,
+		HoldMin:          100 * time.Millisecond,
+		HoldMax:          3 * time.Second,
+		MaxDrift:         0.01,
+		Margin:           50 * time.Millisecond,
+		Guard:            "monotonic",
+		LockDelay:        time.Second,
 	}
 }
 
@@ -131,6 +138,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("workload: need Clients >= 1 and 0 <= MutexClients <= Clients, got %d and %d", c.Clients, c.MutexClients)
 	case c.OneShotClients < 0 || (c.OneShotClients > 0 && (c.OneShotRenewEvery <= 0 || c.OneShotRetryDelay < 0 || c.OneShotGiveUp <= 0)):
 		return errors.New("workload: need OneShotClients >= 0, and with one-shot clients OneShotRenewEvery > 0, OneShotRetryDelay >= 0 and OneShotGiveUp > 0")
+	case c.SemaphoreClients < 0 || (c.SemaphoreClients > 0 && (c.SemaphoreSlots < 1 || c.SemaphoreSlots > 256)):
+		return errors.New("workload: need SemaphoreClients >= 0, and with semaphore clients 1 <= SemaphoreSlots <= 256")
 	case c.Leases < 1 || c.Locks < 1:
 		return errors.New("workload: Config.Leases and Config.Locks must be >= 1")
 	case c.LeaseDuration <= 0 || c.OpTimeout <= 0 || c.LockWait <= 0:
@@ -190,6 +199,7 @@ type Workload struct {
 	leaseW   []*leaseWorker
 	mutexW   []*mutexWorker
 	oneShotW []*oneShotWorker
+	semW     []*semWorker
 	// chains numbers the one-shot holders' renewals.
 	chains atomic.Int64
 }
@@ -255,6 +265,19 @@ func New(cfg Config, rec *history.Recorder) (*Workload, error) {
 			rng: rand.New(rand.NewPCG(seed, uint64(p))), addrs: cfg.Endpoints, next: i % len(cfg.Endpoints),
 		})
 	}
+	for i := 0; i < cfg.SemaphoreClients; i++ {
+		p := cfg.Clients + cfg.OneShotClients + i
+		c, err := w.newClient()
+		if err != nil {
+			w.Close()
+			return nil, err
+		}
+		w.clients = append(w.clients, c)
+		w.semW = append(w.semW, &semWorker{
+			w: w, process: p, holder: fmt.Sprintf("s%d", p),
+			rng: rand.New(rand.NewPCG(seed, uint64(p))), client: c,
+		})
+	}
 	w.pauses.workers = w.mutexW
 	return w, nil
 }
@@ -294,6 +317,9 @@ func (w *Workload) Run(ctx context.Context) {
 	}
 	for _, ow := range w.oneShotW {
 		wg.Go(func() { ow.run(ctx) })
+	}
+	for _, sw := range w.semW {
+		wg.Go(func() { sw.run(ctx) })
 	}
 	wg.Wait()
 }
