@@ -148,7 +148,10 @@ type LeaderElector struct {
 	leader  string
 }
 
-// NewLeaderElector checks cfg and returns an elector; Run campaigns.
+// NewLeaderElector checks cfg and returns an elector; Run campaigns. It
+// makes no call to the cluster: the timings (ElectorConfig.Validate, and
+// against c's Config), the name, the namespace and the identity are
+// checked here; the server's own limits when Run first campaigns.
 func NewLeaderElector(c *Client, cfg ElectorConfig) (*LeaderElector, error) {
 	if cfg.Namespace == "" {
 		cfg.Namespace = DefaultNamespace
