@@ -45,9 +45,9 @@ type Mutex struct {
 //
 // NewMutex makes no call to the cluster. It checks the name, each option
 // and the timings against c's Config (see Option), and returns an error
-// matching ErrInvalid, with the code InvalidArgument, that names what is
-// wrong. Lock and TryLock check only what the server decides (its limits)
-// or what changes after construction (a closed client).
+// matching ErrInvalid that names what is wrong. Lock and TryLock check
+// only what the server decides (its limits) or what changes after
+// construction (a closed client).
 func NewMutex(c *Client, name string, opts ...Option) (*Mutex, error) {
 	return newMutex("NewMutex", c, name, buildOptions(opts))
 }

@@ -6,9 +6,6 @@ import (
 	"time"
 	"unicode"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/leasekeeper/leasekeeper/internal/labels"
 )
 
@@ -26,11 +23,10 @@ var (
 	dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 )
 
-// invalidf returns an error that matches ErrInvalid and carries the code
-// InvalidArgument, as the server's refusal of the same argument would.
+// invalidf returns an error that matches ErrInvalid. It carries no gRPC
+// status: the refusal is the client's, not a server's answer.
 func invalidf(format string, args ...any) error {
-	msg := fmt.Sprintf(format, args...)
-	return &statusError{kind: ErrInvalid, st: status.New(codes.InvalidArgument, msg)}
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 }
 
 func validateNamespace(ns string) error {
