@@ -120,17 +120,17 @@ func TestEveryAcquirePathCleansUpAfterGivingUp(t *testing.T) {
 	}{
 		{name: "TryLock", lease: "gu-trylock", run: func(t *testing.T, ctx context.Context, cancel context.CancelFunc, id string) error {
 			g.arm("gu-trylock", cancel, nil)
-			_, err := client.NewMutex(c, "gu-trylock", client.WithIdentity(id)).TryLock(ctx)
+			_, err := mustMutex(t, c, "gu-trylock", client.WithIdentity(id)).TryLock(ctx)
 			return err
 		}},
 		{name: "Lock free", lease: "gu-lock", run: func(t *testing.T, ctx context.Context, cancel context.CancelFunc, id string) error {
 			g.arm("gu-lock", cancel, nil)
-			_, err := client.NewMutex(c, "gu-lock", client.WithIdentity(id)).Lock(ctx)
+			_, err := mustMutex(t, c, "gu-lock", client.WithIdentity(id)).Lock(ctx)
 			return err
 		}},
 		{name: "Lock queued", lease: "gu-lockq", held: true, run: func(t *testing.T, ctx context.Context, cancel context.CancelFunc, id string) error {
 			g.arm("gu-lockq", cancel, queued("gu-lockq", id))
-			_, err := client.NewMutex(c, "gu-lockq", client.WithIdentity(id)).Lock(ctx)
+			_, err := mustMutex(t, c, "gu-lockq", client.WithIdentity(id)).Lock(ctx)
 			return err
 		}},
 		{name: "Hold", lease: "gu-hold", run: func(t *testing.T, ctx context.Context, cancel context.CancelFunc, id string) error {

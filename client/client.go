@@ -163,7 +163,9 @@ var (
 	// ErrStaleToken means the holder or fencing token no longer names the
 	// lease's current holding.
 	ErrStaleToken = errors.New("client: stale or wrong fencing token")
-	// ErrInvalid means the server rejected an argument (a name, a duration).
+	// ErrInvalid means an argument was refused (a name, a duration, an
+	// option): by a constructor, which checks what it can without the
+	// cluster, or by the server.
 	ErrInvalid = errors.New("client: invalid argument")
 	// ErrPermission means the server refused the caller.
 	ErrPermission = errors.New("client: permission denied")

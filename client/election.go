@@ -148,13 +148,28 @@ type LeaderElector struct {
 	leader  string
 }
 
-// NewLeaderElector checks cfg and returns an elector; Run campaigns.
+// NewLeaderElector checks cfg and returns an elector; Run campaigns. It
+// makes no call to the cluster: the timings (ElectorConfig.Validate, and
+// against c's Config), the name, the namespace and the identity are
+// checked here; the server's own limits when Run first campaigns.
 func NewLeaderElector(c *Client, cfg ElectorConfig) (*LeaderElector, error) {
 	if cfg.Namespace == "" {
 		cfg.Namespace = DefaultNamespace
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if c == nil {
+		return nil, invalidf("NewLeaderElector: nil *Client")
+	}
+	if err := validateNamespace(cfg.Namespace); err != nil {
+		return nil, invalidf("NewLeaderElector: ElectorConfig.Namespace: %v", err)
+	}
+	if err := validateName(cfg.Name); err != nil {
+		return nil, invalidf("NewLeaderElector: ElectorConfig.Name: %v", err)
+	}
+	if err := validateHolder(cfg.Identity); err != nil {
+		return nil, invalidf("NewLeaderElector: ElectorConfig.Identity: %v", err)
 	}
 	if cfg.RenewInterval == 0 {
 		cfg.RenewInterval = cfg.RetryPeriod
@@ -216,7 +231,11 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 	defer cancel()
 
 	wake := make(chan struct{}, 1)
-	e := NewElection(le.c, le.cfg.Name, WithNamespace(le.cfg.Namespace))
+	e, err := NewElection(le.c, le.cfg.Name, WithNamespace(le.cfg.Namespace))
+	if err != nil {
+		// NewLeaderElector checked the name and the namespace.
+		return err
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -375,11 +394,24 @@ type Election struct {
 const ElectionValueLabel = "leasekeeper.io/election-value"
 
 // NewElection returns the election on the lease name. The options are
-// those of NewMutex and apply to Campaign; watching needs none of them but
-// WithNamespace. Without WithIdentity a campaign gets a unique identity.
-func NewElection(c *Client, name string, opts ...Option) *Election {
-	m := NewMutex(c, name, opts...)
-	return &Election{c: c, namespace: m.o.namespace, name: name, m: m}
+// those of NewMutex and apply to Campaign; watching (Leader, Value,
+// Observe) needs none of them but WithNamespace. Without WithIdentity a
+// campaign gets a unique identity.
+//
+// NewElection makes no call to the cluster. It checks the name and the
+// options as NewMutex does, and refuses WithLabels that set
+// ElectionValueLabel (Campaign and Proclaim own that label), with an error
+// matching ErrInvalid. Campaign and Proclaim check their value.
+func NewElection(c *Client, name string, opts ...Option) (*Election, error) {
+	o := buildOptions(opts)
+	if _, ok := o.labels[ElectionValueLabel]; ok {
+		return nil, invalidf("NewElection: WithLabels: %s is the election's value, set by Campaign and Proclaim", ElectionValueLabel)
+	}
+	m, err := newMutex("NewElection", c, name, o)
+	if err != nil {
+		return nil, err
+	}
+	return &Election{c: c, namespace: m.o.namespace, name: name, m: m}, nil
 }
 
 // Identity returns the holder identity this Election campaigns as.

@@ -204,7 +204,7 @@ func TestElectorObserveAndRelease(t *testing.T) {
 	defer cancel()
 
 	bumpRevision(t, c)
-	e := client.NewElection(watcher, "observed")
+	e := mustElection(t, watcher, "observed")
 	if got, err := e.Leader(ctx); err != nil || got != "" {
 		t.Fatalf("Leader before any campaign = %q, %v; want none", got, err)
 	}
@@ -282,7 +282,7 @@ func TestObserveResumesAfterBreaks(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	bumpRevision(t, c)
-	obs := client.NewElection(watcher, "resumed").Observe(ctx)
+	obs := mustElection(t, watcher, "resumed").Observe(ctx)
 	if got := recvWithin(t, obs, 10*time.Second, "the first observation"); got != "" {
 		t.Fatalf("first observation %q, want none", got)
 	}
@@ -389,9 +389,9 @@ func TestElectionCampaignProclaimResign(t *testing.T) {
 	cl := startCluster(t)
 	c := lkClient(t, cl.Endpoints)
 	ctx := context.Background()
-	alice := client.NewElection(c, "etcd-style", client.WithIdentity("alice"), client.WithTTL(10*time.Second))
-	bob := client.NewElection(c, "etcd-style", client.WithIdentity("bob"), client.WithTTL(10*time.Second))
-	watcher := client.NewElection(c, "etcd-style")
+	alice := mustElection(t, c, "etcd-style", client.WithIdentity("alice"), client.WithTTL(10*time.Second))
+	bob := mustElection(t, c, "etcd-style", client.WithIdentity("bob"), client.WithTTL(10*time.Second))
+	watcher := mustElection(t, c, "etcd-style")
 
 	h, err := alice.Campaign(ctx, "alice-v1")
 	if err != nil {

@@ -62,7 +62,11 @@ func ExampleMutex() {
 	// The protected resource keeps its own guard; here it is local.
 	orders := fence.NewGuard()
 
-	m := client.NewMutex(c, "example-mutex", client.WithTTL(5*time.Second))
+	// NewMutex checks the name and the options at once, offline.
+	m, err := client.NewMutex(c, "example-mutex", client.WithTTL(5*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
 	h, err := m.Lock(ctx)
 	if err != nil {
 		log.Fatal(err)
@@ -112,7 +116,11 @@ func ExampleLeaderElector() {
 	err = le.Run(ctx)
 	fmt.Println("Run:", err)
 
-	leader, err := client.NewElection(c, "example-election").Leader(context.Background())
+	e, err := client.NewElection(c, "example-election")
+	if err != nil {
+		log.Fatal(err)
+	}
+	leader, err := e.Leader(context.Background())
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -133,7 +141,10 @@ func ExampleHeartbeat() {
 	defer cancel()
 
 	events := make(chan client.MemberEvent, 8)
-	mon := client.NewMonitor(c, "example-nodes", client.WithMemberEvents(events))
+	mon, err := client.NewMonitor(c, "example-nodes", client.WithMemberEvents(events))
+	if err != nil {
+		log.Fatal(err)
+	}
 	monDone := make(chan error, 1)
 	go func() { monDone <- mon.Run(ctx) }()
 	<-mon.Synced()
@@ -245,7 +256,11 @@ func ExampleElection_Observe() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	leaders := client.NewElection(c, "example-observed").Observe(ctx)
+	e, err := client.NewElection(c, "example-observed")
+	if err != nil {
+		log.Fatal(err)
+	}
+	leaders := e.Observe(ctx)
 	fmt.Printf("leader: %q\n", <-leaders)
 
 	h, err := c.Hold(ctx, "example-observed", client.WithIdentity("alice"), client.WithTTL(5*time.Second))
@@ -272,7 +287,10 @@ func ExampleMonitor() {
 	defer cancel()
 
 	events := make(chan client.MemberEvent, 8)
-	mon := client.NewMonitor(c, "example-fleet", client.WithMemberEvents(events))
+	mon, err := client.NewMonitor(c, "example-fleet", client.WithMemberEvents(events))
+	if err != nil {
+		log.Fatal(err)
+	}
 	monDone := make(chan error, 1)
 	go func() { monDone <- mon.Run(ctx) }()
 	<-mon.Synced()
@@ -307,7 +325,10 @@ func ExampleNewLocker() {
 	c := newExampleClient()
 	defer c.Close()
 
-	var l sync.Locker = client.NewLocker(c, "example-locker", client.WithTTL(5*time.Second))
+	l, err := client.NewLocker(c, "example-locker", client.WithTTL(5*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
 	l.Lock()
 	fmt.Println("locked")
 	l.Unlock()
@@ -324,7 +345,10 @@ func ExampleElection() {
 	defer c.Close()
 	ctx := context.Background()
 
-	e := client.NewElection(c, "example-etcd-style", client.WithIdentity("alice"), client.WithTTL(5*time.Second))
+	e, err := client.NewElection(c, "example-etcd-style", client.WithIdentity("alice"), client.WithTTL(5*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
 	h, err := e.Campaign(ctx, "primary-a")
 	if err != nil {
 		log.Fatal(err)

@@ -68,7 +68,7 @@ func TestFrozenNodeLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	frozen.Freeze()
-	m := client.NewMutex(c, "free", client.WithTTL(5*time.Second))
+	m := mustMutex(t, c, "free", client.WithTTL(5*time.Second))
 	start := time.Now()
 	res := make(chan error, 1)
 	go func() {
@@ -149,7 +149,7 @@ func TestFrozenNodeMonitor(t *testing.T) {
 	}
 	mc := lkClient(t, addrs)
 	events := make(chan client.MemberEvent, 64)
-	m := client.NewMonitor(mc, "nodes", client.WithMemberEvents(events))
+	m := mustMonitor(t, mc, "nodes", client.WithMemberEvents(events))
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() {
@@ -248,7 +248,7 @@ func TestMonitorHoldsStatesWhileItsWatchIsSilent(t *testing.T) {
 	c := lkClient(t, []string{node.Addr})
 	fake := clock.NewFake(time.Unix(1_000_000, 0))
 	events := make(chan client.MemberEvent, 16)
-	m := client.NewMonitor(c, "nodes", client.WithMonitorClock(fake), client.WithMemberEvents(events))
+	m := mustMonitor(t, c, "nodes", client.WithMonitorClock(fake), client.WithMemberEvents(events))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()

@@ -33,29 +33,44 @@ type Heartbeat struct {
 
 // NewHeartbeat returns a heartbeat for nodeName in namespace (""
 // means DefaultHeartbeatNamespace). WithTTL, WithGrace, WithRenewInterval,
-// WithRetryPeriod, WithLabels and WithProfile apply; the namespace and
-// identity are the arguments.
+// WithRetryPeriod, WithLabels, WithProfile and WithRecordedRenewals (which
+// a Heartbeat always uses) apply; the namespace and identity are the
+// arguments.
+//
+// NewHeartbeat makes no call to the cluster. It checks the namespace, the
+// node name (a lease name and a holder identity), the options and the
+// timings, and refuses WithNamespace, WithIdentity and WithLockDelay (a
+// node's liveness fences no work, and a delay would only keep the node
+// from taking its own lease again), with an error matching ErrInvalid.
 func NewHeartbeat(c *Client, namespace, nodeName string, opts ...Option) (*Heartbeat, error) {
 	if namespace == "" {
 		namespace = DefaultHeartbeatNamespace
 	}
-	if nodeName == "" {
-		return nil, errors.New("client: NewHeartbeat needs a node name")
-	}
 	o := buildOptions(opts)
-	if o.identity != "" || o.namespace != DefaultNamespace {
-		return nil, errors.New("client: NewHeartbeat takes the namespace and the node name as arguments, not WithNamespace or WithIdentity")
+	if err := o.refuse("NewHeartbeat", heartbeatOptions, "the namespace and the node name are arguments, and a heartbeat takes no lock delay"); err != nil {
+		return nil, err
 	}
+	if nodeName == "" {
+		return nil, invalidf("NewHeartbeat: the node name is empty")
+	}
+	if err := validateNamespace(namespace); err != nil {
+		return nil, invalidf("NewHeartbeat: %v", err)
+	}
+	// nodeName is the lease's name (checked by checkHolding) and the
+	// holder identity: a valid lease name is a valid identity.
 	o.namespace = namespace
 	o.identity = nodeName
 	// A Monitor tells a live member by the renewals it sees.
 	o.record = true
 	o.retrying = true
-	if err := o.validate(); err != nil {
+	if err := c.checkHolding("NewHeartbeat", nodeName, o); err != nil {
 		return nil, err
 	}
 	return &Heartbeat{c: c, namespace: namespace, node: nodeName, o: o}, nil
 }
+
+// heartbeatOptions are the options that NewHeartbeat takes.
+const heartbeatOptions = optTTL | optGrace | optRenewInterval | optRetryPeriod | optLabels | optProfile | optRecordedRenewals
 
 // Run keeps the lease held until ctx is done, then releases it, so monitors
 // see the node leave at once. A lost holding is taken again at once; a
@@ -320,10 +335,19 @@ type Monitor struct {
 }
 
 // NewMonitor returns a monitor of namespace ("" means
-// DefaultHeartbeatNamespace); Run starts it.
-func NewMonitor(c *Client, namespace string, opts ...MonitorOption) *Monitor {
+// DefaultHeartbeatNamespace); Run starts it. It makes no call to the
+// cluster; it refuses a namespace that is not a DNS-1123 label, a nil
+// client and a nil clock (WithMonitorClock) with an error matching
+// ErrInvalid.
+func NewMonitor(c *Client, namespace string, opts ...MonitorOption) (*Monitor, error) {
+	if c == nil {
+		return nil, invalidf("NewMonitor: nil *Client")
+	}
 	if namespace == "" {
 		namespace = DefaultHeartbeatNamespace
+	}
+	if err := validateNamespace(namespace); err != nil {
+		return nil, invalidf("NewMonitor: %v", err)
 	}
 	m := &Monitor{
 		c: c, namespace: namespace, clk: c.clock,
@@ -332,10 +356,15 @@ func NewMonitor(c *Client, namespace string, opts ...MonitorOption) *Monitor {
 		poke:    make(chan struct{}, 1),
 	}
 	for _, f := range opts {
-		f(m)
+		if f != nil {
+			f(m)
+		}
+	}
+	if m.clk == nil {
+		return nil, invalidf("NewMonitor: WithMonitorClock: nil clock")
 	}
 	m.vouched = c.cfg.WatchProgressInterval > 0
-	return m
+	return m, nil
 }
 
 // asOf returns the time the Monitor classifies at, for now: the last

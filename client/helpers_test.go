@@ -288,3 +288,35 @@ func closedWithin(t *testing.T, ch <-chan struct{}, d time.Duration, what string
 		t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
 }
+
+// mustMutex is client.NewMutex for options that the test knows are valid.
+func mustMutex(t testing.TB, c *client.Client, name string, opts ...client.Option) *client.Mutex {
+	t.Helper()
+	m, err := client.NewMutex(c, name, opts...)
+	if err != nil {
+		t.Fatalf("NewMutex(%q): %v", name, err)
+	}
+	return m
+}
+
+// mustElection is client.NewElection for options that the test knows are
+// valid.
+func mustElection(t testing.TB, c *client.Client, name string, opts ...client.Option) *client.Election {
+	t.Helper()
+	e, err := client.NewElection(c, name, opts...)
+	if err != nil {
+		t.Fatalf("NewElection(%q): %v", name, err)
+	}
+	return e
+}
+
+// mustMonitor is client.NewMonitor for a namespace and options that the
+// test knows are valid.
+func mustMonitor(t testing.TB, c *client.Client, namespace string, opts ...client.MonitorOption) *client.Monitor {
+	t.Helper()
+	m, err := client.NewMonitor(c, namespace, opts...)
+	if err != nil {
+		t.Fatalf("NewMonitor(%q): %v", namespace, err)
+	}
+	return m
+}

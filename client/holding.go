@@ -222,18 +222,12 @@ func (c *Client) hold(ctx context.Context, name string, o options) (*Holding, er
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	renewEvery := o.renewEvery
-	if renewEvery == 0 {
-		fraction := o.renewFraction
-		if fraction == 0 {
-			fraction = c.cfg.RenewFraction
-		}
-		renewEvery = time.Duration(float64(o.duration) * fraction)
+	// The constructors checked these already; Hold, and options that a
+	// caller assembled itself (a LeaderElector's), are checked here.
+	if err := c.checkWindow(o); err != nil {
+		return nil, invalidf("%v", err)
 	}
-	if w := c.keeper.window(o.duration, o.maxValid); renewEvery >= w {
-		return nil, fmt.Errorf("%w: lease duration %v leaves a local deadline of %v (Config.MaxDrift %v, Config.Margin %v), not after the renewal interval %v",
-			ErrInvalid, o.duration, w, c.cfg.MaxDrift, c.cfg.Margin, renewEvery)
-	}
+	renewEvery := c.renewInterval(o)
 	key := o.acquireKey(name)
 	if c.keeper.has(key) {
 		return nil, fmt.Errorf("%w: %s/%s as %q", ErrAlreadyHeld, o.namespace, name, o.identity)

@@ -305,7 +305,7 @@ func TestCloseReleasesHoldings(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			m := client.NewMutex(c, name+"-mutex", client.WithTTL(time.Minute))
+			m := mustMutex(t, c, name+"-mutex", client.WithTTL(time.Minute))
 			if _, err := m.Lock(context.Background()); err != nil {
 				t.Fatal(err)
 			}
@@ -340,7 +340,7 @@ func TestUnlockWithEndedContextReleases(t *testing.T) {
 	c := lkClient(t, cl.Endpoints)
 	other := lkClient(t, cl.Endpoints)
 	ctx, cancel := context.WithCancel(context.Background())
-	m := client.NewMutex(c, "deferred", client.WithTTL(time.Minute))
+	m := mustMutex(t, c, "deferred", client.WithTTL(time.Minute))
 	func() {
 		if _, err := m.Lock(ctx); err != nil {
 			t.Fatal(err)
@@ -363,7 +363,7 @@ func TestUnlockWithEndedContextReleases(t *testing.T) {
 		got, err := other.Get(ctx2, "default", "deferred", false)
 		return err == nil && got.GetLease().GetHolderIdentity() == ""
 	})
-	h, err := client.NewMutex(other, "deferred").TryLock(ctx2)
+	h, err := mustMutex(t, other, "deferred").TryLock(ctx2)
 	if err != nil {
 		t.Fatalf("another Mutex cannot take the lock after the deferred Unlock: %v", err)
 	}
@@ -391,7 +391,7 @@ func TestRelockAfterUnlockWithEndedContext(t *testing.T) {
 		cfg.DialOptions = []grpc.DialOption{slow}
 	})
 	ctx := context.Background()
-	m := client.NewMutex(c, "relock", client.WithTTL(time.Minute))
+	m := mustMutex(t, c, "relock", client.WithTTL(time.Minute))
 	for round := range 5 {
 		if _, err := m.Lock(ctx); err != nil {
 			t.Fatal(err)
@@ -473,8 +473,8 @@ func TestConstructorsValidateOptions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := tt.make(); err == nil {
-				t.Fatal("accepted, want an error")
+			if err := tt.make(); !errors.Is(err, client.ErrInvalid) {
+				t.Fatalf("got %v, want an error matching ErrInvalid", err)
 			}
 		})
 	}

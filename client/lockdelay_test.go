@@ -35,8 +35,8 @@ func TestMutexLockDelay(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // members register on their own loop
 	}
 	const delay = time.Second
-	a := client.NewMutex(ca, "delayed", client.WithTTL(500*time.Millisecond), client.WithGrace(0), client.WithLockDelay(delay))
-	b := client.NewMutex(cb, "delayed", client.WithTTL(500*time.Millisecond), client.WithGrace(0))
+	a := mustMutex(t, ca, "delayed", client.WithTTL(500*time.Millisecond), client.WithGrace(0), client.WithLockDelay(delay))
+	b := mustMutex(t, cb, "delayed", client.WithTTL(500*time.Millisecond), client.WithGrace(0))
 	ha, err := a.Lock(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -68,13 +68,12 @@ func TestMutexLockDelay(t *testing.T) {
 	}
 }
 
-// TestLockDelayOptionValidated: a negative lock delay is refused before
-// anything is sent.
+// TestLockDelayOptionValidated: a negative lock delay is refused by the
+// constructor, before anything is sent.
 func TestLockDelayOptionValidated(t *testing.T) {
 	cl := startCluster(t)
 	c := lkClient(t, cl.Endpoints)
-	m := client.NewMutex(c, "x", client.WithLockDelay(-time.Second))
-	if _, err := m.TryLock(context.Background()); !errors.Is(err, client.ErrInvalid) {
-		t.Fatalf("TryLock with a negative lock delay: %v, want ErrInvalid", err)
+	if m, err := client.NewMutex(c, "x", client.WithLockDelay(-time.Second)); !errors.Is(err, client.ErrInvalid) || m != nil {
+		t.Fatalf("NewMutex with a negative lock delay: %v, %v, want nil, ErrInvalid", m, err)
 	}
 }

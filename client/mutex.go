@@ -41,13 +41,25 @@ type Mutex struct {
 }
 
 // NewMutex returns a Mutex on the lease name. Without WithIdentity it gets
-// a unique holder identity.
-func NewMutex(c *Client, name string, opts ...Option) *Mutex {
-	o := buildOptions(opts)
+// a unique holder identity. Every Option applies.
+//
+// NewMutex makes no call to the cluster. It checks the name, each option
+// and the timings against c's Config (see Option), and returns an error
+// matching ErrInvalid that names what is wrong. Lock and TryLock check
+// only what the server decides (its limits) or what changes after
+// construction (a closed client).
+func NewMutex(c *Client, name string, opts ...Option) (*Mutex, error) {
+	return newMutex("NewMutex", c, name, buildOptions(opts))
+}
+
+func newMutex(ctor string, c *Client, name string, o options) (*Mutex, error) {
+	if err := c.checkHolding(ctor, name, o); err != nil {
+		return nil, err
+	}
 	if o.identity == "" {
 		o.identity = NewIdentity()
 	}
-	return &Mutex{c: c, name: name, o: o}
+	return &Mutex{c: c, name: name, o: o}, nil
 }
 
 // Name returns the lease's name.
@@ -241,8 +253,16 @@ func (m *Mutex) Lost() <-chan struct{} {
 // way). Lock waits without a deadline. Use a Mutex where errors, deadlines
 // or the fencing token matter: a Locker hands out no token, so it protects
 // nothing against a holder that was paused past its holding.
-func NewLocker(c *Client, name string, opts ...Option) sync.Locker {
-	return &locker{m: NewMutex(c, name, opts...)}
+//
+// NewLocker checks the name and the options as NewMutex does, when it is
+// called, so that Lock panics only on what only the server or the cluster
+// can tell.
+func NewLocker(c *Client, name string, opts ...Option) (sync.Locker, error) {
+	m, err := newMutex("NewLocker", c, name, buildOptions(opts))
+	if err != nil {
+		return nil, err
+	}
+	return &locker{m: m}, nil
 }
 
 type locker struct{ m *Mutex }

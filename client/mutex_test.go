@@ -47,11 +47,11 @@ func TestMutexContention(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	for i := range 8 {
+		m := mustMutex(t, clients[i%len(clients)], "contended", client.WithTTL(2*time.Second), client.WithGrace(0),
+			client.WithIdentity(fmt.Sprintf("worker-%d", i)))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m := client.NewMutex(clients[i%len(clients)], "contended", client.WithTTL(2*time.Second), client.WithGrace(0),
-				client.WithIdentity(fmt.Sprintf("worker-%d", i)))
 			for ctx.Err() == nil {
 				h, err := m.Lock(ctx)
 				if err != nil {
@@ -109,8 +109,8 @@ func TestMutexTryLockAndUnlock(t *testing.T) {
 	cl := startCluster(t)
 	c := lkClient(t, cl.Endpoints)
 	ctx := context.Background()
-	a := client.NewMutex(c, "try", client.WithTTL(5*time.Second))
-	b := client.NewMutex(c, "try", client.WithTTL(5*time.Second))
+	a := mustMutex(t, c, "try", client.WithTTL(5*time.Second))
+	b := mustMutex(t, c, "try", client.WithTTL(5*time.Second))
 	if err := a.Unlock(ctx); !errors.Is(err, client.ErrNotLocked) {
 		t.Fatalf("Unlock before Lock = %v, want ErrNotLocked", err)
 	}
@@ -155,8 +155,8 @@ func TestMutexWakesOnRelease(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	c := lkClient(t, cl.Endpoints, func(cfg *client.Config) { cfg.Registerer = reg })
 	ctx := context.Background()
-	a := client.NewMutex(c, "wake", client.WithTTL(10*time.Second))
-	b := client.NewMutex(c, "wake", client.WithTTL(10*time.Second), client.WithRetryPeriod(time.Hour))
+	a := mustMutex(t, c, "wake", client.WithTTL(10*time.Second))
+	b := mustMutex(t, c, "wake", client.WithTTL(10*time.Second), client.WithRetryPeriod(time.Hour))
 	if _, err := a.Lock(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -216,8 +216,8 @@ func TestMutexWakesOnExpiry(t *testing.T) {
 	cl := startCluster(t)
 	ca, cb := lkClient(t, cl.Endpoints), lkClient(t, cl.Endpoints)
 	ctx := context.Background()
-	a := client.NewMutex(ca, "expiry", client.WithTTL(500*time.Millisecond), client.WithGrace(0))
-	b := client.NewMutex(cb, "expiry", client.WithTTL(500*time.Millisecond), client.WithGrace(0), client.WithRetryPeriod(time.Hour))
+	a := mustMutex(t, ca, "expiry", client.WithTTL(500*time.Millisecond), client.WithGrace(0))
+	b := mustMutex(t, cb, "expiry", client.WithTTL(500*time.Millisecond), client.WithGrace(0), client.WithRetryPeriod(time.Hour))
 	if _, err := a.Lock(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func TestPartitionedHolderLosesFirst(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
 			opts := []client.Option{client.WithTTL(time.Second), client.WithGrace(0), client.WithRetryPeriod(200 * time.Millisecond)}
-			a := client.NewMutex(holder, "partition", opts...)
+			a := mustMutex(t, holder, "partition", opts...)
 			ha, err := a.Lock(ctx)
 			if err != nil {
 				t.Fatalf("holder Lock: %v", err)
@@ -282,7 +282,7 @@ func TestPartitionedHolderLosesFirst(t *testing.T) {
 				lostAt <- time.Now()
 			}()
 			cut()
-			b := client.NewMutex(taker, "partition", opts...)
+			b := mustMutex(t, taker, "partition", opts...)
 			hb, err := b.Lock(ctx)
 			if err != nil {
 				t.Fatalf("taker Lock: %v", err)
@@ -398,12 +398,12 @@ func TestCancelledLockLeavesNothingHeld(t *testing.T) {
 	cl := startCluster(t)
 	c := lkClient(t, cl.Endpoints)
 	ctx := context.Background()
-	holder := client.NewMutex(c, "cancelled", client.WithTTL(10*time.Second))
+	holder := mustMutex(t, c, "cancelled", client.WithTTL(10*time.Second))
 	for round := 0; round < 5; round++ {
 		if _, err := holder.Lock(ctx); err != nil {
 			t.Fatal(err)
 		}
-		waiter := client.NewMutex(c, "cancelled", client.WithTTL(10*time.Second))
+		waiter := mustMutex(t, c, "cancelled", client.WithTTL(10*time.Second))
 		wctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() {
@@ -448,7 +448,7 @@ func TestWaitingLockCostsFewEntries(t *testing.T) {
 	before := quietIndex(t, leader)
 	lctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	defer cancel()
-	_, err := client.NewMutex(c, "busy", client.WithTTL(time.Minute)).Lock(lctx)
+	_, err := mustMutex(t, c, "busy", client.WithTTL(time.Minute)).Lock(lctx)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Lock = %v, want context.DeadlineExceeded", err)
 	}

@@ -95,9 +95,52 @@ func (p Profile) Validate() error {
 }
 
 // Option changes how a holding is taken and kept: by Hold, NewMutex,
-// NewHeartbeat and NewElection. Later options override earlier ones, so
-// WithProfile(p) followed by WithTTL(d) keeps p's other timings.
+// NewLocker, NewElection, NewSemaphore and NewHeartbeat. Later options
+// override earlier ones, so WithProfile(p) followed by WithTTL(d) keeps p's
+// other timings.
+//
+// The constructors check their options and the lease's name when they are
+// called, without any call to the cluster, and return an error wrapping
+// ErrInvalid that names the bad option: a malformed name or namespace, a
+// non-positive duration, a renewal interval that would not come before the
+// holding's local deadline (Config.MaxDrift, Config.Margin), an invalid
+// label, an option that the constructor does not use. What only the server
+// knows (its limits on durations, the lock delay, label counts it allows)
+// is checked when the holding is taken.
 type Option func(*options)
+
+// optKind names one Option function, so that a constructor can refuse one
+// that it would not use instead of ignoring it.
+type optKind uint16
+
+const (
+	optNamespace optKind = 1 << iota
+	optIdentity
+	optTTL
+	optGrace
+	optLabels
+	optLockDelay
+	optRenewInterval
+	optRecordedRenewals
+	optRetryPeriod
+	optProfile
+)
+
+var optNames = []struct {
+	k    optKind
+	name string
+}{
+	{optNamespace, "WithNamespace"},
+	{optIdentity, "WithIdentity"},
+	{optTTL, "WithTTL"},
+	{optGrace, "WithGrace"},
+	{optLabels, "WithLabels"},
+	{optLockDelay, "WithLockDelay"},
+	{optRenewInterval, "WithRenewInterval"},
+	{optRecordedRenewals, "WithRecordedRenewals"},
+	{optRetryPeriod, "WithRetryPeriod"},
+	{optProfile, "WithProfile"},
+}
 
 type options struct {
 	namespace  string
@@ -125,6 +168,11 @@ type options struct {
 	retrying bool
 	// lockDelay is asked of the server with every acquire (0: none).
 	lockDelay time.Duration
+
+	// given records which Option functions were passed.
+	given optKind
+	// profileErr is the first invalid profile given with WithProfile.
+	profileErr error
 }
 
 func defaultOptions() options {
@@ -139,51 +187,98 @@ func defaultOptions() options {
 func buildOptions(opts []Option) options {
 	o := defaultOptions()
 	for _, f := range opts {
+		if f == nil {
+			continue
+		}
 		f(&o)
 	}
 	return o
 }
 
-func (o options) validate() error {
-	switch {
-	case o.namespace == "":
-		return fmt.Errorf("%w: empty namespace", ErrInvalid)
-	case o.duration <= 0:
-		return fmt.Errorf("%w: lease duration must be positive, got %v", ErrInvalid, o.duration)
-	case o.grace < 0:
-		return fmt.Errorf("%w: grace period must not be negative, got %v", ErrInvalid, o.grace)
-	case o.lockDelay < 0:
-		return fmt.Errorf("%w: lock delay must not be negative, got %v", ErrInvalid, o.lockDelay)
-	case o.renewEvery < 0:
-		return fmt.Errorf("%w: renew interval must not be negative, got %v", ErrInvalid, o.renewEvery)
-	case o.renewFraction < 0 || o.renewFraction >= 1:
-		return fmt.Errorf("%w: renew fraction must be in (0, 1), got %v", ErrInvalid, o.renewFraction)
-	case o.retryPeriod <= 0:
-		return fmt.Errorf("%w: retry period must be positive, got %v", ErrInvalid, o.retryPeriod)
+// refuse returns an error naming the first option given that is not in
+// allowed; ctor names the constructor and why is said after the option.
+func (o options) refuse(ctor string, allowed optKind, why string) error {
+	for _, n := range optNames {
+		if o.given&n.k != 0 && allowed&n.k == 0 {
+			return invalidf("%s: %s does not apply: %s", ctor, n.name, why)
+		}
 	}
 	return nil
 }
 
-// WithNamespace sets the lease's namespace (default "default").
-func WithNamespace(ns string) Option { return func(o *options) { o.namespace = ns } }
+// validate is check as an error matching ErrInvalid.
+func (o options) validate() error {
+	if err := o.check(); err != nil {
+		return invalidf("%v", err)
+	}
+	return nil
+}
+
+// check checks what needs no server and no client: each message names
+// the option that set the bad value.
+func (o options) check() error {
+	if o.profileErr != nil {
+		return fmt.Errorf("WithProfile: %v", strings.TrimPrefix(o.profileErr.Error(), "client: "))
+	}
+	if err := validateNamespace(o.namespace); err != nil {
+		return fmt.Errorf("WithNamespace: %v", err)
+	}
+	if o.identity != "" || o.given&optIdentity != 0 {
+		if err := validateHolder(o.identity); err != nil {
+			return fmt.Errorf("WithIdentity: %v", err)
+		}
+	}
+	if err := validateLabels(o.labels); err != nil {
+		return fmt.Errorf("WithLabels: %v", err)
+	}
+	switch {
+	case o.duration <= 0:
+		return fmt.Errorf("WithTTL: lease duration must be positive, got %v", o.duration)
+	case o.grace < 0:
+		return fmt.Errorf("WithGrace: grace period must not be negative, got %v", o.grace)
+	case o.lockDelay < 0:
+		return fmt.Errorf("WithLockDelay: lock delay must not be negative, got %v", o.lockDelay)
+	case o.renewEvery < 0:
+		return fmt.Errorf("WithRenewInterval: renew interval must not be negative, got %v", o.renewEvery)
+	case o.renewFraction < 0 || o.renewFraction >= 1:
+		return fmt.Errorf("WithProfile: renew fraction must be in (0, 1), got %v", o.renewFraction)
+	case o.retryPeriod <= 0:
+		return fmt.Errorf("WithRetryPeriod: retry period must be positive, got %v", o.retryPeriod)
+	}
+	return nil
+}
+
+// WithNamespace sets the lease's namespace (default "default"): a DNS-1123
+// label, as the server requires.
+func WithNamespace(ns string) Option {
+	return func(o *options) { o.namespace = ns; o.given |= optNamespace }
+}
 
 // WithIdentity sets the holder identity. Without it every Mutex, Heartbeat
 // or LeaderElector makes a unique one (host-pid-random), because the server
 // treats an acquire by the current holder as a renewal: two Mutexes sharing
-// an identity would both believe they hold the lock.
-func WithIdentity(id string) Option { return func(o *options) { o.identity = id } }
+// an identity would both believe they hold the lock. An identity is 1 to
+// 253 bytes of printable characters.
+func WithIdentity(id string) Option {
+	return func(o *options) { o.identity = id; o.given |= optIdentity }
+}
 
 // WithTTL sets the lease duration: how long a holding lasts without a
 // renewal.
-func WithTTL(d time.Duration) Option { return func(o *options) { o.duration = d } }
+func WithTTL(d time.Duration) Option {
+	return func(o *options) { o.duration = d; o.given |= optTTL }
+}
 
 // WithGrace sets the grace period that the server adds to the duration
 // before it expires a holding. The client's own deadline never includes it.
-func WithGrace(d time.Duration) Option { return func(o *options) { o.grace = d } }
+func WithGrace(d time.Duration) Option {
+	return func(o *options) { o.grace = d; o.given |= optGrace }
+}
 
-// WithLabels sets labels on the lease when a new holding begins.
+// WithLabels sets labels on the lease when a new holding begins (at most
+// 64, Kubernetes-style keys and values).
 func WithLabels(labels map[string]string) Option {
-	return func(o *options) { o.labels = labels }
+	return func(o *options) { o.labels = labels; o.given |= optLabels }
 }
 
 // WithLockDelay asks for a lock delay (Consul's and Chubby's lock-delay):
@@ -193,28 +288,38 @@ func WithLabels(labels map[string]string) Option {
 // work the lost holder still has in flight drains before the next holder
 // starts. An Unlock hands the lease on at once. The server bounds d
 // (lease-node --max-lock-delay, 1 minute by default) and refuses a larger
-// one with ErrInvalid; 0, the default, asks for none.
-func WithLockDelay(d time.Duration) Option { return func(o *options) { o.lockDelay = d } }
+// one with ErrInvalid when the holding is taken; a negative d is refused
+// at construction. 0, the default, asks for none.
+func WithLockDelay(d time.Duration) Option {
+	return func(o *options) { o.lockDelay = d; o.given |= optLockDelay }
+}
 
 // WithRenewInterval sets how often the renewal engine renews the holding,
 // instead of a fraction of the duration (Config.RenewFraction, or a
 // profile's).
-func WithRenewInterval(d time.Duration) Option { return func(o *options) { o.renewEvery = d } }
+func WithRenewInterval(d time.Duration) Option {
+	return func(o *options) { o.renewEvery = d; o.given |= optRenewInterval }
+}
 
 // WithRecordedRenewals makes every renewal of the holding go through the
 // cluster's log, so the lease's renewTime moves and watchers see a RENEWED
 // event (a Heartbeat does this for its Monitor). Without it the leader may
 // confirm renewals without a log write, which is several times cheaper and
 // extends the holding just the same.
-func WithRecordedRenewals() Option { return func(o *options) { o.record = true } }
+func WithRecordedRenewals() Option {
+	return func(o *options) { o.record = true; o.given |= optRecordedRenewals }
+}
 
 // WithRetryPeriod sets the time between attempts of a waiter (see
 // Profile.RetryPeriod).
-func WithRetryPeriod(d time.Duration) Option { return func(o *options) { o.retryPeriod = d } }
+func WithRetryPeriod(d time.Duration) Option {
+	return func(o *options) { o.retryPeriod = d; o.given |= optRetryPeriod }
+}
 
 // WithProfile sets the duration, grace, renewal fraction and retry period
 // from p. The renewal stays a fraction of the duration, so a later WithTTL
-// keeps p's proportions.
+// keeps p's proportions. An invalid p (see Profile.Validate) is refused at
+// construction.
 func WithProfile(p Profile) Option {
 	return func(o *options) {
 		o.duration = p.LeaseDuration
@@ -222,6 +327,10 @@ func WithProfile(p Profile) Option {
 		o.renewEvery = 0
 		o.renewFraction = p.RenewFraction
 		o.retryPeriod = p.RetryPeriod
+		o.given |= optProfile
+		if err := p.Validate(); err != nil && o.profileErr == nil {
+			o.profileErr = err
+		}
 	}
 }
 

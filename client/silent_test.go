@@ -245,7 +245,7 @@ func TestWatchProgressReachesOnlyWhoAsked(t *testing.T) {
 func TestLockAfterSilentNodeKeepsItsDeadline(t *testing.T) {
 	a, b, c, fake := silentPair(t)
 	a.Inject("Acquire", clienttest.Hang)
-	m := client.NewMutex(c, "free", client.WithTTL(time.Second), client.WithGrace(0))
+	m := mustMutex(t, c, "free", client.WithTTL(time.Second), client.WithGrace(0))
 	res := make(chan error, 1)
 	go func() {
 		_, err := m.Lock(context.Background())

@@ -60,12 +60,18 @@ func TestCancelledAcquiresLeaveNothing(t *testing.T) {
 	}
 	paths := []path{
 		{name: "trylock", run: func(c *client.Client, ns string, i int, ctx context.Context) error {
-			m := client.NewMutex(c, fmt.Sprintf("l%d", i), client.WithNamespace(ns))
+			m, err := client.NewMutex(c, fmt.Sprintf("l%d", i), client.WithNamespace(ns))
+			if err != nil {
+				return err
+			}
 			h, err := m.TryLock(ctx)
 			return done(h, err)
 		}},
 		{name: "lock", run: func(c *client.Client, ns string, i int, ctx context.Context) error {
-			m := client.NewMutex(c, fmt.Sprintf("l%d", i), client.WithNamespace(ns))
+			m, err := client.NewMutex(c, fmt.Sprintf("l%d", i), client.WithNamespace(ns))
+			if err != nil {
+				return err
+			}
 			h, err := m.Lock(ctx)
 			return done(h, err)
 		}},
@@ -74,7 +80,10 @@ func TestCancelledAcquiresLeaveNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, run: func(c *client.Client, ns string, i int, ctx context.Context) error {
-			m := client.NewMutex(c, "l", client.WithNamespace(ns))
+			m, err := client.NewMutex(c, "l", client.WithNamespace(ns))
+			if err != nil {
+				return err
+			}
 			h, err := m.Lock(ctx)
 			return done(h, err)
 		}},

@@ -86,7 +86,10 @@ func TestFrozenFollowerLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.freeze(f)
-	m := client.NewMutex(cl, "free", client.WithTTL(5*time.Second))
+	m, err := client.NewMutex(cl, "free", client.WithTTL(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	res := make(chan error, 1)
 	go func() {
@@ -205,7 +208,10 @@ func TestFrozenFollowerMonitor(t *testing.T) {
 		t.Fatal(err)
 	}
 	events := make(chan client.MemberEvent, 64)
-	m := client.NewMonitor(c.client(eps...), "nodes", client.WithMemberEvents(events))
+	m, err := client.NewMonitor(c.client(eps...), "nodes", client.WithMemberEvents(events))
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() {

@@ -84,8 +84,12 @@ func (b *bench) lock(ctx context.Context, contended bool) error {
 	names := make([][]string, b.cfg.clients)
 	for g := range mus {
 		name := fmt.Sprintf("%s-%s-%d", strings.ReplaceAll(workload, "_", "-"), b.run, key(g))
-		mus[g] = client.NewMutex(b.cli(g), name, client.WithNamespace(b.cfg.namespace),
+		m, err := client.NewMutex(b.cli(g), name, client.WithNamespace(b.cfg.namespace),
 			client.WithTTL(b.cfg.leaseTTL), client.WithIdentity(b.holder(g)))
+		if err != nil {
+			return err
+		}
+		mus[g] = m
 		if key(g) == g {
 			names[g] = []string{name}
 		}

@@ -160,7 +160,10 @@ func take(ctx context.Context, c *client.Client, name string, slots int, noWait 
 		}
 		return s.Acquire(ctx)
 	}
-	m := client.NewMutex(c, name, opts...)
+	m, err := client.NewMutex(c, name, opts...)
+	if err != nil {
+		return nil, err
+	}
 	if noWait {
 		return m.TryLock(ctx)
 	}

@@ -23,7 +23,10 @@ goes away. --timeout does not apply.`,
 				return err
 			}
 			defer c.Close()
-			e := client.NewElection(c, args[0], client.WithNamespace(a.namespace))
+			e, err := client.NewElection(c, args[0], client.WithNamespace(a.namespace))
+			if err != nil {
+				return err
+			}
 			for leader := range e.Observe(a.ctx) {
 				if _, err := fmt.Fprintf(a.stdout, "leader: %s\n", orNone(leader)); err != nil {
 					return err

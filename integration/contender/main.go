@@ -48,10 +48,14 @@ func main() {
 	defer cancel()
 	var wg sync.WaitGroup
 	for i := 0; i < *workers; i++ {
+		m, err := client.NewMutex(c, *name, client.WithTTL(5*time.Second))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m := client.NewMutex(c, *name, client.WithTTL(5*time.Second))
 			for ctx.Err() == nil {
 				h, err := m.Lock(ctx)
 				if err != nil {

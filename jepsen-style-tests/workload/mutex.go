@@ -75,10 +75,23 @@ func LockerByName(name string) (LockerFactory, error) {
 // keeps the holding alive in the background, and Holding.Deadline is the
 // client's own safe deadline. The workload records the acquire and the
 // deadlines it observes, not the engine's renewals.
+//
+// Options that client.NewMutex refuses make a Locker whose every TryLock
+// returns that error.
 func ClientLocker(c *client.Client, cfg Config, name, holder string, _ int, _ *history.Recorder) Locker {
-	m := client.NewMutex(c, name, client.WithNamespace(cfg.Namespace), client.WithIdentity(holder),
+	m, err := client.NewMutex(c, name, client.WithNamespace(cfg.Namespace), client.WithIdentity(holder),
 		client.WithTTL(cfg.LeaseDuration), client.WithGrace(0), client.WithLockDelay(cfg.lockDelay(name)))
+	if err != nil {
+		return refusedLocker{err}
+	}
 	return clientLocker{m}
+}
+
+// refusedLocker is a ClientLocker whose options were refused.
+type refusedLocker struct{ err error }
+
+func (l refusedLocker) TryLock(context.Context) (Held, LockAnswer, error) {
+	return nil, LockAnswer{}, l.err
 }
 
 type clientLocker struct{ m *client.Mutex }

@@ -65,7 +65,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer ca.Close()
-	a := client.NewMutex(ca, *lockName, append(opts, client.WithIdentity("worker-a"))...)
+	a, err := client.NewMutex(ca, *lockName, append(opts, client.WithIdentity("worker-a"))...)
+	if err != nil {
+		return err
+	}
 	ha, err := a.Lock(ctx)
 	if err != nil {
 		return err
@@ -85,7 +88,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer cb.Close()
-	b := client.NewMutex(cb, *lockName, append(opts, client.WithIdentity("worker-b"))...)
+	b, err := client.NewMutex(cb, *lockName, append(opts, client.WithIdentity("worker-b"))...)
+	if err != nil {
+		return err
+	}
 	hb, err := b.Lock(ctx)
 	if err != nil {
 		return err
