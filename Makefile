@@ -23,7 +23,7 @@ LDFLAGS := -X $(MODULE)/internal/buildinfo.version=$(VERSION) -X $(MODULE)/inter
 RELEASE_PLATFORMS := linux/amd64 linux/arm64
 RELEASE_CMDS      := lease-node leasectl
 
-.PHONY: all attack tools build release run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls jepsen-upgrade compose-chaos lint proto openapi clean
+.PHONY: all attack tools build release run cluster test print-test-steps test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz fuzz-build jepsen jepsen-short jepsen-controls jepsen-upgrade compose-chaos lint proto openapi clean
 
 all: build
 
@@ -48,7 +48,12 @@ release:
 run cluster: build
 	./scripts/cluster.sh
 
-test: test-unit test-integration check-deploy bench-smoke jepsen-short
+TEST_STEPS := test-unit test-integration check-deploy bench-smoke jepsen-short
+test: $(TEST_STEPS)
+
+# The steps of `make test`, for CI (.ci/run), which times each.
+print-test-steps:
+	@echo $(TEST_STEPS)
 
 test-unit:
 	$(GO) vet ./...
@@ -108,6 +113,11 @@ FUZZERS  := ./fsm:FuzzApply ./fsm:FuzzRestore ./transport:FuzzValidation \
 	./auth:FuzzParsePolicy ./auth:FuzzParseTokenFile ./auth:FuzzParseBearer ./auth:FuzzForwardedIdentity
 fuzz:
 	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME) $(FUZZERS)
+
+# Compiles the fuzzers' packages with the fuzzing instrumentation, without
+# fuzzing; `make fuzz` then finds them in the Go build cache.
+fuzz-build:
+	GO=$(GO) ./scripts/fuzz.sh build $(FUZZERS)
 
 test-integration:
 	$(GO) test -count=1 -p 1 ./integration/...
