@@ -23,7 +23,7 @@ LDFLAGS := -X $(MODULE)/internal/buildinfo.version=$(VERSION) -X $(MODULE)/inter
 RELEASE_PLATFORMS := linux/amd64 linux/arm64
 RELEASE_CMDS      := lease-node leasectl
 
-.PHONY: all attack tools build release run cluster test test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz jepsen jepsen-short jepsen-controls jepsen-upgrade compose-chaos lint proto openapi clean
+.PHONY: all attack tools build release run cluster test print-test-steps race-build test-unit test-integration check-deploy bench bench-scale bench-smoke bench-go fuzz fuzz-build jepsen jepsen-short jepsen-controls jepsen-upgrade compose-chaos lint proto openapi clean
 
 all: build
 
@@ -48,12 +48,24 @@ release:
 run cluster: build
 	./scripts/cluster.sh
 
-test: test-unit test-integration check-deploy bench-smoke jepsen-short
+TEST_STEPS := test-unit test-integration check-deploy bench-smoke jepsen-short
+test: $(TEST_STEPS)
+
+# The steps of `make test`, for CI (.ci/run), which times each.
+print-test-steps:
+	@echo $(TEST_STEPS)
 
 test-unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 $(RACE_PKGS)
 	$(GO) test -count=1 -p 2 $(OTHER_PKGS)
+
+# Compiles the race-detector test binaries of RACE_PKGS with the go
+# command's full parallelism and discards them: test-unit's -p 1, which
+# keeps the tests from running at the same time, also builds one package
+# at a time, which on an empty build cache is minutes. CI runs this first.
+race-build:
+	@d=$$(mktemp -d) && $(GO) test -race -c -o "$$d/" $(RACE_PKGS) >/dev/null; rc=$$?; rm -rf "$$d"; exit $$rc
 
 # leasekeeper next to etcd (../shared/bench/etcdpeer when present), in the
 # same session; about 6-7 minutes on 2 cores. Settings: see bench/README.md.
@@ -108,6 +120,11 @@ FUZZERS  := ./fsm:FuzzApply ./fsm:FuzzRestore ./transport:FuzzValidation \
 	./auth:FuzzParsePolicy ./auth:FuzzParseTokenFile ./auth:FuzzParseBearer ./auth:FuzzForwardedIdentity
 fuzz:
 	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME) $(FUZZERS)
+
+# Compiles the fuzzers' packages with the fuzzing instrumentation, without
+# fuzzing; `make fuzz` then finds them in the Go build cache.
+fuzz-build:
+	GO=$(GO) ./scripts/fuzz.sh build $(FUZZERS)
 
 test-integration:
 	$(GO) test -count=1 -p 1 ./integration/...

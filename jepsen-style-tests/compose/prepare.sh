@@ -19,6 +19,14 @@
 # debootstrap) from the mirror apt already uses and fed to `docker import`
 # (leasekeeper-base:bookworm, kept for the next run). Neither build pulls.
 #
+# prepare.sh --fetch does only the part that waits on the network and the
+# disk and needs no Docker engine: step 1, and the base image's root tree
+# from mmdebstrap as a tarball ($STATE_DIR/base-$SUITE.tar), which a later
+# prepare.sh feeds to `docker import` instead of running mmdebstrap again.
+# CI (.ci/run) runs it in the background while the Go steps use the CPU;
+# it starts no process that outlives it and changes nothing that
+# teardown.sh puts back.
+#
 # Exit status 3: no Docker engine can run here (install or start failed);
 # 1: anything else. Run as root (apt-get, dockerd). Environment: LK_IMAGE_BUILD
 # (auto|prebuilt|dockerfile), LK_DEBIAN_MIRROR (default: apt's), LK_DOCKERD_FLAGS,
@@ -116,26 +124,64 @@ mirror() {
 	echo "$m"
 }
 
-build_base() {
-	if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-		say "base image $BASE_IMAGE is there"
-		return
-	fi
+# The base image's root tree, as prepare.sh --fetch leaves it. Written to
+# $BASE_TAR.tmp and renamed when mmdebstrap has finished, so a tarball
+# there is always whole.
+BASE_TAR=$STATE_DIR/base-$SUITE.tar
+
+# mmdebstrap_base writes the base image's root tree as a tarball to $1 (-
+# for stdout). mmdebstrap rather than debootstrap: it downloads with apt
+# in parallel, skips dpkg's fsyncs and writes the tree as a tarball,
+# leaving nothing mounted or unpacked on the host (debootstrap took twice
+# as long here). Without docs, man pages and translations, as in
+# debian:bookworm-slim.
+mmdebstrap_base() {
 	local m
 	m=$(mirror)
-	# mmdebstrap rather than debootstrap: it downloads with apt in
-	# parallel, skips dpkg's fsyncs and writes the tree as a tarball
-	# straight into docker import, leaving nothing mounted or unpacked on
-	# the host (debootstrap took twice as long here). Without docs, man
-	# pages and translations, as in debian:bookworm-slim.
-	say "mmdebstrap $SUITE from $m (minbase + iproute2, iptables, ca-certificates) | docker import $BASE_IMAGE"
+	say "mmdebstrap $SUITE from $m (minbase + iproute2, iptables, ca-certificates) to $1"
 	timeout 900 mmdebstrap --variant=minbase --include=iproute2,iptables,ca-certificates \
-		--dpkgopt=force-unsafe-io \
+		--format=tar --dpkgopt=force-unsafe-io \
 		--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
 		--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
 		--dpkgopt='path-include=/usr/share/doc/*/copyright' \
-		"$SUITE" - "$m" 2>"$STATE_DIR/mmdebstrap.log" |
-		docker import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null ||
+		"$SUITE" "$1" "$m" 2>"$STATE_DIR/mmdebstrap.log"
+}
+
+# fetch_base leaves the base tree in $BASE_TAR unless the image or the
+# tarball is there already.
+fetch_base() {
+	mkdir -p "$STATE_DIR"
+	if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+		say "base image $BASE_IMAGE is there: no tarball needed"
+		return
+	fi
+	if [ -f "$BASE_TAR" ]; then
+		say "base tree $BASE_TAR is there"
+		return
+	fi
+	rm -f "$BASE_TAR.tmp"
+	mmdebstrap_base "$BASE_TAR.tmp" ||
+		{ tail -n 20 "$STATE_DIR/mmdebstrap.log" >&2; rm -f "$BASE_TAR.tmp"; die "mmdebstrap failed (log above)"; }
+	mv "$BASE_TAR.tmp" "$BASE_TAR"
+	say "base tree ready: $BASE_TAR ($(du -h "$BASE_TAR" | cut -f1))"
+}
+
+build_base() {
+	if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+		say "base image $BASE_IMAGE is there"
+		rm -f "$BASE_TAR"
+		return
+	fi
+	local import=(docker import --change 'CMD ["/bin/bash"]')
+	if [ -f "$BASE_TAR" ]; then
+		say "docker import $BASE_IMAGE from $BASE_TAR (prepare.sh --fetch)"
+		"${import[@]}" "$BASE_TAR" "$BASE_IMAGE" >/dev/null ||
+			{ docker rmi "$BASE_IMAGE" >/dev/null 2>&1 || true; die "docker import $BASE_TAR failed"; }
+		# The image is the cache from now on (teardown.sh keeps it).
+		rm -f "$BASE_TAR"
+		return
+	fi
+	mmdebstrap_base - | "${import[@]}" - "$BASE_IMAGE" >/dev/null ||
 		{ tail -n 20 "$STATE_DIR/mmdebstrap.log" >&2; docker rmi "$BASE_IMAGE" >/dev/null 2>&1 || true; die "mmdebstrap | docker import failed (log above)"; }
 }
 
@@ -170,6 +216,20 @@ build_image() {
 
 nodocker() { say "no Docker engine: $*"; exit 3; }
 
+case "${1:-}" in
+--fetch)
+	install_missing
+	# Without an engine (none runs before chaos.sh starts one), `docker
+	# image inspect` fails and the tarball is made; the image build
+	# itself needs the engine and the host's Go build, so it waits.
+	case "${LK_IMAGE_BUILD:-auto}" in
+	dockerfile) say "LK_IMAGE_BUILD=dockerfile: no base tree to fetch" ;;
+	*) fetch_base ;;
+	esac
+	exit 0 ;;
+"") ;;
+*) die "usage: prepare.sh [--fetch]" ;;
+esac
 install_missing
 start_dockerd
 build_image
