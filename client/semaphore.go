@@ -12,7 +12,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/leasekeeper/leasekeeper/api/leasekeeper/v1"
+	"github.com/leasekeeper/leasekeeper/internal/labels"
 )
+
+// maxSlots is the most slots a semaphore has (the server's limit).
+const maxSlots = 256
 
 // SemaphoreLabel marks the slot leases of a Semaphore; its value is the
 // semaphore's name. The server sets it on every slot it grants.
@@ -44,23 +48,31 @@ type Semaphore struct {
 
 // NewSemaphore returns a semaphore of n slots named after name. The options
 // are those of NewMutex; without WithIdentity it gets a unique identity.
+// Like NewMutex it makes no call: it checks n (1 to 256), the options, and
+// the names, since every slot's lease name must be valid and the
+// semaphore's name is the value of the slots' label (at most 63
+// characters), with an error matching ErrInvalid.
 func NewSemaphore(c *Client, name string, n int, opts ...Option) (*Semaphore, error) {
-	if n < 1 {
-		return nil, fmt.Errorf("%w: a semaphore needs at least one slot, got %d", ErrInvalid, n)
+	if n < 1 || n > maxSlots {
+		return nil, invalidf("NewSemaphore: a semaphore has 1 to %d slots, got %d", maxSlots, n)
+	}
+	if err := labels.ValidateValue(name); err != nil {
+		return nil, invalidf("NewSemaphore: the name is the value of the slots' label %s: %v", SemaphoreLabel, err)
 	}
 	o := buildOptions(opts)
-	if err := o.validate(); err != nil {
+	// The longest slot name stands for them all.
+	if err := c.checkHolding("NewSemaphore", fmt.Sprintf("%s-%d", name, n-1), o); err != nil {
 		return nil, err
 	}
 	if o.identity == "" {
 		o.identity = NewIdentity()
 	}
-	labels := maps.Clone(o.labels)
-	if labels == nil {
-		labels = map[string]string{}
+	lb := maps.Clone(o.labels)
+	if lb == nil {
+		lb = map[string]string{}
 	}
-	labels[SemaphoreLabel] = name
-	o.labels = labels
+	lb[SemaphoreLabel] = name
+	o.labels = lb
 	return &Semaphore{c: c, name: name, n: n, o: o}, nil
 }
 

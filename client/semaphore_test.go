@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -172,5 +173,23 @@ func TestContendedSemaphoreEntries(t *testing.T) {
 	t.Logf("6 workers on a 2-slot semaphore for 3s: %d acquisitions, %d log entries, %.2f per acquisition", acquired, entries, per)
 	if acquired < 10 || per > 3 {
 		t.Fatalf("%d acquisitions at %.2f log entries each, want at least 10 at most 3 each", acquired, per)
+	}
+}
+
+// TestNewSemaphoreChecksNames: the size, the semaphore's name (a label
+// value) and the slots' names are checked when the Semaphore is made.
+func TestNewSemaphoreChecksNames(t *testing.T) {
+	c := lkClient(t, []string{"127.0.0.1:1"})
+	long := strings.Repeat("a", 64)
+	for _, tc := range []struct {
+		name string
+		n    int
+	}{{"s", 0}, {"s", 257}, {long, 1}, {"Bad_Name", 2}, {"", 1}} {
+		if _, err := client.NewSemaphore(c, tc.name, tc.n); !errors.Is(err, client.ErrInvalid) {
+			t.Errorf("NewSemaphore(%q, %d): %v, want ErrInvalid", tc.name, tc.n, err)
+		}
+	}
+	if _, err := client.NewSemaphore(c, strings.Repeat("a", 63), 256); err != nil {
+		t.Errorf("a 63-character name of 256 slots: %v", err)
 	}
 }
