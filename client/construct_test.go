@@ -96,7 +96,7 @@ func badOptions() []badOption {
 		{name: "invalid profile overridden later", opts: []client.Option{client.WithProfile(client.Profile{}), client.WithTTL(time.Minute)}, want: []string{"WithProfile", "LeaseDuration"}},
 		{name: "bad label key", opts: []client.Option{client.WithLabels(map[string]string{"not a key": "v"})}, want: []string{"WithLabels", "label key"}},
 		{name: "bad label value", opts: []client.Option{client.WithLabels(map[string]string{"k": "not a value!"})}, want: []string{"WithLabels", "value"}},
-		{name: "too many labels", opts: []client.Option{client.WithLabels(many)}, want: []string{"WithLabels", "65 labels"}},
+		{name: "too many labels", opts: []client.Option{client.WithLabels(many)}, want: []string{"WithLabels", "too many labels: 65"}},
 	}
 }
 

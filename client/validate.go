@@ -15,7 +15,6 @@ const (
 	maxNamespaceLen = 63  // a DNS-1123 label
 	maxNameLen      = 253 // a DNS-1123 subdomain
 	maxHolderLen    = 253
-	maxLabels       = 64
 )
 
 var (
@@ -64,20 +63,7 @@ func validateHolder(h string) error {
 	return nil
 }
 
-func validateLabels(lbl map[string]string) error {
-	if len(lbl) > maxLabels {
-		return fmt.Errorf("%d labels, at most %d", len(lbl), maxLabels)
-	}
-	for k, v := range lbl {
-		if err := labels.ValidateKey(k); err != nil {
-			return err
-		}
-		if err := labels.ValidateValue(v); err != nil {
-			return fmt.Errorf("label %q: %v", trunc(k), err)
-		}
-	}
-	return nil
-}
+func validateLabels(lbl map[string]string) error { return labels.Validate(lbl) }
 
 func trunc(s string) string {
 	if len(s) > 80 {

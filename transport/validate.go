@@ -20,7 +20,7 @@ const (
 	maxNamespaceLen  = validation.DNS1123LabelMaxLength
 	maxNameLen       = validation.DNS1123SubdomainMaxLength
 	maxHolderLen     = 253
-	maxLabels        = 64
+	maxLabels        = labels.MaxLabels
 	maxLabelValueLen = 63
 )
 
@@ -129,20 +129,7 @@ func (s *Server) validateDuration(field string, d *durationpb.Duration, required
 	return v, nil
 }
 
-func validateLabels(lbl map[string]string) error {
-	if len(lbl) > maxLabels {
-		return fmt.Errorf("too many labels: %d, at most %d", len(lbl), maxLabels)
-	}
-	for k, v := range lbl {
-		if err := labels.ValidateKey(k); err != nil {
-			return err
-		}
-		if err := labels.ValidateValue(v); err != nil {
-			return fmt.Errorf("label %q: %v", trunc(k), err)
-		}
-	}
-	return nil
-}
+func validateLabels(lbl map[string]string) error { return labels.Validate(lbl) }
 
 // trunc keeps error messages short when the input is huge.
 func trunc(s string) string {

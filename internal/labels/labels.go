@@ -48,6 +48,27 @@ func ValidateValue(v string) error {
 	return nil
 }
 
+// MaxLabels is the most labels a lease may carry.
+const MaxLabels = 64
+
+// Validate checks a set of labels: at most MaxLabels, each key and value
+// valid. The server checks what it is sent with it, and the client what
+// it is given, with the same words.
+func Validate(lbl map[string]string) error {
+	if len(lbl) > MaxLabels {
+		return fmt.Errorf("too many labels: %d, at most %d", len(lbl), MaxLabels)
+	}
+	for k, v := range lbl {
+		if err := ValidateKey(k); err != nil {
+			return err
+		}
+		if err := ValidateValue(v); err != nil {
+			return fmt.Errorf("label %q: %v", trunc(k), err)
+		}
+	}
+	return nil
+}
+
 // Selector is a parsed equality-based selector: every requirement must hold.
 type Selector []Requirement
 
