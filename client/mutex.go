@@ -121,7 +121,14 @@ func (c *Client) holdWaiting(ctx context.Context, name string, o options, wait b
 	// that the node answers early (little time left to the call, a node
 	// that answers at once) is not followed by another at once.
 	interval := minPollInterval
-	for {
+	for polled := false; ; polled = wait {
+		if polled && ctx.Err() != nil {
+			// ctx ended as the pause did (both timers fire at the
+			// deadline), with an earlier poll leaving us in the queue:
+			// hold would send nothing and so clean nothing up.
+			c.abandonAcquire(ctx, key)
+			return nil, ctx.Err()
+		}
 		callStart := c.clock.Now()
 		h, err := c.hold(pctx, name, o)
 		if err == nil {

@@ -89,8 +89,11 @@ func TestSemaphoreServesWaitersInOrder(t *testing.T) {
 }
 
 // TestSemaphoreCancelledWaiterLeavesTheQueue: a waiter whose ctx ends
-// leaves the queue (the leader keeps no place for it) and is never handed
-// a slot.
+// while it waits in the queue leaves it (the leader keeps no place for
+// it) and is never handed a slot. Each waiter's ctx is long enough for its
+// first call to be answered "queued", so the enqueue has been applied when
+// it gives up; an acquire given up while it is still on its way is
+// TestEveryAcquirePathCleansUpAfterGivingUp's.
 func TestSemaphoreCancelledWaiterLeavesTheQueue(t *testing.T) {
 	cl := startCluster(t)
 	c := lkClient(t, cl.Endpoints)
@@ -106,7 +109,7 @@ func TestSemaphoreCancelledWaiterLeavesTheQueue(t *testing.T) {
 	}
 	for i := range 3 {
 		w, _ := client.NewSemaphore(c, "gone", 1, client.WithTTL(30*time.Second), client.WithIdentity(fmt.Sprintf("w%d", i)))
-		wctx, cancel := context.WithTimeout(ctx, 600*time.Millisecond)
+		wctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 		_, err := w.Acquire(wctx)
 		cancel()
 		if !errors.Is(err, context.DeadlineExceeded) {
