@@ -84,14 +84,20 @@ func (s *Semaphore) Slot(i int) string { return fmt.Sprintf("%s-%d", s.name, i) 
 // slot at a time (ErrAlreadyHeld while it holds one): use one Semaphore,
 // or one identity, per contender.
 func (s *Semaphore) TryAcquire(ctx context.Context) (*Holding, error) {
+	return s.take(ctx, false, s.tryRacing)
+}
+
+// take takes a slot through the server's queue (waiting with wait), or
+// with racing when the cluster keeps no semaphore queues.
+func (s *Semaphore) take(ctx context.Context, wait bool, racing func(context.Context) (*Holding, error)) (*Holding, error) {
 	if err := s.holdsNone(); err != nil {
 		return nil, err
 	}
 	o := s.o
 	o.slots = s.n
-	h, err := s.c.holdWaiting(ctx, s.name, o, false)
+	h, err := s.c.holdWaiting(ctx, s.name, o, wait)
 	if noSemaphoreQueue(err) {
-		return s.tryRacing(ctx)
+		return racing(ctx)
 	}
 	return h, err
 }
@@ -180,16 +186,7 @@ func (s *Semaphore) held(ctx context.Context) (map[string]bool, error) {
 // handed to it or ctx is done. Release the returned holding to give the
 // slot back.
 func (s *Semaphore) Acquire(ctx context.Context) (*Holding, error) {
-	if err := s.holdsNone(); err != nil {
-		return nil, err
-	}
-	o := s.o
-	o.slots = s.n
-	h, err := s.c.holdWaiting(ctx, s.name, o, true)
-	if noSemaphoreQueue(err) {
-		return s.acquireRacing(ctx)
-	}
-	return h, err
+	return s.take(ctx, true, s.acquireRacing)
 }
 
 // acquireRacing is Acquire without the server's queue: a watch on the

@@ -75,6 +75,13 @@ func (t *table) setSem(k leaseKey, q []Waiter) {
 	t.sems[k] = q
 }
 
+// withoutWaiterAt returns q without its i-th waiter, as a new slice: the
+// old one may be shared with a snapshot (see setSem).
+func withoutWaiterAt(q []Waiter, i int) []Waiter {
+	rest := make([]Waiter, 0, len(q)-1)
+	return append(append(rest, q[:i]...), q[i+1:]...)
+}
+
 // slotCommand is the Acquire of slot i that gives it to w.
 func slotCommand(namespace, name string, i int, w Waiter) *fsmpb.Acquire {
 	labels := maps.Clone(w.Labels)
@@ -120,9 +127,7 @@ func (f *FSM) fillSlots(namespace, name string, index uint64, now int64) []strin
 		if who == 0 {
 			f.leases.setSem(k, q[1:])
 		} else {
-			rest := make([]Waiter, 0, len(q)-1)
-			rest = append(append(rest, q[:who]...), q[who+1:]...)
-			f.leases.setSem(k, rest)
+			f.leases.setSem(k, withoutWaiterAt(q, who))
 		}
 		f.acquire(slotCommand(namespace, name, slot, w), index, now)
 		granted = append(granted, w.Holder)
@@ -213,9 +218,7 @@ func (f *FSM) dequeueSlot(d *fsmpb.Dequeue) *Result {
 		return &Result{}
 	}
 	q := f.leases.sems[k]
-	rest := make([]Waiter, 0, len(q)-1)
-	rest = append(append(rest, q[:pos-1]...), q[pos:]...)
-	f.leases.setSem(k, rest)
+	f.leases.setSem(k, withoutWaiterAt(q, pos-1))
 	return &Result{}
 }
 
